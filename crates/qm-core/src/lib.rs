@@ -1,0 +1,1 @@
+//! quartermaster domain model.

@@ -1,0 +1,1 @@
+//! quartermaster allocation framework.

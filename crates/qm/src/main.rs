@@ -1,0 +1,2 @@
+//! qm binary.
+fn main() {}
