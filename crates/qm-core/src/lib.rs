@@ -1,1 +1,24 @@
-//! quartermaster domain model.
+//! quartermaster's domain model and its ledger. Quantities and resource vectors, ids,
+//! priorities and QoS, nodes and pools, requests and allocations, and the [`Ledger`]: the single
+//! source of truth for who holds what, a pure state machine that performs no IO and never reads
+//! a clock. Strategies plug in through [`Policy`] (implemented in `qm-sched`).
+
+pub mod allocation;
+pub mod ids;
+pub mod ledger;
+pub mod node;
+pub mod policy;
+pub mod priority;
+pub mod quantity;
+pub mod resources;
+
+pub use allocation::{AllocState, Allocation, FieldError, Labels, Request, ValidationErrors};
+pub use ids::{AllocId, NodeIdx, PoolIdx, Timestamp};
+pub use ledger::{
+    Decision, Event, Ledger, LedgerConfig, LiveError, NodeError, PoolError, Shortfall,
+    ShortfallReason, State, SubmitError, Submitted,
+};
+pub use node::{Node, NodeSpec, Pool, PoolSpec};
+pub use policy::{Placement, Policy, Preemption, QueueRank};
+pub use priority::{Priority, PriorityClass, Qos};
+pub use resources::{ResourceCatalog, ResourceError, ResourceId, Resources};

@@ -1,0 +1,233 @@
+//! What the ledger holds, and the read-only view strategies get of it: nodes, pools, live
+//! allocations (kept in a chunked slab addressed by the id's slot), lease expiries and holds.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::allocation::Allocation;
+use crate::ids::{AllocId, MAX_LIVE, NodeIdx, PoolIdx, Timestamp};
+use crate::node::{Node, Pool};
+use crate::resources::Resources;
+
+const CHUNK: usize = 1024;
+const KEY_SHIFT: u32 = 50;
+const KEY_LOW: u64 = (1 << KEY_SHIFT) - 1;
+
+/// The order a pool serves its queue in: priority (highest first), then arrival.
+pub(crate) fn queue_key(alloc: &Allocation) -> u64 {
+    (u64::from(1000 - alloc.priority.get().min(1000)) << KEY_SHIFT) | (alloc.id.seq() & KEY_LOW)
+}
+
+/// The order victims are taken in on a node: lowest priority first, then most recently granted.
+pub(crate) fn victim_key(alloc: &Allocation) -> u64 {
+    (u64::from(alloc.priority.get()) << KEY_SHIFT) | (KEY_LOW - (alloc.grant_seq & KEY_LOW))
+}
+
+/// A table entry: the name outlives the node or pool, so ended allocations can still name it.
+#[derive(Debug, Clone)]
+pub(crate) struct Slot<T> {
+    pub(crate) name: Box<str>,
+    pub(crate) live: Option<T>,
+}
+
+/// Live allocations in fixed-size chunks: a grant never moves another allocation, and the
+/// memory held beyond the live ones is at most one chunk plus vacated slots.
+#[derive(Debug, Default)]
+pub(crate) struct Slab {
+    chunks: Vec<Box<[Option<Allocation>]>>,
+    free: Vec<u32>,
+    high_water: usize,
+    live: usize,
+}
+
+impl Slab {
+    pub(crate) fn get(&self, id: AllocId) -> Option<&Allocation> {
+        let slot = id.slot();
+        self.chunks
+            .get(slot / CHUNK)?
+            .get(slot % CHUNK)?
+            .as_ref()
+            .filter(|a| a.id == id)
+    }
+
+    pub(crate) fn get_mut(&mut self, id: AllocId) -> Option<&mut Allocation> {
+        let slot = id.slot();
+        self.chunks
+            .get_mut(slot / CHUNK)?
+            .get_mut(slot % CHUNK)?
+            .as_mut()
+            .filter(|a| a.id == id)
+    }
+
+    /// The slot the next allocation will take, if there is room.
+    pub(crate) fn next_slot(&self) -> Option<usize> {
+        match self.free.last() {
+            Some(s) => Some(*s as usize),
+            None if self.high_water < MAX_LIVE => Some(self.high_water),
+            None => None,
+        }
+    }
+
+    /// Stores `alloc` in the slot its id names, which must be [`Slab::next_slot`].
+    pub(crate) fn insert(&mut self, alloc: Allocation) {
+        let slot = alloc.id.slot();
+        if self.free.last().is_some_and(|s| *s as usize == slot) {
+            self.free.pop();
+        } else {
+            debug_assert_eq!(slot, self.high_water);
+            self.high_water += 1;
+            if slot / CHUNK >= self.chunks.len() {
+                self.chunks.push((0..CHUNK).map(|_| None).collect());
+            }
+        }
+        if let Some(place) = self
+            .chunks
+            .get_mut(slot / CHUNK)
+            .and_then(|c| c.get_mut(slot % CHUNK))
+        {
+            *place = Some(alloc);
+            self.live += 1;
+        }
+    }
+
+    pub(crate) fn remove(&mut self, id: AllocId) -> Option<Allocation> {
+        let slot = id.slot();
+        let place = self.chunks.get_mut(slot / CHUNK)?.get_mut(slot % CHUNK)?;
+        if place.as_ref().is_none_or(|a| a.id != id) {
+            return None;
+        }
+        self.live -= 1;
+        self.free.push(u32::try_from(slot).ok()?);
+        place.take()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Allocation> {
+        self.chunks
+            .iter()
+            .flat_map(|c| c.iter())
+            .filter_map(Option::as_ref)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.live
+    }
+}
+
+/// Everything the ledger knows. Strategies read it; only the ledger changes it.
+#[derive(Debug, Default)]
+pub struct State {
+    pub(crate) nodes: Vec<Slot<Node>>,
+    pub(crate) node_names: BTreeMap<Box<str>, NodeIdx>,
+    pub(crate) ready: Vec<NodeIdx>,
+    pub(crate) pools: Vec<Slot<Pool>>,
+    pub(crate) pool_names: BTreeMap<Box<str>, PoolIdx>,
+    pub(crate) allocs: Slab,
+    pub(crate) expiry: BTreeSet<(Timestamp, AllocId)>,
+    pub(crate) holds: BTreeMap<AllocId, NodeIdx>,
+    pub(crate) total: Resources,
+    pub(crate) next_seq: u64,
+    pub(crate) next_grant: u64,
+    pub(crate) n_queued: usize,
+    pub(crate) refused_placements: Cell<u64>,
+}
+
+impl State {
+    /// A node by index (none once removed).
+    #[inline]
+    pub fn node(&self, idx: NodeIdx) -> Option<&Node> {
+        self.nodes.get(idx.index()).and_then(|s| s.live.as_ref())
+    }
+    /// A node by name.
+    pub fn node_by_name(&self, name: &str) -> Option<(NodeIdx, &Node)> {
+        let idx = *self.node_names.get(name)?;
+        Some((idx, self.node(idx)?))
+    }
+    /// The name a node index had, even after the node was removed.
+    pub fn node_name(&self, idx: NodeIdx) -> &str {
+        self.nodes.get(idx.index()).map_or("", |s| &s.name)
+    }
+    /// Every present node, in registration order.
+    pub fn nodes(&self) -> impl Iterator<Item = (NodeIdx, &Node)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((NodeIdx(u32::try_from(i).ok()?), s.live.as_ref()?)))
+    }
+    /// The nodes new grants may land on, in registration order.
+    pub fn ready_nodes(&self) -> &[NodeIdx] {
+        &self.ready
+    }
+    /// A pool by index (none once deleted).
+    #[inline]
+    pub fn pool(&self, idx: PoolIdx) -> Option<&Pool> {
+        self.pools.get(idx.index()).and_then(|s| s.live.as_ref())
+    }
+    /// A pool by name.
+    pub fn pool_by_name(&self, name: &str) -> Option<(PoolIdx, &Pool)> {
+        let idx = *self.pool_names.get(name)?;
+        Some((idx, self.pool(idx)?))
+    }
+    /// The name a pool index had, even after the pool was deleted.
+    pub fn pool_name(&self, idx: PoolIdx) -> &str {
+        self.pools.get(idx.index()).map_or("", |s| &s.name)
+    }
+    /// Every pool, in creation order.
+    pub fn pools(&self) -> impl Iterator<Item = (PoolIdx, &Pool)> {
+        self.pools
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((PoolIdx(u32::try_from(i).ok()?), s.live.as_ref()?)))
+    }
+    /// A live (queued or granted) allocation.
+    #[inline]
+    pub fn alloc(&self, id: AllocId) -> Option<&Allocation> {
+        self.allocs.get(id)
+    }
+    /// Every live allocation.
+    pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
+        self.allocs.iter()
+    }
+    /// How many allocations are live.
+    pub fn n_live(&self) -> usize {
+        self.allocs.len()
+    }
+    /// How many requests wait.
+    pub fn n_queued(&self) -> usize {
+        self.n_queued
+    }
+    /// Queued requests holding a node so they are not starved, with the node.
+    pub fn holds(&self) -> impl Iterator<Item = (AllocId, NodeIdx)> + '_ {
+        self.holds.iter().map(|(a, n)| (*a, *n))
+    }
+    /// What the ready nodes may hand out, together: the denominator of dominant shares.
+    pub fn total_allocatable(&self) -> &Resources {
+        &self.total
+    }
+    /// Placements a strategy proposed that broke the ledger's rules and were refused
+    /// (zero with the built-in strategies; a strategy bug otherwise).
+    pub fn refused_placements(&self) -> u64 {
+        self.refused_placements.get()
+    }
+    /// True when `request` may use `node` with respect to holds: the node is not held, or is
+    /// held for this very request, or for a lower priority one.
+    #[inline]
+    pub fn hold_allows(&self, node: &Node, request: &Allocation) -> bool {
+        match node.held_for {
+            None => true,
+            Some(h) if h == request.id => true,
+            Some(h) => self
+                .alloc(h)
+                .is_none_or(|holder| holder.priority < request.priority),
+        }
+    }
+    /// The largest amount of each resource any ready node has left (a quick necessary test).
+    pub(crate) fn max_available(&self) -> Resources {
+        let mut out = Resources::default();
+        for idx in &self.ready {
+            if let Some(node) = self.node(*idx) {
+                out.max_with(&node.available());
+            }
+        }
+        out
+    }
+}
