@@ -1,0 +1,91 @@
+//! The extension points, one trait each, in the shape of the Kubernetes scheduling framework:
+//! queue order, filter, score, preempt (post-filter) and reserve/unreserve. A plugin is one
+//! object that implements any of them and says which through [`Plugin`]; plugins read the
+//! decision's [`CycleState`] and never change the ledger.
+
+use std::fmt;
+
+use qm_core::{Allocation, Node, NodeIdx, Placement, Pool, PoolIdx, QueueRank, State};
+
+/// The largest score a score plugin gives one node.
+pub const MAX_SCORE: i64 = 1000;
+
+/// Per-decision, read-only context: the ledger's state, the request, and its pool.
+#[derive(Debug, Clone, Copy)]
+pub struct CycleState<'a> {
+    /// Everything the ledger holds.
+    pub state: &'a State,
+    /// The request being placed.
+    pub request: &'a Allocation,
+    /// The request's pool.
+    pub pool: &'a Pool,
+}
+
+impl CycleState<'_> {
+    /// True when the request may land on `node` regardless of resources: ready, labels match
+    /// the selector, and no hold keeps it out.
+    #[inline]
+    pub fn eligible(&self, node: &Node) -> bool {
+        node.ready()
+            && node.matches(self.request.node_selector())
+            && self.state.hold_allows(node, self.request)
+    }
+}
+
+/// A plugin, and the extension points it implements.
+pub trait Plugin: fmt::Debug + Send {
+    /// The name presets refer to it by.
+    fn name(&self) -> &'static str;
+    /// Its queue-order side.
+    fn queue_order(&self) -> Option<&dyn QueueOrder> {
+        None
+    }
+    /// Its filter side.
+    fn filter(&self) -> Option<&dyn Filter> {
+        None
+    }
+    /// Its score side.
+    fn score(&self) -> Option<&dyn Score> {
+        None
+    }
+    /// Its preempt side.
+    fn preempt(&self) -> Option<&dyn Preempt> {
+        None
+    }
+    /// Its reserve side.
+    fn reserve(&mut self) -> Option<&mut dyn Reserve> {
+        None
+    }
+}
+
+/// Decides which pool's queue head is served next: the smallest rank goes first.
+pub trait QueueOrder {
+    /// The rank of `head`, first in pool `pool`'s queue.
+    fn rank(&self, state: &State, pool: PoolIdx, head: &Allocation) -> QueueRank;
+}
+
+/// Drops nodes the request cannot go to.
+pub trait Filter {
+    /// Keeps in `nodes` only those that pass.
+    fn filter(&self, cx: &CycleState<'_>, nodes: &mut Vec<NodeIdx>);
+}
+
+/// Ranks the nodes that passed every filter.
+pub trait Score {
+    /// Writes a score in `0..=MAX_SCORE` for each of `nodes` into `out` (same length).
+    fn score(&self, cx: &CycleState<'_>, nodes: &[NodeIdx], out: &mut [i64]);
+}
+
+/// Runs when no node passes: finds a node and the allocations to take back there.
+pub trait Preempt {
+    /// A placement with victims, or none when this plugin finds no way.
+    fn preempt(&self, cx: &CycleState<'_>) -> Option<Placement>;
+}
+
+/// Keeps plugin state in step with grants.
+pub trait Reserve {
+    /// After `alloc` was granted.
+    fn reserve(&mut self, state: &State, alloc: &Allocation);
+    /// After a granted `alloc` ended. Must be idempotent.
+    fn unreserve(&mut self, state: &State, alloc: &Allocation);
+}

@@ -1,0 +1,11 @@
+//! The built-in plugins.
+
+mod filter;
+mod preempt;
+mod queue;
+mod score;
+
+pub use filter::{Fits, NodeHold, NodeSelector};
+pub use preempt::{PriorityPreemption, Reclaim};
+pub use queue::{DominantShare, PriorityFifo};
+pub use score::{AgentSpread, LeastAllocated, MostAllocated, family};

@@ -1,0 +1,244 @@
+//! Preempt plugins. `priority-preemption` takes strictly lower priority grants on one node, as
+//! Kubernetes does: the node whose victims have the lowest highest priority, then the fewest
+//! victims, then the most recently granted. `reclaim` takes back capacity other pools borrowed
+//! beyond their guarantee, for a pool that is still within its own.
+
+use std::cmp::Ordering;
+
+use qm_core::{AllocId, Allocation, NodeIdx, Placement, PoolIdx, Preemption, Resources};
+
+use crate::plugin::{CycleState, Plugin, Preempt};
+
+/// A node's victim set, with what the choice between nodes compares.
+#[derive(Debug)]
+struct Candidate {
+    node: NodeIdx,
+    victims: Vec<AllocId>,
+    max_priority: u16,
+    /// The oldest victim's grant order: larger means every victim is younger.
+    oldest_grant: u64,
+}
+
+impl Candidate {
+    /// Lowest highest-priority first, then fewest victims, then youngest victims.
+    fn better_than(&self, other: &Self) -> bool {
+        let key = |c: &Self| (c.max_priority, c.victims.len());
+        match key(self).cmp(&key(other)) {
+            Ordering::Less => true,
+            Ordering::Greater => false,
+            Ordering::Equal => self.oldest_grant > other.oldest_grant,
+        }
+    }
+}
+
+/// True when taking `victim` reduces some still-missing amount.
+fn helps(missing: &Resources, victim: &Resources) -> bool {
+    missing.iter().any(|(r, _)| victim.get(r) > 0)
+}
+
+/// What the pool still lacks under its limit for the request (empty without a limit).
+fn pool_missing(cx: &CycleState<'_>) -> Resources {
+    cx.pool.limit().map_or_else(Resources::default, |limit| {
+        limit
+            .saturating_sub(cx.pool.allocated())
+            .shortfall_for(cx.request.resources())
+    })
+}
+
+/// Picks victims on one node greedily in the node's victim order, then lets off every victim
+/// (most important first) that the request does not need after all.
+fn victims_on(
+    cx: &CycleState<'_>,
+    node: NodeIdx,
+    pool_need: &Resources,
+    bound: Option<&Candidate>,
+    may_take: &mut dyn FnMut(&Allocation) -> bool,
+) -> Option<Candidate> {
+    let st = cx.state;
+    let n = st.node(node)?;
+    let req = cx.request;
+    let node_need = n.available().shortfall_for(req.resources());
+    let (mut need_n, mut need_p) = (node_need.clone(), pool_need.clone());
+    let mut taken: Vec<&Allocation> = Vec::new();
+    for id in n.victims() {
+        if need_n.is_empty() && need_p.is_empty() {
+            break;
+        }
+        let Some(a) = st.alloc(id) else { continue };
+        if let Some(b) = bound {
+            let prio = a.priority().get();
+            if prio > b.max_priority || (prio == b.max_priority && taken.len() >= b.victims.len()) {
+                return None;
+            }
+        }
+        let same_pool = a.pool() == req.pool();
+        let useful = helps(&need_n, a.resources()) || (same_pool && helps(&need_p, a.resources()));
+        if !useful || !may_take(a) {
+            continue;
+        }
+        need_n.sub(a.resources());
+        if same_pool {
+            need_p.sub(a.resources());
+        }
+        taken.push(a);
+    }
+    if !(need_n.is_empty() && need_p.is_empty()) {
+        return None;
+    }
+    // Let off what is not needed, most important (and oldest) first.
+    let mut freed_n = Resources::default();
+    let mut freed_p = Resources::default();
+    for a in &taken {
+        freed_n.add(a.resources());
+        if a.pool() == req.pool() {
+            freed_p.add(a.resources());
+        }
+    }
+    let mut keep = vec![true; taken.len()];
+    for i in (0..taken.len()).rev() {
+        let a = taken[i];
+        let rest_n = freed_n.saturating_sub(a.resources());
+        let rest_p = if a.pool() == req.pool() {
+            freed_p.saturating_sub(a.resources())
+        } else {
+            freed_p.clone()
+        };
+        if node_need.fits(&rest_n) && pool_need.fits(&rest_p) {
+            keep[i] = false;
+            freed_n = rest_n;
+            freed_p = rest_p;
+        }
+    }
+    let victims: Vec<&Allocation> = taken
+        .iter()
+        .zip(&keep)
+        .filter(|(_, k)| **k)
+        .map(|(a, _)| *a)
+        .collect();
+    if victims.is_empty() {
+        return None;
+    }
+    Some(Candidate {
+        node,
+        max_priority: victims
+            .iter()
+            .map(|a| a.priority().get())
+            .max()
+            .unwrap_or(0),
+        oldest_grant: victims.iter().map(|a| a.grant_seq()).min().unwrap_or(0),
+        victims: victims.iter().map(|a| a.id()).collect(),
+    })
+}
+
+/// Runs `victims_on` over every eligible node and keeps the best candidate.
+fn best_node(
+    cx: &CycleState<'_>,
+    pool_need: &Resources,
+    may_take: &mut dyn FnMut(&Allocation) -> bool,
+    reset: &mut dyn FnMut(),
+) -> Option<Candidate> {
+    let mut best: Option<Candidate> = None;
+    for &idx in cx.state.ready_nodes() {
+        let Some(node) = cx.state.node(idx) else {
+            continue;
+        };
+        if !cx.eligible(node) || !cx.request.resources().fits(node.allocatable()) {
+            continue;
+        }
+        reset();
+        if let Some(c) = victims_on(cx, idx, pool_need, best.as_ref(), may_take) {
+            if best.as_ref().is_none_or(|b| c.better_than(b)) {
+                best = Some(c);
+            }
+        }
+    }
+    best
+}
+
+/// `priority-preemption`: see the module documentation.
+#[derive(Debug, Default)]
+pub struct PriorityPreemption;
+
+impl Plugin for PriorityPreemption {
+    fn name(&self) -> &'static str {
+        "priority-preemption"
+    }
+    fn preempt(&self) -> Option<&dyn Preempt> {
+        Some(self)
+    }
+}
+
+impl Preempt for PriorityPreemption {
+    fn preempt(&self, cx: &CycleState<'_>) -> Option<Placement> {
+        let prio = cx.request.priority();
+        let pool_need = pool_missing(cx);
+        let mut lower = |a: &Allocation| a.priority() < prio;
+        let best = best_node(cx, &pool_need, &mut lower, &mut || {})?;
+        Some(Placement {
+            node: best.node,
+            victims: best.victims,
+            preemption: Preemption::Priority,
+        })
+    }
+}
+
+/// `reclaim`: for a request that keeps its pool within its guarantee, preempts grants of
+/// other pools that hold more than their own guarantee, lowest priority first, never taking a
+/// pool below its guarantee.
+#[derive(Debug, Default)]
+pub struct Reclaim;
+
+impl Plugin for Reclaim {
+    fn name(&self) -> &'static str {
+        "reclaim"
+    }
+    fn preempt(&self) -> Option<&dyn Preempt> {
+        Some(self)
+    }
+}
+
+impl Preempt for Reclaim {
+    fn preempt(&self, cx: &CycleState<'_>) -> Option<Placement> {
+        let req = cx.request.resources();
+        if !pool_missing(cx).is_empty()
+            || !req.fits_beside(cx.pool.allocated(), cx.pool.guaranteed())
+        {
+            return None;
+        }
+        // What each lending pool would still hold after the victims taken so far on this node.
+        let held: std::cell::RefCell<Vec<(PoolIdx, Resources)>> = std::cell::RefCell::default();
+        let mut borrowed = |a: &Allocation| {
+            if a.pool() == cx.request.pool() {
+                return false;
+            }
+            let Some(pool) = cx.state.pool(a.pool()) else {
+                return false;
+            };
+            let mut held = held.borrow_mut();
+            let pos = match held.iter().position(|(p, _)| *p == a.pool()) {
+                Some(i) => i,
+                None => {
+                    held.push((a.pool(), pool.allocated().clone()));
+                    held.len() - 1
+                }
+            };
+            let Some((_, left)) = held.get_mut(pos) else {
+                return false;
+            };
+            // Only a pool holding more than its guarantee lends; it stops lending once
+            // the victims taken so far bring it back within.
+            let borrowing = !left.fits(pool.guaranteed());
+            if borrowing {
+                left.sub(a.resources());
+            }
+            borrowing
+        };
+        let mut reset = || held.borrow_mut().clear();
+        let best = best_node(cx, &Resources::default(), &mut borrowed, &mut reset)?;
+        Some(Placement {
+            node: best.node,
+            victims: best.victims,
+            preemption: Preemption::Reclaim,
+        })
+    }
+}

@@ -1,0 +1,179 @@
+//! Score plugins: pack (most allocated, the best-fit score), spread (least allocated), and
+//! spread an agent family's allocations over nodes (which keeps per-node counts through the
+//! reserve extension point).
+
+use std::collections::HashMap;
+
+use qm_core::{Allocation, NodeIdx, ResourceId, State};
+
+use crate::plugin::{CycleState, MAX_SCORE, Plugin, Reserve, Score};
+
+const BASE: [ResourceId; 4] = [
+    ResourceId::CPU,
+    ResourceId::MEMORY,
+    ResourceId::EPHEMERAL_STORAGE,
+    ResourceId::GPU,
+];
+
+/// The mean fraction of allocatable the node would have handed out after the grant, over the
+/// standard resources the request asks for (0 when it asks for none).
+#[inline]
+fn fullness_after(cx: &CycleState<'_>, idx: NodeIdx) -> f64 {
+    let Some(node) = cx.state.node(idx) else {
+        return 0.0;
+    };
+    let req = cx.request.resources();
+    let inv = node.inv_allocatable();
+    let (mut sum, mut n) = (0.0, 0u32);
+    for (r, inv) in BASE.iter().zip(inv) {
+        let want = req.get(*r);
+        if want > 0 && *inv > 0.0 {
+            #[allow(clippy::cast_precision_loss)]
+            let used = node.allocated().get(*r).saturating_add(want) as f64;
+            sum += (used * inv).min(1.0);
+            n += 1;
+        }
+    }
+    if n == 0 { 0.0 } else { sum / f64::from(n) }
+}
+
+#[allow(clippy::cast_possible_truncation)]
+fn to_score(fraction: f64) -> i64 {
+    (fraction.clamp(0.0, 1.0) * MAX_SCORE as f64).round() as i64
+}
+
+/// `most-allocated`: prefers the fullest node the request fits on (best fit: packs work onto
+/// few nodes and keeps whole nodes free for large requests).
+#[derive(Debug, Default)]
+pub struct MostAllocated;
+
+impl Plugin for MostAllocated {
+    fn name(&self) -> &'static str {
+        "most-allocated"
+    }
+    fn score(&self) -> Option<&dyn Score> {
+        Some(self)
+    }
+}
+
+impl Score for MostAllocated {
+    fn score(&self, cx: &CycleState<'_>, nodes: &[NodeIdx], out: &mut [i64]) {
+        for (idx, s) in nodes.iter().zip(out) {
+            *s = to_score(fullness_after(cx, *idx));
+        }
+    }
+}
+
+/// `least-allocated`: prefers the emptiest node (spreads load and blast radius).
+#[derive(Debug, Default)]
+pub struct LeastAllocated;
+
+impl Plugin for LeastAllocated {
+    fn name(&self) -> &'static str {
+        "least-allocated"
+    }
+    fn score(&self) -> Option<&dyn Score> {
+        Some(self)
+    }
+}
+
+impl Score for LeastAllocated {
+    fn score(&self, cx: &CycleState<'_>, nodes: &[NodeIdx], out: &mut [i64]) {
+        for (idx, s) in nodes.iter().zip(out) {
+            *s = to_score(1.0 - fullness_after(cx, *idx));
+        }
+    }
+}
+
+/// An agent's family: its name less a trailing `-N` or `.N` (`coder-17` → `coder`), so a
+/// fleet's replicas count together.
+pub fn family(agent: &str) -> &str {
+    let trimmed = agent.trim_end_matches(|c: char| c.is_ascii_digit());
+    match trimmed.strip_suffix(['-', '.']) {
+        Some(stem) if trimmed.len() < agent.len() && !stem.is_empty() => stem,
+        _ => agent,
+    }
+}
+
+/// `agent-spread`: prefers nodes holding fewer grants of the request's agent family, so one
+/// node's loss takes few replicas of a fleet. Keeps its counts through reserve/unreserve.
+#[derive(Debug, Default)]
+pub struct AgentSpread {
+    counts: HashMap<Box<str>, HashMap<NodeIdx, u32>>,
+}
+
+impl Plugin for AgentSpread {
+    fn name(&self) -> &'static str {
+        "agent-spread"
+    }
+    fn score(&self) -> Option<&dyn Score> {
+        Some(self)
+    }
+    fn reserve(&mut self) -> Option<&mut dyn Reserve> {
+        Some(self)
+    }
+}
+
+impl Score for AgentSpread {
+    fn score(&self, cx: &CycleState<'_>, nodes: &[NodeIdx], out: &mut [i64]) {
+        let Some(per_node) = self.counts.get(family(cx.request.agent())) else {
+            out.fill(MAX_SCORE);
+            return;
+        };
+        let count = |i: &NodeIdx| i64::from(per_node.get(i).copied().unwrap_or(0));
+        let most = nodes.iter().map(count).max().unwrap_or(0);
+        for (idx, s) in nodes.iter().zip(out) {
+            *s = if most == 0 {
+                MAX_SCORE
+            } else {
+                MAX_SCORE * (most - count(idx)) / most
+            };
+        }
+    }
+}
+
+impl Reserve for AgentSpread {
+    fn reserve(&mut self, _: &State, alloc: &Allocation) {
+        if let Some(node) = alloc.node() {
+            let fam = family(alloc.agent());
+            let per_node = match self.counts.get_mut(fam) {
+                Some(m) => m,
+                None => self.counts.entry(fam.into()).or_default(),
+            };
+            *per_node.entry(node).or_insert(0) += 1;
+        }
+    }
+
+    fn unreserve(&mut self, _: &State, alloc: &Allocation) {
+        let (Some(node), fam) = (alloc.node(), family(alloc.agent())) else {
+            return;
+        };
+        let Some(per_node) = self.counts.get_mut(fam) else {
+            return;
+        };
+        if let Some(c) = per_node.get_mut(&node) {
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                per_node.remove(&node);
+            }
+        }
+        if per_node.is_empty() {
+            self.counts.remove(fam);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_drop_a_trailing_number() {
+        assert_eq!(family("coder-17"), "coder");
+        assert_eq!(family("coder.3"), "coder");
+        assert_eq!(family("coder"), "coder");
+        assert_eq!(family("17"), "17");
+        assert_eq!(family("-17"), "-17");
+        assert_eq!(family("gpt4"), "gpt4");
+    }
+}
