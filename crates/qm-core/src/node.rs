@@ -181,7 +181,7 @@ impl PoolSpec {
             ));
         }
         if let Some(limit) = &self.limit {
-            if !self.guaranteed.fits(limit) {
+            if !self.guaranteed.fits_under_cap(&Resources::default(), limit) {
                 errors.push(FieldError::new("guaranteed", "must not exceed limit"));
             }
         }
@@ -248,16 +248,23 @@ impl Pool {
     pub fn queued(&self) -> impl Iterator<Item = AllocId> + '_ {
         self.queue.values().copied()
     }
-    /// True when it holds more than its guarantee of some resource.
+    /// True when it holds more than its guarantee of a resource the guarantee names, or holds
+    /// anything without a guarantee: it is using capacity borrowed from others.
     pub fn is_borrowing(&self) -> bool {
-        !self.allocated.fits(&self.spec.guaranteed)
+        !self.allocated.within_guarantee(&self.spec.guaranteed)
     }
-    /// True when `request` fits under its limit.
+    /// True when granting `request` keeps it within its guarantee.
+    pub fn within_guarantee(&self, request: &Resources) -> bool {
+        self.allocated
+            .saturating_add(request)
+            .within_guarantee(&self.spec.guaranteed)
+    }
+    /// True when `request` fits under its limit (on the resources the limit names).
     #[inline]
     pub fn fits(&self, request: &Resources) -> bool {
         self.spec
             .limit
             .as_ref()
-            .is_none_or(|l| request.fits_beside(&self.allocated, l))
+            .is_none_or(|l| request.fits_under_cap(&self.allocated, l))
     }
 }

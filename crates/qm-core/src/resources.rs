@@ -289,6 +289,36 @@ impl Resources {
         }
     }
 
+    /// True when `self + used` stays within `cap` on every resource `cap` names (a non-zero
+    /// amount); resources `cap` leaves at zero are not capped. Pool limits work this way.
+    pub fn fits_under_cap(&self, used: &Self, cap: &Self) -> bool {
+        cap.iter()
+            .all(|(r, c)| self.get(r).saturating_add(used.get(r)) <= c)
+    }
+
+    /// How far `self + used` goes over `cap` on the resources `cap` names.
+    #[must_use]
+    pub fn over_cap(&self, used: &Self, cap: &Self) -> Self {
+        let mut out = Self::default();
+        for (r, c) in cap.iter() {
+            let over = self.get(r).saturating_add(used.get(r)).saturating_sub(c);
+            if over > 0 {
+                out.set(r, over);
+            }
+        }
+        out
+    }
+
+    /// True when `self` (what a pool holds) is within `guaranteed`: on the resources the
+    /// guarantee names, or, for an empty guarantee, only when `self` is empty too.
+    pub fn within_guarantee(&self, guaranteed: &Self) -> bool {
+        if guaranteed.is_empty() {
+            self.is_empty()
+        } else {
+            Self::default().fits_under_cap(self, guaranteed)
+        }
+    }
+
     /// Adds `other` in place, saturating at `u64::MAX`.
     #[inline]
     pub fn add(&mut self, other: &Self) {

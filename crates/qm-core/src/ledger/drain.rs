@@ -5,7 +5,7 @@
 
 use std::ops::Bound;
 
-use super::{Event, Ledger};
+use super::{Event, Ledger, normalized_size};
 use crate::ids::{AllocId, NodeIdx, Timestamp};
 use crate::policy::{Preemption, QueueRank};
 use crate::resources::Resources;
@@ -139,12 +139,7 @@ impl Ledger {
                 continue;
             }
             let missing = node.available().shortfall_for(&cand.resources);
-            let inv = node.inv_allocatable();
-            #[allow(clippy::cast_precision_loss)]
-            let size: f64 = missing
-                .iter()
-                .map(|(r, v)| v as f64 * inv.get(r.index()).copied().unwrap_or(1.0))
-                .sum();
+            let size = normalized_size(&missing, node.inv_allocatable());
             if best.is_none_or(|(s, _)| size < s) {
                 best = Some((size, *idx));
             }

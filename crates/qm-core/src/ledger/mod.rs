@@ -86,6 +86,9 @@ pub enum ShortfallReason {
     NoEligibleNode,
     /// No eligible node has enough left, even after preempting what may be preempted.
     Capacity,
+    /// It would fit, but the node is held for a longer-waiting request of equal or higher
+    /// priority.
+    NodeHeld,
 }
 
 /// How a submitted request was decided.
@@ -385,11 +388,7 @@ impl Ledger {
         if !preempt || p.preemption == Preemption::None {
             return false;
         }
-        if p.preemption == Preemption::Reclaim
-            && !cand
-                .resources
-                .fits_beside(&pool.allocated, &pool.spec.guaranteed)
-        {
+        if p.preemption == Preemption::Reclaim && !pool.within_guarantee(&cand.resources) {
             return false;
         }
         let mut node_used = node.allocated.clone();
@@ -424,25 +423,24 @@ impl Ledger {
                 .spec
                 .limit
                 .as_ref()
-                .is_none_or(|l| cand.resources.fits_beside(&pool_used, l))
+                .is_none_or(|l| cand.resources.fits_under_cap(&pool_used, l))
     }
 
-    /// What keeps `cand` out: its pool's limit, no eligible node, or capacity on the closest node.
+    /// What keeps `cand` out: its pool's limit, no eligible node, capacity on the closest
+    /// node, or a hold on the node it would fit.
     fn shortfall(&self, cand: &Allocation) -> Shortfall {
         let st = &self.state;
         let req = &cand.resources;
-        if let Some(limit) = st
-            .pool(cand.pool)
-            .and_then(|p| Some((p, p.spec.limit.as_ref()?)))
-        {
-            let (pool, limit) = limit;
-            if !req.fits_beside(&pool.allocated, limit) {
-                let left = limit.saturating_sub(&pool.allocated);
-                return Shortfall {
-                    reason: ShortfallReason::PoolLimit,
-                    missing: left.shortfall_for(req),
-                    node: None,
-                };
+        if let Some(pool) = st.pool(cand.pool) {
+            if let Some(limit) = &pool.spec.limit {
+                if !req.fits_under_cap(&pool.allocated, limit) {
+                    let missing = req.over_cap(&pool.allocated, limit);
+                    return Shortfall {
+                        reason: ShortfallReason::PoolLimit,
+                        missing,
+                        node: None,
+                    };
+                }
             }
         }
         let mut best: Option<(f64, NodeIdx, Resources)> = None;
@@ -452,12 +450,14 @@ impl Ledger {
                 continue;
             }
             let missing = node.available().shortfall_for(req);
-            let inv = node.inv_allocatable();
-            #[allow(clippy::cast_precision_loss)]
-            let size: f64 = missing
-                .iter()
-                .map(|(r, v)| v as f64 * inv.get(r.index()).copied().unwrap_or(1.0))
-                .sum();
+            if missing.is_empty() && !st.hold_allows(node, cand) {
+                return Shortfall {
+                    reason: ShortfallReason::NodeHeld,
+                    missing,
+                    node: Some(*idx),
+                };
+            }
+            let size = normalized_size(&missing, node.inv_allocatable());
             if best.as_ref().is_none_or(|(s, _, _)| size < *s) {
                 best = Some((size, *idx, missing));
             }
@@ -509,7 +509,6 @@ impl Ledger {
         let Some(alloc) = self.state.allocs.get_mut(id) else {
             return victims;
         };
-        let was_queued = alloc.state == AllocState::Queued;
         alloc.state = AllocState::Granted;
         alloc.node = Some(node);
         alloc.granted_at = Some(now);
@@ -519,11 +518,12 @@ impl Ledger {
         let (pool_idx, qkey, vkey) = (alloc.pool, queue_key(alloc), victim_key(alloc));
         let (preemptible, expires, res) =
             (alloc.preemptible, alloc.expires_at, alloc.resources.clone());
+        // A request granted from the queue leaves it (a fresh submit was never in it).
+        let was_queued = self
+            .pool_mut(pool_idx)
+            .is_some_and(|p| p.queue.remove(&qkey).is_some());
         if was_queued {
             self.state.n_queued -= 1;
-            if let Some(pool) = self.pool_mut(pool_idx) {
-                pool.queue.remove(&qkey);
-            }
             self.unhold(id);
         }
         if let Some(n) = self.node_mut(node) {
@@ -617,6 +617,16 @@ impl Ledger {
             .get_mut(idx.index())
             .and_then(|s| s.live.as_mut())
     }
+}
+
+/// The size of `missing` as a sum of fractions of a node's allocatable (extended resources
+/// count whole), to compare how close nodes come to fitting a request.
+pub(crate) fn normalized_size(missing: &Resources, inv_allocatable: &[f64; 4]) -> f64 {
+    #[allow(clippy::cast_precision_loss)]
+    missing
+        .iter()
+        .map(|(r, v)| v as f64 * inv_allocatable.get(r.index()).copied().unwrap_or(1.0))
+        .sum()
 }
 
 #[cfg(test)]

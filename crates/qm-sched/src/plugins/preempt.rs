@@ -39,9 +39,7 @@ fn helps(missing: &Resources, victim: &Resources) -> bool {
 /// What the pool still lacks under its limit for the request (empty without a limit).
 fn pool_missing(cx: &CycleState<'_>) -> Resources {
     cx.pool.limit().map_or_else(Resources::default, |limit| {
-        limit
-            .saturating_sub(cx.pool.allocated())
-            .shortfall_for(cx.request.resources())
+        cx.request.resources().over_cap(cx.pool.allocated(), limit)
     })
 }
 
@@ -200,9 +198,7 @@ impl Plugin for Reclaim {
 impl Preempt for Reclaim {
     fn preempt(&self, cx: &CycleState<'_>) -> Option<Placement> {
         let req = cx.request.resources();
-        if !pool_missing(cx).is_empty()
-            || !req.fits_beside(cx.pool.allocated(), cx.pool.guaranteed())
-        {
+        if !pool_missing(cx).is_empty() || !cx.pool.within_guarantee(req) {
             return None;
         }
         // What each lending pool would still hold after the victims taken so far on this node.
@@ -227,7 +223,7 @@ impl Preempt for Reclaim {
             };
             // Only a pool holding more than its guarantee lends; it stops lending once
             // the victims taken so far bring it back within.
-            let borrowing = !left.fits(pool.guaranteed());
+            let borrowing = !left.within_guarantee(pool.guaranteed());
             if borrowing {
                 left.sub(a.resources());
             }
