@@ -24,7 +24,7 @@ use qm_core::{
 };
 
 /// Runs a scenario and returns its transcript.
-pub fn run(script: &str) -> String {
+pub(crate) fn run(script: &str) -> String {
     let mut sc = Scenario::new();
     for line in script
         .lines()
