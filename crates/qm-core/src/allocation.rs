@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::num::NonZeroU64;
 
 use crate::ids::{AllocId, NodeIdx, PoolIdx, Timestamp};
 use crate::priority::{Priority, Qos};
@@ -215,28 +216,44 @@ impl AllocState {
 }
 
 /// An allocation: a request, where it stands, and where it runs.
+///
+/// Kept small (the ledger holds one per live allocation): what most allocations lack (limits,
+/// labels, a selector) and what only ended ones carry (a reason, a preemptor) sit behind boxes
+/// that exist only when there is something in them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Allocation {
     pub(crate) id: AllocId,
     pub(crate) agent: Box<str>,
-    pub(crate) pool: PoolIdx,
-    pub(crate) node: Option<NodeIdx>,
     pub(crate) resources: Resources,
-    pub(crate) limits: Option<Box<Resources>>,
-    pub(crate) priority: Priority,
-    pub(crate) qos: Qos,
-    pub(crate) preemptible: bool,
-    pub(crate) state: AllocState,
-    pub(crate) reason: Option<Box<str>>,
-    pub(crate) preempted_by: Option<AllocId>,
-    pub(crate) labels: Option<Box<Labels>>,
-    pub(crate) node_selector: Option<Box<Labels>>,
-    pub(crate) ttl_ms: Option<u64>,
+    pub(crate) extra: Option<Box<Extra>>,
+    pub(crate) ending: Option<Box<Ending>>,
+    pub(crate) ttl_ms: Option<NonZeroU64>,
     pub(crate) created_at: Timestamp,
     pub(crate) granted_at: Option<Timestamp>,
     pub(crate) expires_at: Option<Timestamp>,
     pub(crate) ended_at: Option<Timestamp>,
     pub(crate) grant_seq: u64,
+    pub(crate) pool: PoolIdx,
+    pub(crate) node: Option<NodeIdx>,
+    pub(crate) priority: Priority,
+    pub(crate) qos: Qos,
+    pub(crate) preemptible: bool,
+    pub(crate) state: AllocState,
+}
+
+/// The rarely set parts of a request.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct Extra {
+    limits: Option<Resources>,
+    labels: Labels,
+    node_selector: Labels,
+}
+
+/// Why an allocation ended, when there is more to say than its state.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Ending {
+    pub(crate) reason: Option<Box<str>>,
+    pub(crate) preempted_by: Option<AllocId>,
 }
 
 static NO_LABELS: Labels = Labels::new();
@@ -264,7 +281,7 @@ impl Allocation {
     }
     /// Its limits, if any.
     pub fn limits(&self) -> Option<&Resources> {
-        self.limits.as_deref()
+        self.extra.as_ref()?.limits.as_ref()
     }
     /// Its priority.
     pub fn priority(&self) -> Priority {
@@ -284,23 +301,23 @@ impl Allocation {
     }
     /// Why it ended (or why it waits), in words.
     pub fn reason(&self) -> Option<&str> {
-        self.reason.as_deref()
+        self.ending.as_ref()?.reason.as_deref()
     }
     /// The allocation that preempted it.
     pub fn preempted_by(&self) -> Option<AllocId> {
-        self.preempted_by
+        self.ending.as_ref()?.preempted_by
     }
     /// Its labels.
     pub fn labels(&self) -> &Labels {
-        self.labels.as_deref().unwrap_or(&NO_LABELS)
+        self.extra.as_ref().map_or(&NO_LABELS, |e| &e.labels)
     }
     /// The labels a node must carry to hold it.
     pub fn node_selector(&self) -> &Labels {
-        self.node_selector.as_deref().unwrap_or(&NO_LABELS)
+        self.extra.as_ref().map_or(&NO_LABELS, |e| &e.node_selector)
     }
     /// Its lease length in milliseconds, if it has a lease.
     pub fn ttl_ms(&self) -> Option<u64> {
-        self.ttl_ms
+        self.ttl_ms.map(NonZeroU64::get)
     }
     /// When it was asked for.
     pub fn created_at(&self) -> Timestamp {
@@ -325,34 +342,72 @@ impl Allocation {
 
     pub(crate) fn from_request(id: AllocId, pool: PoolIdx, req: Request, now: Timestamp) -> Self {
         let qos = Qos::derive(&req.resources, req.limits.as_ref());
+        let plain = req.limits.is_none() && req.labels.is_empty() && req.node_selector.is_empty();
+        let extra = (!plain).then(|| {
+            Box::new(Extra {
+                limits: req.limits,
+                labels: req.labels,
+                node_selector: req.node_selector,
+            })
+        });
         Self {
             id,
             agent: req.agent.into_boxed_str(),
-            pool,
-            node: None,
             resources: req.resources,
-            limits: req.limits.map(Box::new),
-            priority: req.priority,
-            qos,
-            preemptible: req.preemptible,
-            state: AllocState::Queued,
-            reason: None,
-            preempted_by: None,
-            labels: (!req.labels.is_empty()).then(|| Box::new(req.labels)),
-            node_selector: (!req.node_selector.is_empty()).then(|| Box::new(req.node_selector)),
-            ttl_ms: req.ttl_ms,
+            extra,
+            ending: None,
+            ttl_ms: req.ttl_ms.and_then(NonZeroU64::new),
             created_at: now,
             granted_at: None,
             expires_at: None,
             ended_at: None,
             grant_seq: 0,
+            pool,
+            node: None,
+            priority: req.priority,
+            qos,
+            preemptible: req.preemptible,
+            state: AllocState::Queued,
         }
+    }
+
+    /// Records how it ended.
+    pub(crate) fn finish(
+        &mut self,
+        to: AllocState,
+        now: Timestamp,
+        reason: Option<Box<str>>,
+        by: Option<AllocId>,
+    ) {
+        self.state = to;
+        self.ended_at = Some(now);
+        self.ending = (reason.is_some() || by.is_some()).then(|| {
+            Box::new(Ending {
+                reason,
+                preempted_by: by,
+            })
+        });
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_allocation_stays_small() {
+        // The ledger holds one per live allocation; the memory budget is 256 bytes each,
+        // indexes included. Growing this struct needs a reason.
+        assert!(
+            std::mem::size_of::<Allocation>() <= 144,
+            "{}",
+            std::mem::size_of::<Allocation>()
+        );
+        assert_eq!(
+            std::mem::size_of::<Option<Allocation>>(),
+            std::mem::size_of::<Allocation>()
+        );
+    }
 
     #[test]
     fn validation_names_every_bad_field() {

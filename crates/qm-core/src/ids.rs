@@ -2,7 +2,7 @@
 //! pool indices, and the millisecond timestamps every command carries.
 
 use std::fmt;
-use std::num::NonZeroU64;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::str::FromStr;
 
 const SLOT_BITS: u32 = 24;
@@ -79,12 +79,21 @@ impl FromStr for AllocId {
 /// A node's index in the ledger's node table. Indices are never reused, so an ended
 /// allocation's node can still be named after the node is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeIdx(pub(crate) u32);
+pub struct NodeIdx(NonZeroU32);
 
 impl NodeIdx {
+    /// The node at `index` in the node table (stored plus one, so `Option<NodeIdx>` is 4 bytes).
+    pub(crate) fn from_index(index: usize) -> Option<Self> {
+        u32::try_from(index)
+            .ok()
+            .and_then(|i| i.checked_add(1))
+            .and_then(NonZeroU32::new)
+            .map(Self)
+    }
+
     /// The position in the node table.
     pub fn index(self) -> usize {
-        self.0 as usize
+        (self.0.get() - 1) as usize
     }
 }
 

@@ -127,6 +127,14 @@ impl Node {
     pub fn victims(&self) -> impl Iterator<Item = AllocId> + '_ {
         self.victims.values().copied()
     }
+    /// Like [`Node::victims`], with each victim's priority and grant order read off the index
+    /// (no lookup of the allocation needed).
+    pub fn victim_entries(&self) -> impl Iterator<Item = (u16, u64, AllocId)> + '_ {
+        self.victims.iter().map(|(k, id)| {
+            let (priority, grant_seq) = crate::ledger::decode_victim_key(*k);
+            (priority, grant_seq, *id)
+        })
+    }
     /// `1 / allocatable` for cpu, memory, ephemeral storage and gpu (0 where none), so scoring
     /// multiplies instead of dividing.
     pub fn inv_allocatable(&self) -> &[f64; 4] {

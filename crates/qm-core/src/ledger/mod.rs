@@ -10,6 +10,7 @@ mod nodes;
 mod state;
 
 use std::mem;
+use std::num::NonZeroU64;
 
 use crate::allocation::{AllocState, Allocation, Request, ValidationErrors};
 use crate::ids::{AllocId, NodeIdx, PoolIdx, Timestamp};
@@ -19,6 +20,7 @@ use crate::resources::Resources;
 
 pub use nodes::{NodeError, PoolError};
 pub use state::State;
+pub(crate) use state::decode_victim_key;
 use state::{Slot, queue_key, victim_key};
 
 /// Tuning of the queue.
@@ -288,10 +290,10 @@ impl Ledger {
         if alloc.state != AllocState::Granted {
             return Err(LiveError::NotGranted(id));
         }
-        let ttl = ttl_ms.or(alloc.ttl_ms).ok_or(LiveError::NoLease(id))?;
+        let ttl = ttl_ms.or(alloc.ttl_ms()).ok_or(LiveError::NoLease(id))?;
         let expires = now.plus_millis(ttl);
         let old = alloc.expires_at.replace(expires);
-        alloc.ttl_ms = Some(ttl);
+        alloc.ttl_ms = NonZeroU64::new(ttl);
         if let Some(old) = old {
             self.state.expiry.remove(&(old, id));
         }
@@ -512,9 +514,8 @@ impl Ledger {
         alloc.state = AllocState::Granted;
         alloc.node = Some(node);
         alloc.granted_at = Some(now);
-        alloc.expires_at = alloc.ttl_ms.map(|t| now.plus_millis(t));
+        alloc.expires_at = alloc.ttl_ms().map(|t| now.plus_millis(t));
         alloc.grant_seq = grant_seq;
-        alloc.reason = None;
         let (pool_idx, qkey, vkey) = (alloc.pool, queue_key(alloc), victim_key(alloc));
         let (preemptible, expires, res) =
             (alloc.preemptible, alloc.expires_at, alloc.resources.clone());
@@ -589,10 +590,7 @@ impl Ledger {
                 self.unhold(id);
             }
         }
-        alloc.state = to;
-        alloc.ended_at = Some(now);
-        alloc.reason = reason;
-        alloc.preempted_by = by;
+        alloc.finish(to, now, reason, by);
         self.events.push(Event::Ended(alloc));
     }
 

@@ -58,10 +58,8 @@ impl Ledger {
         if self.state.node_names.contains_key(spec.name.as_str()) {
             return Err(NodeError::Exists(spec.name));
         }
-        let idx = NodeIdx(
-            u32::try_from(self.state.nodes.len())
-                .map_err(|_| NodeError::Exists(spec.name.clone()))?,
-        );
+        let idx = NodeIdx::from_index(self.state.nodes.len())
+            .ok_or_else(|| NodeError::Exists(spec.name.clone()))?;
         let name: Box<str> = spec.name.as_str().into();
         self.state.node_names.insert(name.clone(), idx);
         self.state.nodes.push(Slot {

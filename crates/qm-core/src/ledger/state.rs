@@ -23,6 +23,12 @@ pub(crate) fn victim_key(alloc: &Allocation) -> u64 {
     (u64::from(alloc.priority.get()) << KEY_SHIFT) | (KEY_LOW - (alloc.grant_seq & KEY_LOW))
 }
 
+/// The priority and grant order a victim key was made from.
+pub(crate) fn decode_victim_key(key: u64) -> (u16, u64) {
+    let priority = u16::try_from(key >> KEY_SHIFT).unwrap_or(u16::MAX);
+    (priority, KEY_LOW - (key & KEY_LOW))
+}
+
 /// A table entry: the name outlives the node or pool, so ended allocations can still name it.
 #[derive(Debug, Clone)]
 pub(crate) struct Slot<T> {
@@ -151,7 +157,7 @@ impl State {
         self.nodes
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| Some((NodeIdx(u32::try_from(i).ok()?), s.live.as_ref()?)))
+            .filter_map(|(i, s)| Some((NodeIdx::from_index(i)?, s.live.as_ref()?)))
     }
     /// The nodes new grants may land on, in registration order.
     pub fn ready_nodes(&self) -> &[NodeIdx] {

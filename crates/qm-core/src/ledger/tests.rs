@@ -128,7 +128,12 @@ fn the_ledger_refuses_placements_that_break_its_rules() {
             vec![low],
             Preemption::Reclaim,
         ),
-        ("no such node", NodeIdx(9), vec![], Preemption::None),
+        (
+            "no such node",
+            NodeIdx::from_index(9).unwrap(),
+            vec![],
+            Preemption::None,
+        ),
     ];
     let mut refused = 0;
     for (what, node, victims, preemption) in bad {

@@ -3,7 +3,7 @@
 //! victims, then the most recently granted. `reclaim` takes back capacity other pools borrowed
 //! beyond their guarantee, for a pool that is still within its own.
 
-use std::cmp::Ordering;
+use std::cmp::Reverse;
 
 use qm_core::{AllocId, Allocation, NodeIdx, Placement, PoolIdx, Preemption, Resources};
 
@@ -21,13 +21,12 @@ struct Candidate {
 
 impl Candidate {
     /// Lowest highest-priority first, then fewest victims, then youngest victims.
-    fn better_than(&self, other: &Self) -> bool {
-        let key = |c: &Self| (c.max_priority, c.victims.len());
-        match key(self).cmp(&key(other)) {
-            Ordering::Less => true,
-            Ordering::Greater => false,
-            Ordering::Equal => self.oldest_grant > other.oldest_grant,
-        }
+    fn key(&self) -> (u16, usize, Reverse<u64>) {
+        (
+            self.max_priority,
+            self.victims.len(),
+            Reverse(self.oldest_grant),
+        )
     }
 }
 
@@ -43,32 +42,45 @@ fn pool_missing(cx: &CycleState<'_>) -> Resources {
     })
 }
 
-/// Picks victims on one node greedily in the node's victim order, then lets off every victim
-/// (most important first) that the request does not need after all.
-fn victims_on(
-    cx: &CycleState<'_>,
+/// Picks victims on one node greedily in the node's victim order (lowest priority, youngest
+/// first), then lets off every victim (most important first) the request turns out not to
+/// need. Gives up as soon as the set cannot beat `bound`, reading priority and age off the
+/// node's index before looking an allocation up. `taken` is scratch space.
+fn victims_on<'a>(
+    cx: &CycleState<'a>,
     node: NodeIdx,
     pool_need: &Resources,
     bound: Option<&Candidate>,
     may_take: &mut dyn FnMut(&Allocation) -> bool,
+    taken: &mut Vec<&'a Allocation>,
 ) -> Option<Candidate> {
     let st = cx.state;
     let n = st.node(node)?;
     let req = cx.request;
     let node_need = n.available().shortfall_for(req.resources());
     let (mut need_n, mut need_p) = (node_need.clone(), pool_need.clone());
-    let mut taken: Vec<&Allocation> = Vec::new();
-    for id in n.victims() {
+    taken.clear();
+    let mut oldest = u64::MAX;
+    for (prio, grant, id) in n.victim_entries() {
         if need_n.is_empty() && need_p.is_empty() {
             break;
         }
-        let Some(a) = st.alloc(id) else { continue };
         if let Some(b) = bound {
-            let prio = a.priority().get();
-            if prio > b.max_priority || (prio == b.max_priority && taken.len() >= b.victims.len()) {
-                return None;
+            // Taking this one gives at least this key (reprieves aside): if that cannot beat
+            // the bound, this node is out, unless the victim would be skipped anyway.
+            let at_least = (prio, taken.len() + 1, Reverse(oldest.min(grant)));
+            if at_least >= b.key() {
+                let a = st.alloc(id)?;
+                let same_pool = a.pool() == req.pool();
+                let useful =
+                    helps(&need_n, a.resources()) || (same_pool && helps(&need_p, a.resources()));
+                if useful && may_take(a) {
+                    return None;
+                }
+                continue;
             }
         }
+        let Some(a) = st.alloc(id) else { continue };
         let same_pool = a.pool() == req.pool();
         let useful = helps(&need_n, a.resources()) || (same_pool && helps(&need_p, a.resources()));
         if !useful || !may_take(a) {
@@ -78,6 +90,7 @@ fn victims_on(
         if same_pool {
             need_p.sub(a.resources());
         }
+        oldest = oldest.min(grant);
         taken.push(a);
     }
     if !(need_n.is_empty() && need_p.is_empty()) {
@@ -86,14 +99,15 @@ fn victims_on(
     // Let off what is not needed, most important (and oldest) first.
     let mut freed_n = Resources::default();
     let mut freed_p = Resources::default();
-    for a in &taken {
+    for a in taken.iter() {
         freed_n.add(a.resources());
         if a.pool() == req.pool() {
             freed_p.add(a.resources());
         }
     }
-    let mut keep = vec![true; taken.len()];
-    for i in (0..taken.len()).rev() {
+    let mut i = taken.len();
+    while i > 0 && taken.len() > 1 {
+        i -= 1;
         let a = taken[i];
         let rest_n = freed_n.saturating_sub(a.resources());
         let rest_p = if a.pool() == req.pool() {
@@ -102,29 +116,23 @@ fn victims_on(
             freed_p.clone()
         };
         if node_need.fits(&rest_n) && pool_need.fits(&rest_p) {
-            keep[i] = false;
+            taken.remove(i);
             freed_n = rest_n;
             freed_p = rest_p;
         }
     }
-    let victims: Vec<&Allocation> = taken
-        .iter()
-        .zip(&keep)
-        .filter(|(_, k)| **k)
-        .map(|(a, _)| *a)
-        .collect();
-    if victims.is_empty() {
-        return None;
+    let max_priority = taken.iter().map(|a| a.priority().get()).max()?;
+    let oldest_grant = taken.iter().map(|a| a.grant_seq()).min()?;
+    if let Some(b) = bound {
+        if (max_priority, taken.len(), Reverse(oldest_grant)) >= b.key() {
+            return None;
+        }
     }
     Some(Candidate {
         node,
-        max_priority: victims
-            .iter()
-            .map(|a| a.priority().get())
-            .max()
-            .unwrap_or(0),
-        oldest_grant: victims.iter().map(|a| a.grant_seq()).min().unwrap_or(0),
-        victims: victims.iter().map(|a| a.id()).collect(),
+        max_priority,
+        oldest_grant,
+        victims: taken.iter().map(|a| a.id()).collect(),
     })
 }
 
@@ -136,6 +144,7 @@ fn best_node(
     reset: &mut dyn FnMut(),
 ) -> Option<Candidate> {
     let mut best: Option<Candidate> = None;
+    let mut taken = Vec::new();
     for &idx in cx.state.ready_nodes() {
         let Some(node) = cx.state.node(idx) else {
             continue;
@@ -144,10 +153,8 @@ fn best_node(
             continue;
         }
         reset();
-        if let Some(c) = victims_on(cx, idx, pool_need, best.as_ref(), may_take) {
-            if best.as_ref().is_none_or(|b| c.better_than(b)) {
-                best = Some(c);
-            }
+        if let Some(c) = victims_on(cx, idx, pool_need, best.as_ref(), may_take, &mut taken) {
+            best = Some(c);
         }
     }
     best

@@ -99,7 +99,8 @@ pub fn family(agent: &str) -> &str {
 /// node's loss takes few replicas of a fleet. Keeps its counts through reserve/unreserve.
 #[derive(Debug, Default)]
 pub struct AgentSpread {
-    counts: HashMap<Box<str>, HashMap<NodeIdx, u32>>,
+    /// Per family, grants per node index.
+    counts: HashMap<Box<str>, Vec<u32>>,
 }
 
 impl Plugin for AgentSpread {
@@ -120,7 +121,7 @@ impl Score for AgentSpread {
             out.fill(MAX_SCORE);
             return;
         };
-        let count = |i: &NodeIdx| i64::from(per_node.get(i).copied().unwrap_or(0));
+        let count = |i: &NodeIdx| i64::from(per_node.get(i.index()).copied().unwrap_or(0));
         let most = nodes.iter().map(count).max().unwrap_or(0);
         for (idx, s) in nodes.iter().zip(out) {
             *s = if most == 0 {
@@ -134,14 +135,16 @@ impl Score for AgentSpread {
 
 impl Reserve for AgentSpread {
     fn reserve(&mut self, _: &State, alloc: &Allocation) {
-        if let Some(node) = alloc.node() {
-            let fam = family(alloc.agent());
-            let per_node = match self.counts.get_mut(fam) {
-                Some(m) => m,
-                None => self.counts.entry(fam.into()).or_default(),
-            };
-            *per_node.entry(node).or_insert(0) += 1;
+        let Some(node) = alloc.node() else { return };
+        let fam = family(alloc.agent());
+        let per_node = match self.counts.get_mut(fam) {
+            Some(v) => v,
+            None => self.counts.entry(fam.into()).or_default(),
+        };
+        if per_node.len() <= node.index() {
+            per_node.resize(node.index() + 1, 0);
         }
+        per_node[node.index()] += 1;
     }
 
     fn unreserve(&mut self, _: &State, alloc: &Allocation) {
@@ -151,13 +154,10 @@ impl Reserve for AgentSpread {
         let Some(per_node) = self.counts.get_mut(fam) else {
             return;
         };
-        if let Some(c) = per_node.get_mut(&node) {
+        if let Some(c) = per_node.get_mut(node.index()) {
             *c = c.saturating_sub(1);
-            if *c == 0 {
-                per_node.remove(&node);
-            }
         }
-        if per_node.is_empty() {
+        if per_node.iter().all(|c| *c == 0) {
             self.counts.remove(fam);
         }
     }
