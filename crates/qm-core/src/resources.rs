@@ -173,7 +173,10 @@ impl fmt::Display for DisplayResources<'_> {
                 f.write_str(",")?;
             }
             first = false;
-            write!(f, "{}=", self.catalog.name(id))?;
+            match self.catalog.name(id) {
+                "?" => write!(f, "resource#{}=", id.index())?,
+                name => write!(f, "{name}=")?,
+            }
             quantity::write(id.unit(), value, f)?;
         }
         if first {

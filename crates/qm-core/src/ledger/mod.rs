@@ -220,6 +220,10 @@ impl Ledger {
                 self.state.allocs.insert(alloc);
                 let node = placement.node;
                 let preempted = self.apply_grant(now, id, placement);
+                if !preempted.is_empty() {
+                    // Victims may have freed more than the grant took.
+                    self.drain(now);
+                }
                 Ok(Submitted {
                     id: Some(id),
                     decision: Decision::Granted { node, preempted },
@@ -266,9 +270,8 @@ impl Ledger {
             _ => AllocState::Released,
         };
         self.end(now, id, state, None, None);
-        if state == AllocState::Released {
-            self.drain(now);
-        }
+        // Freed capacity, or a freed hold, goes to the queue.
+        self.drain(now);
         Some(state)
     }
 
