@@ -15,31 +15,50 @@ const BASE: [ResourceId; 4] = [
     ResourceId::GPU,
 ];
 
-/// The mean fraction of allocatable the node would have handed out after the grant, over the
-/// standard resources the request asks for (0 when it asks for none).
-#[inline]
-fn fullness_after(cx: &CycleState<'_>, idx: NodeIdx) -> f64 {
-    let Some(node) = cx.state.node(idx) else {
-        return 0.0;
-    };
+/// The standard resources a request asks for, with the amounts: what fullness is taken over.
+fn wanted(cx: &CycleState<'_>) -> ([(usize, u64); 4], usize) {
     let req = cx.request.resources();
-    let inv = node.inv_allocatable();
-    let (mut sum, mut n) = (0.0, 0u32);
-    for (r, inv) in BASE.iter().zip(inv) {
-        let want = req.get(*r);
-        if want > 0 && *inv > 0.0 {
-            #[allow(clippy::cast_precision_loss)]
-            let used = node.allocated().get(*r).saturating_add(want) as f64;
-            sum += (used * inv).min(1.0);
+    let mut out = [(0, 0); 4];
+    let mut n = 0;
+    for r in BASE {
+        let want = req.get(r);
+        if want > 0 {
+            out[n] = (r.index(), want);
             n += 1;
         }
     }
-    if n == 0 { 0.0 } else { sum / f64::from(n) }
+    (out, n)
+}
+
+/// The mean fraction of allocatable the node would have handed out after the grant, over the
+/// standard resources the request asks for (0 when it asks for none).
+#[inline]
+fn fullness_after(cx: &CycleState<'_>, idx: NodeIdx, wants: &[(usize, u64)]) -> f64 {
+    let Some(node) = cx.state.node(idx) else {
+        return 0.0;
+    };
+    if wants.is_empty() {
+        return 0.0;
+    }
+    let inv = node.inv_allocatable();
+    let allocated = node.allocated();
+    let mut sum = 0.0;
+    for &(r, want) in wants {
+        let inv = inv.get(r).copied().unwrap_or(0.0);
+        #[allow(clippy::cast_precision_loss)]
+        let used = allocated.get(BASE[r]).saturating_add(want) as f64;
+        sum += (used * inv).min(1.0);
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let n = wants.len() as f64;
+    sum / n
 }
 
 #[allow(clippy::cast_possible_truncation)]
+#[inline]
 fn to_score(fraction: f64) -> i64 {
-    (fraction.clamp(0.0, 1.0) * MAX_SCORE as f64).round() as i64
+    // Non-negative, so adding a half and truncating rounds (without a libm call).
+    (fraction.clamp(0.0, 1.0) * MAX_SCORE as f64 + 0.5) as i64
 }
 
 /// `most-allocated`: prefers the fullest node the request fits on (best fit: packs work onto
@@ -58,8 +77,9 @@ impl Plugin for MostAllocated {
 
 impl Score for MostAllocated {
     fn score(&self, cx: &CycleState<'_>, nodes: &[NodeIdx], out: &mut [i64]) {
+        let (wants, n) = wanted(cx);
         for (idx, s) in nodes.iter().zip(out) {
-            *s = to_score(fullness_after(cx, *idx));
+            *s = to_score(fullness_after(cx, *idx, &wants[..n]));
         }
     }
 }
@@ -79,8 +99,9 @@ impl Plugin for LeastAllocated {
 
 impl Score for LeastAllocated {
     fn score(&self, cx: &CycleState<'_>, nodes: &[NodeIdx], out: &mut [i64]) {
+        let (wants, n) = wanted(cx);
         for (idx, s) in nodes.iter().zip(out) {
-            *s = to_score(1.0 - fullness_after(cx, *idx));
+            *s = to_score(1.0 - fullness_after(cx, *idx, &wants[..n]));
         }
     }
 }
