@@ -188,10 +188,10 @@ impl PoolSpec {
                 format!("{} is out of range 1..=1000", self.weight),
             ));
         }
-        if let Some(limit) = &self.limit {
-            if !self.guaranteed.fits_under_cap(&Resources::default(), limit) {
-                errors.push(FieldError::new("guaranteed", "must not exceed limit"));
-            }
+        if let Some(limit) = &self.limit
+            && !self.guaranteed.fits_under_cap(&Resources::default(), limit)
+        {
+            errors.push(FieldError::new("guaranteed", "must not exceed limit"));
         }
         if errors.is_empty() {
             Ok(())

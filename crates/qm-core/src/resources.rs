@@ -328,11 +328,11 @@ impl Resources {
         for (a, b) in self.base.iter_mut().zip(other.base) {
             *a = a.saturating_add(b);
         }
-        if let Some(b) = &other.ext {
-            if let Some(a) = self.ext_mut(true) {
-                for (a, b) in a.iter_mut().zip(b.iter()) {
-                    *a = a.saturating_add(*b);
-                }
+        if let Some(b) = &other.ext
+            && let Some(a) = self.ext_mut(true)
+        {
+            for (a, b) in a.iter_mut().zip(b.iter()) {
+                *a = a.saturating_add(*b);
             }
         }
     }
@@ -356,11 +356,11 @@ impl Resources {
         for (a, b) in self.base.iter_mut().zip(other.base) {
             *a = (*a).max(b);
         }
-        if let Some(b) = &other.ext {
-            if let Some(a) = self.ext_mut(true) {
-                for (a, b) in a.iter_mut().zip(b.iter()) {
-                    *a = (*a).max(*b);
-                }
+        if let Some(b) = &other.ext
+            && let Some(a) = self.ext_mut(true)
+        {
+            for (a, b) in a.iter_mut().zip(b.iter()) {
+                *a = (*a).max(*b);
             }
         }
     }

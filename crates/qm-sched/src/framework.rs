@@ -194,14 +194,14 @@ impl Policy for Framework {
             request,
             pool,
         };
-        if pool.fits(request.resources()) {
-            if let Some(node) = self.best_node(&cx) {
-                return Some(Placement {
-                    node,
-                    victims: Vec::new(),
-                    preemption: Preemption::None,
-                });
-            }
+        if pool.fits(request.resources())
+            && let Some(node) = self.best_node(&cx)
+        {
+            return Some(Placement {
+                node,
+                victims: Vec::new(),
+                preemption: Preemption::None,
+            });
         }
         if !preempt {
             return None;

@@ -1,2 +1,150 @@
-//! qm binary.
-fn main() {}
+//! `qm`, quartermaster's one binary. Today it carries the global client options of the CLI
+//! contract and the commands that need no daemon (`strategies`); `serve` and the client
+//! commands arrive with the daemon.
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// quartermaster: a resource manager for fleets of AI agents.
+///
+/// It hands out cpu, memory and gpus to agents by pluggable strategies (priority with
+/// preemption, weighted fair share, best-fit, first-fit, spread), queues what does not fit,
+/// and keeps every grant within each node's and pool's bounds.
+#[derive(Debug, Parser)]
+#[command(name = "qm", version, about, long_about)]
+struct Cli {
+    /// The daemon's address [env: QM_SERVER] [default: http://127.0.0.1:7070]
+    #[arg(long, global = true, value_name = "URL")]
+    server: Option<String>,
+    /// Bearer token for the daemon [env: QM_TOKEN]
+    #[arg(long, global = true, value_name = "TOKEN")]
+    token: Option<String>,
+    /// Output format
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// List the allocation strategies `--strategy` accepts
+    Strategies,
+}
+
+/// Where client commands will reach the daemon: the flag, else the environment, else the
+/// default.
+#[derive(Debug, PartialEq, Eq)]
+struct Endpoint {
+    server: String,
+    token: Option<String>,
+}
+
+fn endpoint(cli: &Cli, env: impl Fn(&str) -> Option<String>) -> Endpoint {
+    Endpoint {
+        server: cli
+            .server
+            .clone()
+            .or_else(|| env("QM_SERVER"))
+            .unwrap_or_else(|| "http://127.0.0.1:7070".to_owned()),
+        token: cli.token.clone().or_else(|| env("QM_TOKEN")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _endpoint = endpoint(&cli, |k| std::env::var(k).ok());
+    let result = match cli.command {
+        Cmd::Strategies => strategies(cli.output, &mut io::stdout().lock()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qm: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn strategies(output: Output, out: &mut impl Write) -> anyhow::Result<()> {
+    let presets = qm_sched::presets();
+    match output {
+        Output::Table => {
+            let width = presets
+                .iter()
+                .map(|p| p.name.len())
+                .max()
+                .unwrap_or(4)
+                .max(4);
+            writeln!(out, "{:width$}  SUMMARY", "NAME")?;
+            for p in presets {
+                writeln!(out, "{:width$}  {}", p.name, p.summary)?;
+            }
+        }
+        Output::Json => {
+            // Names and summaries are plain ASCII without quotes or backslashes.
+            let items: Vec<String> = presets
+                .iter()
+                .map(|p| format!("{{\"name\":\"{}\",\"summary\":\"{}\"}}", p.name, p.summary))
+                .collect();
+            writeln!(out, "{{\"items\":[{}]}}", items.join(","))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("qm").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_endpoint_comes_from_flag_then_env_then_default() {
+        let env = |k: &str| (k == "QM_SERVER").then(|| "http://env:1".to_owned());
+        let cli = parse(&["strategies"]).unwrap();
+        assert_eq!(endpoint(&cli, |_| None).server, "http://127.0.0.1:7070");
+        assert_eq!(endpoint(&cli, env).server, "http://env:1");
+        let cli = parse(&["--server", "http://flag:2", "strategies"]).unwrap();
+        assert_eq!(endpoint(&cli, env).server, "http://flag:2");
+    }
+
+    #[test]
+    fn usage_errors_are_exit_code_two() {
+        let err = parse(&["launch-rockets"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let err = parse(&["-o", "yaml", "strategies"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn strategies_lists_every_preset() {
+        let mut out = Vec::new();
+        strategies(Output::Table, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for p in qm_sched::presets() {
+            assert!(text.contains(p.name), "{text}");
+        }
+        assert!(
+            text.lines().nth(1).unwrap().starts_with("priority "),
+            "default first: {text}"
+        );
+        let mut out = Vec::new();
+        strategies(Output::Json, &mut out).unwrap();
+        let json = String::from_utf8(out).unwrap();
+        assert!(
+            json.starts_with("{\"items\":[{\"name\":\"priority\""),
+            "{json}"
+        );
+    }
+}

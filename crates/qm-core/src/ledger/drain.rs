@@ -157,10 +157,10 @@ impl Ledger {
 fn pick(heads: &[Option<Head>]) -> Option<(usize, Head)> {
     let mut best: Option<(usize, Head)> = None;
     for (p, h) in heads.iter().enumerate() {
-        if let Some(h) = h {
-            if best.is_none_or(|(_, b)| h.rank < b.rank) {
-                best = Some((p, *h));
-            }
+        if let Some(h) = h
+            && best.is_none_or(|(_, b)| h.rank < b.rank)
+        {
+            best = Some((p, *h));
         }
     }
     best

@@ -357,10 +357,10 @@ impl Ledger {
 
     /// Asks the policy where `cand` goes and checks the answer.
     fn decide(&self, cand: &Allocation, preempt: bool) -> Result<Placement, Shortfall> {
-        if let Some(p) = self.policy.place(&self.state, cand, preempt) {
-            if self.check(cand, &p, preempt) {
-                return Ok(p);
-            }
+        if let Some(p) = self.policy.place(&self.state, cand, preempt)
+            && self.check(cand, &p, preempt)
+        {
+            return Ok(p);
         }
         Err(self.shortfall(cand))
     }
@@ -436,17 +436,16 @@ impl Ledger {
     fn shortfall(&self, cand: &Allocation) -> Shortfall {
         let st = &self.state;
         let req = &cand.resources;
-        if let Some(pool) = st.pool(cand.pool) {
-            if let Some(limit) = &pool.spec.limit {
-                if !req.fits_under_cap(&pool.allocated, limit) {
-                    let missing = req.over_cap(&pool.allocated, limit);
-                    return Shortfall {
-                        reason: ShortfallReason::PoolLimit,
-                        missing,
-                        node: None,
-                    };
-                }
-            }
+        if let Some(pool) = st.pool(cand.pool)
+            && let Some(limit) = &pool.spec.limit
+            && !req.fits_under_cap(&pool.allocated, limit)
+        {
+            let missing = req.over_cap(&pool.allocated, limit);
+            return Shortfall {
+                reason: ShortfallReason::PoolLimit,
+                missing,
+                node: None,
+            };
         }
         let mut best: Option<(f64, NodeIdx, Resources)> = None;
         for idx in &st.ready {
@@ -598,10 +597,10 @@ impl Ledger {
     }
 
     fn unhold(&mut self, id: AllocId) {
-        if let Some(node) = self.state.holds.remove(&id) {
-            if let Some(n) = self.node_mut(node) {
-                n.held_for = None;
-            }
+        if let Some(node) = self.state.holds.remove(&id)
+            && let Some(n) = self.node_mut(node)
+        {
+            n.held_for = None;
         }
     }
 

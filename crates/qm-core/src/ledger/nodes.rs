@@ -225,14 +225,14 @@ impl Ledger {
             .state
             .pool_by_name(&spec.name)
             .ok_or_else(|| PoolError::Unknown(spec.name.clone()))?;
-        if let Some(limit) = &spec.limit {
-            if !pool.allocated.fits(limit) {
-                let missing = limit.shortfall_for(&pool.allocated);
-                return Err(PoolError::BelowAllocated {
-                    name: spec.name,
-                    missing,
-                });
-            }
+        if let Some(limit) = &spec.limit
+            && !pool.allocated.fits(limit)
+        {
+            let missing = limit.shortfall_for(&pool.allocated);
+            return Err(PoolError::BelowAllocated {
+                name: spec.name,
+                missing,
+            });
         }
         if let Some(p) = self.pool_mut(idx) {
             p.spec = spec;

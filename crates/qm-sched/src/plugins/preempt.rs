@@ -123,10 +123,10 @@ fn victims_on<'a>(
     }
     let max_priority = taken.iter().map(|a| a.priority().get()).max()?;
     let oldest_grant = taken.iter().map(|a| a.grant_seq()).min()?;
-    if let Some(b) = bound {
-        if (max_priority, taken.len(), Reverse(oldest_grant)) >= b.key() {
-            return None;
-        }
+    if let Some(b) = bound
+        && (max_priority, taken.len(), Reverse(oldest_grant)) >= b.key()
+    {
+        return None;
     }
     Some(Candidate {
         node,

@@ -126,14 +126,12 @@ impl Scenario {
             }
             "at" => {
                 self.now = Timestamp::from_millis(args[0].parse::<u64>().expect("seconds") * 1000);
-                return;
             }
             "node" => {
                 let mut spec = NodeSpec::new(args[0], resources(&self.catalog, args, ""));
                 spec.labels = labels(args, "label.");
                 let r = self.ledger().register_node(now, spec).map(|_| ());
                 self.answer(line, r.map_err(|e| e.to_string()));
-                return;
             }
             "pool" => {
                 let mut spec = PoolSpec::new(args[0]);
@@ -143,7 +141,6 @@ impl Scenario {
                 spec.limit = (!limit.is_empty()).then_some(limit);
                 let r = self.ledger().create_pool(spec).map(|_| ());
                 self.answer(line, r.map_err(|e| e.to_string()));
-                return;
             }
             "submit" => {
                 let (base, count) = match args[0].split_once('x') {
@@ -198,14 +195,12 @@ impl Scenario {
                     }
                     self.flush_events();
                 }
-                return;
             }
             "release" => {
                 let id = self.id(args[0]);
                 let r = self.ledger().release(now, id);
                 let _ = writeln!(self.out, "> {line}: {}", r.map_or("not live", |s| s.name()));
                 self.flush_events();
-                return;
             }
             "renew" => {
                 let id = self.id(args[0]);
@@ -216,7 +211,6 @@ impl Scenario {
                     Err(e) => format!("error: {e}"),
                 };
                 let _ = writeln!(self.out, "> {line}: {text}");
-                return;
             }
             "evict" => {
                 let id = self.id(args[0]);
@@ -225,19 +219,16 @@ impl Scenario {
                     .evict(now, id, "memory pressure")
                     .map_err(|e| e.to_string());
                 self.answer(line, r);
-                return;
             }
             "expire" => {
                 let n = self.ledger().expire(now);
                 let _ = writeln!(self.out, "> {line}: {n}");
                 self.flush_events();
-                return;
             }
             "drain" => {
                 let n = self.ledger().drain(now);
                 let _ = writeln!(self.out, "> {line}: {n} granted");
                 self.flush_events();
-                return;
             }
             "lose" | "remove" => {
                 let force = args.contains(&"force");
@@ -247,17 +238,14 @@ impl Scenario {
                     self.ledger().remove_node(now, args[0], force)
                 };
                 self.answer(line, r.map(|_| ()).map_err(|e| e.to_string()));
-                return;
             }
             "ready" | "unready" => {
                 let r = self.ledger().set_node_ready(now, args[0], cmd == "ready");
                 self.answer(line, r.map_err(|e| e.to_string()));
-                return;
             }
             "show" => {
                 let _ = writeln!(self.out, "> show");
                 self.show();
-                return;
             }
             other => panic!("unknown scenario command {other:?}"),
         }
