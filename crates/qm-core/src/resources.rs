@@ -322,47 +322,35 @@ impl Resources {
         }
     }
 
+    /// Combines each amount with the same amount of `other` through `f`, in place. `f(a, 0)`
+    /// must be `a`, so extended amounts are touched only when `other` has some.
+    #[inline]
+    fn combine(&mut self, other: &Self, f: impl Fn(u64, u64) -> u64) {
+        for (a, b) in self.base.iter_mut().zip(other.base) {
+            *a = f(*a, b);
+        }
+        if let Some(b) = &other.ext {
+            let a = self.ext.get_or_insert_with(|| Box::new([0; MAX_EXTENDED]));
+            a.iter_mut().zip(b.iter()).for_each(|(a, b)| *a = f(*a, *b));
+            self.normalize();
+        }
+    }
+
     /// Adds `other` in place, saturating at `u64::MAX`.
     #[inline]
     pub fn add(&mut self, other: &Self) {
-        for (a, b) in self.base.iter_mut().zip(other.base) {
-            *a = a.saturating_add(b);
-        }
-        if let Some(b) = &other.ext
-            && let Some(a) = self.ext_mut(true)
-        {
-            for (a, b) in a.iter_mut().zip(b.iter()) {
-                *a = a.saturating_add(*b);
-            }
-        }
+        self.combine(other, u64::saturating_add);
     }
 
     /// Subtracts `other` in place, saturating at zero.
     #[inline]
     pub fn sub(&mut self, other: &Self) {
-        for (a, b) in self.base.iter_mut().zip(other.base) {
-            *a = a.saturating_sub(b);
-        }
-        if let (Some(a), Some(b)) = (&mut self.ext, &other.ext) {
-            for (a, b) in a.iter_mut().zip(b.iter()) {
-                *a = a.saturating_sub(*b);
-            }
-            self.normalize();
-        }
+        self.combine(other, u64::saturating_sub);
     }
 
     /// Raises each amount to at least the same amount of `other`.
     pub fn max_with(&mut self, other: &Self) {
-        for (a, b) in self.base.iter_mut().zip(other.base) {
-            *a = (*a).max(b);
-        }
-        if let Some(b) = &other.ext
-            && let Some(a) = self.ext_mut(true)
-        {
-            for (a, b) in a.iter_mut().zip(b.iter()) {
-                *a = (*a).max(*b);
-            }
-        }
+        self.combine(other, u64::max);
     }
 
     /// `self + other`, saturating.

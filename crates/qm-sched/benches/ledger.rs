@@ -72,22 +72,27 @@ fn grant_release_pair(bencher: Bencher, strategy: &str) {
     });
 }
 
+/// 64 nodes, each filled to the last slot with priority-100 grants of 250m and 512 MiB
+/// (10,000 live in all), and the grants' ids.
+fn full_of_low_priority() -> (Ledger, Vec<AllocId>) {
+    let per_node = (N_LIVE / N_NODES + 1) as u64;
+    let mut l = ledger("priority", N_NODES, 250 * per_node, 512 * MI * per_node);
+    let mut ids = Vec::new();
+    for i in 0..N_LIVE + N_NODES {
+        if let Ok(s) = l.submit(now(), request(i, 250, 512 * MI, 100)) {
+            ids.extend(s.id);
+        }
+    }
+    l.clear_events();
+    (l, ids)
+}
+
 /// Every node full of priority-100 grants; each iteration grants a priority-900 request that
 /// must preempt, then puts the cluster back (releases it, grants a low one in the hole). The
 /// figure is an upper bound for the preempting grant alone; `restore_only` times the rest.
 #[divan::bench]
 fn preempting_grant(bencher: Bencher) {
-    let per_node = N_LIVE / N_NODES + 1;
-    let mut l = ledger(
-        "priority",
-        N_NODES,
-        250 * per_node as u64,
-        512 * MI * per_node as u64,
-    );
-    for i in 0..N_LIVE + N_NODES {
-        let _ = l.submit(now(), request(i, 250, 512 * MI, 100));
-    }
-    l.clear_events();
+    let (mut l, _) = full_of_low_priority();
     let mut i = 1_000_000;
     bencher.bench_local(|| {
         i += 1;
@@ -104,20 +109,7 @@ fn preempting_grant(bencher: Bencher) {
 /// The restore half of `preempting_grant` (a release and a plain grant on a full cluster).
 #[divan::bench]
 fn restore_only(bencher: Bencher) {
-    let per_node = N_LIVE / N_NODES + 1;
-    let mut l = ledger(
-        "priority",
-        N_NODES,
-        250 * per_node as u64,
-        512 * MI * per_node as u64,
-    );
-    let mut ids: Vec<AllocId> = Vec::new();
-    for i in 0..N_LIVE + N_NODES {
-        if let Ok(s) = l.submit(now(), request(i, 250, 512 * MI, 100)) {
-            ids.extend(s.id);
-        }
-    }
-    l.clear_events();
+    let (mut l, mut ids) = full_of_low_priority();
     let mut i = 1_000_000;
     let mut k = 0;
     bencher.bench_local(|| {
