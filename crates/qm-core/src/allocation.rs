@@ -244,9 +244,9 @@ pub struct Allocation {
 /// The rarely set parts of a request.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub(crate) struct Extra {
-    limits: Option<Resources>,
-    labels: Labels,
-    node_selector: Labels,
+    pub(crate) limits: Option<Resources>,
+    pub(crate) labels: Labels,
+    pub(crate) node_selector: Labels,
 }
 
 /// Why an allocation ended, when there is more to say than its state.

@@ -15,8 +15,8 @@ pub mod resources;
 pub use allocation::{AllocState, Allocation, FieldError, Labels, Request, ValidationErrors};
 pub use ids::{AllocId, NodeIdx, PoolIdx, Timestamp};
 pub use ledger::{
-    Decision, Event, Ledger, LedgerConfig, LiveError, NodeError, PoolError, Shortfall,
-    ShortfallReason, State, SubmitError, Submitted,
+    AllocationRecord, Decision, Event, Ledger, LedgerConfig, LiveError, NodeError, PoolError,
+    RestoreError, Shortfall, ShortfallReason, Snapshot, State, SubmitError, Submitted,
 };
 pub use node::{Node, NodeSpec, Pool, PoolSpec};
 pub use policy::{Placement, Policy, Preemption, QueueRank};

@@ -7,6 +7,7 @@
 
 mod drain;
 mod nodes;
+mod restore;
 mod state;
 
 use std::mem;
@@ -19,6 +20,7 @@ use crate::policy::{Placement, Policy, Preemption};
 use crate::resources::Resources;
 
 pub use nodes::{NodeError, PoolError};
+pub use restore::{AllocationRecord, RestoreError, Snapshot};
 pub use state::State;
 pub(crate) use state::decode_victim_key;
 use state::{Slot, queue_key, victim_key};

@@ -171,7 +171,7 @@ impl Ledger {
         ids.len()
     }
 
-    fn set_ready(&mut self, idx: NodeIdx, ready: bool) {
+    pub(super) fn set_ready(&mut self, idx: NodeIdx, ready: bool) {
         let Some(node) = self.state.node(idx) else {
             return;
         };

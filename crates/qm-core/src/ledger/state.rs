@@ -36,6 +36,10 @@ pub(crate) struct Slot<T> {
     pub(crate) live: Option<T>,
 }
 
+/// A restored allocation's slot is out of range or already holds one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SlotTaken;
+
 /// Live allocations in fixed-size chunks: a grant never moves another allocation, and the
 /// memory held beyond the live ones is at most one chunk plus vacated slots.
 #[derive(Debug, Default)]
@@ -94,6 +98,38 @@ impl Slab {
             *place = Some(alloc);
             self.live += 1;
         }
+    }
+
+    /// Stores `alloc` in the slot its id names, whatever the slot (restoring after a restart).
+    /// Slots skipped over become free. Refused when the slot is taken or out of range.
+    pub(crate) fn insert_restored(&mut self, alloc: Allocation) -> Result<(), SlotTaken> {
+        let slot = alloc.id.slot();
+        if slot >= MAX_LIVE {
+            return Err(SlotTaken);
+        }
+        while self.high_water <= slot {
+            if self.high_water / CHUNK >= self.chunks.len() {
+                self.chunks.push((0..CHUNK).map(|_| None).collect());
+            }
+            if let Ok(s) = u32::try_from(self.high_water) {
+                self.free.push(s);
+            }
+            self.high_water += 1;
+        }
+        let Some(place) = self
+            .chunks
+            .get_mut(slot / CHUNK)
+            .and_then(|c| c.get_mut(slot % CHUNK))
+        else {
+            return Err(SlotTaken);
+        };
+        if place.is_some() {
+            return Err(SlotTaken);
+        }
+        *place = Some(alloc);
+        self.live += 1;
+        self.free.retain(|s| *s as usize != slot);
+        Ok(())
     }
 
     pub(crate) fn remove(&mut self, id: AllocId) -> Option<Allocation> {

@@ -11,7 +11,7 @@ const GI: u64 = 1 << 30;
 
 /// First node that fits; no preemption; priority then arrival.
 #[derive(Debug, Default)]
-struct FirstFit;
+pub(super) struct FirstFit;
 
 impl Policy for FirstFit {
     fn name(&self) -> &str {
