@@ -1,11 +1,13 @@
-//! `qm`, quartermaster's one binary. Today it carries the global client options of the CLI
-//! contract and the commands that need no daemon (`strategies`); `serve` and the client
-//! commands arrive with the daemon.
+//! `qm`, quartermaster's one binary: `serve` runs the daemon; the global client options of the
+//! CLI contract are here for the client commands; `strategies` lists the strategy presets.
 
 use std::io::{self, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+mod client;
+mod serve;
 
 /// quartermaster: a resource manager for fleets of AI agents.
 ///
@@ -36,6 +38,18 @@ enum Output {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Run the daemon
+    Serve(serve::ServeArgs),
+    /// The node, its capacity, allocations and pressure
+    Status,
+    /// Request, list, show and release allocations
+    #[command(subcommand)]
+    Alloc(client::AllocCmd),
+    /// List, create and delete pools
+    #[command(subcommand)]
+    Pools(client::PoolsCmd),
+    /// List nodes
+    Nodes,
     /// List the allocation strategies `--strategy` accepts
     Strategies,
 }
@@ -61,15 +75,29 @@ fn endpoint(cli: &Cli, env: impl Fn(&str) -> Option<String>) -> Endpoint {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _endpoint = endpoint(&cli, |k| std::env::var(k).ok());
-    let result = match cli.command {
-        Cmd::Strategies => strategies(cli.output, &mut io::stdout().lock()),
+    let endpoint = endpoint(&cli, |k| std::env::var(k).ok());
+    let json_out = cli.output == Output::Json;
+    let client = || qm_client::Client::new(&endpoint.server, endpoint.token.as_deref());
+    let out = &mut io::stdout().lock();
+    let result: Result<(), client::Failure> = match cli.command {
+        Cmd::Serve(args) => serve::serve(&args).map_err(|e| client::Failure {
+            code: 1,
+            message: format!("{e:#}"),
+        }),
+        Cmd::Strategies => strategies(cli.output, out).map_err(|e| client::Failure {
+            code: 1,
+            message: format!("{e:#}"),
+        }),
+        Cmd::Status => client::status(&client(), json_out, out),
+        Cmd::Alloc(cmd) => client::alloc(&client(), cmd, json_out, out),
+        Cmd::Pools(cmd) => client::pools(&client(), cmd, json_out, out),
+        Cmd::Nodes => client::nodes(&client(), json_out, out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("qm: {e:#}");
-            ExitCode::FAILURE
+        Err(f) => {
+            eprintln!("qm: {}", f.message);
+            ExitCode::from(f.code)
         }
     }
 }

@@ -6,7 +6,7 @@ mod tidy;
 
 use std::env;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, ExitStatus};
 
 const USAGE: &str = "usage: cargo xtask <task>
 
@@ -16,6 +16,10 @@ tasks:
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
+    if args.len() > 1 {
+        eprintln!("unexpected arguments {:?}\n\n{USAGE}", &args[1..]);
+        return ExitCode::from(2);
+    }
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("tidy") => tidy_task(),
@@ -66,7 +70,7 @@ fn ci() -> ExitCode {
             Ok(s) if s.success() => {}
             Ok(s) => {
                 eprintln!("xtask ci: step {name:?} failed ({s})");
-                return ExitCode::FAILURE;
+                return exit_code_of(s);
             }
             Err(e) => {
                 eprintln!("xtask ci: cannot run cargo for step {name:?}: {e}");
@@ -76,6 +80,15 @@ fn ci() -> ExitCode {
     }
     println!("==> tidy");
     tidy_task()
+}
+
+/// The child's exit code, passed on; a child killed by a signal (no code) is a plain failure.
+fn exit_code_of(status: ExitStatus) -> ExitCode {
+    status
+        .code()
+        .and_then(|c| u8::try_from(c).ok())
+        .filter(|&c| c != 0)
+        .map_or(ExitCode::FAILURE, ExitCode::from)
 }
 
 fn tidy_task() -> ExitCode {

@@ -1,0 +1,15 @@
+//! quartermaster's HTTP API v1 (axum): routes for health, nodes, pools and allocations as
+//! `shared/spec/api-v1.md` describes them. Bodies are decoded by `qm-proto`, commands run on
+//! the [`Engine`], and every error becomes `application/problem+json` in one place
+//! ([`ApiError`]).
+
+mod error;
+mod routes;
+
+pub use error::ApiError;
+pub use routes::router;
+
+/// The largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+pub use qm_runtime::Engine;

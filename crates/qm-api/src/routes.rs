@@ -1,0 +1,374 @@
+//! The routes of API v1 and their handlers. Writes answer only after the engine reports the
+//! change durable.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use qm_core::AllocId;
+use qm_proto::{
+    AllocationList, AllocationRequest, NodeList, NodeRegistration, PoolList, PoolWrite,
+    RenewRequest, decode, to_json,
+};
+use qm_runtime::{Engine, Lookup};
+use qm_store::AllocationFilter;
+use serde::Deserialize;
+
+use crate::MAX_BODY;
+use crate::error::ApiError;
+
+type ApiResult = Result<Response, ApiError>;
+
+/// The API v1 router over `engine`.
+pub fn router(engine: Engine) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }))
+        .route("/v1/node", get(local_node))
+        .route("/v1/nodes", get(nodes).post(register_node))
+        .route("/v1/nodes/{name}", axum::routing::delete(delete_node))
+        .route("/v1/nodes/{name}/heartbeat", put(heartbeat))
+        .route("/v1/pools", get(pools).post(create_pool))
+        .route(
+            "/v1/pools/{name}",
+            get(pool).put(update_pool).delete(delete_pool),
+        )
+        .route(
+            "/v1/allocations",
+            get(list_allocations).post(create_allocation),
+        )
+        .route(
+            "/v1/allocations/{id}",
+            get(get_allocation).delete(release_allocation),
+        )
+        .route("/v1/allocations/{id}/renew", post(renew_allocation))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(engine)
+}
+
+fn json(status: StatusCode, body: String) -> Response {
+    let mut resp = (status, body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// The body of a write: JSON, at most 64 KiB, else the matching problem.
+fn body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    let body = body.map_err(|e| match e {
+        BytesRejection::FailedToBufferBody(_) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("bodies are limited to {MAX_BODY} bytes"),
+            )
+        }
+        other => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", other.body_text()),
+    })?;
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = ctype
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence != "application/json" {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "send application/json, not {:?}",
+                if ctype.is_empty() { "nothing" } else { ctype }
+            ),
+        ));
+    }
+    Ok(body)
+}
+
+fn alloc_id(id: &str) -> Result<AllocId, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::not_found(format!("no allocation {id:?}")))
+}
+
+async fn local_node(State(engine): State<Engine>) -> ApiResult {
+    let doc = engine.local_node().await?;
+    Ok(json(StatusCode::OK, to_json(&doc)))
+}
+
+async fn nodes(State(engine): State<Engine>) -> ApiResult {
+    let items = engine.nodes().await?;
+    Ok(json(StatusCode::OK, to_json(&NodeList { items })))
+}
+
+async fn register_node(
+    State(engine): State<Engine>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let reg: NodeRegistration = decode(&body(&headers, raw)?)?;
+    let (spec, ttl) = reg.into_spec(engine.catalog()).map_err(ApiError::invalid)?;
+    let doc = engine.register_node(spec, ttl).await?;
+    Ok(json(StatusCode::CREATED, to_json(&doc)))
+}
+
+#[derive(Debug, Deserialize)]
+struct ForceQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn delete_node(
+    State(engine): State<Engine>,
+    Path(name): Path<String>,
+    q: Result<Query<ForceQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q.map_err(|e| ApiError::field("force", e.body_text()))?;
+    let doc = engine.delete_node(name, q.force).await?;
+    Ok(json(StatusCode::OK, to_json(&doc)))
+}
+
+async fn heartbeat(State(engine): State<Engine>, Path(name): Path<String>) -> ApiResult {
+    let doc = engine.heartbeat(name).await?;
+    Ok(json(StatusCode::OK, to_json(&doc)))
+}
+
+async fn pools(State(engine): State<Engine>) -> ApiResult {
+    let items = engine.pools().await?;
+    Ok(json(StatusCode::OK, to_json(&PoolList { items })))
+}
+
+async fn pool(State(engine): State<Engine>, Path(name): Path<String>) -> ApiResult {
+    let doc = engine
+        .pools()
+        .await?
+        .into_iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| ApiError::not_found(format!("no pool named {name:?}")))?;
+    Ok(json(StatusCode::OK, to_json(&doc)))
+}
+
+async fn create_pool(
+    State(engine): State<Engine>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let mut write: PoolWrite = decode(&body(&headers, raw)?)?;
+    let name = write
+        .name
+        .take()
+        .ok_or_else(|| ApiError::field("name", "required"))?;
+    let spec = write
+        .into_spec(&name, engine.catalog())
+        .map_err(ApiError::invalid)?;
+    let doc = engine.put_pool(spec, true).await?;
+    Ok(json(StatusCode::CREATED, to_json(&doc)))
+}
+
+async fn update_pool(
+    State(engine): State<Engine>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let mut write: PoolWrite = decode(&body(&headers, raw)?)?;
+    if let Some(n) = write.name.take()
+        && n != name
+    {
+        return Err(ApiError::field(
+            "name",
+            format!("{n:?} differs from the path's {name:?}"),
+        ));
+    }
+    let spec = write
+        .into_spec(&name, engine.catalog())
+        .map_err(ApiError::invalid)?;
+    let doc = engine.put_pool(spec, false).await?;
+    Ok(json(StatusCode::OK, to_json(&doc)))
+}
+
+async fn delete_pool(State(engine): State<Engine>, Path(name): Path<String>) -> ApiResult {
+    let doc = engine.delete_pool(name).await?;
+    Ok(json(StatusCode::OK, to_json(&doc)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn create_allocation(
+    State(engine): State<Engine>,
+    q: Result<Query<CreateQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let Query(q) = q.map_err(|e| ApiError::field("dry_run", e.body_text()))?;
+    let req: AllocationRequest = decode(&body(&headers, raw)?)?;
+    let req = req
+        .into_request(engine.catalog())
+        .map_err(ApiError::invalid)?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(k) if !k.is_empty() && k.len() <= 256 => Some(k.to_owned()),
+            _ => {
+                return Err(ApiError::field(
+                    "Idempotency-Key",
+                    "must be 1 to 256 visible ASCII characters",
+                ));
+            }
+        },
+    };
+    let replay = engine.submit(req, q.dry_run, key).await?;
+    let status = StatusCode::from_u16(replay.status).unwrap_or(StatusCode::CREATED);
+    let location = replay
+        .body
+        .get("id")
+        .and_then(|v| v.as_str())
+        .map(|id| format!("/v1/allocations/{id}"));
+    let mut resp = json(status, to_json(&replay.body));
+    if let Some(loc) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        resp.headers_mut().insert(header::LOCATION, loc);
+    }
+    Ok(resp)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    agent: Option<String>,
+    pool: Option<String>,
+    state: Option<String>,
+    node: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+async fn list_allocations(
+    State(engine): State<Engine>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q.map_err(|e| ApiError::field("query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::field(
+            "limit",
+            format!("{limit} is out of range 1..=1000"),
+        ));
+    }
+    let after = match &q.cursor {
+        None => None,
+        Some(c) => Some(c.parse::<i64>().map_err(|_| {
+            ApiError::field("cursor", format!("{c:?} is not a cursor from this API"))
+        })?),
+    };
+    let filter = AllocationFilter {
+        agent: q.agent,
+        pool: q.pool,
+        state: q.state,
+        node: q.node,
+    };
+    let items = engine.list(filter, after, limit).await?;
+    let next_cursor = (items.len() == limit)
+        .then(|| {
+            items
+                .last()
+                .and_then(|d| d.id.parse::<AllocId>().ok())
+                .map(|id| id.seq().to_string())
+        })
+        .flatten();
+    Ok(json(
+        StatusCode::OK,
+        to_json(&AllocationList { items, next_cursor }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitQuery {
+    wait: Option<f64>,
+}
+
+async fn get_allocation(
+    State(engine): State<Engine>,
+    Path(id): Path<String>,
+    q: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q.map_err(|e| ApiError::field("wait", e.body_text()))?;
+    let id = alloc_id(&id)?;
+    if let Some(w) = q.wait {
+        if !w.is_finite() || !(0.0..=300.0).contains(&w) {
+            return Err(ApiError::field(
+                "wait",
+                format!("{w} must be 0 to 300 seconds"),
+            ));
+        }
+        engine.wait_for(id, Duration::from_secs_f64(w)).await?;
+    }
+    match engine.get(id).await? {
+        Lookup::Live(doc) => Ok(json(StatusCode::OK, to_json(&doc))),
+        Lookup::NotLive => {
+            let doc = engine
+                .stored(&id.to_string())
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("no allocation {id}")))?;
+            Ok(json(StatusCode::OK, to_json(&doc)))
+        }
+    }
+}
+
+async fn release_allocation(State(engine): State<Engine>, Path(id): Path<String>) -> ApiResult {
+    let id = alloc_id(&id)?;
+    let doc = match engine.release(id).await? {
+        Some(doc) => doc,
+        None => engine
+            .stored(&id.to_string())
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no allocation {id}")))?,
+    };
+    Ok(json(StatusCode::OK, to_json(&doc)))
+}
+
+async fn renew_allocation(
+    State(engine): State<Engine>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let id = alloc_id(&id)?;
+    let raw = raw.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "body too large",
+        )
+    })?;
+    let req: RenewRequest = if raw.is_empty() {
+        RenewRequest::default()
+    } else {
+        decode(&body(&headers, Ok(raw))?)?
+    };
+    let ttl = req.ttl_ms().map_err(|e| ApiError::invalid(vec![e]))?;
+    let doc = engine.renew(id, ttl).await?;
+    Ok(json(StatusCode::OK, to_json(&doc)))
+}

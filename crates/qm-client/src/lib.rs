@@ -1,0 +1,196 @@
+//! A typed, blocking client for quartermaster's HTTP API v1, for the CLI and for programs that
+//! drive the daemon. Errors tell "the daemon refused" (with its problem document) from "the
+//! daemon cannot be reached", which the CLI maps to its exit codes.
+
+use std::time::Duration;
+
+use qm_proto::{AllocationDoc, AllocationList, NodeDoc, NodeList, PoolDoc, PoolList, Problem};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The daemon could not be reached (connection refused, timeout, DNS).
+    #[error("cannot reach the daemon at {base}: {reason}")]
+    Unreachable { base: String, reason: String },
+    /// The daemon answered with a problem.
+    #[error("{}", .0.detail)]
+    Refused(Box<Problem>),
+    /// The daemon's answer is not what this client expects.
+    #[error("unexpected answer from the daemon: {0}")]
+    Unexpected(String),
+}
+
+/// An answer to a request for an allocation.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    /// 201 (granted) or 202 (queued).
+    pub status: u16,
+    /// The allocation.
+    pub allocation: AllocationDoc,
+    /// Ids of the allocations it preempted.
+    pub preempted: Vec<String>,
+}
+
+/// A client for one daemon.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    /// A client of the daemon at `base` (`http://127.0.0.1:7070`).
+    pub fn new(base: &str, token: Option<&str>) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(5)))
+            .build()
+            .new_agent();
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.map(str::to_owned),
+            agent,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn unreachable(&self, e: &ureq::Error) -> ClientError {
+        ClientError::Unreachable {
+            base: self.base.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn finish(
+        &self,
+        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<(u16, Value), ClientError> {
+        let mut resp = resp.map_err(|e| self.unreachable(&e))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| self.unreachable(&e))?;
+        let value: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .map_err(|e| ClientError::Unexpected(format!("{e}: {text}")))?
+        };
+        if status >= 400 {
+            let problem = serde_json::from_value::<Problem>(value.clone())
+                .unwrap_or_else(|_| Problem::new(status, "internal", text));
+            return Err(ClientError::Refused(Box::new(problem)));
+        }
+        Ok((status, value))
+    }
+
+    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let mut req = self.agent.get(&self.url(path));
+        if let Some(t) = &self.token {
+            req = req.header("authorization", &format!("Bearer {t}"));
+        }
+        let (_, v) = self.finish(req.call())?;
+        decode(v)
+    }
+
+    fn send(&self, method: &str, path: &str, body: &Value) -> Result<(u16, Value), ClientError> {
+        let url = self.url(path);
+        let mut req = match method {
+            "POST" => self.agent.post(&url),
+            _ => self.agent.put(&url),
+        };
+        req = req.header("content-type", "application/json");
+        if let Some(t) = &self.token {
+            req = req.header("authorization", &format!("Bearer {t}"));
+        }
+        self.finish(req.send(body.to_string().as_bytes()))
+    }
+
+    fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let mut req = self.agent.delete(&self.url(path));
+        if let Some(t) = &self.token {
+            req = req.header("authorization", &format!("Bearer {t}"));
+        }
+        let (_, v) = self.finish(req.call())?;
+        decode(v)
+    }
+
+    /// The daemon's own node.
+    pub fn node(&self) -> Result<NodeDoc, ClientError> {
+        self.get("/v1/node")
+    }
+
+    /// Every node.
+    pub fn nodes(&self) -> Result<Vec<NodeDoc>, ClientError> {
+        self.get::<NodeList>("/v1/nodes").map(|l| l.items)
+    }
+
+    /// Every pool.
+    pub fn pools(&self) -> Result<Vec<PoolDoc>, ClientError> {
+        self.get::<PoolList>("/v1/pools").map(|l| l.items)
+    }
+
+    /// Creates a pool from its JSON description.
+    pub fn create_pool(&self, body: &Value) -> Result<PoolDoc, ClientError> {
+        let (_, v) = self.send("POST", "/v1/pools", body)?;
+        decode(v)
+    }
+
+    /// Deletes a pool.
+    pub fn delete_pool(&self, name: &str) -> Result<PoolDoc, ClientError> {
+        self.delete(&format!("/v1/pools/{name}"))
+    }
+
+    /// Asks for an allocation (the body as in API v1).
+    pub fn allocate(&self, body: &Value) -> Result<Submitted, ClientError> {
+        let (status, v) = self.send("POST", "/v1/allocations", body)?;
+        let preempted = v["preempted"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Submitted {
+            status,
+            allocation: decode(v)?,
+            preempted,
+        })
+    }
+
+    /// One allocation, waiting up to `wait_s` seconds while it is queued.
+    pub fn allocation(&self, id: &str, wait_s: Option<f64>) -> Result<AllocationDoc, ClientError> {
+        match wait_s {
+            Some(w) => self.get(&format!("/v1/allocations/{id}?wait={w}")),
+            None => self.get(&format!("/v1/allocations/{id}")),
+        }
+    }
+
+    /// Allocations matching `query` (`agent=…&state=…`), first page of up to `limit`.
+    pub fn allocations(
+        &self,
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<AllocationDoc>, ClientError> {
+        let sep = if query.is_empty() { "" } else { "&" };
+        self.get::<AllocationList>(&format!("/v1/allocations?limit={limit}{sep}{query}"))
+            .map(|l| l.items)
+    }
+
+    /// Releases an allocation (cancels it if queued); harmless if already ended.
+    pub fn release(&self, id: &str) -> Result<AllocationDoc, ClientError> {
+        self.delete(&format!("/v1/allocations/{id}"))
+    }
+}
+
+fn decode<T: DeserializeOwned>(v: Value) -> Result<T, ClientError> {
+    serde_json::from_value(v.clone()).map_err(|e| ClientError::Unexpected(format!("{e}: {v}")))
+}

@@ -1,0 +1,19 @@
+//! quartermaster's wire types: the JSON the HTTP API v1 speaks (see `shared/spec/api-v1.md`),
+//! and the hand-written conversions between them and `qm-core`'s types. Decoding names the
+//! field that is wrong; nothing here decides anything.
+
+mod decode;
+mod problem;
+mod resources;
+mod time;
+mod types;
+
+pub use decode::{DecodeError, decode};
+pub use problem::{FieldProblem, Problem};
+pub use resources::{WireResources, parse_resources, render_resources};
+pub use time::{format_rfc3339, parse_rfc3339};
+pub use types::{
+    AllocationDoc, AllocationList, AllocationRequest, NodeDoc, NodeList, NodeRegistration, PoolDoc,
+    PoolList, PoolWrite, RenewRequest, Replay, Stored, StoredNode, allocation_reply, dry_run_reply,
+    from_json, to_json, to_value,
+};

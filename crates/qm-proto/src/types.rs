@@ -1,0 +1,552 @@
+//! The documents of API v1: allocation requests and allocations, nodes, pools, and lists.
+//! Requests reject unknown fields; responses print quantities canonically and times in
+//! RFC 3339.
+
+use std::collections::BTreeMap;
+
+use qm_core::{
+    AllocId, AllocState, Allocation, AllocationRecord, Labels, Node, NodeSpec, Pool, PoolSpec,
+    Priority, PriorityClass, Request, ResourceCatalog, Resources, State, Timestamp,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::problem::FieldProblem;
+use crate::resources::{WireResources, parse_resources, render_resources};
+use crate::time::{format_rfc3339, parse_rfc3339};
+
+/// The longest lease a request may ask for: ten years.
+const MAX_TTL_S: f64 = 10.0 * 365.0 * 86_400.0;
+
+fn problem(field: &str, message: impl Into<String>) -> FieldProblem {
+    FieldProblem {
+        field: field.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn ttl_ms(field: &str, ttl_s: f64) -> Result<u64, FieldProblem> {
+    if !ttl_s.is_finite() || ttl_s <= 0.0 || ttl_s > MAX_TTL_S {
+        return Err(problem(
+            field,
+            format!("{ttl_s} must be a number of seconds above 0 and at most {MAX_TTL_S}"),
+        ));
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Ok(((ttl_s * 1000.0).round() as u64).max(1))
+}
+
+/// `POST /v1/allocations`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllocationRequest {
+    pub agent: String,
+    pub resources: WireResources,
+    #[serde(default)]
+    pub limits: Option<WireResources>,
+    #[serde(default)]
+    pub pool: Option<String>,
+    #[serde(default)]
+    pub priority: Option<i64>,
+    #[serde(default)]
+    pub priority_class: Option<String>,
+    #[serde(default)]
+    pub preemptible: Option<bool>,
+    #[serde(default)]
+    pub ttl_s: Option<f64>,
+    #[serde(default)]
+    pub queue: Option<bool>,
+    #[serde(default)]
+    pub node_selector: Option<Labels>,
+    #[serde(default)]
+    pub labels: Option<Labels>,
+}
+
+impl AllocationRequest {
+    /// The core request, or every invalid field.
+    pub fn into_request(self, catalog: &ResourceCatalog) -> Result<Request, Vec<FieldProblem>> {
+        let mut errors = Vec::new();
+        let resources = parse_resources(catalog, "resources", &self.resources)
+            .map_err(|e| errors.push(e))
+            .unwrap_or_default();
+        let limits = match &self.limits {
+            Some(l) => parse_resources(catalog, "limits", l)
+                .map_err(|e| errors.push(e))
+                .ok(),
+            None => None,
+        };
+        let mut req = Request::new(&self.agent, resources);
+        req.limits = limits;
+        if let Some(pool) = self.pool {
+            req.pool = pool;
+        }
+        match (self.priority, self.priority_class) {
+            (Some(_), Some(_)) => errors.push(problem(
+                "priority_class",
+                "give priority or priority_class, not both",
+            )),
+            (Some(p), None) => match Priority::new(p) {
+                Ok(p) => req.priority = p,
+                Err(e) => errors.push(problem("priority", e.to_string())),
+            },
+            (None, Some(c)) => match c.parse::<PriorityClass>() {
+                Ok(c) => req.priority = c.priority(),
+                Err(e) => errors.push(problem("priority_class", e.to_string())),
+            },
+            (None, None) => {}
+        }
+        req.preemptible = self.preemptible.unwrap_or(true);
+        if let Some(t) = self.ttl_s {
+            match ttl_ms("ttl_s", t) {
+                Ok(ms) => req.ttl_ms = Some(ms),
+                Err(e) => errors.push(e),
+            }
+        }
+        req.queue = self.queue.unwrap_or(false);
+        req.node_selector = self.node_selector.unwrap_or_default();
+        req.labels = self.labels.unwrap_or_default();
+        if let Err(e) = req.validate() {
+            errors.extend(e.0.into_iter().map(|f| FieldProblem {
+                field: f.field,
+                message: f.message,
+            }));
+        }
+        if errors.is_empty() {
+            Ok(req)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// `POST /v1/allocations/{id}/renew`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    #[serde(default)]
+    pub ttl_s: Option<f64>,
+}
+
+impl RenewRequest {
+    /// The ttl in milliseconds, if given.
+    pub fn ttl_ms(&self) -> Result<Option<u64>, FieldProblem> {
+        self.ttl_s.map(|t| ttl_ms("ttl_s", t)).transpose()
+    }
+}
+
+/// An allocation as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AllocationDoc {
+    pub id: String,
+    pub agent: String,
+    pub pool: String,
+    pub node: Option<String>,
+    pub resources: BTreeMap<String, String>,
+    pub limits: Option<BTreeMap<String, String>>,
+    pub qos: String,
+    pub priority: u16,
+    pub preemptible: bool,
+    pub state: String,
+    pub reason: Option<String>,
+    pub preempted_by: Option<String>,
+    pub labels: Labels,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: Labels,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_s: Option<f64>,
+    pub created_at: String,
+    pub granted_at: Option<String>,
+    pub expires_at: Option<String>,
+    pub ended_at: Option<String>,
+}
+
+fn time(t: Option<Timestamp>) -> Option<String> {
+    t.map(|t| format_rfc3339(t.as_millis()))
+}
+
+impl AllocationDoc {
+    /// The document of `alloc`; `st` names its pool and node.
+    pub fn of(alloc: &Allocation, st: &State, catalog: &ResourceCatalog) -> Self {
+        #[allow(clippy::cast_precision_loss)]
+        let ttl_s = alloc.ttl_ms().map(|ms| ms as f64 / 1000.0);
+        Self {
+            id: alloc.id().to_string(),
+            agent: alloc.agent().to_owned(),
+            pool: st.pool_name(alloc.pool()).to_owned(),
+            node: alloc.node().map(|n| st.node_name(n).to_owned()),
+            resources: render_resources(catalog, alloc.resources()),
+            limits: alloc.limits().map(|l| render_resources(catalog, l)),
+            qos: alloc.qos().name().to_owned(),
+            priority: alloc.priority().get(),
+            preemptible: alloc.preemptible(),
+            state: alloc.state().name().to_owned(),
+            reason: alloc.reason().map(str::to_owned),
+            preempted_by: alloc.preempted_by().map(|p| p.to_string()),
+            labels: alloc.labels().clone(),
+            node_selector: alloc.node_selector().clone(),
+            ttl_s,
+            created_at: format_rfc3339(alloc.created_at().as_millis()),
+            granted_at: time(alloc.granted_at()),
+            expires_at: time(alloc.expires_at()),
+            ended_at: time(alloc.ended_at()),
+        }
+    }
+
+    /// True for `queued` and `granted`.
+    pub fn is_live(&self) -> bool {
+        matches!(self.state.as_str(), "queued" | "granted")
+    }
+}
+
+/// An allocation as persisted: its document and what restoring it needs beyond that.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stored {
+    #[serde(flatten)]
+    pub doc: AllocationDoc,
+    pub grant_seq: u64,
+}
+
+impl Stored {
+    /// The persisted form of `alloc`.
+    pub fn of(alloc: &Allocation, st: &State, catalog: &ResourceCatalog) -> Self {
+        Self {
+            doc: AllocationDoc::of(alloc, st, catalog),
+            grant_seq: alloc.grant_seq(),
+        }
+    }
+
+    /// The record the ledger restores from; errors say what is inconsistent.
+    pub fn to_record(&self, catalog: &ResourceCatalog) -> Result<AllocationRecord, String> {
+        let d = &self.doc;
+        let id: AllocId = d.id.parse().map_err(|e| format!("{e}"))?;
+        let parse = |field: &str, m: &BTreeMap<String, String>| {
+            let wire: WireResources = m
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            parse_resources(catalog, field, &wire)
+                .map_err(|e| format!("{}: {}", e.field, e.message))
+        };
+        let at = |field: &str, t: &Option<String>| -> Result<Option<Timestamp>, String> {
+            t.as_ref()
+                .map(|s| {
+                    parse_rfc3339(s)
+                        .map(Timestamp::from_millis)
+                        .ok_or_else(|| format!("{field}: bad time {s:?}"))
+                })
+                .transpose()
+        };
+        let state = match d.state.as_str() {
+            "queued" => AllocState::Queued,
+            "granted" => AllocState::Granted,
+            other => return Err(format!("state {other:?} is not live")),
+        };
+        Ok(AllocationRecord {
+            id,
+            agent: d.agent.clone(),
+            pool: d.pool.clone(),
+            node: d.node.clone(),
+            resources: parse("resources", &d.resources)?,
+            limits: d.limits.as_ref().map(|l| parse("limits", l)).transpose()?,
+            priority: Priority::new(i64::from(d.priority)).map_err(|e| e.to_string())?,
+            preemptible: d.preemptible,
+            state,
+            labels: d.labels.clone(),
+            node_selector: d.node_selector.clone(),
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            ttl_ms: d.ttl_s.map(|s| (s * 1000.0).round() as u64),
+            created_at: at("created_at", &Some(d.created_at.clone()))?
+                .unwrap_or(Timestamp::from_millis(0)),
+            granted_at: at("granted_at", &d.granted_at)?,
+            expires_at: at("expires_at", &d.expires_at)?,
+            grant_seq: self.grant_seq,
+        })
+    }
+}
+
+/// `GET /v1/allocations`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AllocationList {
+    pub items: Vec<AllocationDoc>,
+    pub next_cursor: Option<String>,
+}
+
+/// `POST /v1/nodes`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRegistration {
+    pub name: String,
+    pub capacity: WireResources,
+    #[serde(default)]
+    pub allocatable: Option<WireResources>,
+    #[serde(default)]
+    pub labels: Option<Labels>,
+    #[serde(default)]
+    pub heartbeat_ttl_s: Option<f64>,
+}
+
+impl NodeRegistration {
+    /// The node spec and heartbeat ttl (ms), or every invalid field.
+    pub fn into_spec(
+        self,
+        catalog: &ResourceCatalog,
+    ) -> Result<(NodeSpec, Option<u64>), Vec<FieldProblem>> {
+        let mut errors = Vec::new();
+        let capacity = parse_resources(catalog, "capacity", &self.capacity)
+            .map_err(|e| errors.push(e))
+            .unwrap_or_default();
+        let mut spec = NodeSpec::new(&self.name, capacity);
+        if let Some(a) = &self.allocatable {
+            match parse_resources(catalog, "allocatable", a) {
+                Ok(a) => spec.allocatable = a,
+                Err(e) => errors.push(e),
+            }
+        }
+        spec.labels = self.labels.unwrap_or_default();
+        let ttl = match self
+            .heartbeat_ttl_s
+            .map(|t| ttl_ms("heartbeat_ttl_s", t))
+            .transpose()
+        {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        };
+        if let Err(e) = spec.validate() {
+            errors.extend(e.0.into_iter().map(|f| FieldProblem {
+                field: f.field,
+                message: f.message,
+            }));
+        }
+        if errors.is_empty() {
+            Ok((spec, ttl))
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// A node as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeDoc {
+    pub name: String,
+    pub labels: Labels,
+    pub capacity: BTreeMap<String, String>,
+    pub allocatable: BTreeMap<String, String>,
+    pub allocated: BTreeMap<String, String>,
+    pub available: BTreeMap<String, String>,
+    pub usage: Option<BTreeMap<String, String>>,
+    pub ready: bool,
+    pub pressure: String,
+    pub kind: String,
+}
+
+impl NodeDoc {
+    /// The document of `node`; `kind` is `local`, `reported` or `member`.
+    pub fn of(node: &Node, kind: &str, catalog: &ResourceCatalog) -> Self {
+        Self {
+            name: node.name().to_owned(),
+            labels: node.spec().labels.clone(),
+            capacity: render_resources(catalog, &node.spec().capacity),
+            allocatable: render_resources(catalog, node.allocatable()),
+            allocated: render_resources(catalog, node.allocated()),
+            available: render_resources(catalog, &node.available()),
+            usage: None,
+            ready: node.ready(),
+            pressure: "ok".to_owned(),
+            kind: kind.to_owned(),
+        }
+    }
+}
+
+/// `GET /v1/nodes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeList {
+    pub items: Vec<NodeDoc>,
+}
+
+/// `POST /v1/pools` and `PUT /v1/pools/{name}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolWrite {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub weight: Option<i64>,
+    #[serde(default)]
+    pub guaranteed: Option<WireResources>,
+    #[serde(default)]
+    pub limit: Option<WireResources>,
+}
+
+impl PoolWrite {
+    /// The pool spec named `name`, or every invalid field.
+    pub fn into_spec(
+        self,
+        name: &str,
+        catalog: &ResourceCatalog,
+    ) -> Result<PoolSpec, Vec<FieldProblem>> {
+        let mut errors = Vec::new();
+        let mut spec = PoolSpec::new(name);
+        if let Some(w) = self.weight {
+            match u32::try_from(w) {
+                Ok(w) => spec.weight = w,
+                Err(_) => errors.push(problem("weight", format!("{w} is out of range 1..=1000"))),
+            }
+        }
+        if let Some(g) = &self.guaranteed {
+            match parse_resources(catalog, "guaranteed", g) {
+                Ok(g) => spec.guaranteed = g,
+                Err(e) => errors.push(e),
+            }
+        }
+        if let Some(l) = &self.limit {
+            match parse_resources(catalog, "limit", l) {
+                Ok(l) => spec.limit = Some(l),
+                Err(e) => errors.push(e),
+            }
+        }
+        if let Err(e) = spec.validate() {
+            errors.extend(e.0.into_iter().map(|f| FieldProblem {
+                field: f.field,
+                message: f.message,
+            }));
+        }
+        if errors.is_empty() {
+            Ok(spec)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// A pool as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolDoc {
+    pub name: String,
+    pub weight: u32,
+    pub guaranteed: BTreeMap<String, String>,
+    pub limit: Option<BTreeMap<String, String>>,
+    pub allocated: BTreeMap<String, String>,
+    pub queued: usize,
+    pub dominant_share: f64,
+}
+
+impl PoolDoc {
+    /// The document of `pool`; `total` is the ready cluster's allocatable.
+    pub fn of(pool: &Pool, total: &Resources, catalog: &ResourceCatalog) -> Self {
+        Self {
+            name: pool.name().to_owned(),
+            weight: pool.weight(),
+            guaranteed: render_resources(catalog, pool.guaranteed()),
+            limit: pool.limit().map(|l| render_resources(catalog, l)),
+            allocated: render_resources(catalog, pool.allocated()),
+            queued: pool.n_queued(),
+            dominant_share: pool.allocated().dominant_share(total),
+        }
+    }
+
+    /// The spec this document describes.
+    pub fn to_spec(&self, catalog: &ResourceCatalog) -> Result<PoolSpec, String> {
+        let write = PoolWrite {
+            name: None,
+            weight: Some(i64::from(self.weight)),
+            guaranteed: Some(strings(&self.guaranteed)),
+            limit: self.limit.as_ref().map(strings),
+        };
+        write
+            .into_spec(&self.name, catalog)
+            .map_err(|e| format!("{e:?}"))
+    }
+}
+
+fn strings(m: &BTreeMap<String, String>) -> WireResources {
+    m.iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect()
+}
+
+/// `GET /v1/pools`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolList {
+    pub items: Vec<PoolDoc>,
+}
+
+/// A node as persisted: its document and how it is kept alive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredNode {
+    #[serde(flatten)]
+    pub doc: NodeDoc,
+    /// A reported node is lost when no heartbeat comes within this many milliseconds.
+    pub heartbeat_ttl_ms: Option<u64>,
+}
+
+impl StoredNode {
+    /// The spec this node was registered with.
+    pub fn to_spec(&self, catalog: &ResourceCatalog) -> Result<NodeSpec, String> {
+        let reg = NodeRegistration {
+            name: self.doc.name.clone(),
+            capacity: strings(&self.doc.capacity),
+            allocatable: Some(strings(&self.doc.allocatable)),
+            labels: Some(self.doc.labels.clone()),
+            heartbeat_ttl_s: None,
+        };
+        reg.into_spec(catalog)
+            .map(|(spec, _)| spec)
+            .map_err(|e| format!("{e:?}"))
+    }
+}
+
+/// A stored reply to a request made with an `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Replay {
+    /// The HTTP status first answered.
+    pub status: u16,
+    /// The body first answered.
+    pub body: serde_json::Value,
+}
+
+/// Serializes a wire document (infallible for this crate's types).
+pub fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()))
+}
+
+/// Deserializes a stored document.
+pub fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    serde_json::from_str(text).map_err(|e| e.to_string())
+}
+
+/// Any document as a JSON value (for replies that embed it).
+pub fn to_value<T: Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}
+
+/// The body of a `201`/`202` answer: the allocation and what it preempted.
+pub fn allocation_reply(doc: &AllocationDoc, preempted: &[String]) -> serde_json::Value {
+    let mut body = to_value(doc);
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert("preempted".to_owned(), to_value(&preempted));
+    }
+    body
+}
+
+/// The body of a dry run's answer: the request as an allocation would show it, no id.
+pub fn dry_run_reply(
+    req: &Request,
+    state: &str,
+    node: Option<String>,
+    preempted: &[String],
+    catalog: &ResourceCatalog,
+) -> serde_json::Value {
+    serde_json::json!({
+        "agent": req.agent,
+        "pool": req.pool,
+        "node": node,
+        "state": state,
+        "priority": req.priority.get(),
+        "resources": render_resources(catalog, &req.resources),
+        "preempted": preempted,
+        "dry_run": true,
+    })
+}

@@ -1,0 +1,721 @@
+//! The engine thread: owns the ledger, runs each command, records the resulting events in one
+//! store batch, and answers once that batch is durable. Reads answer from memory at once.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use qm_core::{
+    AllocId, Decision, Event, Ledger, LiveError, NodeError, NodeSpec, PoolError, PoolSpec, Request,
+    ResourceCatalog, SubmitError, Timestamp,
+};
+use qm_proto::{
+    AllocationDoc, FieldProblem, NodeDoc, PoolDoc, Replay, StoredNode, render_resources, to_json,
+};
+use qm_store::{Batch, Op, Store};
+use tokio::sync::oneshot;
+
+use crate::persist;
+use crate::{EngineConfig, EngineError, Lookup, Msg, StartError};
+
+/// Where a node came from and how it stays alive.
+#[derive(Debug, Clone)]
+struct NodeMeta {
+    kind: String,
+    heartbeat_ttl_ms: Option<u64>,
+    last_heartbeat: Timestamp,
+}
+
+pub(crate) struct Core {
+    ledger: Ledger,
+    store: Store,
+    catalog: ResourceCatalog,
+    local: String,
+    nodes: HashMap<String, NodeMeta>,
+    watchers: HashMap<AllocId, Vec<oneshot::Sender<()>>>,
+    replays: HashMap<String, Replay>,
+}
+
+fn now() -> Timestamp {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    Timestamp::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+fn field(field: &str, message: impl Into<String>) -> EngineError {
+    EngineError::Invalid(vec![FieldProblem {
+        field: field.to_owned(),
+        message: message.into(),
+    }])
+}
+
+fn store_err(e: qm_store::StoreError) -> EngineError {
+    EngineError::Store(e.to_string())
+}
+
+impl Core {
+    pub(crate) fn start(config: &EngineConfig, store: Store) -> Result<Self, StartError> {
+        let loaded = store.load()?;
+        let (snapshot, kinds) =
+            persist::snapshot(&loaded, &config.catalog).map_err(StartError::State)?;
+        let policy = qm_sched::Framework::preset(&config.strategy)
+            .map_err(|e| StartError::Strategy(e.to_string()))?;
+        let ledger = Ledger::restore(Box::new(policy), config.ledger.clone(), snapshot)
+            .map_err(|e| StartError::State(e.to_string()))?;
+        let t = now();
+        let nodes = kinds
+            .into_iter()
+            .map(|(name, kind, ttl)| {
+                (
+                    name,
+                    NodeMeta {
+                        kind,
+                        heartbeat_ttl_ms: ttl,
+                        last_heartbeat: t,
+                    },
+                )
+            })
+            .collect();
+        let mut core = Self {
+            ledger,
+            store,
+            catalog: config.catalog.clone(),
+            local: config.node_name.clone(),
+            nodes,
+            watchers: HashMap::new(),
+            replays: HashMap::new(),
+        };
+        let mut spec = NodeSpec::new(&config.node_name, config.capacity.clone());
+        spec.allocatable = config.allocatable.clone();
+        spec.labels = config.labels.clone();
+        spec.validate()
+            .map_err(|e| StartError::Node(e.to_string()))?;
+        let exists = core
+            .ledger
+            .state()
+            .node_by_name(&config.node_name)
+            .is_some();
+        let result = if exists {
+            core.ledger
+                .update_node(t, spec)
+                .and_then(|()| core.ledger.set_node_ready(t, &config.node_name, true))
+        } else {
+            core.ledger.register_node(t, spec).map(|_| ())
+        };
+        match result {
+            Ok(()) => {}
+            Err(NodeError::BelowAllocated { missing, .. }) => tracing::warn!(
+                node = %config.node_name,
+                missing = ?missing,
+                "the local node's new capacity is below what it has handed out; keeping the stored capacity"
+            ),
+            Err(e) => return Err(StartError::Node(e.to_string())),
+        }
+        core.nodes.insert(
+            config.node_name.clone(),
+            NodeMeta {
+                kind: "local".to_owned(),
+                heartbeat_ttl_ms: None,
+                last_heartbeat: t,
+            },
+        );
+        let expired = core.ledger.expire(t);
+        let granted = core.ledger.drain(t);
+        let mut batch = Batch::default();
+        for op in core.changes(&[&config.node_name]) {
+            batch.ops.push(op);
+        }
+        store_commit_wait(&core.store, batch)?;
+        tracing::info!(
+            live = core.ledger.state().n_live(),
+            queued = core.ledger.state().n_queued(),
+            expired,
+            granted,
+            strategy = %config.strategy,
+            "state loaded"
+        );
+        Ok(core)
+    }
+
+    pub(crate) fn run(mut self, rx: &mpsc::Receiver<Msg>, tick: Duration) {
+        let mut last_tick = Instant::now();
+        loop {
+            match rx.recv_timeout(tick) {
+                Ok(Msg::Job(job)) => job(&mut self),
+                Ok(Msg::Stop(done)) => {
+                    let _ = self.store.commit_wait(Batch::default());
+                    let _ = done.send(());
+                    return;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            if last_tick.elapsed() >= tick {
+                last_tick = Instant::now();
+                self.tick();
+            }
+        }
+    }
+
+    /// Lease expiry, holds for waiting requests, heartbeat deadlines.
+    fn tick(&mut self) {
+        let t = now();
+        let late: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, m)| {
+                m.heartbeat_ttl_ms
+                    .is_some_and(|ttl| t.millis_since(m.last_heartbeat) > ttl)
+            })
+            .filter(|(name, _)| {
+                self.ledger
+                    .state()
+                    .node_by_name(name)
+                    .is_some_and(|(_, n)| n.ready())
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &late {
+            if let Ok(n) = self.ledger.lose_node(t, name) {
+                tracing::warn!(node = %name, lost = n, "node missed its heartbeat");
+            }
+        }
+        self.ledger.expire(t);
+        if self.ledger.state().n_queued() > 0 {
+            self.ledger.drain(t);
+        }
+        if !self.ledger.events().is_empty() {
+            let names: Vec<&str> = late.iter().map(String::as_str).collect();
+            let ops = self.changes(&names);
+            self.store.commit(
+                Batch { ops },
+                Box::new(|r| {
+                    if let Err(e) = r {
+                        tracing::error!(%e, "cannot persist timer changes");
+                    }
+                }),
+            );
+        }
+    }
+
+    /// Takes the ledger's events: notifies watchers and returns the store operations
+    /// recording them, plus the current records of the nodes `also` names.
+    fn changes(&mut self, also: &[&str]) -> Vec<Op> {
+        let events = self.ledger.take_events();
+        for e in &events {
+            let id = match e {
+                Event::Granted { id, .. } => Some(*id),
+                Event::Ended(a) => Some(a.id()),
+                _ => None,
+            };
+            if let Some(ws) = id.and_then(|id| self.watchers.remove(&id)) {
+                for w in ws {
+                    let _ = w.send(());
+                }
+            }
+        }
+        let node_op = |name: &str| self.node_op(name);
+        let mut ops = persist::ops_for(&events, &self.ledger, &self.catalog, &node_op);
+        for name in also {
+            if let Some(op) = self.node_op(name) {
+                ops.push(op);
+            }
+        }
+        ops
+    }
+
+    fn node_doc(&self, name: &str) -> Option<NodeDoc> {
+        let (_, node) = self.ledger.state().node_by_name(name)?;
+        let kind = self.nodes.get(name).map_or("reported", |m| m.kind.as_str());
+        Some(NodeDoc::of(node, kind, &self.catalog))
+    }
+
+    fn node_op(&self, name: &str) -> Option<Op> {
+        let doc = self.node_doc(name)?;
+        let ttl = self.nodes.get(name).and_then(|m| m.heartbeat_ttl_ms);
+        Some(Op::PutNode {
+            name: name.to_owned(),
+            body: to_json(&StoredNode {
+                doc,
+                heartbeat_ttl_ms: ttl,
+            }),
+        })
+    }
+
+    fn pool_op(&self, name: &str) -> Option<Op> {
+        let st = self.ledger.state();
+        let (_, pool) = st.pool_by_name(name)?;
+        let doc = PoolDoc::of(pool, st.total_allocatable(), &self.catalog);
+        Some(Op::PutPool {
+            name: name.to_owned(),
+            body: to_json(&doc),
+        })
+    }
+
+    /// Commits `ops` and, once durable, sends `reply` (or the store's error) on `tx`.
+    fn commit<R: Send + 'static>(
+        &self,
+        ops: Vec<Op>,
+        reply: R,
+        tx: oneshot::Sender<Result<R, EngineError>>,
+    ) {
+        self.store.commit(
+            Batch { ops },
+            Box::new(move |r| {
+                let _ = tx.send(r.map(|()| reply).map_err(store_err));
+            }),
+        );
+    }
+
+    fn doc(&self, id: AllocId, events: &[Event]) -> Option<AllocationDoc> {
+        let st = self.ledger.state();
+        if let Some(a) = st.alloc(id) {
+            return Some(AllocationDoc::of(a, st, &self.catalog));
+        }
+        events.iter().rev().find_map(|e| match e {
+            Event::Ended(a) if a.id() == id => Some(AllocationDoc::of(a, st, &self.catalog)),
+            _ => None,
+        })
+    }
+
+    pub(crate) fn submit(
+        &mut self,
+        req: Request,
+        dry_run: bool,
+        key: Option<String>,
+        tx: oneshot::Sender<Result<Replay, EngineError>>,
+    ) {
+        if let Some(k) = &key {
+            let found = match self.replays.get(k) {
+                Some(r) => Some(r.clone()),
+                None => match self.store.idempotent(k) {
+                    Ok(body) => body.and_then(|b| qm_proto::from_json::<Replay>(&b).ok()),
+                    Err(e) => {
+                        let _ = tx.send(Err(store_err(e)));
+                        return;
+                    }
+                },
+            };
+            if let Some(r) = found {
+                let _ = tx.send(Ok(r));
+                return;
+            }
+        }
+        let t = now();
+        if dry_run {
+            let _ = tx.send(self.dry_run(t, req));
+            return;
+        }
+        let result = self.ledger.submit(t, req);
+        let submitted = match result {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tx.send(Err(self.submit_error(e)));
+                return;
+            }
+        };
+        let Some(id) = submitted.id else { return };
+        let events: Vec<Event> = self.ledger.events().to_vec();
+        let Some(doc) = self.doc(id, &events) else {
+            return;
+        };
+        let (status, preempted) = match &submitted.decision {
+            Decision::Granted { preempted, .. } => {
+                (201, preempted.iter().map(ToString::to_string).collect())
+            }
+            Decision::Queued { .. } => (202, Vec::new()),
+        };
+        let replay = Replay {
+            status,
+            body: qm_proto::allocation_reply(&doc, &preempted),
+        };
+        let mut ops = self.changes(&[]);
+        if let Some(k) = key {
+            let at_ms = i64::try_from(t.as_millis()).unwrap_or(i64::MAX);
+            ops.push(Op::PutIdempotent {
+                key: k.clone(),
+                body: to_json(&replay),
+                at_ms,
+            });
+            self.replays.insert(k, replay.clone());
+        }
+        self.commit(ops, replay, tx);
+    }
+
+    fn dry_run(&self, t: Timestamp, req: Request) -> Result<Replay, EngineError> {
+        let st = self.ledger.state();
+        match self.ledger.dry_run(t, req.clone()) {
+            Ok(s) => {
+                let (status, state, node, preempted) = match &s.decision {
+                    Decision::Granted { node, preempted } => (
+                        201,
+                        "granted",
+                        Some(st.node_name(*node).to_owned()),
+                        preempted.iter().map(ToString::to_string).collect(),
+                    ),
+                    Decision::Queued { .. } => (202, "queued", None, Vec::new()),
+                };
+                let body = qm_proto::dry_run_reply(&req, state, node, &preempted, &self.catalog);
+                Ok(Replay { status, body })
+            }
+            Err(e) => Err(self.submit_error(e)),
+        }
+    }
+
+    fn submit_error(&self, e: SubmitError) -> EngineError {
+        match e {
+            SubmitError::Invalid(v) => EngineError::Invalid(
+                v.0.into_iter()
+                    .map(|f| FieldProblem {
+                        field: f.field,
+                        message: f.message,
+                    })
+                    .collect(),
+            ),
+            SubmitError::UnknownPool(p) => field("pool", format!("no pool named {p:?}")),
+            SubmitError::Insufficient(s) => {
+                let st = self.ledger.state();
+                let missing = render_resources(&self.catalog, &s.missing);
+                let what = match s.reason {
+                    qm_core::ShortfallReason::PoolLimit => {
+                        "the pool's limit would be exceeded".to_owned()
+                    }
+                    qm_core::ShortfallReason::NoEligibleNode => {
+                        "no ready node matches the request".to_owned()
+                    }
+                    qm_core::ShortfallReason::NodeHeld => format!(
+                        "node {} is held for a request that has waited longer",
+                        s.node.map_or("?", |n| st.node_name(n))
+                    ),
+                    qm_core::ShortfallReason::Capacity => format!(
+                        "no node has room; the closest, {}, lacks {}",
+                        s.node.map_or("?", |n| st.node_name(n)),
+                        missing
+                            .iter()
+                            .map(|(k, v)| format!("{k} {v}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                };
+                EngineError::Insufficient {
+                    detail: format!("insufficient resources: {what}"),
+                    shortfall: missing,
+                }
+            }
+            SubmitError::Full(n) => {
+                EngineError::Conflict(format!("the ledger is full ({n} live allocations)"))
+            }
+        }
+    }
+
+    pub(crate) fn get(&mut self, id: AllocId, tx: oneshot::Sender<Lookup>) {
+        if let Some(doc) = self.doc(id, &[]) {
+            let _ = tx.send(Lookup::Live(Box::new(doc)));
+            return;
+        }
+        self.store.commit(
+            Batch::default(),
+            Box::new(move |_| {
+                let _ = tx.send(Lookup::NotLive);
+            }),
+        );
+    }
+
+    pub(crate) fn watch(
+        &mut self,
+        id: AllocId,
+        tx: oneshot::Sender<Option<oneshot::Receiver<()>>>,
+    ) {
+        let queued = self
+            .ledger
+            .state()
+            .alloc(id)
+            .is_some_and(|a| a.state() == qm_core::AllocState::Queued);
+        if !queued {
+            let _ = tx.send(None);
+            return;
+        }
+        let (wtx, wrx) = oneshot::channel();
+        self.watchers.entry(id).or_default().push(wtx);
+        let _ = tx.send(Some(wrx));
+    }
+
+    pub(crate) fn barrier(&mut self, tx: oneshot::Sender<Result<(), EngineError>>) {
+        self.commit(Vec::new(), (), tx);
+    }
+
+    pub(crate) fn release(
+        &mut self,
+        id: AllocId,
+        tx: oneshot::Sender<Result<Option<AllocationDoc>, EngineError>>,
+    ) {
+        let t = now();
+        if self.ledger.release(t, id).is_none() {
+            // Not live: answer once earlier writes are durable, so the store has its end.
+            self.commit(Vec::new(), None, tx);
+            return;
+        }
+        let events = self.ledger.events().to_vec();
+        let doc = self.doc(id, &events);
+        let ops = self.changes(&[]);
+        self.commit(ops, doc, tx);
+    }
+
+    pub(crate) fn renew(
+        &mut self,
+        id: AllocId,
+        ttl_ms: Option<u64>,
+        tx: oneshot::Sender<Result<AllocationDoc, EngineError>>,
+    ) {
+        let t = now();
+        match self.ledger.renew(t, id, ttl_ms) {
+            Ok(_) => {
+                let Some(alloc) = self.ledger.state().alloc(id) else {
+                    return;
+                };
+                let row = persist::row(alloc, &self.ledger, &self.catalog);
+                let Some(doc) = self.doc(id, &[]) else { return };
+                let mut ops = self.changes(&[]);
+                ops.push(Op::PutAllocation(row));
+                self.commit(ops, doc, tx);
+            }
+            Err(LiveError::NotLive(_)) => {
+                let _ = tx.send(Err(EngineError::NotFound(format!(
+                    "allocation {id} is not live"
+                ))));
+            }
+            Err(LiveError::NotGranted(_)) => {
+                let _ = tx.send(Err(EngineError::Conflict(format!(
+                    "allocation {id} is queued; only grants have leases"
+                ))));
+            }
+            Err(LiveError::NoLease(_)) => {
+                let _ = tx.send(Err(field(
+                    "ttl_s",
+                    "the allocation has no lease; give ttl_s to start one",
+                )));
+            }
+            Err(LiveError::ZeroTtl) => {
+                let _ = tx.send(Err(field("ttl_s", "must be positive")));
+            }
+        }
+    }
+
+    pub(crate) fn nodes(&self) -> Vec<NodeDoc> {
+        self.ledger
+            .state()
+            .nodes()
+            .filter_map(|(_, n)| self.node_doc(n.name()))
+            .collect()
+    }
+
+    pub(crate) fn local_node(&self) -> Result<NodeDoc, EngineError> {
+        self.node_doc(&self.local)
+            .ok_or_else(|| EngineError::NotFound("the local node is gone".to_owned()))
+    }
+
+    pub(crate) fn register_node(
+        &mut self,
+        spec: NodeSpec,
+        ttl_ms: Option<u64>,
+        tx: oneshot::Sender<Result<NodeDoc, EngineError>>,
+    ) {
+        let t = now();
+        let name = spec.name.clone();
+        match self.ledger.register_node(t, spec) {
+            Ok(_) => {
+                self.nodes.insert(
+                    name.clone(),
+                    NodeMeta {
+                        kind: "reported".to_owned(),
+                        heartbeat_ttl_ms: ttl_ms,
+                        last_heartbeat: t,
+                    },
+                );
+                let ops = self.changes(&[&name]);
+                match self.node_doc(&name) {
+                    Some(doc) => self.commit(ops, doc, tx),
+                    None => {
+                        let _ = tx.send(Err(EngineError::NotFound(name)));
+                    }
+                }
+            }
+            Err(NodeError::Exists(n)) => {
+                let _ = tx.send(Err(EngineError::Conflict(format!(
+                    "node {n:?} already exists"
+                ))));
+            }
+            Err(e) => {
+                let _ = tx.send(Err(node_error(e)));
+            }
+        }
+    }
+
+    pub(crate) fn delete_node(
+        &mut self,
+        name: &str,
+        force: bool,
+        tx: oneshot::Sender<Result<NodeDoc, EngineError>>,
+    ) {
+        if name == self.local {
+            let _ = tx.send(Err(EngineError::Conflict(
+                "the local node cannot be removed".to_owned(),
+            )));
+            return;
+        }
+        let Some(doc) = self.node_doc(name) else {
+            let _ = tx.send(Err(EngineError::NotFound(format!(
+                "no node named {name:?}"
+            ))));
+            return;
+        };
+        match self.ledger.remove_node(now(), name, force) {
+            Ok(_) => {
+                self.nodes.remove(name);
+                let mut ops = self.changes(&[]);
+                ops.retain(|op| !matches!(op, Op::PutNode { name: n, .. } if n == name));
+                ops.push(Op::DeleteNode {
+                    name: name.to_owned(),
+                });
+                self.commit(ops, doc, tx);
+            }
+            Err(e) => {
+                let _ = tx.send(Err(node_error(e)));
+            }
+        }
+    }
+
+    pub(crate) fn heartbeat(
+        &mut self,
+        name: &str,
+        tx: oneshot::Sender<Result<NodeDoc, EngineError>>,
+    ) {
+        let t = now();
+        let Some(meta) = self.nodes.get_mut(name) else {
+            let _ = tx.send(Err(EngineError::NotFound(format!(
+                "no node named {name:?}"
+            ))));
+            return;
+        };
+        meta.last_heartbeat = t;
+        let ready = self
+            .ledger
+            .state()
+            .node_by_name(name)
+            .is_some_and(|(_, n)| n.ready());
+        if !ready {
+            let _ = self.ledger.set_node_ready(t, name, true);
+        }
+        let ops = self.changes(&[]);
+        match self.node_doc(name) {
+            Some(doc) => self.commit(ops, doc, tx),
+            None => {
+                let _ = tx.send(Err(EngineError::NotFound(format!(
+                    "no node named {name:?}"
+                ))));
+            }
+        }
+    }
+
+    pub(crate) fn pools(&self) -> Vec<PoolDoc> {
+        let st = self.ledger.state();
+        st.pools()
+            .map(|(_, p)| PoolDoc::of(p, st.total_allocatable(), &self.catalog))
+            .collect()
+    }
+
+    pub(crate) fn put_pool(
+        &mut self,
+        spec: PoolSpec,
+        create: bool,
+        tx: oneshot::Sender<Result<PoolDoc, EngineError>>,
+    ) {
+        let name = spec.name.clone();
+        let result = if create {
+            self.ledger.create_pool(spec).map(|_| ())
+        } else {
+            self.ledger.update_pool(now(), spec)
+        };
+        match result {
+            Ok(()) => {
+                let mut ops = self.changes(&[]);
+                ops.extend(self.pool_op(&name));
+                let st = self.ledger.state();
+                match st.pool_by_name(&name) {
+                    Some((_, p)) => {
+                        let doc = PoolDoc::of(p, st.total_allocatable(), &self.catalog);
+                        self.commit(ops, doc, tx);
+                    }
+                    None => {
+                        let _ = tx.send(Err(EngineError::NotFound(name)));
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(pool_error(e)));
+            }
+        }
+    }
+
+    pub(crate) fn delete_pool(
+        &mut self,
+        name: &str,
+        tx: oneshot::Sender<Result<PoolDoc, EngineError>>,
+    ) {
+        let st = self.ledger.state();
+        let Some((_, p)) = st.pool_by_name(name) else {
+            let _ = tx.send(Err(EngineError::NotFound(format!(
+                "no pool named {name:?}"
+            ))));
+            return;
+        };
+        let doc = PoolDoc::of(p, st.total_allocatable(), &self.catalog);
+        match self.ledger.delete_pool(name) {
+            Ok(()) => self.commit(
+                vec![Op::DeletePool {
+                    name: name.to_owned(),
+                }],
+                doc,
+                tx,
+            ),
+            Err(e) => {
+                let _ = tx.send(Err(pool_error(e)));
+            }
+        }
+    }
+}
+
+fn node_error(e: NodeError) -> EngineError {
+    match e {
+        NodeError::Invalid(v) => EngineError::Invalid(
+            v.0.into_iter()
+                .map(|f| FieldProblem {
+                    field: f.field,
+                    message: f.message,
+                })
+                .collect(),
+        ),
+        NodeError::Unknown(n) => EngineError::NotFound(format!("no node named {n:?}")),
+        other => EngineError::Conflict(other.to_string()),
+    }
+}
+
+fn pool_error(e: PoolError) -> EngineError {
+    match e {
+        PoolError::Invalid(v) => EngineError::Invalid(
+            v.0.into_iter()
+                .map(|f| FieldProblem {
+                    field: f.field,
+                    message: f.message,
+                })
+                .collect(),
+        ),
+        PoolError::Unknown(n) => EngineError::NotFound(format!("no pool named {n:?}")),
+        other => EngineError::Conflict(other.to_string()),
+    }
+}
+
+fn store_commit_wait(store: &Store, batch: Batch) -> Result<(), StartError> {
+    store.commit_wait(batch).map_err(StartError::Store)
+}

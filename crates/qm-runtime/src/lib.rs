@@ -1,0 +1,316 @@
+//! quartermaster's engine: one thread owns the [`qm_core::Ledger`] and runs every command in
+//! order; each change goes to the store as one batch (group-committed with others), and the
+//! caller's answer is sent only once that batch is durable. Timers (lease expiry, queue
+//! holds, heartbeat deadlines) tick on the same thread. The HTTP layer talks to [`Engine`].
+
+mod core;
+mod persist;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use qm_core::{
+    AllocId, Labels, LedgerConfig, NodeSpec, PoolSpec, Request, ResourceCatalog, Resources,
+};
+use qm_proto::{AllocationDoc, FieldProblem, NodeDoc, PoolDoc, Replay};
+use qm_store::{AllocationFilter, Store};
+use tokio::sync::oneshot;
+
+use crate::core::Core;
+
+/// How to start the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Where the database lives.
+    pub data_dir: PathBuf,
+    /// The local node's name.
+    pub node_name: String,
+    /// The local node's capacity.
+    pub capacity: Resources,
+    /// What of it may be handed out.
+    pub allocatable: Resources,
+    /// The local node's labels.
+    pub labels: Labels,
+    /// The strategy preset.
+    pub strategy: String,
+    /// Queue tuning.
+    pub ledger: LedgerConfig,
+    /// Resource names.
+    pub catalog: ResourceCatalog,
+    /// How often timers run.
+    pub tick: Duration,
+}
+
+/// Why the engine refused or failed a command.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    /// Nothing of that name or id.
+    #[error("{0}")]
+    NotFound(String),
+    /// Invalid fields.
+    #[error("invalid request")]
+    Invalid(Vec<FieldProblem>),
+    /// The command conflicts with the state (a name taken, a busy node or pool).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request does not fit and may not queue.
+    #[error("{detail}")]
+    Insufficient {
+        detail: String,
+        shortfall: BTreeMap<String, String>,
+    },
+    /// The store failed: the change is not durable and was not acknowledged.
+    #[error("storage failed: {0}")]
+    Store(String),
+    /// The engine stopped.
+    #[error("the engine is stopped")]
+    Stopped,
+}
+
+/// What a read of an allocation found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Live, from memory.
+    Live(Box<AllocationDoc>),
+    /// Not live: everything before this call is durable, so the store answers.
+    NotLive,
+}
+
+type Job = Box<dyn FnOnce(&mut Core) + Send>;
+
+enum Msg {
+    Job(Job),
+    Stop(oneshot::Sender<()>),
+}
+
+/// A handle on the running engine; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    tx: std::sync::Mutex<mpsc::Sender<Msg>>,
+    store: Store,
+    catalog: ResourceCatalog,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Msg::Job(_) => "Job",
+            Msg::Stop(_) => "Stop",
+        })
+    }
+}
+
+/// Why the engine did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened or read.
+    #[error("store: {0}")]
+    Store(#[from] qm_store::StoreError),
+    /// The strategy name is unknown.
+    #[error("strategy: {0}")]
+    Strategy(String),
+    /// The stored state is inconsistent.
+    #[error("stored state: {0}")]
+    State(String),
+    /// The local node's spec is invalid.
+    #[error("local node: {0}")]
+    Node(String),
+}
+
+impl Engine {
+    /// Opens the store, restores the ledger, registers the local node, expires what lapsed
+    /// while down, drains the queues, persists the result, and starts the engine thread.
+    pub fn start(config: EngineConfig) -> Result<Self, StartError> {
+        let store = Store::open(&config.data_dir)?;
+        let core = Core::start(&config, store.clone())?;
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let tick = config.tick;
+        thread::Builder::new()
+            .name("qm-engine".to_owned())
+            .spawn(move || core.run(&rx, tick))
+            .map_err(|e| StartError::State(format!("cannot start the engine thread: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                tx: std::sync::Mutex::new(tx),
+                store,
+                catalog: config.catalog,
+            }),
+        })
+    }
+
+    /// The resource names requests may use.
+    pub fn catalog(&self) -> &ResourceCatalog {
+        &self.inner.catalog
+    }
+
+    /// The store, for reads of ended allocations.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Core, oneshot::Sender<R>) + Send + 'static,
+    ) -> Result<R, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |core| f(core, tx));
+        self.inner
+            .tx
+            .lock()
+            .map_err(|_| EngineError::Stopped)?
+            .send(Msg::Job(job))
+            .map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)
+    }
+
+    /// Submits a request (or answers what would happen, with `dry_run`). With an idempotency
+    /// key, a repeat gets the first answer and creates nothing.
+    pub async fn submit(
+        &self,
+        req: Request,
+        dry_run: bool,
+        key: Option<String>,
+    ) -> Result<Replay, EngineError> {
+        self.call(move |core, tx| core.submit(req, dry_run, key, tx))
+            .await?
+    }
+
+    /// An allocation: live from memory; otherwise [`Lookup::NotLive`] once everything before
+    /// is durable.
+    pub async fn get(&self, id: AllocId) -> Result<Lookup, EngineError> {
+        self.call(move |core, tx| core.get(id, tx)).await
+    }
+
+    /// Waits up to `wait` for a queued allocation to leave the queue.
+    pub async fn wait_for(&self, id: AllocId, wait: Duration) -> Result<(), EngineError> {
+        let rx = self.call(move |core, tx| core.watch(id, tx)).await?;
+        if let Some(rx) = rx {
+            let _ = tokio::time::timeout(wait, rx).await;
+        }
+        Ok(())
+    }
+
+    /// Releases (or cancels) a live allocation; `Ok(None)` when it is not live (the caller
+    /// then answers from the store).
+    pub async fn release(&self, id: AllocId) -> Result<Option<AllocationDoc>, EngineError> {
+        self.call(move |core, tx| core.release(id, tx)).await?
+    }
+
+    /// Renews a grant's lease.
+    pub async fn renew(
+        &self,
+        id: AllocId,
+        ttl_ms: Option<u64>,
+    ) -> Result<AllocationDoc, EngineError> {
+        self.call(move |core, tx| core.renew(id, ttl_ms, tx))
+            .await?
+    }
+
+    /// Allocations from the store (after everything before is durable).
+    pub async fn list(
+        &self,
+        filter: AllocationFilter,
+        after_seq: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<AllocationDoc>, EngineError> {
+        self.call(|core, tx| core.barrier(tx)).await??;
+        let store = self.inner.store.clone();
+        let rows =
+            tokio::task::spawn_blocking(move || store.allocations(&filter, after_seq, limit))
+                .await
+                .map_err(|e| EngineError::Store(e.to_string()))?
+                .map_err(|e| EngineError::Store(e.to_string()))?;
+        rows.iter().map(|r| persist::doc_of_row(&r.body)).collect()
+    }
+
+    /// One allocation from the store, live or ended.
+    pub async fn stored(&self, id: &str) -> Result<Option<AllocationDoc>, EngineError> {
+        let store = self.inner.store.clone();
+        let id = id.to_owned();
+        let row = tokio::task::spawn_blocking(move || store.allocation(&id))
+            .await
+            .map_err(|e| EngineError::Store(e.to_string()))?
+            .map_err(|e| EngineError::Store(e.to_string()))?;
+        row.map(|r| persist::doc_of_row(&r.body)).transpose()
+    }
+
+    /// Every node.
+    pub async fn nodes(&self) -> Result<Vec<NodeDoc>, EngineError> {
+        self.call(|core, tx| {
+            let _ = tx.send(core.nodes());
+        })
+        .await
+    }
+
+    /// The local node's name.
+    pub async fn local_node(&self) -> Result<NodeDoc, EngineError> {
+        self.call(|core, tx| {
+            let _ = tx.send(core.local_node());
+        })
+        .await?
+    }
+
+    /// Registers a reported node.
+    pub async fn register_node(
+        &self,
+        spec: NodeSpec,
+        ttl_ms: Option<u64>,
+    ) -> Result<NodeDoc, EngineError> {
+        self.call(move |core, tx| core.register_node(spec, ttl_ms, tx))
+            .await?
+    }
+
+    /// Removes a node; refused while it holds grants unless `force`.
+    pub async fn delete_node(&self, name: String, force: bool) -> Result<NodeDoc, EngineError> {
+        self.call(move |core, tx| core.delete_node(&name, force, tx))
+            .await?
+    }
+
+    /// A reported node's heartbeat.
+    pub async fn heartbeat(&self, name: String) -> Result<NodeDoc, EngineError> {
+        self.call(move |core, tx| core.heartbeat(&name, tx)).await?
+    }
+
+    /// Every pool.
+    pub async fn pools(&self) -> Result<Vec<PoolDoc>, EngineError> {
+        self.call(|core, tx| {
+            let _ = tx.send(core.pools());
+        })
+        .await
+    }
+
+    /// Creates (`create`) or updates a pool.
+    pub async fn put_pool(&self, spec: PoolSpec, create: bool) -> Result<PoolDoc, EngineError> {
+        self.call(move |core, tx| core.put_pool(spec, create, tx))
+            .await?
+    }
+
+    /// Deletes a pool.
+    pub async fn delete_pool(&self, name: String) -> Result<PoolDoc, EngineError> {
+        self.call(move |core, tx| core.delete_pool(&name, tx))
+            .await?
+    }
+
+    /// Flushes and stops the engine thread; later calls answer [`EngineError::Stopped`].
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        let sent = self
+            .inner
+            .tx
+            .lock()
+            .map(|s| s.send(Msg::Stop(tx)).is_ok())
+            .unwrap_or(false);
+        if sent {
+            let _ = rx.await;
+        }
+    }
+}

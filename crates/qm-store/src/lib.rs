@@ -1,0 +1,344 @@
+//! quartermaster's durable state: one embedded SQLite database (`<data_dir>/qm.db`, WAL mode,
+//! `synchronous=FULL`) with **group commit**: one writer thread takes every batch queued while
+//! the previous transaction was syncing and commits them together, so many concurrent writers
+//! share one fsync. A batch is all-or-nothing, batches apply in the order they were queued, and
+//! a batch's `done` runs only once it is durable. The store keeps opaque JSON bodies plus the
+//! columns queries filter on; it knows nothing of their meaning.
+
+mod schema;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+pub use writer::WriterStats;
+
+/// A stored allocation: indexed columns and the opaque body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocationRow {
+    pub id: String,
+    /// Creation order; pagination key.
+    pub seq: i64,
+    pub agent: String,
+    pub pool: String,
+    pub node: Option<String>,
+    pub state: String,
+    /// Queued or granted.
+    pub live: bool,
+    pub ended_at_ms: Option<i64>,
+    pub body: String,
+}
+
+/// One change.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Inserts or replaces an allocation by id.
+    PutAllocation(AllocationRow),
+    PutNode {
+        name: String,
+        body: String,
+    },
+    DeleteNode {
+        name: String,
+    },
+    PutPool {
+        name: String,
+        body: String,
+    },
+    DeletePool {
+        name: String,
+    },
+    PutMeta {
+        key: String,
+        value: String,
+    },
+    /// Records the answer to a request made with an idempotency key.
+    PutIdempotent {
+        key: String,
+        body: String,
+        at_ms: i64,
+    },
+    /// Deletes every node, pool and allocation (not meta or idempotency keys).
+    ClearState,
+    /// Deletes ended allocations that ended before `before_ms`, and older idempotency keys.
+    Prune {
+        before_ms: i64,
+    },
+}
+
+/// Changes applied together, all or nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub ops: Vec<Op>,
+}
+
+impl Batch {
+    /// Adds an operation.
+    pub fn push(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+    /// True when it changes nothing (a barrier: durable once everything before it is).
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Filters for listing allocations; each one an exact match when set.
+#[derive(Debug, Clone, Default)]
+pub struct AllocationFilter {
+    pub agent: Option<String>,
+    pub pool: Option<String>,
+    pub state: Option<String>,
+    pub node: Option<String>,
+}
+
+/// What the daemon reads at start.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// `(name, body)` in name order.
+    pub nodes: Vec<(String, String)>,
+    /// `(name, body)` in name order.
+    pub pools: Vec<(String, String)>,
+    /// Live allocations, by seq.
+    pub live_allocations: Vec<AllocationRow>,
+    pub meta: BTreeMap<String, String>,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused or failed; `what` says what was being done.
+    #[error("{what} ({path}): {message}")]
+    Sqlite {
+        what: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+    /// The data dir could not be created.
+    #[error("cannot create data dir {path}: {message}")]
+    Dir { path: PathBuf, message: String },
+    /// The writer thread is gone.
+    #[error("the store is closed")]
+    Closed,
+}
+
+pub(crate) fn sqlite<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl Fn(rusqlite::Error) -> StoreError + 'a {
+    move |e| StoreError::Sqlite {
+        what,
+        path: path.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+/// A batch waiting for the writer, and whom to tell.
+pub(crate) type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// A handle on the store; clones share it. The writer stops when the last handle goes.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    tx: Mutex<Option<mpsc::Sender<(Batch, Done)>>>,
+    reader: Mutex<Connection>,
+    stats: Arc<writer::Counters>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        if let Some(h) = self.writer.lock().ok().and_then(|mut w| w.take()) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Store {
+    /// Opens or creates `<dir>/qm.db` and starts the writer.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Dir {
+            path: dir.to_owned(),
+            message: e.to_string(),
+        })?;
+        let path = dir.join("qm.db");
+        let write = schema::open(&path)?;
+        schema::migrate(&write, &path)?;
+        let reader = schema::open(&path)?;
+        let stats = Arc::new(writer::Counters::default());
+        let (tx, rx) = mpsc::channel();
+        let handle = writer::spawn(write, path.clone(), rx, Arc::clone(&stats))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                tx: Mutex::new(Some(tx)),
+                reader: Mutex::new(reader),
+                stats,
+                writer: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Queues `batch`; `done` runs on the writer thread once it is durable, or with the error.
+    pub fn commit(&self, batch: Batch, done: Done) {
+        let sent = match self.inner.tx.lock() {
+            Ok(tx) => match tx.as_ref() {
+                Some(tx) => tx.send((batch, done)).map_err(|e| e.0.1),
+                None => Err(done),
+            },
+            Err(_) => Err(done),
+        };
+        if let Err(done) = sent {
+            done(Err(StoreError::Closed));
+        }
+    }
+
+    /// Commits `batch` and waits until it is durable.
+    pub fn commit_wait(&self, batch: Batch) -> Result<(), StoreError> {
+        let (tx, rx) = mpsc::channel();
+        self.commit(
+            batch,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv().unwrap_or(Err(StoreError::Closed))
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+        what: &'static str,
+    ) -> Result<T, StoreError> {
+        let conn = self.inner.reader.lock().map_err(|_| StoreError::Closed)?;
+        f(&conn).map_err(sqlite(what, &self.inner.path))
+    }
+
+    /// Everything the daemon needs at start.
+    pub fn load(&self) -> Result<Loaded, StoreError> {
+        self.read(
+            |c| {
+                let pairs = |sql: &str| -> rusqlite::Result<Vec<(String, String)>> {
+                    let mut st = c.prepare(sql)?;
+                    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+                };
+                let nodes = pairs("SELECT name, body FROM nodes ORDER BY name")?;
+                let pools = pairs("SELECT name, body FROM pools ORDER BY name")?;
+                let meta = pairs("SELECT key, value FROM meta")?.into_iter().collect();
+                let mut st = c.prepare(&format!("{SELECT_ALLOC} WHERE live = 1 ORDER BY seq"))?;
+                let live_allocations = st.query_map([], row)?.collect::<rusqlite::Result<_>>()?;
+                Ok(Loaded {
+                    nodes,
+                    pools,
+                    live_allocations,
+                    meta,
+                })
+            },
+            "loading the state",
+        )
+    }
+
+    /// One allocation by id.
+    pub fn allocation(&self, id: &str) -> Result<Option<AllocationRow>, StoreError> {
+        self.read(
+            |c| {
+                c.query_row(&format!("{SELECT_ALLOC} WHERE id = ?1"), [id], row)
+                    .optional()
+            },
+            "reading an allocation",
+        )
+    }
+
+    /// Allocations matching `filter`, by seq, after `after_seq`, at most `limit`.
+    pub fn allocations(
+        &self,
+        filter: &AllocationFilter,
+        after_seq: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<AllocationRow>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(
+            |c| {
+                let sql = format!(
+                    "{SELECT_ALLOC} WHERE seq > ?1 AND (?2 IS NULL OR agent = ?2) AND (?3 IS NULL OR pool = ?3) \
+                     AND (?4 IS NULL OR state = ?4) AND (?5 IS NULL OR node = ?5) ORDER BY seq LIMIT ?6"
+                );
+                let mut st = c.prepare_cached(&sql)?;
+                st.query_map(
+                    params![after_seq.unwrap_or(i64::MIN), filter.agent, filter.pool, filter.state, filter.node, limit],
+                    row,
+                )?
+                .collect()
+            },
+            "listing allocations",
+        )
+    }
+
+    /// The stored answer for an idempotency key.
+    pub fn idempotent(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.read(
+            |c| {
+                c.query_row("SELECT body FROM idempotency WHERE key = ?1", [key], |r| {
+                    r.get(0)
+                })
+                .optional()
+            },
+            "reading an idempotency key",
+        )
+    }
+
+    /// What the writer has done so far.
+    pub fn stats(&self) -> WriterStats {
+        let s = &self.inner.stats;
+        WriterStats {
+            transactions: s.transactions.load(Ordering::Relaxed),
+            batches: s.batches.load(Ordering::Relaxed),
+            ops: s.ops.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Flushes what is queued and stops the writer (if this is the last handle).
+    pub fn close(self) -> Result<(), StoreError> {
+        self.commit_wait(Batch::default())
+    }
+}
+
+const SELECT_ALLOC: &str =
+    "SELECT id, seq, agent, pool, node, state, live, ended_at_ms, body FROM allocations";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AllocationRow> {
+    Ok(AllocationRow {
+        id: r.get(0)?,
+        seq: r.get(1)?,
+        agent: r.get(2)?,
+        pool: r.get(3)?,
+        node: r.get(4)?,
+        state: r.get(5)?,
+        live: r.get::<_, i64>(6)? != 0,
+        ended_at_ms: r.get(7)?,
+        body: r.get(8)?,
+    })
+}
+
+pub(crate) use AtomicU64 as Counter;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,74 @@
+//! Opening connections (WAL, `synchronous=FULL`, a busy timeout) and the schema, migrated by
+//! `PRAGMA user_version`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use crate::{StoreError, sqlite};
+
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE allocations (
+        id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL UNIQUE,
+        agent TEXT NOT NULL,
+        pool TEXT NOT NULL,
+        node TEXT,
+        state TEXT NOT NULL,
+        live INTEGER NOT NULL,
+        ended_at_ms INTEGER,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX allocations_agent ON allocations(agent, seq);
+    CREATE INDEX allocations_pool ON allocations(pool, seq);
+    CREATE INDEX allocations_state ON allocations(state, seq);
+    CREATE INDEX allocations_node ON allocations(node, seq);
+    CREATE INDEX allocations_live ON allocations(live, seq);
+    CREATE TABLE nodes (name TEXT PRIMARY KEY, body TEXT NOT NULL);
+    CREATE TABLE pools (name TEXT PRIMARY KEY, body TEXT NOT NULL);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE idempotency (key TEXT PRIMARY KEY, body TEXT NOT NULL, at_ms INTEGER NOT NULL);
+    CREATE INDEX idempotency_at ON idempotency(at_ms);
+"];
+
+/// A connection to `path` in WAL mode with full syncs.
+pub(crate) fn open(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(sqlite("opening the database", path))?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(sqlite("setting the busy timeout", path))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(sqlite("switching to WAL", path))?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(sqlite("setting synchronous=FULL", path))?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(sqlite("enabling foreign keys", path))?;
+    Ok(conn)
+}
+
+/// Brings the schema up to date.
+pub(crate) fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(sqlite("reading the schema version", path))?;
+    let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    if version > known {
+        return Err(StoreError::Sqlite {
+            what: "checking the schema version",
+            path: path.to_owned(),
+            message: format!("the database is at version {version}, newer than this qm ({known})"),
+        });
+    }
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(version).unwrap_or(0))
+    {
+        conn.execute_batch(&format!(
+            "BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;",
+            i + 1
+        ))
+        .map_err(sqlite("migrating the schema", path))?;
+    }
+    Ok(())
+}

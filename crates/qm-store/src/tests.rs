@@ -1,0 +1,191 @@
+//! Store tests on real SQLite files in temp dirs: durability across reopening, all-or-nothing
+//! batches, group commit under concurrency, a failing batch that spares its group, filters and
+//! pagination.
+
+use std::sync::Arc;
+use std::thread;
+
+use super::*;
+
+fn dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("qm-store-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn alloc(seq: i64, agent: &str, state: &str) -> AllocationRow {
+    AllocationRow {
+        id: format!("id-{seq}"),
+        seq,
+        agent: agent.to_owned(),
+        pool: "default".to_owned(),
+        node: Some("n".to_owned()),
+        state: state.to_owned(),
+        live: matches!(state, "queued" | "granted"),
+        ended_at_ms: (!matches!(state, "queued" | "granted")).then_some(seq * 10),
+        body: format!("{{\"seq\":{seq}}}"),
+    }
+}
+
+fn batch(ops: Vec<Op>) -> Batch {
+    Batch { ops }
+}
+
+#[test]
+fn batches_are_durable_across_reopening() {
+    let d = dir("reopen");
+    let store = Store::open(&d).unwrap();
+    store
+        .commit_wait(batch(vec![
+            Op::PutAllocation(alloc(1, "a", "granted")),
+            Op::PutAllocation(alloc(2, "b", "released")),
+            Op::PutNode {
+                name: "n".into(),
+                body: "{}".into(),
+            },
+            Op::PutPool {
+                name: "p".into(),
+                body: "{\"w\":1}".into(),
+            },
+            Op::PutMeta {
+                key: "next_seq".into(),
+                value: "3".into(),
+            },
+            Op::PutIdempotent {
+                key: "k".into(),
+                body: "{}".into(),
+                at_ms: 5,
+            },
+        ]))
+        .unwrap();
+    store.close().unwrap();
+    let store = Store::open(&d).unwrap();
+    let loaded = store.load().unwrap();
+    assert_eq!(loaded.live_allocations, vec![alloc(1, "a", "granted")]);
+    assert_eq!(loaded.nodes, vec![("n".to_owned(), "{}".to_owned())]);
+    assert_eq!(loaded.pools.len(), 1);
+    assert_eq!(loaded.meta.get("next_seq").map(String::as_str), Some("3"));
+    assert_eq!(
+        store.allocation("id-2").unwrap(),
+        Some(alloc(2, "b", "released"))
+    );
+    assert_eq!(store.idempotent("k").unwrap().as_deref(), Some("{}"));
+    assert_eq!(store.idempotent("nope").unwrap(), None);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_batch_is_all_or_nothing_and_spares_its_group() {
+    let d = dir("atomic");
+    let store = Store::open(&d).unwrap();
+    store
+        .commit_wait(batch(vec![Op::PutAllocation(alloc(1, "a", "granted"))]))
+        .unwrap();
+    // Queue three batches at once; the middle one breaks the UNIQUE seq.
+    let mut clash = alloc(1, "x", "granted");
+    clash.id = "other".into();
+    let (tx, rx) = mpsc::channel();
+    for (i, ops) in [
+        vec![Op::PutAllocation(alloc(2, "b", "granted"))],
+        vec![
+            Op::PutAllocation(alloc(3, "c", "granted")),
+            Op::PutAllocation(clash),
+        ],
+        vec![Op::PutAllocation(alloc(4, "d", "granted"))],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let tx = tx.clone();
+        store.commit(
+            batch(ops),
+            Box::new(move |r| tx.send((i, r.is_ok())).unwrap()),
+        );
+    }
+    let mut results: Vec<(usize, bool)> = (0..3).map(|_| rx.recv().unwrap()).collect();
+    results.sort_unstable();
+    assert_eq!(results, [(0, true), (1, false), (2, true)]);
+    let live: Vec<i64> = store
+        .load()
+        .unwrap()
+        .live_allocations
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(live, [1, 2, 4], "the failing batch left nothing behind");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn concurrent_commits_share_transactions() {
+    let d = dir("group");
+    let store = Store::open(&d).unwrap();
+    let store = Arc::new(store);
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let store = Arc::clone(&store);
+            thread::spawn(move || {
+                for i in 0..64 {
+                    let seq = t * 1000 + i;
+                    store
+                        .commit_wait(batch(vec![Op::PutAllocation(alloc(seq, "a", "granted"))]))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let stats = store.stats();
+    assert_eq!(stats.batches, 1024);
+    assert!(stats.transactions < stats.batches, "no batching: {stats:?}");
+    assert_eq!(store.load().unwrap().live_allocations.len(), 1024);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn filters_and_pages() {
+    let d = dir("list");
+    let store = Store::open(&d).unwrap();
+    let ops = (1..=10)
+        .map(|s| Op::PutAllocation(alloc(s, if s % 2 == 0 { "even" } else { "odd" }, "granted")))
+        .collect();
+    store.commit_wait(batch(ops)).unwrap();
+    let f = AllocationFilter {
+        agent: Some("even".into()),
+        ..AllocationFilter::default()
+    };
+    let seqs = |rows: Vec<AllocationRow>| rows.iter().map(|r| r.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(store.allocations(&f, None, 3).unwrap()), [2, 4, 6]);
+    assert_eq!(seqs(store.allocations(&f, Some(6), 3).unwrap()), [8, 10]);
+    let none = AllocationFilter {
+        state: Some("released".into()),
+        ..AllocationFilter::default()
+    };
+    assert!(store.allocations(&none, None, 10).unwrap().is_empty());
+    // Replace the whole state, then prune what ended long ago.
+    store
+        .commit_wait(batch(vec![
+            Op::ClearState,
+            Op::PutAllocation(alloc(20, "x", "released")),
+            Op::PutAllocation(alloc(30, "y", "released")),
+            Op::Prune { before_ms: 250 },
+        ]))
+        .unwrap();
+    assert_eq!(
+        seqs(
+            store
+                .allocations(&AllocationFilter::default(), None, 10)
+                .unwrap()
+        ),
+        [30]
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn errors_name_the_path() {
+    let err = Store::open(Path::new("/proc/qm-cannot-be-here")).unwrap_err();
+    assert!(err.to_string().contains("/proc/qm-cannot-be-here"), "{err}");
+}

@@ -1,0 +1,176 @@
+//! The writer thread: group commit. It blocks for the first queued batch, takes every other
+//! batch already queued (up to a cap), applies them all in one `BEGIN IMMEDIATE` transaction
+//! and commits (the fsync), then tells each batch's caller. If the group fails, it rolls back
+//! and applies the batches one transaction each, so only a failing batch gets an error.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+
+use rusqlite::{Connection, TransactionBehavior, params};
+
+use crate::{Batch, Counter, Done, Op, StoreError, sqlite};
+
+/// The most operations one group transaction takes.
+const GROUP_OPS: usize = 8192;
+
+/// How many transactions, batches and operations the writer committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriterStats {
+    pub transactions: u64,
+    pub batches: u64,
+    pub ops: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) transactions: Counter,
+    pub(crate) batches: Counter,
+    pub(crate) ops: Counter,
+}
+
+pub(crate) fn spawn(
+    conn: Connection,
+    path: PathBuf,
+    rx: mpsc::Receiver<(Batch, Done)>,
+    stats: Arc<Counters>,
+) -> Result<JoinHandle<()>, StoreError> {
+    thread::Builder::new()
+        .name("qm-store-writer".to_owned())
+        .spawn(move || run(conn, &path, &rx, &stats))
+        .map_err(|e| StoreError::Sqlite {
+            what: "starting the writer",
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })
+}
+
+fn run(mut conn: Connection, path: &Path, rx: &mpsc::Receiver<(Batch, Done)>, stats: &Counters) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        let mut n_ops = group[0].0.ops.len();
+        while n_ops < GROUP_OPS {
+            match rx.try_recv() {
+                Ok(next) => {
+                    n_ops += next.0.ops.len();
+                    group.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let result = apply(&mut conn, path, group.iter().map(|(b, _)| b));
+        match result {
+            Ok(()) => {
+                count(stats, &group);
+                for (_, done) in group {
+                    done(Ok(()));
+                }
+            }
+            Err(_) if group.len() > 1 => {
+                for (batch, done) in group {
+                    let r = apply(&mut conn, path, std::iter::once(&batch));
+                    if r.is_ok() {
+                        count(
+                            stats,
+                            std::slice::from_ref(&(batch, Box::new(|_| {}) as Done)),
+                        );
+                    }
+                    done(r);
+                }
+            }
+            Err(e) => {
+                for (_, done) in group {
+                    done(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn count(stats: &Counters, group: &[(Batch, Done)]) {
+    stats.transactions.fetch_add(1, Ordering::Relaxed);
+    stats
+        .batches
+        .fetch_add(group.len() as u64, Ordering::Relaxed);
+    let ops: usize = group.iter().map(|(b, _)| b.ops.len()).sum();
+    stats.ops.fetch_add(ops as u64, Ordering::Relaxed);
+}
+
+fn apply<'a>(
+    conn: &mut Connection,
+    path: &Path,
+    batches: impl Iterator<Item = &'a Batch>,
+) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sqlite("beginning a transaction", path))?;
+    for batch in batches {
+        for op in &batch.ops {
+            apply_op(&tx, op).map_err(sqlite("writing", path))?;
+        }
+    }
+    tx.commit().map_err(sqlite("committing", path))
+}
+
+fn apply_op(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<()> {
+    match op {
+        Op::PutAllocation(r) => {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO allocations (id, seq, agent, pool, node, state, live, ended_at_ms, body) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                 ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, agent = excluded.agent, pool = excluded.pool, \
+                 node = excluded.node, state = excluded.state, live = excluded.live, \
+                 ended_at_ms = excluded.ended_at_ms, body = excluded.body",
+            )?;
+            st.execute(params![
+                r.id,
+                r.seq,
+                r.agent,
+                r.pool,
+                r.node,
+                r.state,
+                i64::from(r.live),
+                r.ended_at_ms,
+                r.body
+            ])?;
+        }
+        Op::PutNode { name, body } => {
+            tx.prepare_cached("INSERT OR REPLACE INTO nodes (name, body) VALUES (?1, ?2)")?
+                .execute(params![name, body])?;
+        }
+        Op::DeleteNode { name } => {
+            tx.prepare_cached("DELETE FROM nodes WHERE name = ?1")?
+                .execute([name])?;
+        }
+        Op::PutPool { name, body } => {
+            tx.prepare_cached("INSERT OR REPLACE INTO pools (name, body) VALUES (?1, ?2)")?
+                .execute(params![name, body])?;
+        }
+        Op::DeletePool { name } => {
+            tx.prepare_cached("DELETE FROM pools WHERE name = ?1")?
+                .execute([name])?;
+        }
+        Op::PutMeta { key, value } => {
+            tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
+                .execute(params![key, value])?;
+        }
+        Op::PutIdempotent { key, body, at_ms } => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO idempotency (key, body, at_ms) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![key, body, at_ms])?;
+        }
+        Op::ClearState => {
+            tx.execute_batch("DELETE FROM allocations; DELETE FROM nodes; DELETE FROM pools;")?;
+        }
+        Op::Prune { before_ms } => {
+            tx.prepare_cached("DELETE FROM allocations WHERE live = 0 AND ended_at_ms < ?1")?
+                .execute([before_ms])?;
+            tx.prepare_cached("DELETE FROM idempotency WHERE at_ms < ?1")?
+                .execute([before_ms])?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,356 @@
+//! The client commands: `qm status`, `qm alloc ...`, `qm pools ...`, `qm nodes ...`. Tables for
+//! people, `-o json` for scripts; exit 1 when the daemon refuses, 2 for invalid input, 3 when
+//! it cannot be reached.
+
+use std::io::Write;
+
+use qm_client::{Client, ClientError};
+use qm_proto::{AllocationDoc, to_json};
+use serde_json::{Value, json};
+
+/// `qm alloc request` flags.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RequestArgs {
+    /// The agent's name
+    #[arg(long)]
+    agent: String,
+    /// Cpu, e.g. 500m or 2
+    #[arg(long)]
+    cpu: Option<String>,
+    /// Memory, e.g. 256Mi
+    #[arg(long)]
+    memory: Option<String>,
+    /// Whole gpus
+    #[arg(long)]
+    gpu: Option<String>,
+    /// Priority 0..=1000
+    #[arg(long)]
+    priority: Option<i64>,
+    /// The pool
+    #[arg(long)]
+    pool: Option<String>,
+    /// A lease in seconds
+    #[arg(long)]
+    ttl: Option<f64>,
+    /// Wait in the queue when it does not fit now
+    #[arg(long)]
+    queue: bool,
+    /// With --queue, wait up to this many seconds for the grant
+    #[arg(long)]
+    wait: Option<f64>,
+}
+
+/// `qm alloc`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum AllocCmd {
+    /// Request an allocation; prints its id
+    Request(RequestArgs),
+    /// List allocations
+    Ls {
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        pool: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one allocation
+    Get { id: String },
+    /// Release an allocation
+    Release { id: String },
+}
+
+/// `qm pools`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum PoolsCmd {
+    /// List pools
+    Ls,
+    /// Create a pool
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        weight: i64,
+        /// Guaranteed cpu
+        #[arg(long)]
+        guaranteed_cpu: Option<String>,
+        /// Cpu limit
+        #[arg(long)]
+        limit_cpu: Option<String>,
+    },
+    /// Delete a pool
+    Delete { name: String },
+}
+
+/// What a client command failed with, as an exit code and a sentence.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) code: u8,
+    pub(crate) message: String,
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match &e {
+            ClientError::Unreachable { .. } => 3,
+            ClientError::Refused(p) if p.status == 422 || p.status == 400 => 2,
+            _ => 1,
+        };
+        Self {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Self {
+            code: 1,
+            message: format!("cannot write output: {e}"),
+        }
+    }
+}
+
+fn alloc_table(out: &mut impl Write, items: &[AllocationDoc]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<14} {:<20} {:<10} {:<10} {:<12} {:>4}  RESOURCES",
+        "ID", "AGENT", "POOL", "STATE", "NODE", "PRIO"
+    )?;
+    for a in items {
+        let res: Vec<String> = a
+            .resources
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        writeln!(
+            out,
+            "{:<14} {:<20} {:<10} {:<10} {:<12} {:>4}  {}",
+            a.id,
+            a.agent,
+            a.pool,
+            a.state,
+            a.node.as_deref().unwrap_or("-"),
+            a.priority,
+            res.join(",")
+        )?;
+    }
+    Ok(())
+}
+
+pub(crate) fn status(c: &Client, json_out: bool, out: &mut impl Write) -> Result<(), Failure> {
+    let node = c.node()?;
+    let pools = c.pools()?;
+    let live = c.allocations("state=granted", 1000)?.len();
+    let queued = c.allocations("state=queued", 1000)?.len();
+    if json_out {
+        writeln!(
+            out,
+            "{}",
+            json!({ "node": node, "pools": pools, "granted": live, "queued": queued })
+        )?;
+        return Ok(());
+    }
+    let fmt = |m: &std::collections::BTreeMap<String, String>| {
+        m.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    writeln!(
+        out,
+        "node        {} ({}, {})",
+        node.name,
+        node.kind,
+        if node.ready { "ready" } else { "not ready" }
+    )?;
+    writeln!(out, "allocatable {}", fmt(&node.allocatable))?;
+    writeln!(out, "allocated   {}", fmt(&node.allocated))?;
+    writeln!(out, "available   {}", fmt(&node.available))?;
+    writeln!(out, "pressure    {}", node.pressure)?;
+    writeln!(
+        out,
+        "allocations {live} granted, {queued} queued (first 1000 counted)"
+    )?;
+    for p in pools {
+        writeln!(
+            out,
+            "pool {:<10} weight {} allocated {} queued {}",
+            p.name,
+            p.weight,
+            fmt(&p.allocated),
+            p.queued
+        )?;
+    }
+    Ok(())
+}
+
+pub(crate) fn alloc(
+    c: &Client,
+    cmd: AllocCmd,
+    json_out: bool,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    match cmd {
+        AllocCmd::Request(a) => {
+            let mut resources = serde_json::Map::new();
+            for (k, v) in [("cpu", &a.cpu), ("memory", &a.memory), ("gpu", &a.gpu)] {
+                if let Some(v) = v {
+                    resources.insert(k.to_owned(), Value::String(v.clone()));
+                }
+            }
+            let mut body = json!({ "agent": a.agent, "resources": resources, "queue": a.queue });
+            if let Some(p) = a.priority {
+                body["priority"] = json!(p);
+            }
+            if let Some(p) = &a.pool {
+                body["pool"] = json!(p);
+            }
+            if let Some(t) = a.ttl {
+                body["ttl_s"] = json!(t);
+            }
+            let s = c.allocate(&body)?;
+            let mut doc = s.allocation;
+            if doc.state == "queued"
+                && let Some(w) = a.wait
+            {
+                doc = c.allocation(&doc.id, Some(w))?;
+            }
+            if json_out {
+                writeln!(out, "{}", to_json(&doc))?;
+            } else {
+                writeln!(out, "{}", doc.id)?;
+            }
+            if doc.state == "queued" && a.wait.is_some() {
+                return Err(Failure {
+                    code: 1,
+                    message: format!("allocation {} is still queued", doc.id),
+                });
+            }
+            Ok(())
+        }
+        AllocCmd::Ls {
+            agent,
+            pool,
+            state,
+            limit,
+        } => {
+            let mut q = Vec::new();
+            for (k, v) in [("agent", agent), ("pool", pool), ("state", state)] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={v}"));
+                }
+            }
+            let items = c.allocations(&q.join("&"), limit)?;
+            if json_out {
+                writeln!(out, "{}", json!({ "items": items }))?;
+            } else {
+                alloc_table(out, &items)?;
+            }
+            Ok(())
+        }
+        AllocCmd::Get { id } => {
+            let doc = c.allocation(&id, None)?;
+            show(out, &doc, json_out)
+        }
+        AllocCmd::Release { id } => {
+            let doc = c.release(&id)?;
+            show(out, &doc, json_out)
+        }
+    }
+}
+
+fn show(out: &mut impl Write, doc: &AllocationDoc, json_out: bool) -> Result<(), Failure> {
+    if json_out {
+        writeln!(out, "{}", to_json(doc))?;
+    } else {
+        alloc_table(out, std::slice::from_ref(doc))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn pools(
+    c: &Client,
+    cmd: PoolsCmd,
+    json_out: bool,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    let docs = match cmd {
+        PoolsCmd::Ls => c.pools()?,
+        PoolsCmd::Create {
+            name,
+            weight,
+            guaranteed_cpu,
+            limit_cpu,
+        } => {
+            let mut body = json!({ "name": name, "weight": weight });
+            if let Some(g) = guaranteed_cpu {
+                body["guaranteed"] = json!({ "cpu": g });
+            }
+            if let Some(l) = limit_cpu {
+                body["limit"] = json!({ "cpu": l });
+            }
+            vec![c.create_pool(&body)?]
+        }
+        PoolsCmd::Delete { name } => vec![c.delete_pool(&name)?],
+    };
+    if json_out {
+        writeln!(out, "{}", json!({ "items": docs }))?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<16} {:>6} {:>7} {:>6}  ALLOCATED",
+        "NAME", "WEIGHT", "QUEUED", "SHARE"
+    )?;
+    for p in docs {
+        let alloc: Vec<String> = p
+            .allocated
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        writeln!(
+            out,
+            "{:<16} {:>6} {:>7} {:>6.3}  {}",
+            p.name,
+            p.weight,
+            p.queued,
+            p.dominant_share,
+            alloc.join(",")
+        )?;
+    }
+    Ok(())
+}
+
+pub(crate) fn nodes(c: &Client, json_out: bool, out: &mut impl Write) -> Result<(), Failure> {
+    let docs = c.nodes()?;
+    if json_out {
+        writeln!(out, "{}", json!({ "items": docs }))?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<20} {:<9} {:<6} ALLOCATED / ALLOCATABLE",
+        "NAME", "KIND", "READY"
+    )?;
+    for n in docs {
+        let f = |m: &std::collections::BTreeMap<String, String>| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        writeln!(
+            out,
+            "{:<20} {:<9} {:<6} {} / {}",
+            n.name,
+            n.kind,
+            n.ready,
+            f(&n.allocated),
+            f(&n.allocatable)
+        )?;
+    }
+    Ok(())
+}

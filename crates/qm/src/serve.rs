@@ -1,0 +1,267 @@
+//! `qm serve`: the daemon. Settings come from flags, then the config file, then defaults; the
+//! local node's capacity is detected from the kernel (cores, MemTotal) less reserves unless
+//! `--capacity` says otherwise. Serves API v1 until SIGTERM or Ctrl-C, then finishes in-flight
+//! requests and flushes the store.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use qm_core::{LedgerConfig, ResourceCatalog, ResourceId, Resources};
+use qm_runtime::{Engine, EngineConfig};
+use serde::Deserialize;
+
+/// The flags of `qm serve`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// A TOML config file (flags override it)
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7070]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Where state lives [default: ./qm-data]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// This node's name [default: the hostname]
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
+    /// The local node's capacity, e.g. cpu=4,memory=8Gi (instead of the detected one)
+    #[arg(long, value_name = "LIST")]
+    capacity: Option<String>,
+    /// The allocation strategy [default: priority]
+    #[arg(long, value_name = "NAME")]
+    strategy: Option<String>,
+}
+
+/// The config file. Unknown keys are refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    node_name: Option<String>,
+    capacity: Option<String>,
+    strategy: Option<String>,
+    #[serde(default)]
+    reserve: Reserve,
+    #[serde(default)]
+    queue: QueueConfig,
+    #[serde(default)]
+    resources: ResourcesConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Reserve {
+    cpu: Option<String>,
+    memory: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueueConfig {
+    backfill_depth: Option<usize>,
+    reserve_after_s: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResourcesConfig {
+    #[serde(default)]
+    extended: std::collections::BTreeMap<String, u64>,
+}
+
+/// Settings after flags, file and defaults are merged and checked.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) listen: SocketAddr,
+    pub(crate) engine: EngineConfig,
+}
+
+fn read_config(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("config {}: {}", path.display(), e.message().trim()))
+        .with_context(|| format!("config {} is invalid", path.display()))
+}
+
+/// `cpu=4,memory=8Gi,gpu=1` into a vector.
+pub(crate) fn parse_capacity(
+    catalog: &ResourceCatalog,
+    field: &str,
+    text: &str,
+) -> anyhow::Result<Resources> {
+    let mut pairs = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = part.split_once('=') else {
+            bail!("{field}: {part:?} is not name=quantity");
+        };
+        pairs.push((k.trim(), v.trim()));
+    }
+    Ok(catalog.parse(field, pairs)?)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Cores and MemTotal, from the kernel.
+fn detect_capacity() -> Resources {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    Resources::new(u64::try_from(cores).unwrap_or(1) * 1000, mem_kib * 1024)
+}
+
+impl Settings {
+    pub(crate) fn resolve(args: &ServeArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(p) => read_config(p)?,
+            None => FileConfig::default(),
+        };
+        let mut catalog = ResourceCatalog::default();
+        for name in file.resources.extended.keys() {
+            catalog
+                .intern(name)
+                .with_context(|| format!("config resources.extended.{name}"))?;
+        }
+        let listen = args
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:7070".to_owned());
+        let listen: SocketAddr = listen
+            .parse()
+            .with_context(|| format!("listen: {listen:?} is not an address like 127.0.0.1:7070"))?;
+        let strategy = args
+            .strategy
+            .clone()
+            .or(file.strategy)
+            .unwrap_or_else(|| "priority".to_owned());
+        qm_sched::preset(&strategy).map_err(|e| anyhow::anyhow!("strategy: {e}"))?;
+        let capacity = match args.capacity.clone().or(file.capacity) {
+            Some(text) => parse_capacity(&catalog, "capacity", &text)?,
+            None => {
+                let mut c = detect_capacity();
+                for (name, count) in &file.resources.extended {
+                    if let Some(id) = catalog.lookup(name) {
+                        c.set(id, *count);
+                    }
+                }
+                c
+            }
+        };
+        let mut reserve = Resources::default();
+        if let Some(cpu) = &file.reserve.cpu {
+            reserve.set(
+                ResourceId::CPU,
+                qm_core::quantity::parse(ResourceId::CPU.unit(), cpu)
+                    .map_err(|e| anyhow::anyhow!("reserve.cpu: {e}"))?,
+            );
+        }
+        if let Some(mem) = &file.reserve.memory {
+            reserve.set(
+                ResourceId::MEMORY,
+                qm_core::quantity::parse(ResourceId::MEMORY.unit(), mem)
+                    .map_err(|e| anyhow::anyhow!("reserve.memory: {e}"))?,
+            );
+        }
+        let allocatable = capacity.saturating_sub(&reserve);
+        let mut ledger = LedgerConfig::default();
+        if let Some(d) = file.queue.backfill_depth {
+            if d == 0 {
+                bail!("queue.backfill_depth: must be at least 1");
+            }
+            ledger.backfill_depth = d;
+        }
+        if let Some(s) = file.queue.reserve_after_s {
+            ledger.reserve_after_ms = s.saturating_mul(1000);
+        }
+        let engine = EngineConfig {
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./qm-data")),
+            node_name: args
+                .node_name
+                .clone()
+                .or(file.node_name)
+                .unwrap_or_else(hostname),
+            capacity,
+            allocatable,
+            labels: qm_core::Labels::new(),
+            strategy,
+            ledger,
+            catalog,
+            tick: Duration::from_millis(250),
+        };
+        Ok(Self { listen, engine })
+    }
+}
+
+/// Runs the daemon until a signal.
+pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let settings = Settings::resolve(args)?;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let engine_config = settings.engine.clone();
+        let engine = tokio::task::spawn_blocking(move || Engine::start(engine_config))
+            .await
+            .context("the engine did not start")??;
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let addr = listener.local_addr().context("no local address")?;
+        tracing::info!(%addr, node = %settings.engine.node_name, data_dir = %settings.engine.data_dir.display(), "serving API v1");
+        // Tests and scripts read this line to learn the port.
+        println!("listening on {addr}");
+        let app = qm_api::router(engine.clone());
+        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("server failed")?;
+        tracing::info!("shutting down: flushing state");
+        engine.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,150 @@
+//! Starting and stopping the real `qm` daemon for tests, and a small HTTP helper.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+
+static N: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh, empty data dir under the system temp dir.
+pub(crate) fn temp_dir(tag: &str) -> PathBuf {
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("qm-it-{}-{tag}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// A running daemon.
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
+    pub(crate) base: String,
+    agent: ureq::Agent,
+}
+
+/// An HTTP answer: status and JSON body (Null when empty or not JSON).
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) content_type: String,
+    pub(crate) body: Value,
+}
+
+impl Daemon {
+    /// Starts `qm serve` on 127.0.0.1:0 with `dir` as data dir and extra flags.
+    pub(crate) fn start(dir: &Path, flags: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_qm"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--node-name",
+                "test-node",
+                "--data-dir",
+            ])
+            .arg(dir)
+            .args(flags)
+            .env("QM_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start qm serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        Self {
+            child,
+            base: format!("http://{addr}"),
+            agent,
+        }
+    }
+
+    /// Kills it with SIGKILL and waits.
+    pub(crate) fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops it with SIGTERM and waits for a clean exit.
+    pub(crate) fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "qm serve exited with {status}");
+    }
+
+    fn answer(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
+        let mut resp = resp.expect("the daemon answers");
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Answer {
+            status,
+            content_type,
+            body,
+        }
+    }
+
+    pub(crate) fn get(&self, path: &str) -> Answer {
+        Self::answer(self.agent.get(&format!("{}{path}", self.base)).call())
+    }
+
+    pub(crate) fn delete(&self, path: &str) -> Answer {
+        Self::answer(self.agent.delete(&format!("{}{path}", self.base)).call())
+    }
+
+    /// POSTs JSON text.
+    pub(crate) fn post(&self, path: &str, body: &str) -> Answer {
+        self.send("POST", path, "application/json", body.as_bytes(), &[])
+    }
+
+    /// Sends raw bytes with a content type and extra headers.
+    pub(crate) fn send(
+        &self,
+        method: &str,
+        path: &str,
+        ctype: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let url = format!("{}{path}", self.base);
+        let mut req = match method {
+            "POST" => self.agent.post(&url),
+            "PUT" => self.agent.put(&url),
+            other => panic!("method {other}"),
+        };
+        if !ctype.is_empty() {
+            req = req.header("content-type", ctype);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Self::answer(req.send(body))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests of `qm serve`: the real binary on an ephemeral port with a temporary data
+//! dir, spoken to over HTTP. Lifecycle of allocations, each strategy, bad requests, restarts
+//! (graceful and `kill -9`) and leases that lapse while the daemon is down.
+
+mod api;
+mod daemon;
+mod durability;
