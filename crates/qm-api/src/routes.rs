@@ -241,12 +241,8 @@ async fn create_allocation(
     };
     let replay = engine.submit(req, q.dry_run, key).await?;
     let status = StatusCode::from_u16(replay.status).unwrap_or(StatusCode::CREATED);
-    let location = replay
-        .body
-        .get("id")
-        .and_then(|v| v.as_str())
-        .map(|id| format!("/v1/allocations/{id}"));
-    let mut resp = json(status, to_json(&replay.body));
+    let location = replay.id.as_ref().map(|id| format!("/v1/allocations/{id}"));
+    let mut resp = json(status, replay.body);
     if let Some(loc) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
         resp.headers_mut().insert(header::LOCATION, loc);
     }

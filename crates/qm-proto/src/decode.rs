@@ -28,8 +28,8 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
         }
         _ => {}
     }
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    let value: T = match serde_path_to_error::deserialize(de) {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value: T = match serde_path_to_error::deserialize(&mut de) {
         Ok(v) => v,
         Err(e) => {
             let path = e.path().to_string();
@@ -37,14 +37,9 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
             return Err(classify(&path, &inner));
         }
     };
-    // Trailing bytes after the value are malformed too.
-    let mut rest = serde_json::Deserializer::from_slice(body).into_iter::<serde_json::Value>();
-    let _ = rest.next();
-    if rest.next().is_some() {
-        return Err(DecodeError::Malformed(
-            "trailing characters after the JSON value".to_owned(),
-        ));
-    }
+    // Anything after the value but whitespace is malformed too.
+    de.end()
+        .map_err(|e| DecodeError::Malformed(strip_position(&e.to_string())))?;
     Ok(value)
 }
 

@@ -498,13 +498,15 @@ impl StoredNode {
     }
 }
 
-/// A stored reply to a request made with an `Idempotency-Key`.
+/// An answer to a request for an allocation, kept to replay it for an `Idempotency-Key`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Replay {
     /// The HTTP status first answered.
     pub status: u16,
-    /// The body first answered.
-    pub body: serde_json::Value,
+    /// The allocation's id (none for a dry run).
+    pub id: Option<String>,
+    /// The JSON body first answered.
+    pub body: String,
 }
 
 /// Serializes a wire document (infallible for this crate's types).
@@ -523,12 +525,14 @@ pub fn to_value<T: Serialize>(value: &T) -> serde_json::Value {
 }
 
 /// The body of a `201`/`202` answer: the allocation and what it preempted.
-pub fn allocation_reply(doc: &AllocationDoc, preempted: &[String]) -> serde_json::Value {
-    let mut body = to_value(doc);
-    if let Some(obj) = body.as_object_mut() {
-        obj.insert("preempted".to_owned(), to_value(&preempted));
+pub fn allocation_reply(doc: &AllocationDoc, preempted: &[String]) -> String {
+    #[derive(Serialize)]
+    struct Reply<'a> {
+        #[serde(flatten)]
+        doc: &'a AllocationDoc,
+        preempted: &'a [String],
     }
-    body
+    to_json(&Reply { doc, preempted })
 }
 
 /// The body of a dry run's answer: the request as an allocation would show it, no id.
@@ -538,8 +542,8 @@ pub fn dry_run_reply(
     node: Option<String>,
     preempted: &[String],
     catalog: &ResourceCatalog,
-) -> serde_json::Value {
-    serde_json::json!({
+) -> String {
+    let body = serde_json::json!({
         "agent": req.agent,
         "pool": req.pool,
         "node": node,
@@ -548,5 +552,6 @@ pub fn dry_run_reply(
         "resources": render_resources(catalog, &req.resources),
         "preempted": preempted,
         "dry_run": true,
-    })
+    });
+    body.to_string()
 }

@@ -202,6 +202,16 @@ impl Core {
     /// Takes the ledger's events: notifies watchers and returns the store operations
     /// recording them, plus the current records of the nodes `also` names.
     fn changes(&mut self, also: &[&str]) -> Vec<Op> {
+        self.changes_for(also, None).0
+    }
+
+    /// [`Core::changes`], also giving the latest document of allocation `want` if an event
+    /// touched it.
+    fn changes_for(
+        &mut self,
+        also: &[&str],
+        want: Option<AllocId>,
+    ) -> (Vec<Op>, Option<AllocationDoc>) {
         let events = self.ledger.take_events();
         for e in &events {
             let id = match e {
@@ -216,13 +226,21 @@ impl Core {
             }
         }
         let node_op = |name: &str| self.node_op(name);
-        let mut ops = persist::ops_for(&events, &self.ledger, &self.catalog, &node_op);
+        let mut found = None;
+        let mut ops = persist::ops_for(
+            &events,
+            &self.ledger,
+            &self.catalog,
+            &node_op,
+            want,
+            &mut found,
+        );
         for name in also {
             if let Some(op) = self.node_op(name) {
                 ops.push(op);
             }
         }
-        ops
+        (ops, found)
     }
 
     fn node_doc(&self, name: &str) -> Option<NodeDoc> {
@@ -268,15 +286,11 @@ impl Core {
         );
     }
 
-    fn doc(&self, id: AllocId, events: &[Event]) -> Option<AllocationDoc> {
+    /// A live allocation's document.
+    fn doc(&self, id: AllocId) -> Option<AllocationDoc> {
         let st = self.ledger.state();
-        if let Some(a) = st.alloc(id) {
-            return Some(AllocationDoc::of(a, st, &self.catalog));
-        }
-        events.iter().rev().find_map(|e| match e {
-            Event::Ended(a) if a.id() == id => Some(AllocationDoc::of(a, st, &self.catalog)),
-            _ => None,
-        })
+        st.alloc(id)
+            .map(|a| AllocationDoc::of(a, st, &self.catalog))
     }
 
     pub(crate) fn submit(
@@ -316,10 +330,8 @@ impl Core {
             }
         };
         let Some(id) = submitted.id else { return };
-        let events: Vec<Event> = self.ledger.events().to_vec();
-        let Some(doc) = self.doc(id, &events) else {
-            return;
-        };
+        let (mut ops, doc) = self.changes_for(&[], Some(id));
+        let Some(doc) = doc else { return };
         let (status, preempted) = match &submitted.decision {
             Decision::Granted { preempted, .. } => {
                 (201, preempted.iter().map(ToString::to_string).collect())
@@ -328,9 +340,9 @@ impl Core {
         };
         let replay = Replay {
             status,
+            id: Some(doc.id.clone()),
             body: qm_proto::allocation_reply(&doc, &preempted),
         };
-        let mut ops = self.changes(&[]);
         if let Some(k) = key {
             let at_ms = i64::try_from(t.as_millis()).unwrap_or(i64::MAX);
             ops.push(Op::PutIdempotent {
@@ -357,7 +369,11 @@ impl Core {
                     Decision::Queued { .. } => (202, "queued", None, Vec::new()),
                 };
                 let body = qm_proto::dry_run_reply(&req, state, node, &preempted, &self.catalog);
-                Ok(Replay { status, body })
+                Ok(Replay {
+                    status,
+                    id: None,
+                    body,
+                })
             }
             Err(e) => Err(self.submit_error(e)),
         }
@@ -410,7 +426,7 @@ impl Core {
     }
 
     pub(crate) fn get(&mut self, id: AllocId, tx: oneshot::Sender<Lookup>) {
-        if let Some(doc) = self.doc(id, &[]) {
+        if let Some(doc) = self.doc(id) {
             let _ = tx.send(Lookup::Live(Box::new(doc)));
             return;
         }
@@ -456,9 +472,7 @@ impl Core {
             self.commit(Vec::new(), None, tx);
             return;
         }
-        let events = self.ledger.events().to_vec();
-        let doc = self.doc(id, &events);
-        let ops = self.changes(&[]);
+        let (ops, doc) = self.changes_for(&[], Some(id));
         self.commit(ops, doc, tx);
     }
 
@@ -474,8 +488,7 @@ impl Core {
                 let Some(alloc) = self.ledger.state().alloc(id) else {
                     return;
                 };
-                let row = persist::row(alloc, &self.ledger, &self.catalog);
-                let Some(doc) = self.doc(id, &[]) else { return };
+                let (row, doc) = persist::row(alloc, &self.ledger, &self.catalog);
                 let mut ops = self.changes(&[]);
                 ops.push(Op::PutAllocation(row));
                 self.commit(ops, doc, tx);

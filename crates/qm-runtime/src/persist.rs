@@ -1,17 +1,21 @@
 //! Turning the ledger's events into store operations, and stored rows back into documents and
 //! a snapshot to restore from.
 
-use qm_core::{Allocation, Event, Ledger, ResourceCatalog, Snapshot};
+use qm_core::{AllocId, Allocation, Event, Ledger, ResourceCatalog, Snapshot};
 use qm_proto::{AllocationDoc, PoolDoc, Stored, StoredNode, from_json, to_json};
 use qm_store::{AllocationRow, Loaded, Op};
 
 use crate::EngineError;
 
-/// The store row of an allocation (live or ended).
-pub(crate) fn row(alloc: &Allocation, ledger: &Ledger, catalog: &ResourceCatalog) -> AllocationRow {
+/// The store row of an allocation (live or ended), and its document.
+pub(crate) fn row(
+    alloc: &Allocation,
+    ledger: &Ledger,
+    catalog: &ResourceCatalog,
+) -> (AllocationRow, AllocationDoc) {
     let st = ledger.state();
     let stored = Stored::of(alloc, st, catalog);
-    AllocationRow {
+    let row = AllocationRow {
         id: stored.doc.id.clone(),
         seq: i64::try_from(alloc.id().seq()).unwrap_or(i64::MAX),
         agent: stored.doc.agent.clone(),
@@ -23,26 +27,37 @@ pub(crate) fn row(alloc: &Allocation, ledger: &Ledger, catalog: &ResourceCatalog
             .ended_at()
             .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX)),
         body: to_json(&stored),
-    }
+    };
+    (row, stored.doc)
 }
 
-/// The operations that record `events` (taken from `ledger` just now).
+/// The operations that record `events` (taken from `ledger` just now). The document of
+/// allocation `want`, if an event touched it, is kept in `found` (its latest state).
 pub(crate) fn ops_for(
     events: &[Event],
     ledger: &Ledger,
     catalog: &ResourceCatalog,
     nodes: &dyn Fn(&str) -> Option<Op>,
+    want: Option<AllocId>,
+    found: &mut Option<AllocationDoc>,
 ) -> Vec<Op> {
     let st = ledger.state();
     let mut ops = Vec::with_capacity(events.len() + 2);
+    let mut put = |a: &Allocation, ops: &mut Vec<Op>| {
+        let (row, doc) = row(a, ledger, catalog);
+        if want == Some(a.id()) {
+            *found = Some(doc);
+        }
+        ops.push(Op::PutAllocation(row));
+    };
     for e in events {
         match e {
             Event::Granted { id, .. } | Event::Queued { id } => {
                 if let Some(a) = st.alloc(*id) {
-                    ops.push(Op::PutAllocation(row(a, ledger, catalog)));
+                    put(a, &mut ops);
                 }
             }
-            Event::Ended(a) => ops.push(Op::PutAllocation(row(a, ledger, catalog))),
+            Event::Ended(a) => put(a, &mut ops),
             Event::NodeReady { node } | Event::NodeNotReady { node } => {
                 if let Some(op) = nodes(st.node_name(*node)) {
                     ops.push(op);

@@ -20,11 +20,7 @@ const MIGRATIONS: &[&str] = &["
         ended_at_ms INTEGER,
         body TEXT NOT NULL
     );
-    CREATE INDEX allocations_agent ON allocations(agent, seq);
-    CREATE INDEX allocations_pool ON allocations(pool, seq);
-    CREATE INDEX allocations_state ON allocations(state, seq);
-    CREATE INDEX allocations_node ON allocations(node, seq);
-    CREATE INDEX allocations_live ON allocations(live, seq);
+    CREATE INDEX allocations_live ON allocations(seq) WHERE live = 1;
     CREATE TABLE nodes (name TEXT PRIMARY KEY, body TEXT NOT NULL);
     CREATE TABLE pools (name TEXT PRIMARY KEY, body TEXT NOT NULL);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

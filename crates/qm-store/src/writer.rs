@@ -106,10 +106,25 @@ fn apply<'a>(
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sqlite("beginning a transaction", path))?;
+    // Meta keys are counters rewritten by every batch: only the group's last value of each
+    // is written.
+    let mut meta: Vec<(&str, &str)> = Vec::new();
     for batch in batches {
         for op in &batch.ops {
+            if let Op::PutMeta { key, value } = op {
+                match meta.iter_mut().find(|(k, _)| *k == key) {
+                    Some(slot) => slot.1 = value,
+                    None => meta.push((key, value)),
+                }
+                continue;
+            }
             apply_op(&tx, op).map_err(sqlite("writing", path))?;
         }
+    }
+    for (key, value) in meta {
+        tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")
+            .and_then(|mut st| st.execute(params![key, value]))
+            .map_err(sqlite("writing", path))?;
     }
     tx.commit().map_err(sqlite("committing", path))
 }

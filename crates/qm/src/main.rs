@@ -6,6 +6,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// The daemon allocates small objects from many threads; mimalloc does that with less
+/// contention than glibc's malloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod bench;
 mod client;
 mod serve;
 
@@ -50,6 +56,8 @@ enum Cmd {
     Pools(client::PoolsCmd),
     /// List nodes
     Nodes,
+    /// Load generator against a running daemon: throughput and latency percentiles
+    Bench(bench::BenchArgs),
     /// List the allocation strategies `--strategy` accepts
     Strategies,
 }
@@ -92,6 +100,7 @@ fn main() -> ExitCode {
         Cmd::Alloc(cmd) => client::alloc(&client(), cmd, json_out, out),
         Cmd::Pools(cmd) => client::pools(&client(), cmd, json_out, out),
         Cmd::Nodes => client::nodes(&client(), json_out, out),
+        Cmd::Bench(args) => bench::bench(&endpoint.server, &args, out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
