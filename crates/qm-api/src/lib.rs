@@ -4,6 +4,7 @@
 //! ([`ApiError`]).
 
 mod error;
+mod metrics;
 mod routes;
 
 pub use error::ApiError;

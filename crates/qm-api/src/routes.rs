@@ -29,6 +29,7 @@ pub fn router(engine: Engine) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
+        .route("/metrics", get(metrics))
         .route("/v1/node", get(local_node))
         .route("/v1/nodes", get(nodes).post(register_node))
         .route("/v1/nodes/{name}", axum::routing::delete(delete_node))
@@ -106,6 +107,16 @@ fn body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Byte
 fn alloc_id(id: &str) -> Result<AllocId, ApiError> {
     id.parse()
         .map_err(|_| ApiError::not_found(format!("no allocation {id:?}")))
+}
+
+async fn metrics(State(engine): State<Engine>) -> ApiResult {
+    let snapshot = engine.metrics().await?;
+    let mut resp = (StatusCode::OK, crate::metrics::render(&snapshot)).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(resp)
 }
 
 async fn local_node(State(engine): State<Engine>) -> ApiResult {

@@ -15,6 +15,7 @@ use qm_proto::{
 use qm_store::{Batch, Op, Store};
 use tokio::sync::oneshot;
 
+use crate::metrics::{Counters, NodeAmounts, Outcome, Snapshot};
 use crate::persist;
 use crate::{EngineConfig, EngineError, Lookup, Msg, StartError};
 
@@ -34,6 +35,7 @@ pub(crate) struct Core {
     nodes: HashMap<String, NodeMeta>,
     watchers: HashMap<AllocId, Vec<oneshot::Sender<()>>>,
     replays: HashMap<String, Replay>,
+    counters: Counters,
 }
 
 fn now() -> Timestamp {
@@ -85,6 +87,7 @@ impl Core {
             nodes,
             watchers: HashMap::new(),
             replays: HashMap::new(),
+            counters: Counters::default(),
         };
         let mut spec = NodeSpec::new(&config.node_name, config.capacity.clone());
         spec.allocatable = config.allocatable.clone();
@@ -321,14 +324,29 @@ impl Core {
             let _ = tx.send(self.dry_run(t, req));
             return;
         }
+        let started = Instant::now();
         let result = self.ledger.submit(t, req);
+        let took = started.elapsed();
         let submitted = match result {
             Ok(s) => s,
             Err(e) => {
+                let outcome = if matches!(e, SubmitError::Insufficient(_)) {
+                    Outcome::Refused
+                } else {
+                    Outcome::Invalid
+                };
+                self.counters.decided(outcome, took, 0);
                 let _ = tx.send(Err(self.submit_error(e)));
                 return;
             }
         };
+        match &submitted.decision {
+            Decision::Granted { preempted, .. } => {
+                self.counters
+                    .decided(Outcome::Granted, took, preempted.len())
+            }
+            Decision::Queued { .. } => self.counters.decided(Outcome::Queued, took, 0),
+        }
         let Some(id) = submitted.id else { return };
         let (mut ops, doc) = self.changes_for(&[], Some(id));
         let Some(doc) = doc else { return };
@@ -512,6 +530,49 @@ impl Core {
             Err(LiveError::ZeroTtl) => {
                 let _ = tx.send(Err(field("ttl_s", "must be positive")));
             }
+        }
+    }
+
+    pub(crate) fn metrics(&self) -> Snapshot {
+        let st = self.ledger.state();
+        let nodes = st
+            .nodes()
+            .map(|(_, n)| NodeAmounts {
+                node: n.name().to_owned(),
+                ready: n.ready(),
+                resources: self
+                    .catalog
+                    .ids()
+                    .map(|r| {
+                        (
+                            self.catalog.name(r).to_owned(),
+                            n.allocatable().get(r),
+                            n.allocated().get(r),
+                        )
+                    })
+                    .filter(|(_, a, b)| *a > 0 || *b > 0)
+                    .collect(),
+            })
+            .collect();
+        let pools = st
+            .pools()
+            .map(|(_, p)| {
+                (
+                    p.name().to_owned(),
+                    p.n_queued(),
+                    p.allocated().dominant_share(st.total_allocatable()),
+                )
+            })
+            .collect();
+        let ws = self.store.stats();
+        Snapshot {
+            counters: self.counters.clone(),
+            nodes,
+            pools,
+            live_granted: st.n_live() - st.n_queued(),
+            live_queued: st.n_queued(),
+            store_transactions: ws.transactions,
+            store_batches: ws.batches,
         }
     }
 

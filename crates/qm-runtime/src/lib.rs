@@ -4,6 +4,7 @@
 //! holds, heartbeat deadlines) tick on the same thread. The HTTP layer talks to [`Engine`].
 
 mod core;
+pub mod metrics;
 mod persist;
 
 use std::collections::BTreeMap;
@@ -241,6 +242,14 @@ impl Engine {
             .map_err(|e| EngineError::Store(e.to_string()))?
             .map_err(|e| EngineError::Store(e.to_string()))?;
         row.map(|r| persist::doc_of_row(&r.body)).transpose()
+    }
+
+    /// The allocator's metrics, now.
+    pub async fn metrics(&self) -> Result<metrics::Snapshot, EngineError> {
+        self.call(|core, tx| {
+            let _ = tx.send(core.metrics());
+        })
+        .await
     }
 
     /// Every node.

@@ -83,9 +83,14 @@ pub(crate) struct Settings {
 fn read_config(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config {}", path.display()))?;
-    toml::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("config {}: {}", path.display(), e.message().trim()))
-        .with_context(|| format!("config {} is invalid", path.display()))
+    // toml's message quotes the offending line, so it names the key.
+    toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "config {} is invalid: {}",
+            path.display(),
+            e.to_string().trim()
+        )
+    })
 }
 
 /// `cpu=4,memory=8Gi,gpu=1` into a vector.

@@ -163,6 +163,20 @@ fn an_allocation_lives_through_every_state() {
         .as_array()
         .map_or(0, Vec::len);
     assert_eq!(rest.body["items"].as_array().map_or(0, Vec::len) + 2, total);
+    let (status, metrics) = d.get_text("/metrics");
+    assert_eq!(status, 200);
+    for line in [
+        "qm_allocation_decisions_total{result=\"refused\"} 1",
+        // urgent took coder-1's place; the retry (priority 500) took the waiter's (50)
+        "qm_allocation_preemptions_total 2",
+        "qm_node_allocatable_cores{node=\"test-node\",resource=\"cpu\"} 2",
+        "qm_pool_queued_requests{pool=\"default\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing from\n{metrics}"
+        );
+    }
     let released = d.get("/v1/allocations?state=released");
     assert!(
         released.body["items"]

@@ -108,6 +108,17 @@ impl Daemon {
         Self::answer(self.agent.get(&format!("{}{path}", self.base)).call())
     }
 
+    /// GETs a text body.
+    pub(crate) fn get_text(&self, path: &str) -> (u16, String) {
+        let mut resp = self
+            .agent
+            .get(&format!("{}{path}", self.base))
+            .call()
+            .expect("the daemon answers");
+        let status = resp.status().as_u16();
+        (status, resp.body_mut().read_to_string().unwrap_or_default())
+    }
+
     pub(crate) fn delete(&self, path: &str) -> Answer {
         Self::answer(self.agent.delete(&format!("{}{path}", self.base)).call())
     }

@@ -3,5 +3,6 @@
 //! (graceful and `kill -9`) and leases that lapse while the daemon is down.
 
 mod api;
+mod cli;
 mod daemon;
 mod durability;
