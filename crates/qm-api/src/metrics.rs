@@ -184,9 +184,11 @@ mod tests {
 
     #[test]
     fn renders_every_family_once_with_units() {
-        let mut counters = Counters::default();
-        counters.decisions = [3, 1, 2, 0];
-        counters.latency_buckets = [0, 1, 2, 3, 4, 4, 4, 4, 4, 4, 4, 4, 6];
+        let counters = Counters {
+            decisions: [3, 1, 2, 0],
+            latency_buckets: [0, 1, 2, 3, 4, 4, 4, 4, 4, 4, 4, 4, 6],
+            ..Counters::default()
+        };
         let s = Snapshot {
             counters,
             nodes: vec![NodeAmounts {
