@@ -4,6 +4,7 @@
 //! ([`ApiError`]).
 
 mod error;
+mod events;
 mod metrics;
 mod routes;
 

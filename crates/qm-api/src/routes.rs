@@ -30,6 +30,7 @@ pub fn router(engine: Engine) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
         .route("/metrics", get(metrics))
+        .route("/v1/events", get(crate::events::events))
         .route("/v1/node", get(local_node))
         .route("/v1/nodes", get(nodes).post(register_node))
         .route("/v1/nodes/{name}", axum::routing::delete(delete_node))

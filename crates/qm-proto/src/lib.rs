@@ -13,7 +13,7 @@ pub use problem::{FieldProblem, Problem};
 pub use resources::{WireResources, parse_resources, render_resources};
 pub use time::{format_rfc3339, parse_rfc3339};
 pub use types::{
-    AllocationDoc, AllocationList, AllocationRequest, NodeDoc, NodeList, NodeRegistration, PoolDoc,
-    PoolList, PoolWrite, RenewRequest, Replay, Stored, StoredNode, allocation_reply, dry_run_reply,
-    from_json, to_json, to_value,
+    AllocationDoc, AllocationList, AllocationRequest, EventDoc, NodeDoc, NodeList,
+    NodeRegistration, PoolDoc, PoolList, PoolWrite, RenewRequest, Replay, Stored, StoredNode,
+    allocation_reply, dry_run_reply, from_json, to_json, to_value,
 };

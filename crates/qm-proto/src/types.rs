@@ -555,3 +555,75 @@ pub fn dry_run_reply(
     });
     body.to_string()
 }
+
+/// One entry of `GET /v1/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventDoc {
+    /// Increases with every event; `?since=` resumes after it.
+    pub id: u64,
+    /// `allocation.granted`, `node.not_ready`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// When it happened.
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preempted: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preempted_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl EventDoc {
+    /// The document of a ledger event (id 0: the hub numbers it), or none for events
+    /// clients do not see.
+    pub fn of(event: &qm_core::Event, st: &State, at: Timestamp) -> Option<Self> {
+        let blank = |kind: &str| Self {
+            id: 0,
+            kind: kind.to_owned(),
+            at: format_rfc3339(at.as_millis()),
+            allocation: None,
+            agent: None,
+            pool: None,
+            node: None,
+            preempted: None,
+            preempted_by: None,
+            reason: None,
+        };
+        let about = |kind: &str, a: &Allocation| Self {
+            allocation: Some(a.id().to_string()),
+            agent: Some(a.agent().to_owned()),
+            pool: Some(st.pool_name(a.pool()).to_owned()),
+            node: a.node().map(|n| st.node_name(n).to_owned()),
+            reason: a.reason().map(str::to_owned),
+            preempted_by: a.preempted_by().map(|p| p.to_string()),
+            ..blank(kind)
+        };
+        match event {
+            qm_core::Event::Granted { id, preempted, .. } => st.alloc(*id).map(|a| Self {
+                preempted: (!preempted.is_empty())
+                    .then(|| preempted.iter().map(ToString::to_string).collect()),
+                ..about("allocation.granted", a)
+            }),
+            qm_core::Event::Queued { id } => st.alloc(*id).map(|a| about("allocation.queued", a)),
+            qm_core::Event::Ended(a) => Some(about(&format!("allocation.{}", a.state().name()), a)),
+            qm_core::Event::NodeReady { node } => Some(Self {
+                node: Some(st.node_name(*node).to_owned()),
+                ..blank("node.ready")
+            }),
+            qm_core::Event::NodeNotReady { node } => Some(Self {
+                node: Some(st.node_name(*node).to_owned()),
+                ..blank("node.not_ready")
+            }),
+            qm_core::Event::Held { .. } => None,
+        }
+    }
+}

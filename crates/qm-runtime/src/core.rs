@@ -2,6 +2,7 @@
 //! store batch, and answers once that batch is durable. Reads answer from memory at once.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -10,11 +11,13 @@ use qm_core::{
     ResourceCatalog, SubmitError, Timestamp,
 };
 use qm_proto::{
-    AllocationDoc, FieldProblem, NodeDoc, PoolDoc, Replay, StoredNode, render_resources, to_json,
+    AllocationDoc, EventDoc, FieldProblem, NodeDoc, PoolDoc, Replay, StoredNode, render_resources,
+    to_json,
 };
 use qm_store::{Batch, Op, Store};
 use tokio::sync::oneshot;
 
+use crate::events::EventHub;
 use crate::metrics::{Counters, NodeAmounts, Outcome, Snapshot};
 use crate::persist;
 use crate::{EngineConfig, EngineError, Lookup, Msg, StartError};
@@ -36,6 +39,9 @@ pub(crate) struct Core {
     watchers: HashMap<AllocId, Vec<oneshot::Sender<()>>>,
     replays: HashMap<String, Replay>,
     counters: Counters,
+    hub: Arc<EventHub>,
+    /// Events of the change being recorded, published once it is durable.
+    pending: Vec<EventDoc>,
 }
 
 fn now() -> Timestamp {
@@ -57,7 +63,11 @@ fn store_err(e: qm_store::StoreError) -> EngineError {
 }
 
 impl Core {
-    pub(crate) fn start(config: &EngineConfig, store: Store) -> Result<Self, StartError> {
+    pub(crate) fn start(
+        config: &EngineConfig,
+        store: Store,
+        hub: Arc<EventHub>,
+    ) -> Result<Self, StartError> {
         let loaded = store.load()?;
         let (snapshot, kinds) =
             persist::snapshot(&loaded, &config.catalog).map_err(StartError::State)?;
@@ -88,6 +98,8 @@ impl Core {
             watchers: HashMap::new(),
             replays: HashMap::new(),
             counters: Counters::default(),
+            hub,
+            pending: Vec::new(),
         };
         let mut spec = NodeSpec::new(&config.node_name, config.capacity.clone());
         spec.allocatable = config.allocatable.clone();
@@ -130,6 +142,8 @@ impl Core {
             batch.ops.push(op);
         }
         store_commit_wait(&core.store, batch)?;
+        let events = std::mem::take(&mut core.pending);
+        core.hub.publish(events);
         tracing::info!(
             live = core.ledger.state().n_live(),
             queued = core.ledger.state().n_queued(),
@@ -191,12 +205,13 @@ impl Core {
         if !self.ledger.events().is_empty() {
             let names: Vec<&str> = late.iter().map(String::as_str).collect();
             let ops = self.changes(&names);
+            let events = std::mem::take(&mut self.pending);
+            let hub = Arc::clone(&self.hub);
             self.store.commit(
                 Batch { ops },
-                Box::new(|r| {
-                    if let Err(e) = r {
-                        tracing::error!(%e, "cannot persist timer changes");
-                    }
+                Box::new(move |r| match r {
+                    Ok(()) => hub.publish(events),
+                    Err(e) => tracing::error!(%e, "cannot persist timer changes"),
                 }),
             );
         }
@@ -216,6 +231,10 @@ impl Core {
         want: Option<AllocId>,
     ) -> (Vec<Op>, Option<AllocationDoc>) {
         let events = self.ledger.take_events();
+        let t = now();
+        let st = self.ledger.state();
+        self.pending
+            .extend(events.iter().filter_map(|e| EventDoc::of(e, st, t)));
         for e in &events {
             let id = match e {
                 Event::Granted { id, .. } => Some(*id),
@@ -276,14 +295,19 @@ impl Core {
 
     /// Commits `ops` and, once durable, sends `reply` (or the store's error) on `tx`.
     fn commit<R: Send + 'static>(
-        &self,
+        &mut self,
         ops: Vec<Op>,
         reply: R,
         tx: oneshot::Sender<Result<R, EngineError>>,
     ) {
+        let events = std::mem::take(&mut self.pending);
+        let hub = Arc::clone(&self.hub);
         self.store.commit(
             Batch { ops },
             Box::new(move |r| {
+                if r.is_ok() && !events.is_empty() {
+                    hub.publish(events);
+                }
                 let _ = tx.send(r.map(|()| reply).map_err(store_err));
             }),
         );

@@ -4,6 +4,7 @@
 //! holds, heartbeat deadlines) tick on the same thread. The HTTP layer talks to [`Engine`].
 
 mod core;
+pub mod events;
 pub mod metrics;
 mod persist;
 
@@ -99,6 +100,7 @@ struct Inner {
     tx: std::sync::Mutex<mpsc::Sender<Msg>>,
     store: Store,
     catalog: ResourceCatalog,
+    hub: Arc<events::EventHub>,
 }
 
 impl std::fmt::Debug for Msg {
@@ -132,7 +134,11 @@ impl Engine {
     /// while down, drains the queues, persists the result, and starts the engine thread.
     pub fn start(config: EngineConfig) -> Result<Self, StartError> {
         let store = Store::open(&config.data_dir)?;
-        let core = Core::start(&config, store.clone())?;
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
+        let hub = Arc::new(events::EventHub::new(micros));
+        let core = Core::start(&config, store.clone(), Arc::clone(&hub))?;
         let (tx, rx) = mpsc::channel::<Msg>();
         let tick = config.tick;
         thread::Builder::new()
@@ -144,6 +150,7 @@ impl Engine {
                 tx: std::sync::Mutex::new(tx),
                 store,
                 catalog: config.catalog,
+                hub,
             }),
         })
     }
@@ -151,6 +158,16 @@ impl Engine {
     /// The resource names requests may use.
     pub fn catalog(&self) -> &ResourceCatalog {
         &self.inner.catalog
+    }
+
+    /// Subscribes to events after `since` (see [`events::EventHub::subscribe`]).
+    pub fn subscribe(&self, since: Option<u64>) -> events::Subscription {
+        self.inner.hub.subscribe(since)
+    }
+
+    /// Ends every live event feed.
+    pub fn close_events(&self) {
+        self.inner.hub.close();
     }
 
     /// The store, for reads of ended allocations.

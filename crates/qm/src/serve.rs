@@ -246,7 +246,13 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         // Tests and scripts read this line to learn the port.
         println!("listening on {addr}");
         let app = qm_api::router(engine.clone());
-        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("server failed")?;
+        let closing = engine.clone();
+        let shutdown = async move {
+            shutdown_signal().await;
+            // Open event streams would otherwise keep the server from finishing.
+            closing.close_events();
+        };
+        axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("server failed")?;
         tracing::info!("shutting down: flushing state");
         engine.shutdown().await;
         Ok(())

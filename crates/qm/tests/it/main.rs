@@ -6,3 +6,4 @@ mod api;
 mod cli;
 mod daemon;
 mod durability;
+mod events;
