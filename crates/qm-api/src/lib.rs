@@ -14,4 +14,7 @@ pub use routes::router;
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// The largest state document `POST /v1/state` accepts.
+pub const MAX_STATE_BODY: usize = 256 * 1024 * 1024;
+
 pub use qm_runtime::Engine;

@@ -31,6 +31,12 @@ pub fn router(engine: Engine) -> Router {
         .route("/readyz", get(|| async { "ready\n" }))
         .route("/metrics", get(metrics))
         .route("/v1/events", get(crate::events::events))
+        .route(
+            "/v1/state",
+            get(export_state)
+                .post(import_state)
+                .layer(DefaultBodyLimit::max(crate::MAX_STATE_BODY)),
+        )
         .route("/v1/node", get(local_node))
         .route("/v1/nodes", get(nodes).post(register_node))
         .route("/v1/nodes/{name}", axum::routing::delete(delete_node))
@@ -118,6 +124,21 @@ async fn metrics(State(engine): State<Engine>) -> ApiResult {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     Ok(resp)
+}
+
+async fn export_state(State(engine): State<Engine>) -> ApiResult {
+    let doc = engine.export().await?;
+    Ok(json(StatusCode::OK, to_json(&doc)))
+}
+
+async fn import_state(
+    State(engine): State<Engine>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let doc: qm_proto::StateDoc = decode(&body(&headers, raw)?)?;
+    let now = engine.import(doc).await?;
+    Ok(json(StatusCode::OK, to_json(&now)))
 }
 
 async fn local_node(State(engine): State<Engine>) -> ApiResult {

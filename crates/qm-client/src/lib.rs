@@ -185,6 +185,24 @@ impl Client {
             .map(|l| l.items)
     }
 
+    /// The whole state document, as JSON text.
+    pub fn export(&self) -> Result<String, ClientError> {
+        let v: Value = self.get("/v1/state")?;
+        Ok(v.to_string())
+    }
+
+    /// Replaces the whole state with a document (JSON text).
+    pub fn import(&self, doc: &str) -> Result<(), ClientError> {
+        let v: Value = serde_json::from_str(doc).map_err(|e| {
+            ClientError::Refused(Box::new(Problem::new(
+                400,
+                "malformed_json",
+                format!("the state file is not JSON: {e}"),
+            )))
+        })?;
+        self.send("POST", "/v1/state", &v).map(|_| ())
+    }
+
     /// Releases an allocation (cancels it if queued); harmless if already ended.
     pub fn release(&self, id: &str) -> Result<AllocationDoc, ClientError> {
         self.delete(&format!("/v1/allocations/{id}"))

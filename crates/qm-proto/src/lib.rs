@@ -14,6 +14,6 @@ pub use resources::{WireResources, parse_resources, render_resources};
 pub use time::{format_rfc3339, parse_rfc3339};
 pub use types::{
     AllocationDoc, AllocationList, AllocationRequest, EventDoc, NodeDoc, NodeList,
-    NodeRegistration, PoolDoc, PoolList, PoolWrite, RenewRequest, Replay, Stored, StoredNode,
-    allocation_reply, dry_run_reply, from_json, to_json, to_value,
+    NodeRegistration, PoolDoc, PoolList, PoolWrite, RenewRequest, Replay, STATE_VERSION, StateDoc,
+    Stored, StoredNode, allocation_reply, dry_run_reply, from_json, to_json, to_value,
 };

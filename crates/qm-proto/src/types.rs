@@ -627,3 +627,22 @@ impl EventDoc {
         }
     }
 }
+
+/// `GET /v1/state` and `POST /v1/state`: the whole state, versioned. Allocations are the live
+/// ones; the history of ended ones is not part of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateDoc {
+    /// The document format; 1.
+    pub version: u32,
+    /// The next allocation sequence number (ids are never reused).
+    pub next_seq: u64,
+    /// The next grant sequence number.
+    pub next_grant: u64,
+    pub nodes: Vec<StoredNode>,
+    pub pools: Vec<PoolDoc>,
+    pub allocations: Vec<Stored>,
+}
+
+/// The version of [`StateDoc`] this build reads and writes.
+pub const STATE_VERSION: u32 = 1;

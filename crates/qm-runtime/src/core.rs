@@ -11,8 +11,8 @@ use qm_core::{
     ResourceCatalog, SubmitError, Timestamp,
 };
 use qm_proto::{
-    AllocationDoc, EventDoc, FieldProblem, NodeDoc, PoolDoc, Replay, StoredNode, render_resources,
-    to_json,
+    AllocationDoc, EventDoc, FieldProblem, NodeDoc, PoolDoc, Replay, STATE_VERSION, StateDoc,
+    Stored, StoredNode, render_resources, to_json,
 };
 use qm_store::{Batch, Op, Store};
 use tokio::sync::oneshot;
@@ -42,6 +42,9 @@ pub(crate) struct Core {
     hub: Arc<EventHub>,
     /// Events of the change being recorded, published once it is durable.
     pending: Vec<EventDoc>,
+    strategy: String,
+    ledger_config: qm_core::LedgerConfig,
+    local_spec: NodeSpec,
 }
 
 fn now() -> Timestamp {
@@ -100,6 +103,9 @@ impl Core {
             counters: Counters::default(),
             hub,
             pending: Vec::new(),
+            strategy: config.strategy.clone(),
+            ledger_config: config.ledger.clone(),
+            local_spec: NodeSpec::new(&config.node_name, config.capacity.clone()),
         };
         let mut spec = NodeSpec::new(&config.node_name, config.capacity.clone());
         spec.allocatable = config.allocatable.clone();
@@ -598,6 +604,117 @@ impl Core {
             store_transactions: ws.transactions,
             store_batches: ws.batches,
         }
+    }
+
+    /// The whole state as a document.
+    pub(crate) fn export(&self) -> StateDoc {
+        let st = self.ledger.state();
+        let (next_seq, next_grant) = self.ledger.counters();
+        StateDoc {
+            version: STATE_VERSION,
+            next_seq,
+            next_grant,
+            nodes: st
+                .nodes()
+                .filter_map(|(_, n)| {
+                    let doc = self.node_doc(n.name())?;
+                    let ttl = self.nodes.get(n.name()).and_then(|m| m.heartbeat_ttl_ms);
+                    Some(StoredNode {
+                        doc,
+                        heartbeat_ttl_ms: ttl,
+                    })
+                })
+                .collect(),
+            pools: self.pools(),
+            allocations: st
+                .allocations()
+                .map(|a| Stored::of(a, st, &self.catalog))
+                .collect(),
+        }
+    }
+
+    /// Replaces the whole state with `doc` after checking all of it, or changes nothing.
+    pub(crate) fn import(
+        &mut self,
+        doc: &StateDoc,
+        tx: oneshot::Sender<Result<StateDoc, EngineError>>,
+    ) {
+        let invalid = |m: String| {
+            EngineError::Invalid(vec![FieldProblem {
+                field: "state".to_owned(),
+                message: m,
+            }])
+        };
+        let built = persist::snapshot_of(doc, &self.catalog).and_then(|(snap, kinds)| {
+            let policy = qm_sched::Framework::preset(&self.strategy).map_err(|e| e.to_string())?;
+            let ledger = Ledger::restore(Box::new(policy), self.ledger_config.clone(), snap)
+                .map_err(|e| e.to_string())?;
+            Ok((ledger, kinds))
+        });
+        let (mut ledger, kinds) = match built {
+            Ok(b) => b,
+            Err(m) => {
+                let _ = tx.send(Err(invalid(m)));
+                return;
+            }
+        };
+        let t = now();
+        if ledger.state().node_by_name(&self.local).is_none() {
+            if let Err(e) = ledger.register_node(t, self.local_spec.clone()) {
+                let _ = tx.send(Err(invalid(format!("the local node cannot be kept: {e}"))));
+                return;
+            }
+        }
+        ledger.expire(t);
+        ledger.drain(t);
+        ledger.clear_events();
+        self.ledger = ledger;
+        self.nodes = kinds
+            .into_iter()
+            .map(|(name, kind, ttl)| {
+                (
+                    name,
+                    NodeMeta {
+                        kind,
+                        heartbeat_ttl_ms: ttl,
+                        last_heartbeat: t,
+                    },
+                )
+            })
+            .collect();
+        self.nodes.insert(
+            self.local.clone(),
+            NodeMeta {
+                kind: "local".to_owned(),
+                heartbeat_ttl_ms: None,
+                last_heartbeat: t,
+            },
+        );
+        for (_, ws) in self.watchers.drain() {
+            drop(ws);
+        }
+        self.replays.clear();
+        let mut ops = vec![Op::ClearState];
+        let st = self.ledger.state();
+        let names: Vec<String> = st.nodes().map(|(_, n)| n.name().to_owned()).collect();
+        ops.extend(names.iter().filter_map(|n| self.node_op(n)));
+        let pools: Vec<String> = st.pools().map(|(_, p)| p.name().to_owned()).collect();
+        ops.extend(pools.iter().filter_map(|p| self.pool_op(p)));
+        ops.extend(
+            st.allocations()
+                .map(|a| Op::PutAllocation(persist::row(a, &self.ledger, &self.catalog).0)),
+        );
+        let (next_seq, next_grant) = self.ledger.counters();
+        ops.push(Op::PutMeta {
+            key: "next_seq".to_owned(),
+            value: next_seq.to_string(),
+        });
+        ops.push(Op::PutMeta {
+            key: "next_grant".to_owned(),
+            value: next_grant.to_string(),
+        });
+        let exported = self.export();
+        self.commit(ops, exported, tx);
     }
 
     pub(crate) fn nodes(&self) -> Vec<NodeDoc> {

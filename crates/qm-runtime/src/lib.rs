@@ -18,7 +18,7 @@ use std::time::Duration;
 use qm_core::{
     AllocId, Labels, LedgerConfig, NodeSpec, PoolSpec, Request, ResourceCatalog, Resources,
 };
-use qm_proto::{AllocationDoc, FieldProblem, NodeDoc, PoolDoc, Replay};
+use qm_proto::{AllocationDoc, FieldProblem, NodeDoc, PoolDoc, Replay, StateDoc};
 use qm_store::{AllocationFilter, Store};
 use tokio::sync::oneshot;
 
@@ -259,6 +259,19 @@ impl Engine {
             .map_err(|e| EngineError::Store(e.to_string()))?
             .map_err(|e| EngineError::Store(e.to_string()))?;
         row.map(|r| persist::doc_of_row(&r.body)).transpose()
+    }
+
+    /// The whole state.
+    pub async fn export(&self) -> Result<StateDoc, EngineError> {
+        self.call(|core, tx| {
+            let _ = tx.send(core.export());
+        })
+        .await
+    }
+
+    /// Replaces the whole state atomically, or changes nothing; answers the new state.
+    pub async fn import(&self, doc: StateDoc) -> Result<StateDoc, EngineError> {
+        self.call(move |core, tx| core.import(&doc, tx)).await?
     }
 
     /// The allocator's metrics, now.

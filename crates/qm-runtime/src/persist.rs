@@ -2,7 +2,9 @@
 //! a snapshot to restore from.
 
 use qm_core::{AllocId, Allocation, Event, Ledger, ResourceCatalog, Snapshot};
-use qm_proto::{AllocationDoc, PoolDoc, Stored, StoredNode, from_json, to_json};
+use qm_proto::{
+    AllocationDoc, PoolDoc, STATE_VERSION, StateDoc, Stored, StoredNode, from_json, to_json,
+};
 use qm_store::{AllocationRow, Loaded, Op};
 
 use crate::EngineError;
@@ -93,34 +95,69 @@ pub(crate) fn snapshot(
     loaded: &Loaded,
     catalog: &ResourceCatalog,
 ) -> Result<(Snapshot, Vec<NodeKind>), String> {
-    let mut snap = Snapshot::default();
-    let mut kinds = Vec::new();
+    let mut nodes = Vec::new();
     for (name, body) in &loaded.nodes {
-        let node: StoredNode = from_json(body).map_err(|e| format!("node {name}: {e}"))?;
-        let spec = node
-            .to_spec(catalog)
-            .map_err(|e| format!("node {name}: {e}"))?;
-        kinds.push((name.clone(), node.doc.kind.clone(), node.heartbeat_ttl_ms));
-        snap.nodes.push((spec, node.doc.ready));
+        nodes.push(from_json::<StoredNode>(body).map_err(|e| format!("node {name}: {e}"))?);
     }
+    let mut pools = Vec::new();
     for (name, body) in &loaded.pools {
-        let pool: PoolDoc = from_json(body).map_err(|e| format!("pool {name}: {e}"))?;
-        snap.pools.push(
-            pool.to_spec(catalog)
-                .map_err(|e| format!("pool {name}: {e}"))?,
-        );
+        pools.push(from_json::<PoolDoc>(body).map_err(|e| format!("pool {name}: {e}"))?);
     }
+    let mut allocations = Vec::new();
     for row in &loaded.live_allocations {
-        let stored: Stored =
-            from_json(&row.body).map_err(|e| format!("allocation {}: {e}", row.id))?;
-        snap.allocations.push(
-            stored
-                .to_record(catalog)
-                .map_err(|e| format!("allocation {}: {e}", row.id))?,
+        allocations.push(
+            from_json::<Stored>(&row.body).map_err(|e| format!("allocation {}: {e}", row.id))?,
         );
     }
     let counter = |k: &str| loaded.meta.get(k).and_then(|v| v.parse().ok()).unwrap_or(1);
-    snap.next_seq = counter("next_seq");
-    snap.next_grant = counter("next_grant");
+    let doc = StateDoc {
+        version: STATE_VERSION,
+        next_seq: counter("next_seq"),
+        next_grant: counter("next_grant"),
+        nodes,
+        pools,
+        allocations,
+    };
+    snapshot_of(&doc, catalog)
+}
+
+/// The snapshot a state document describes, and each node's kind and heartbeat ttl; errors
+/// name the part that is wrong.
+pub(crate) fn snapshot_of(
+    doc: &StateDoc,
+    catalog: &ResourceCatalog,
+) -> Result<(Snapshot, Vec<NodeKind>), String> {
+    if doc.version != STATE_VERSION {
+        return Err(format!("version: {} is not {STATE_VERSION}", doc.version));
+    }
+    let mut snap = Snapshot {
+        next_seq: doc.next_seq,
+        next_grant: doc.next_grant,
+        ..Snapshot::default()
+    };
+    let mut kinds = Vec::new();
+    for (i, node) in doc.nodes.iter().enumerate() {
+        let spec = node
+            .to_spec(catalog)
+            .map_err(|e| format!("nodes[{i}] ({}): {e}", node.doc.name))?;
+        kinds.push((
+            node.doc.name.clone(),
+            node.doc.kind.clone(),
+            node.heartbeat_ttl_ms,
+        ));
+        snap.nodes.push((spec, node.doc.ready));
+    }
+    for (i, pool) in doc.pools.iter().enumerate() {
+        snap.pools.push(
+            pool.to_spec(catalog)
+                .map_err(|e| format!("pools[{i}] ({}): {e}", pool.name))?,
+        );
+    }
+    for (i, a) in doc.allocations.iter().enumerate() {
+        snap.allocations.push(
+            a.to_record(catalog)
+                .map_err(|e| format!("allocations[{i}] ({}): {e}", a.doc.id))?,
+        );
+    }
     Ok((snap, kinds))
 }

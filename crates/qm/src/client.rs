@@ -354,3 +354,30 @@ pub(crate) fn nodes(c: &Client, json_out: bool, out: &mut impl Write) -> Result<
     }
     Ok(())
 }
+
+pub(crate) fn export(
+    c: &Client,
+    file: Option<&std::path::Path>,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    let doc = c.export()?;
+    match file {
+        Some(path) => std::fs::write(path, doc + "\n").map_err(|e| Failure {
+            code: 1,
+            message: format!("cannot write {}: {e}", path.display()),
+        }),
+        None => {
+            writeln!(out, "{doc}")?;
+            Ok(())
+        }
+    }
+}
+
+pub(crate) fn import(c: &Client, file: &std::path::Path) -> Result<(), Failure> {
+    let doc = std::fs::read_to_string(file).map_err(|e| Failure {
+        code: 2,
+        message: format!("cannot read {}: {e}", file.display()),
+    })?;
+    c.import(&doc)?;
+    Ok(())
+}

@@ -56,6 +56,17 @@ enum Cmd {
     Pools(client::PoolsCmd),
     /// List nodes
     Nodes,
+    /// Write the whole state (nodes, pools, live allocations) as JSON
+    Export {
+        /// Write to this file instead of stdout
+        #[arg(long, short = 'f', value_name = "FILE")]
+        file: Option<std::path::PathBuf>,
+    },
+    /// Replace the whole state with an exported document (all or nothing)
+    Import {
+        /// The file `qm export` wrote
+        file: std::path::PathBuf,
+    },
     /// Load generator against a running daemon: throughput and latency percentiles
     Bench(bench::BenchArgs),
     /// List the allocation strategies `--strategy` accepts
@@ -101,6 +112,8 @@ fn main() -> ExitCode {
         Cmd::Pools(cmd) => client::pools(&client(), cmd, json_out, out),
         Cmd::Nodes => client::nodes(&client(), json_out, out),
         Cmd::Bench(args) => bench::bench(&endpoint.server, &args, out),
+        Cmd::Export { file } => client::export(&client(), file.as_deref(), out),
+        Cmd::Import { file } => client::import(&client(), &file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -22,6 +22,7 @@ pub(crate) fn temp_dir(tag: &str) -> PathBuf {
 pub(crate) struct Daemon {
     pub(crate) child: Child,
     pub(crate) base: String,
+    dir: PathBuf,
     agent: ureq::Agent,
 }
 
@@ -68,8 +69,14 @@ impl Daemon {
         Self {
             child,
             base: format!("http://{addr}"),
+            dir: dir.to_owned(),
             agent,
         }
+    }
+
+    /// Its data dir.
+    pub(crate) fn dir_of(&self) -> PathBuf {
+        self.dir.clone()
     }
 
     /// Kills it with SIGKILL and waits.

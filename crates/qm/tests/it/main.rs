@@ -7,3 +7,4 @@ mod cli;
 mod daemon;
 mod durability;
 mod events;
+mod state;
