@@ -659,11 +659,11 @@ impl Core {
             }
         };
         let t = now();
-        if ledger.state().node_by_name(&self.local).is_none() {
-            if let Err(e) = ledger.register_node(t, self.local_spec.clone()) {
-                let _ = tx.send(Err(invalid(format!("the local node cannot be kept: {e}"))));
-                return;
-            }
+        if ledger.state().node_by_name(&self.local).is_none()
+            && let Err(e) = ledger.register_node(t, self.local_spec.clone())
+        {
+            let _ = tx.send(Err(invalid(format!("the local node cannot be kept: {e}"))));
+            return;
         }
         ledger.expire(t);
         ledger.drain(t);
