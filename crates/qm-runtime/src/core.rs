@@ -45,6 +45,8 @@ pub(crate) struct Core {
     strategy: String,
     ledger_config: qm_core::LedgerConfig,
     local_spec: NodeSpec,
+    retention: Duration,
+    last_prune: Instant,
 }
 
 fn now() -> Timestamp {
@@ -106,6 +108,8 @@ impl Core {
             strategy: config.strategy.clone(),
             ledger_config: config.ledger.clone(),
             local_spec: NodeSpec::new(&config.node_name, config.capacity.clone()),
+            retention: config.retention,
+            last_prune: Instant::now(),
         };
         let mut spec = NodeSpec::new(&config.node_name, config.capacity.clone());
         spec.allocatable = config.allocatable.clone();
@@ -184,6 +188,21 @@ impl Core {
     /// Lease expiry, holds for waiting requests, heartbeat deadlines.
     fn tick(&mut self) {
         let t = now();
+        if self.last_prune.elapsed() >= Duration::from_secs(600) {
+            self.last_prune = Instant::now();
+            let keep_ms = u64::try_from(self.retention.as_millis()).unwrap_or(u64::MAX);
+            let before_ms = i64::try_from(t.as_millis().saturating_sub(keep_ms)).unwrap_or(0);
+            self.store.commit(
+                Batch {
+                    ops: vec![Op::Prune { before_ms }],
+                },
+                Box::new(|r| {
+                    if let Err(e) = r {
+                        tracing::warn!(%e, "cannot prune ended allocations");
+                    }
+                }),
+            );
+        }
         let late: Vec<String> = self
             .nodes
             .iter()
@@ -398,6 +417,10 @@ impl Core {
                 body: to_json(&replay),
                 at_ms,
             });
+            // The store keeps every key; memory keeps the recent ones.
+            if self.replays.len() >= 100_000 {
+                self.replays.clear();
+            }
             self.replays.insert(k, replay.clone());
         }
         self.commit(ops, replay, tx);

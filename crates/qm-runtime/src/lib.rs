@@ -45,6 +45,8 @@ pub struct EngineConfig {
     pub catalog: ResourceCatalog,
     /// How often timers run.
     pub tick: Duration,
+    /// How long ended allocations (and idempotency keys) are kept for queries.
+    pub retention: Duration,
 }
 
 /// Why the engine refused or failed a command.

@@ -50,6 +50,15 @@ struct FileConfig {
     queue: QueueConfig,
     #[serde(default)]
     resources: ResourcesConfig,
+    #[serde(default)]
+    state: StateConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateConfig {
+    /// Seconds ended allocations stay queryable (default a week).
+    retention_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -213,6 +222,7 @@ impl Settings {
             ledger,
             catalog,
             tick: Duration::from_millis(250),
+            retention: Duration::from_secs(file.state.retention_s.unwrap_or(7 * 86_400)),
         };
         Ok(Self { listen, engine })
     }

@@ -481,3 +481,52 @@ fn bad_requests_get_problems_and_change_nothing() {
     );
     d.stop();
 }
+
+#[test]
+fn a_reported_node_that_misses_its_heartbeat_loses_its_grants() {
+    let d = Daemon::start(&temp_dir("heartbeat"), &["--capacity", "cpu=1,memory=1Gi"]);
+    let n = d.post("/v1/nodes", r#"{"name": "edge", "capacity": {"cpu": 4, "memory": "4Gi"}, "labels": {"site": "edge"}, "heartbeat_ttl_s": 1}"#);
+    assert_eq!(n.status, 201, "{:?}", n.body);
+    let a = d.post(
+        "/v1/allocations",
+        r#"{"agent": "remote", "resources": {"cpu": 2}, "node_selector": {"site": "edge"}}"#,
+    );
+    assert_eq!((a.status, a.body["node"].as_str()), (201, Some("edge")));
+    // Heartbeats keep it alive past its ttl.
+    for _ in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert_eq!(
+            d.send("PUT", "/v1/nodes/edge/heartbeat", "", b"", &[])
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        d.get(&format!("/v1/allocations/{}", id(&a))).body["state"],
+        "granted"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1800));
+    let lost = d.get(&format!("/v1/allocations/{}", id(&a)));
+    assert_eq!(
+        (lost.body["state"].as_str(), lost.body["reason"].as_str()),
+        (Some("lost"), Some("node edge lost"))
+    );
+    let nodes = d.get("/v1/nodes").body;
+    let edge = nodes["items"]
+        .as_array()
+        .and_then(|v| v.iter().find(|n| n["name"] == "edge"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(edge["ready"], false);
+    // A heartbeat brings it back.
+    assert_eq!(
+        d.send("PUT", "/v1/nodes/edge/heartbeat", "", b"", &[]).body["ready"],
+        true
+    );
+    let again = d.post(
+        "/v1/allocations",
+        r#"{"agent": "remote", "resources": {"cpu": 2}, "node_selector": {"site": "edge"}}"#,
+    );
+    assert_eq!(again.status, 201);
+    d.stop();
+}
