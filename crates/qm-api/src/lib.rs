@@ -6,6 +6,7 @@
 mod error;
 mod events;
 mod metrics;
+mod openapi;
 mod routes;
 
 pub use error::ApiError;

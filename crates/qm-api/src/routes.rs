@@ -11,6 +11,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use qm_core::AllocId;
+#[allow(unused_imports, reason = "the OpenAPI annotations name these types")]
+use qm_proto::{AllocationDoc, NodeDoc, PoolDoc, Problem, StateDoc};
 use qm_proto::{
     AllocationList, AllocationRequest, NodeList, NodeRegistration, PoolList, PoolWrite,
     RenewRequest, decode, to_json,
@@ -30,6 +32,10 @@ pub fn router(engine: Engine) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
         .route("/metrics", get(metrics))
+        .route(
+            "/openapi.json",
+            get(|| async { json(StatusCode::OK, crate::openapi::document()) }),
+        )
         .route("/v1/events", get(crate::events::events))
         .route(
             "/v1/state",
@@ -55,6 +61,7 @@ pub fn router(engine: Engine) -> Router {
             get(get_allocation).delete(release_allocation),
         )
         .route("/v1/allocations/{id}/renew", post(renew_allocation))
+        .merge(crate::openapi::swagger_ui())
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -116,7 +123,8 @@ fn alloc_id(id: &str) -> Result<AllocId, ApiError> {
         .map_err(|_| ApiError::not_found(format!("no allocation {id:?}")))
 }
 
-async fn metrics(State(engine): State<Engine>) -> ApiResult {
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
+pub(crate) async fn metrics(State(engine): State<Engine>) -> ApiResult {
     let snapshot = engine.metrics().await?;
     let mut resp = (StatusCode::OK, crate::metrics::render(&snapshot)).into_response();
     resp.headers_mut().insert(
@@ -126,12 +134,14 @@ async fn metrics(State(engine): State<Engine>) -> ApiResult {
     Ok(resp)
 }
 
-async fn export_state(State(engine): State<Engine>) -> ApiResult {
+#[utoipa::path(get, path = "/v1/state", tag = "state", responses((status = 200, body = StateDoc)))]
+pub(crate) async fn export_state(State(engine): State<Engine>) -> ApiResult {
     let doc = engine.export().await?;
     Ok(json(StatusCode::OK, to_json(&doc)))
 }
 
-async fn import_state(
+#[utoipa::path(post, path = "/v1/state", tag = "state", request_body = StateDoc, responses((status = 200, body = StateDoc), (status = 422, description = "invalid fields", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn import_state(
     State(engine): State<Engine>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
@@ -141,17 +151,20 @@ async fn import_state(
     Ok(json(StatusCode::OK, to_json(&now)))
 }
 
-async fn local_node(State(engine): State<Engine>) -> ApiResult {
+#[utoipa::path(get, path = "/v1/node", tag = "nodes", responses((status = 200, body = NodeDoc)))]
+pub(crate) async fn local_node(State(engine): State<Engine>) -> ApiResult {
     let doc = engine.local_node().await?;
     Ok(json(StatusCode::OK, to_json(&doc)))
 }
 
-async fn nodes(State(engine): State<Engine>) -> ApiResult {
+#[utoipa::path(get, path = "/v1/nodes", tag = "nodes", responses((status = 200, body = NodeList)))]
+pub(crate) async fn nodes(State(engine): State<Engine>) -> ApiResult {
     let items = engine.nodes().await?;
     Ok(json(StatusCode::OK, to_json(&NodeList { items })))
 }
 
-async fn register_node(
+#[utoipa::path(post, path = "/v1/nodes", tag = "nodes", request_body = NodeRegistration, responses((status = 201, body = NodeDoc), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 422, description = "invalid fields", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn register_node(
     State(engine): State<Engine>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
@@ -163,12 +176,13 @@ async fn register_node(
 }
 
 #[derive(Debug, Deserialize)]
-struct ForceQuery {
+pub(crate) struct ForceQuery {
     #[serde(default)]
     force: bool,
 }
 
-async fn delete_node(
+#[utoipa::path(delete, path = "/v1/nodes/{name}", tag = "nodes", params(("name" = String, Path), ("force" = Option<bool>, Query)), responses((status = 200, body = NodeDoc), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn delete_node(
     State(engine): State<Engine>,
     Path(name): Path<String>,
     q: Result<Query<ForceQuery>, axum::extract::rejection::QueryRejection>,
@@ -178,17 +192,20 @@ async fn delete_node(
     Ok(json(StatusCode::OK, to_json(&doc)))
 }
 
-async fn heartbeat(State(engine): State<Engine>, Path(name): Path<String>) -> ApiResult {
+#[utoipa::path(put, path = "/v1/nodes/{name}/heartbeat", tag = "nodes", params(("name" = String, Path)), responses((status = 200, body = NodeDoc), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn heartbeat(State(engine): State<Engine>, Path(name): Path<String>) -> ApiResult {
     let doc = engine.heartbeat(name).await?;
     Ok(json(StatusCode::OK, to_json(&doc)))
 }
 
-async fn pools(State(engine): State<Engine>) -> ApiResult {
+#[utoipa::path(get, path = "/v1/pools", tag = "pools", responses((status = 200, body = PoolList)))]
+pub(crate) async fn pools(State(engine): State<Engine>) -> ApiResult {
     let items = engine.pools().await?;
     Ok(json(StatusCode::OK, to_json(&PoolList { items })))
 }
 
-async fn pool(State(engine): State<Engine>, Path(name): Path<String>) -> ApiResult {
+#[utoipa::path(get, path = "/v1/pools/{name}", tag = "pools", params(("name" = String, Path)), responses((status = 200, body = PoolDoc), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn pool(State(engine): State<Engine>, Path(name): Path<String>) -> ApiResult {
     let doc = engine
         .pools()
         .await?
@@ -198,7 +215,8 @@ async fn pool(State(engine): State<Engine>, Path(name): Path<String>) -> ApiResu
     Ok(json(StatusCode::OK, to_json(&doc)))
 }
 
-async fn create_pool(
+#[utoipa::path(post, path = "/v1/pools", tag = "pools", request_body = PoolWrite, responses((status = 201, body = PoolDoc), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 422, description = "invalid fields", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn create_pool(
     State(engine): State<Engine>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
@@ -215,7 +233,8 @@ async fn create_pool(
     Ok(json(StatusCode::CREATED, to_json(&doc)))
 }
 
-async fn update_pool(
+#[utoipa::path(put, path = "/v1/pools/{name}", tag = "pools", params(("name" = String, Path)), request_body = PoolWrite, responses((status = 200, body = PoolDoc), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 422, description = "invalid fields", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn update_pool(
     State(engine): State<Engine>,
     Path(name): Path<String>,
     headers: HeaderMap,
@@ -237,19 +256,24 @@ async fn update_pool(
     Ok(json(StatusCode::OK, to_json(&doc)))
 }
 
-async fn delete_pool(State(engine): State<Engine>, Path(name): Path<String>) -> ApiResult {
+#[utoipa::path(delete, path = "/v1/pools/{name}", tag = "pools", params(("name" = String, Path)), responses((status = 200, body = PoolDoc), (status = 409, body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn delete_pool(
+    State(engine): State<Engine>,
+    Path(name): Path<String>,
+) -> ApiResult {
     let doc = engine.delete_pool(name).await?;
     Ok(json(StatusCode::OK, to_json(&doc)))
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateQuery {
+pub(crate) struct CreateQuery {
     #[serde(default)]
     dry_run: bool,
 }
 
-async fn create_allocation(
+#[utoipa::path(post, path = "/v1/allocations", tag = "allocations", request_body = AllocationRequest, params(("dry_run" = Option<bool>, Query), ("Idempotency-Key" = Option<String>, Header)), responses((status = 201, description = "granted", body = AllocationDoc), (status = 202, description = "queued", body = AllocationDoc), (status = 409, description = "insufficient resources", body = Problem, content_type = "application/problem+json"), (status = 422, description = "invalid fields", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn create_allocation(
     State(engine): State<Engine>,
     q: Result<Query<CreateQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
@@ -284,7 +308,7 @@ async fn create_allocation(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+pub(crate) struct ListQuery {
     agent: Option<String>,
     pool: Option<String>,
     state: Option<String>,
@@ -293,7 +317,8 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-async fn list_allocations(
+#[utoipa::path(get, path = "/v1/allocations", tag = "allocations", params(("agent" = Option<String>, Query), ("pool" = Option<String>, Query), ("state" = Option<String>, Query), ("node" = Option<String>, Query), ("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query)), responses((status = 200, body = AllocationList)))]
+pub(crate) async fn list_allocations(
     State(engine): State<Engine>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
@@ -334,11 +359,12 @@ async fn list_allocations(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct WaitQuery {
+pub(crate) struct WaitQuery {
     wait: Option<f64>,
 }
 
-async fn get_allocation(
+#[utoipa::path(get, path = "/v1/allocations/{id}", tag = "allocations", params(("id" = String, Path), ("wait" = Option<f64>, Query, description = "long-poll up to this many seconds while queued")), responses((status = 200, body = AllocationDoc), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn get_allocation(
     State(engine): State<Engine>,
     Path(id): Path<String>,
     q: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
@@ -366,7 +392,11 @@ async fn get_allocation(
     }
 }
 
-async fn release_allocation(State(engine): State<Engine>, Path(id): Path<String>) -> ApiResult {
+#[utoipa::path(delete, path = "/v1/allocations/{id}", tag = "allocations", params(("id" = String, Path)), responses((status = 200, body = AllocationDoc), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn release_allocation(
+    State(engine): State<Engine>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let id = alloc_id(&id)?;
     let doc = match engine.release(id).await? {
         Some(doc) => doc,
@@ -378,7 +408,8 @@ async fn release_allocation(State(engine): State<Engine>, Path(id): Path<String>
     Ok(json(StatusCode::OK, to_json(&doc)))
 }
 
-async fn renew_allocation(
+#[utoipa::path(post, path = "/v1/allocations/{id}/renew", tag = "allocations", params(("id" = String, Path)), request_body = RenewRequest, responses((status = 200, body = AllocationDoc), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn renew_allocation(
     State(engine): State<Engine>,
     Path(id): Path<String>,
     headers: HeaderMap,

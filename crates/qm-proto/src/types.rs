@@ -36,12 +36,14 @@ fn ttl_ms(field: &str, ttl_s: f64) -> Result<u64, FieldProblem> {
 }
 
 /// `POST /v1/allocations`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AllocationRequest {
     pub agent: String,
+    #[schema(value_type = Object)]
     pub resources: WireResources,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub limits: Option<WireResources>,
     #[serde(default)]
     pub pool: Option<String>,
@@ -119,7 +121,7 @@ impl AllocationRequest {
 }
 
 /// `POST /v1/allocations/{id}/renew`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenewRequest {
     #[serde(default)]
@@ -134,7 +136,7 @@ impl RenewRequest {
 }
 
 /// An allocation as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AllocationDoc {
     pub id: String,
     pub agent: String,
@@ -198,7 +200,7 @@ impl AllocationDoc {
 }
 
 /// An allocation as persisted: its document and what restoring it needs beyond that.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Stored {
     #[serde(flatten)]
     pub doc: AllocationDoc,
@@ -264,19 +266,21 @@ impl Stored {
 }
 
 /// `GET /v1/allocations`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AllocationList {
     pub items: Vec<AllocationDoc>,
     pub next_cursor: Option<String>,
 }
 
 /// `POST /v1/nodes`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeRegistration {
     pub name: String,
+    #[schema(value_type = Object)]
     pub capacity: WireResources,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub allocatable: Option<WireResources>,
     #[serde(default)]
     pub labels: Option<Labels>,
@@ -328,7 +332,7 @@ impl NodeRegistration {
 }
 
 /// A node as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeDoc {
     pub name: String,
     pub labels: Labels,
@@ -361,13 +365,13 @@ impl NodeDoc {
 }
 
 /// `GET /v1/nodes`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeList {
     pub items: Vec<NodeDoc>,
 }
 
 /// `POST /v1/pools` and `PUT /v1/pools/{name}`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolWrite {
     #[serde(default)]
@@ -375,8 +379,10 @@ pub struct PoolWrite {
     #[serde(default)]
     pub weight: Option<i64>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub guaranteed: Option<WireResources>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub limit: Option<WireResources>,
 }
 
@@ -422,7 +428,7 @@ impl PoolWrite {
 }
 
 /// A pool as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolDoc {
     pub name: String,
     pub weight: u32,
@@ -468,13 +474,13 @@ fn strings(m: &BTreeMap<String, String>) -> WireResources {
 }
 
 /// `GET /v1/pools`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolList {
     pub items: Vec<PoolDoc>,
 }
 
 /// A node as persisted: its document and how it is kept alive.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StoredNode {
     #[serde(flatten)]
     pub doc: NodeDoc,
@@ -499,7 +505,7 @@ impl StoredNode {
 }
 
 /// An answer to a request for an allocation, kept to replay it for an `Idempotency-Key`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Replay {
     /// The HTTP status first answered.
     pub status: u16,
@@ -557,7 +563,7 @@ pub fn dry_run_reply(
 }
 
 /// One entry of `GET /v1/events`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventDoc {
     /// Increases with every event; `?since=` resumes after it.
     pub id: u64,
@@ -630,7 +636,7 @@ impl EventDoc {
 
 /// `GET /v1/state` and `POST /v1/state`: the whole state, versioned. Allocations are the live
 /// ones; the history of ended ones is not part of it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StateDoc {
     /// The document format; 1.

@@ -27,6 +27,12 @@ fn an_allocation_lives_through_every_state() {
     let d = Daemon::start(&temp_dir("life"), &["--capacity", "cpu=2,memory=4Gi"]);
     assert_eq!(d.get("/healthz").status, 200);
     assert_eq!(d.get("/readyz").status, 200);
+    let openapi = d.get("/openapi.json");
+    assert_eq!(openapi.status, 200);
+    assert!(openapi.body["paths"]["/v1/allocations"]["post"].is_object());
+    let (status, docs) = d.get_text("/docs/");
+    assert_eq!(status, 200);
+    assert!(docs.contains("swagger-ui"), "{docs}");
     let node = d.get("/v1/node");
     assert_eq!(node.body["name"], "test-node");
     assert_eq!(node.body["allocatable"]["cpu"], "2");
