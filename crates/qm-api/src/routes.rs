@@ -384,7 +384,7 @@ pub(crate) async fn get_allocation(
         Lookup::Live(doc) => Ok(json(StatusCode::OK, to_json(&doc))),
         Lookup::NotLive => {
             let doc = engine
-                .stored(&id.to_string())
+                .stored(id)
                 .await?
                 .ok_or_else(|| ApiError::not_found(format!("no allocation {id}")))?;
             Ok(json(StatusCode::OK, to_json(&doc)))
@@ -401,7 +401,7 @@ pub(crate) async fn release_allocation(
     let doc = match engine.release(id).await? {
         Some(doc) => doc,
         None => engine
-            .stored(&id.to_string())
+            .stored(id)
             .await?
             .ok_or_else(|| ApiError::not_found(format!("no allocation {id}")))?,
     };

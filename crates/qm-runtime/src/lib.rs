@@ -253,14 +253,17 @@ impl Engine {
     }
 
     /// One allocation from the store, live or ended.
-    pub async fn stored(&self, id: &str) -> Result<Option<AllocationDoc>, EngineError> {
+    pub async fn stored(&self, id: AllocId) -> Result<Option<AllocationDoc>, EngineError> {
         let store = self.inner.store.clone();
-        let id = id.to_owned();
-        let row = tokio::task::spawn_blocking(move || store.allocation(&id))
+        let seq = i64::try_from(id.seq()).unwrap_or(i64::MAX);
+        let row = tokio::task::spawn_blocking(move || store.allocation(seq))
             .await
             .map_err(|e| EngineError::Store(e.to_string()))?
             .map_err(|e| EngineError::Store(e.to_string()))?;
-        row.map(|r| persist::doc_of_row(&r.body)).transpose()
+        // The seq is the key; the slot half of the id must match too.
+        row.filter(|r| r.id == id.to_string())
+            .map(|r| persist::doc_of_row(&r.body))
+            .transpose()
     }
 
     /// The whole state.

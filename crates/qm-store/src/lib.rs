@@ -37,7 +37,7 @@ pub struct AllocationRow {
 /// One change.
 #[derive(Debug, Clone)]
 pub enum Op {
-    /// Inserts or replaces an allocation by id.
+    /// Inserts or replaces an allocation by seq.
     PutAllocation(AllocationRow),
     PutNode {
         name: String,
@@ -154,6 +154,8 @@ struct Inner {
     reader: Mutex<Connection>,
     stats: Arc<writer::Counters>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    stop_checkpoints: Mutex<Option<mpsc::Sender<()>>>,
+    checkpointer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
@@ -162,6 +164,12 @@ impl Drop for Inner {
             tx.take();
         }
         if let Some(h) = self.writer.lock().ok().and_then(|mut w| w.take()) {
+            let _ = h.join();
+        }
+        if let Ok(mut stop) = self.stop_checkpoints.lock() {
+            stop.take();
+        }
+        if let Some(h) = self.checkpointer.lock().ok().and_then(|mut w| w.take()) {
             let _ = h.join();
         }
     }
@@ -176,11 +184,22 @@ impl Store {
         })?;
         let path = dir.join("qm.db");
         let write = schema::open(&path)?;
+        // The writer restarts the WAL once it is ~4 MiB; the checkpointer thread has copied
+        // most of it back by then, so the writer's share is small.
+        write
+            .pragma_update(None, "wal_autocheckpoint", 1000)
+            .map_err(sqlite("setting the checkpoint interval", &path))?;
         schema::migrate(&write, &path)?;
         let reader = schema::open(&path)?;
         let stats = Arc::new(writer::Counters::default());
         let (tx, rx) = mpsc::channel();
         let handle = writer::spawn(write, path.clone(), rx, Arc::clone(&stats))?;
+        let (stop_tx, stop_rx) = mpsc::channel();
+        let checkpointer = writer::spawn_checkpointer(
+            schema::open(&path)?,
+            std::time::Duration::from_millis(500),
+            stop_rx,
+        )?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
@@ -188,6 +207,8 @@ impl Store {
                 reader: Mutex::new(reader),
                 stats,
                 writer: Mutex::new(Some(handle)),
+                stop_checkpoints: Mutex::new(Some(stop_tx)),
+                checkpointer: Mutex::new(Some(checkpointer)),
             }),
         })
     }
@@ -256,11 +277,11 @@ impl Store {
         )
     }
 
-    /// One allocation by id.
-    pub fn allocation(&self, id: &str) -> Result<Option<AllocationRow>, StoreError> {
+    /// One allocation by its seq (the table's key).
+    pub fn allocation(&self, seq: i64) -> Result<Option<AllocationRow>, StoreError> {
         self.read(
             |c| {
-                c.query_row(&format!("{SELECT_ALLOC} WHERE id = ?1"), [id], row)
+                c.query_row(&format!("{SELECT_ALLOC} WHERE seq = ?1"), [seq], row)
                     .optional()
             },
             "reading an allocation",

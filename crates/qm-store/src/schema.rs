@@ -10,15 +10,16 @@ use crate::{StoreError, sqlite};
 
 const MIGRATIONS: &[&str] = &["
     CREATE TABLE allocations (
-        id TEXT PRIMARY KEY,
-        seq INTEGER NOT NULL UNIQUE,
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL,
         agent TEXT NOT NULL,
         pool TEXT NOT NULL,
         node TEXT,
         state TEXT NOT NULL,
         live INTEGER NOT NULL,
         ended_at_ms INTEGER,
-        body TEXT NOT NULL
+        body TEXT NOT NULL,
+        CHECK (length(id) > 0 AND length(state) > 0 AND live IN (0, 1))
     );
     CREATE INDEX allocations_live ON allocations(seq) WHERE live = 1;
     CREATE TABLE nodes (name TEXT PRIMARY KEY, body TEXT NOT NULL);
@@ -39,6 +40,12 @@ pub(crate) fn open(path: &Path) -> Result<Connection, StoreError> {
         .map_err(sqlite("setting synchronous=FULL", path))?;
     conn.pragma_update(None, "foreign_keys", "ON")
         .map_err(sqlite("enabling foreign keys", path))?;
+    conn.pragma_update(None, "cache_size", -32_768)
+        .map_err(sqlite("setting the cache size", path))?;
+    // Readers and the checkpointer never checkpoint on their own; the writer's setting is
+    // raised in `Store::open`.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)
+        .map_err(sqlite("turning off automatic checkpoints", path))?;
     Ok(conn)
 }
 

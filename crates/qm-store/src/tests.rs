@@ -66,7 +66,7 @@ fn batches_are_durable_across_reopening() {
     assert_eq!(loaded.pools.len(), 1);
     assert_eq!(loaded.meta.get("next_seq").map(String::as_str), Some("3"));
     assert_eq!(
-        store.allocation("id-2").unwrap(),
+        store.allocation(2).unwrap(),
         Some(alloc(2, "b", "released"))
     );
     assert_eq!(store.idempotent("k").unwrap().as_deref(), Some("{}"));
@@ -81,16 +81,14 @@ fn a_batch_is_all_or_nothing_and_spares_its_group() {
     store
         .commit_wait(batch(vec![Op::PutAllocation(alloc(1, "a", "granted"))]))
         .unwrap();
-    // Queue three batches at once; the middle one breaks the UNIQUE seq.
-    let mut clash = alloc(1, "x", "granted");
-    clash.id = "other".into();
+    // Queue three batches at once; the middle one breaks a CHECK constraint.
+    let mut clash = alloc(9, "x", "granted");
+    clash.state = String::new();
+    let clash = Op::PutAllocation(clash);
     let (tx, rx) = mpsc::channel();
     for (i, ops) in [
         vec![Op::PutAllocation(alloc(2, "b", "granted"))],
-        vec![
-            Op::PutAllocation(alloc(3, "c", "granted")),
-            Op::PutAllocation(clash),
-        ],
+        vec![Op::PutAllocation(alloc(3, "c", "granted")), clash],
         vec![Op::PutAllocation(alloc(4, "d", "granted"))],
     ]
     .into_iter()

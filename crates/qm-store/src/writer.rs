@@ -135,7 +135,7 @@ fn apply_op(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<()> {
             let mut st = tx.prepare_cached(
                 "INSERT INTO allocations (id, seq, agent, pool, node, state, live, ended_at_ms, body) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
-                 ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, agent = excluded.agent, pool = excluded.pool, \
+                 ON CONFLICT(seq) DO UPDATE SET id = excluded.id, agent = excluded.agent, pool = excluded.pool, \
                  node = excluded.node, state = excluded.state, live = excluded.live, \
                  ended_at_ms = excluded.ended_at_ms, body = excluded.body",
             )?;
@@ -188,4 +188,33 @@ fn apply_op(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Copies the WAL back into the database every `every`, passively (never blocking the writer or
+/// readers), so commits do not stall on checkpoints; stops when `stop` is dropped.
+pub(crate) fn spawn_checkpointer(
+    conn: Connection,
+    every: std::time::Duration,
+    stop: mpsc::Receiver<()>,
+) -> Result<JoinHandle<()>, StoreError> {
+    thread::Builder::new()
+        .name("qm-store-checkpoint".to_owned())
+        .spawn(move || {
+            loop {
+                match stop.recv_timeout(every) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => break,
+                }
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    // The next round tries again; the WAL only grows meanwhile.
+                    let _ = e;
+                }
+            }
+            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        })
+        .map_err(|e| StoreError::Sqlite {
+            what: "starting the checkpointer",
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })
 }

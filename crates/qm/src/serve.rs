@@ -240,7 +240,12 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .try_init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .worker_threads(2)
+        .worker_threads(
+            std::env::var("QM_WORKERS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2),
+        )
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
