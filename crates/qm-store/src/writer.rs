@@ -200,15 +200,9 @@ pub(crate) fn spawn_checkpointer(
     thread::Builder::new()
         .name("qm-store-checkpoint".to_owned())
         .spawn(move || {
-            loop {
-                match stop.recv_timeout(every) {
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    _ => break,
-                }
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    // The next round tries again; the WAL only grows meanwhile.
-                    let _ = e;
-                }
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
+                // A checkpoint that cannot finish now is retried next round.
+                let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
             }
             let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
         })
