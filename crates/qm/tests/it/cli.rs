@@ -85,6 +85,25 @@ fn client_commands_and_exit_codes() {
     let (code, out, _) = text(&qm(&d.base, &["nodes"]));
     assert_eq!(code, 0);
     assert!(out.contains("test-node"), "{out}");
+    // the load generator: every request it counts was granted, none failed
+    let (code, out, err) = text(&qm(
+        &d.base,
+        &["bench", "-c", "4", "-d", "1", "--release", "--cpu", "10m"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    let n: u64 = out
+        .split_whitespace()
+        .next()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        n > 10 && out.contains("; 0 errors") && out.contains("p99"),
+        "{out}"
+    );
+    let granted = d.get("/v1/allocations?state=granted&limit=1000").body["items"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(granted, 0, "--release gave every allocation back");
     d.stop();
     // unreachable
     let (code, _, err) = text(&qm("http://127.0.0.1:9", &["status"]));
