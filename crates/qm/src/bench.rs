@@ -110,10 +110,10 @@ impl Conn {
             if l.is_empty() {
                 break;
             }
-            if let Some((k, v)) = l.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
+            if let Some((k, v)) = l.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                len = v.trim().parse().unwrap_or(0);
             }
         }
         let mut buf = vec![0; len];
@@ -122,17 +122,29 @@ impl Conn {
     }
 }
 
+/// What the clients share: when to stop, and the tallies.
+#[derive(Debug, Default)]
+struct Shared {
+    stop: AtomicBool,
+    done: AtomicU64,
+    errors: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
 /// One client's closed loop until `stop`; returns its latencies in microseconds.
 async fn client(
     w: usize,
     addr: String,
     host: String,
     args: BenchArgs,
-    stop: Arc<AtomicBool>,
-    done: Arc<AtomicU64>,
-    errors: Arc<AtomicU64>,
-    first_error: Arc<Mutex<Option<String>>>,
+    shared: Arc<Shared>,
 ) -> Vec<u64> {
+    let Shared {
+        stop,
+        done,
+        errors,
+        first_error,
+    } = &*shared;
     let mut mine = Vec::with_capacity(4096);
     let mut conn: Option<Conn> = None;
     let mut i = 0u64;
@@ -164,13 +176,12 @@ async fn client(
                     let id = serde_json::from_str::<serde_json::Value>(&text)
                         .ok()
                         .and_then(|v| v["id"].as_str().map(str::to_owned));
-                    if let Some(id) = id {
-                        if let Err(e) = c.call("DELETE", &format!("/v1/allocations/{id}"), "").await
-                        {
-                            note(e.to_string());
-                            conn = None;
-                            continue;
-                        }
+                    if let Some(id) = id
+                        && let Err(e) = c.call("DELETE", &format!("/v1/allocations/{id}"), "").await
+                    {
+                        note(e.to_string());
+                        conn = None;
+                        continue;
                     }
                 }
                 mine.push(u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX));
@@ -206,10 +217,13 @@ pub(crate) fn bench(
             message: format!("--server {server:?}: qm bench speaks plain http://host:port"),
         });
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let first_error: Arc<Mutex<Option<String>>> = Arc::default();
+    let shared = Arc::new(Shared::default());
+    let Shared {
+        stop,
+        done,
+        errors,
+        first_error,
+    } = &*shared;
     // One thread drives every client: the generator stays light beside the daemon.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -228,10 +242,7 @@ pub(crate) fn bench(
                     addr.clone(),
                     host.clone(),
                     args.clone(),
-                    Arc::clone(&stop),
-                    Arc::clone(&done),
-                    Arc::clone(&errors),
-                    Arc::clone(&first_error),
+                    Arc::clone(&shared),
                 ))
             })
             .collect();
