@@ -1,0 +1,2 @@
+//! Collection benchmarks (to be written).
+fn main() {}

@@ -1,0 +1,1 @@
+//! Per-agent collectors (to be written).

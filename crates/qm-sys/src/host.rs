@@ -1,0 +1,1 @@
+//! Host collectors (to be written).

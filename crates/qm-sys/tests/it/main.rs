@@ -1,0 +1,2 @@
+//! Integration tests of qm-sys (to be written).
+fn main() {}
