@@ -7,4 +7,5 @@ mod cli;
 mod daemon;
 mod durability;
 mod events;
+mod metrics;
 mod state;
