@@ -5,7 +5,8 @@
 
 mod error;
 mod events;
-mod metrics;
+pub mod metrics;
+mod monitoring;
 mod openapi;
 mod routes;
 

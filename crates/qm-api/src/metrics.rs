@@ -1,9 +1,41 @@
-//! `GET /metrics`: the allocator's series in the Prometheus text exposition format. Names end
-//! in their unit; label values are bounded (node, pool and resource names, decision results).
+//! `GET /metrics`: the allocator's series and the monitor's (host, agents, the daemon itself)
+//! in the Prometheus text exposition format, or OpenMetrics 1.0 when the scraper asks for it.
+//! Names end in their unit; label values are bounded (node, pool, resource, device and agent
+//! names, decision results).
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use qm_runtime::metrics::{LATENCY_BUCKETS, Outcome, Snapshot};
+use qm_sys::metric::{Kind, Sample};
+
+/// Which exposition format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text 0.0.4.
+    Prometheus,
+    /// OpenMetrics 1.0: counter families named without `_total`, `# EOF` at the end.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The format an `Accept` header asks for.
+    pub fn from_accept(accept: &str) -> Self {
+        if accept.contains("application/openmetrics-text") {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        }
+    }
+
+    /// Its content type.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
 
 /// Escapes a label value.
 fn label(v: &str) -> String {
@@ -12,9 +44,62 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+/// The `# HELP` and `# TYPE` lines of a family. OpenMetrics names a counter family without
+/// its `_total` suffix (the samples keep it).
+fn family(out: &mut String, fmt: Format, name: &str, kind: &str, help: &str) {
+    let name = match fmt {
+        Format::OpenMetrics if kind == "counter" => name.strip_suffix("_total").unwrap_or(name),
+        _ => name,
+    };
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A value as the exposition formats spell it.
+fn number(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".to_owned()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
+    } else {
+        v.to_string()
+    }
+}
+
+/// The monitor's gauges and counters (rates are for history and JSON: Prometheus derives its
+/// own), one family per name, in name order.
+fn render_samples(out: &mut String, fmt: Format, samples: &[Sample]) {
+    let mut families: BTreeMap<&str, Vec<&Sample>> = BTreeMap::new();
+    for s in samples {
+        if s.desc.kind != Kind::Rate {
+            families.entry(s.desc.name).or_default().push(s);
+        }
+    }
+    for (name, members) in families {
+        let Some(first) = members.first() else {
+            continue;
+        };
+        let kind = if first.desc.kind == Kind::Counter {
+            "counter"
+        } else {
+            "gauge"
+        };
+        family(out, fmt, name, kind, first.desc.help);
+        for s in members {
+            out.push_str(name);
+            if !s.labels.is_empty() {
+                out.push('{');
+                for (i, (k, v)) in s.labels.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    let _ = write!(out, "{k}=\"{}\"", label(v));
+                }
+                out.push('}');
+            }
+            let _ = writeln!(out, " {}", number(s.value));
+        }
+    }
 }
 
 /// What a resource's amounts are measured in: (metric suffix, divisor to that unit).
@@ -26,11 +111,12 @@ fn unit(resource: &str) -> (&'static str, f64) {
     }
 }
 
-/// Renders `s` as Prometheus text.
-pub(crate) fn render(s: &Snapshot) -> String {
-    let mut out = String::with_capacity(4096);
+/// Renders the allocator's snapshot `s` and the monitor's `samples`.
+pub fn render(s: &Snapshot, samples: &[Sample], fmt: Format) -> String {
+    let mut out = String::with_capacity(4096 + samples.len() * 96);
     family(
         &mut out,
+        fmt,
         "qm_allocation_decisions_total",
         "counter",
         "Allocation requests decided, by result.",
@@ -44,6 +130,7 @@ pub(crate) fn render(s: &Snapshot) -> String {
     }
     family(
         &mut out,
+        fmt,
         "qm_allocation_preemptions_total",
         "counter",
         "Allocations preempted for higher priorities or reclaiming pools.",
@@ -55,6 +142,7 @@ pub(crate) fn render(s: &Snapshot) -> String {
     );
     family(
         &mut out,
+        fmt,
         "qm_allocation_decision_duration_seconds",
         "histogram",
         "Time the ledger took to decide a request.",
@@ -78,6 +166,7 @@ pub(crate) fn render(s: &Snapshot) -> String {
     let _ = writeln!(out, "qm_allocation_decision_duration_seconds_count {total}");
     family(
         &mut out,
+        fmt,
         "qm_allocations",
         "gauge",
         "Live allocations, by state.",
@@ -96,6 +185,7 @@ pub(crate) fn render(s: &Snapshot) -> String {
             let name = format!("qm_node_{what}_{suffix}");
             family(
                 &mut out,
+                fmt,
                 &name,
                 "gauge",
                 &format!("{help}, per resource measured in {suffix}."),
@@ -125,6 +215,7 @@ pub(crate) fn render(s: &Snapshot) -> String {
     }
     family(
         &mut out,
+        fmt,
         "qm_node_ready",
         "gauge",
         "1 when the node takes grants.",
@@ -139,6 +230,7 @@ pub(crate) fn render(s: &Snapshot) -> String {
     }
     family(
         &mut out,
+        fmt,
         "qm_pool_queued_requests",
         "gauge",
         "Requests waiting in a pool's queue.",
@@ -148,6 +240,7 @@ pub(crate) fn render(s: &Snapshot) -> String {
     }
     family(
         &mut out,
+        fmt,
         "qm_pool_dominant_share_ratio",
         "gauge",
         "A pool's dominant share of the ready cluster.",
@@ -161,6 +254,7 @@ pub(crate) fn render(s: &Snapshot) -> String {
     }
     family(
         &mut out,
+        fmt,
         "qm_store_transactions_total",
         "counter",
         "Transactions the store committed (each one fsync).",
@@ -168,11 +262,16 @@ pub(crate) fn render(s: &Snapshot) -> String {
     let _ = writeln!(out, "qm_store_transactions_total {}", s.store_transactions);
     family(
         &mut out,
+        fmt,
         "qm_store_batches_total",
         "counter",
         "Change batches the store committed; batches per transaction is the group-commit factor.",
     );
     let _ = writeln!(out, "qm_store_batches_total {}", s.store_batches);
+    render_samples(&mut out, fmt, samples);
+    if fmt == Format::OpenMetrics {
+        out.push_str("# EOF\n");
+    }
     out
 }
 
@@ -206,7 +305,7 @@ mod tests {
             store_transactions: 2,
             store_batches: 7,
         };
-        let text = render(&s);
+        let text = render(&s, &[], Format::Prometheus);
         assert!(text.contains("qm_allocation_decisions_total{result=\"granted\"} 3\n"));
         assert!(
             text.contains("qm_node_allocatable_cores{node=\"n\\\"1\",resource=\"cpu\"} 2\n"),

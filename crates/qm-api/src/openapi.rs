@@ -4,14 +4,14 @@
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::routes;
+use crate::{monitoring, routes};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "quartermaster API",
         version = "1",
-        description = "Resource manager for fleets of AI agents: nodes, pools, allocations, events, state."
+        description = "Resource manager for fleets of AI agents: nodes, pools, allocations, events, state, metrics and alerts."
     ),
     paths(
         routes::metrics,
@@ -32,6 +32,10 @@ use crate::routes;
         routes::renew_allocation,
         routes::export_state,
         routes::import_state,
+        monitoring::snapshot,
+        monitoring::series,
+        monitoring::query,
+        monitoring::alerts,
     ),
     components(schemas(qm_proto::EventDoc))
 )]

@@ -37,6 +37,10 @@ pub fn router(engine: Engine) -> Router {
             get(|| async { json(StatusCode::OK, crate::openapi::document()) }),
         )
         .route("/v1/events", get(crate::events::events))
+        .route("/v1/metrics", get(crate::monitoring::snapshot))
+        .route("/v1/metrics/series", get(crate::monitoring::series))
+        .route("/v1/metrics/query", get(crate::monitoring::query))
+        .route("/v1/alerts", get(crate::monitoring::alerts))
         .route(
             "/v1/state",
             get(export_state)
@@ -74,7 +78,7 @@ pub fn router(engine: Engine) -> Router {
         .with_state(engine)
 }
 
-fn json(status: StatusCode, body: String) -> Response {
+pub(crate) fn json(status: StatusCode, body: String) -> Response {
     let mut resp = (status, body).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -124,12 +128,21 @@ fn alloc_id(id: &str) -> Result<AllocId, ApiError> {
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
-pub(crate) async fn metrics(State(engine): State<Engine>) -> ApiResult {
+pub(crate) async fn metrics(State(engine): State<Engine>, headers: HeaderMap) -> ApiResult {
     let snapshot = engine.metrics().await?;
-    let mut resp = (StatusCode::OK, crate::metrics::render(&snapshot)).into_response();
+    let fmt = crate::metrics::Format::from_accept(
+        headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+    );
+    let latest = engine.monitor().map(qm_runtime::monitor::Monitor::latest);
+    let samples = latest.as_deref().map_or(&[][..], |l| &l.samples[..]);
+    let text = crate::metrics::render(&snapshot, samples, fmt);
+    let mut resp = (StatusCode::OK, text).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static(fmt.content_type()),
     );
     Ok(resp)
 }

@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use qm_proto::{AllocationDoc, AllocationList, NodeDoc, NodeList, PoolDoc, PoolList, Problem};
+use qm_proto::{
+    AlertDoc, AlertList, AllocationDoc, AllocationList, MetricsSnapshotDoc, NodeDoc, NodeList,
+    PoolDoc, PoolList, Problem, QueryDoc, SeriesListDoc,
+};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -132,6 +135,34 @@ impl Client {
         self.get::<NodeList>("/v1/nodes").map(|l| l.items)
     }
 
+    /// The monitor's latest collection, only series whose name starts with `prefix`.
+    pub fn metrics(&self, prefix: &str) -> Result<MetricsSnapshotDoc, ClientError> {
+        self.get(&format!("/v1/metrics?name={}", encode(prefix)))
+    }
+
+    /// The series history holds.
+    pub fn series(&self) -> Result<SeriesListDoc, ClientError> {
+        self.get("/v1/metrics/series")
+    }
+
+    /// History: `params` are `(name, value)` query parameters of `GET /v1/metrics/query`.
+    pub fn query(&self, params: &[(&str, &str)]) -> Result<QueryDoc, ClientError> {
+        let q: Vec<String> = params
+            .iter()
+            .map(|(k, v)| format!("{k}={}", encode(v)))
+            .collect();
+        self.get(&format!("/v1/metrics/query?{}", q.join("&")))
+    }
+
+    /// Alerts, optionally only those in `state`.
+    pub fn alerts(&self, state: Option<&str>) -> Result<Vec<AlertDoc>, ClientError> {
+        let path = match state {
+            Some(s) => format!("/v1/alerts?state={}", encode(s)),
+            None => "/v1/alerts".to_owned(),
+        };
+        self.get::<AlertList>(&path).map(|l| l.items)
+    }
+
     /// Every pool.
     pub fn pools(&self) -> Result<Vec<PoolDoc>, ClientError> {
         self.get::<PoolList>("/v1/pools").map(|l| l.items)
@@ -211,4 +242,17 @@ impl Client {
 
 fn decode<T: DeserializeOwned>(v: Value) -> Result<T, ClientError> {
     serde_json::from_value(v.clone()).map_err(|e| ClientError::Unexpected(format!("{e}: {v}")))
+}
+
+/// Percent-encodes a query parameter value.
+fn encode(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -3,12 +3,17 @@
 //! field that is wrong; nothing here decides anything.
 
 mod decode;
+mod monitor;
 mod problem;
 mod resources;
 mod time;
 mod types;
 
 pub use decode::{DecodeError, decode};
+pub use monitor::{
+    AlertDoc, AlertList, MetricsSnapshotDoc, QueryDoc, SampleDoc, SeriesDoc, SeriesListDoc,
+    SeriesNameDoc,
+};
 pub use problem::{FieldProblem, Problem};
 pub use resources::{WireResources, parse_resources, render_resources};
 pub use time::{format_rfc3339, parse_rfc3339};

@@ -563,7 +563,7 @@ pub fn dry_run_reply(
 }
 
 /// One entry of `GET /v1/events`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventDoc {
     /// Increases with every event; `?since=` resumes after it.
     pub id: u64,
@@ -586,6 +586,9 @@ pub struct EventDoc {
     pub preempted_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// For `alert.firing` and `alert.resolved`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<crate::AlertDoc>,
 }
 
 impl EventDoc {
@@ -603,6 +606,7 @@ impl EventDoc {
             preempted: None,
             preempted_by: None,
             reason: None,
+            alert: None,
         };
         let about = |kind: &str, a: &Allocation| Self {
             allocation: Some(a.id().to_string()),

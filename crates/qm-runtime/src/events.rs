@@ -119,6 +119,7 @@ mod tests {
             preempted: None,
             preempted_by: None,
             reason: None,
+            alert: None,
         }
     }
 

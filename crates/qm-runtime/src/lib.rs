@@ -6,6 +6,7 @@
 mod core;
 pub mod events;
 pub mod metrics;
+pub mod monitor;
 mod persist;
 
 use std::collections::BTreeMap;
@@ -47,6 +48,8 @@ pub struct EngineConfig {
     pub tick: Duration,
     /// How long ended allocations (and idempotency keys) are kept for queries.
     pub retention: Duration,
+    /// The monitor (host and agent metrics, history, alerts); None runs without one.
+    pub monitor: Option<monitor::MonitorConfig>,
 }
 
 /// Why the engine refused or failed a command.
@@ -103,6 +106,7 @@ struct Inner {
     store: Store,
     catalog: ResourceCatalog,
     hub: Arc<events::EventHub>,
+    monitor: Option<monitor::Monitor>,
 }
 
 impl std::fmt::Debug for Msg {
@@ -129,6 +133,9 @@ pub enum StartError {
     /// The local node's spec is invalid.
     #[error("local node: {0}")]
     Node(String),
+    /// The monitor's configuration is invalid or its thread did not start.
+    #[error("monitor: {0}")]
+    Monitor(#[from] monitor::MonitorError),
 }
 
 impl Engine {
@@ -141,6 +148,11 @@ impl Engine {
             .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
         let hub = Arc::new(events::EventHub::new(micros));
         let core = Core::start(&config, store.clone(), Arc::clone(&hub))?;
+        let monitor = config
+            .monitor
+            .clone()
+            .map(|m| monitor::Monitor::start(m, Arc::clone(&hub)))
+            .transpose()?;
         let (tx, rx) = mpsc::channel::<Msg>();
         let tick = config.tick;
         thread::Builder::new()
@@ -153,6 +165,7 @@ impl Engine {
                 store,
                 catalog: config.catalog,
                 hub,
+                monitor,
             }),
         })
     }
@@ -170,6 +183,11 @@ impl Engine {
     /// Ends every live event feed.
     pub fn close_events(&self) {
         self.inner.hub.close();
+    }
+
+    /// The monitor, when the daemon runs one.
+    pub fn monitor(&self) -> Option<&monitor::Monitor> {
+        self.inner.monitor.as_ref()
     }
 
     /// The store, for reads of ended allocations.
@@ -297,10 +315,39 @@ impl Engine {
 
     /// The local node's name.
     pub async fn local_node(&self) -> Result<NodeDoc, EngineError> {
-        self.call(|core, tx| {
-            let _ = tx.send(core.local_node());
-        })
-        .await?
+        let mut doc = self
+            .call(|core, tx| {
+                let _ = tx.send(core.local_node());
+            })
+            .await??;
+        doc.usage = self.local_usage();
+        Ok(doc)
+    }
+
+    /// What the local node uses now, from the monitor's last collection: busy cores and used
+    /// memory (MemTotal less MemAvailable).
+    fn local_usage(&self) -> Option<BTreeMap<String, String>> {
+        let latest = self.monitor()?.latest();
+        let cores = latest.value("qm_host_cpu_busy_cores");
+        let memory = latest.value("qm_host_memory_used_bytes");
+        if cores.is_none() && memory.is_none() {
+            return None;
+        }
+        let mut usage = BTreeMap::new();
+        if let Some(c) = cores {
+            let millis = (c.max(0.0) * 1000.0).round() as u64;
+            usage.insert(
+                "cpu".to_owned(),
+                qm_core::quantity::format(qm_core::quantity::Unit::Millicores, millis),
+            );
+        }
+        if let Some(m) = memory {
+            usage.insert(
+                "memory".to_owned(),
+                qm_core::quantity::format(qm_core::quantity::Unit::Bytes, m.max(0.0) as u64),
+            );
+        }
+        Some(usage)
     }
 
     /// Registers a reported node.
@@ -346,6 +393,10 @@ impl Engine {
 
     /// Flushes and stops the engine thread; later calls answer [`EngineError::Stopped`].
     pub async fn shutdown(&self) {
+        if let Some(m) = self.monitor() {
+            let m = m.clone();
+            let _ = tokio::task::spawn_blocking(move || m.stop()).await;
+        }
         let (tx, rx) = oneshot::channel();
         let sent = self
             .inner

@@ -49,7 +49,11 @@ mod tests {
         assert_eq!(c.update(300, t0 + Duration::from_secs(2)), Some(100.0));
         assert_eq!(c.update(50, t0 + Duration::from_secs(3)), None, "reset");
         assert_eq!(c.update(150, t0 + Duration::from_secs(4)), Some(100.0));
-        assert_eq!(c.update(160, t0 + Duration::from_secs(4)), None, "no time passed");
+        assert_eq!(
+            c.update(160, t0 + Duration::from_secs(4)),
+            None,
+            "no time passed"
+        );
         assert_eq!(c.value(), 160);
     }
 }

@@ -166,14 +166,38 @@ pub(crate) fn status(c: &Client, json_out: bool, out: &mut impl Write) -> Result
         node.kind,
         if node.ready { "ready" } else { "not ready" }
     )?;
-    writeln!(out, "allocatable {}", fmt(&node.allocatable))?;
-    writeln!(out, "allocated   {}", fmt(&node.allocated))?;
-    writeln!(out, "available   {}", fmt(&node.available))?;
     writeln!(out, "pressure    {}", node.pressure)?;
+    let alerts = c.alerts(None).unwrap_or_default();
+    let firing = alerts.iter().filter(|a| a.state == "firing").count();
+    let pending = alerts.iter().filter(|a| a.state == "pending").count();
+    writeln!(out, "alerts      {firing} firing, {pending} pending")?;
     writeln!(
         out,
         "allocations {live} granted, {queued} queued (first 1000 counted)"
     )?;
+    writeln!(out)?;
+    let usage = node.usage.clone().unwrap_or_default();
+    let cell = |m: &std::collections::BTreeMap<String, String>, r: &str| {
+        m.get(r).cloned().unwrap_or_else(|| "-".to_owned())
+    };
+    writeln!(
+        out,
+        "{:<20} {:>12} {:>12} {:>12} {:>12} {:>12}",
+        "RESOURCE", "CAPACITY", "ALLOCATABLE", "ALLOCATED", "AVAILABLE", "USED"
+    )?;
+    for r in node.capacity.keys() {
+        writeln!(
+            out,
+            "{:<20} {:>12} {:>12} {:>12} {:>12} {:>12}",
+            r,
+            cell(&node.capacity, r),
+            cell(&node.allocatable, r),
+            cell(&node.allocated, r),
+            cell(&node.available, r),
+            cell(&usage, r)
+        )?;
+    }
+    writeln!(out)?;
     for p in pools {
         writeln!(
             out,

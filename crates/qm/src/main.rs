@@ -13,6 +13,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
 mod client;
+mod monitoring;
+mod notify;
 mod serve;
 
 /// quartermaster: a resource manager for fleets of AI agents.
@@ -67,6 +69,11 @@ enum Cmd {
         /// The file `qm export` wrote
         file: std::path::PathBuf,
     },
+    /// Host and agent metrics: what history holds, current values, CSV export
+    #[command(subcommand)]
+    Metrics(monitoring::MetricsCmd),
+    /// Alerts: pending, firing and recently resolved
+    Alerts(monitoring::AlertsArgs),
     /// Load generator against a running daemon: throughput and latency percentiles
     Bench(bench::BenchArgs),
     /// List the allocation strategies `--strategy` accepts
@@ -111,6 +118,8 @@ fn main() -> ExitCode {
         Cmd::Alloc(cmd) => client::alloc(&client(), cmd, json_out, out),
         Cmd::Pools(cmd) => client::pools(&client(), cmd, json_out, out),
         Cmd::Nodes => client::nodes(&client(), json_out, out),
+        Cmd::Metrics(cmd) => monitoring::metrics(&client(), cmd, json_out, out),
+        Cmd::Alerts(args) => monitoring::alerts(&client(), &args, json_out, out),
         Cmd::Bench(args) => bench::bench(&endpoint.server, &args, out),
         Cmd::Export { file } => client::export(&client(), file.as_deref(), out),
         Cmd::Import { file } => client::import(&client(), &file),

@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use qm_core::{LedgerConfig, ResourceCatalog, ResourceId, Resources};
+use qm_runtime::monitor::MonitorConfig;
+use qm_runtime::monitor::alerts::{Op, Rule, Severity};
+use qm_runtime::monitor::history::Tier;
 use qm_runtime::{Engine, EngineConfig};
 use serde::Deserialize;
 
@@ -52,6 +55,68 @@ struct FileConfig {
     resources: ResourcesConfig,
     #[serde(default)]
     state: StateConfig,
+    #[serde(default)]
+    monitor: MonitorFile,
+    #[serde(default)]
+    history: HistoryFile,
+    #[serde(default)]
+    alerts: AlertsFile,
+}
+
+/// `[monitor]`: the collection loop.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MonitorFile {
+    /// Off: no host or agent metrics, history or alerts.
+    enabled: Option<bool>,
+    /// Seconds between collections (default 1).
+    interval_s: Option<f64>,
+    /// Read /proc, /sys and the cgroup mount under this directory instead of `/` (fixture
+    /// trees, containers with the host's /proc mounted elsewhere).
+    root: Option<PathBuf>,
+}
+
+/// `[history]`: tiers as `[[step_s, points], ...]`, finest first.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryFile {
+    host_tiers: Option<Vec<(u64, usize)>>,
+    agent_tiers: Option<Vec<(u64, usize)>>,
+    max_series: Option<usize>,
+}
+
+/// `[alerts]`: rules and where notifications go.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertsFile {
+    /// Ship the default rules (host memory, disk, cpu, memory pressure, file descriptors)
+    /// besides the configured ones (default true).
+    default_rules: Option<bool>,
+    #[serde(default)]
+    rules: Vec<RuleFile>,
+    #[serde(default)]
+    webhooks: Vec<crate::notify::Webhook>,
+    /// A command run for every alert transition, the alert as JSON on its stdin.
+    exec: Option<Vec<String>>,
+}
+
+/// `[[alerts.rules]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    name: String,
+    series: String,
+    #[serde(default, rename = "match")]
+    matchers: std::collections::BTreeMap<String, String>,
+    op: String,
+    threshold: f64,
+    clear: Option<f64>,
+    #[serde(default)]
+    for_s: f64,
+    severity: Option<String>,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+    summary: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,6 +152,101 @@ struct ResourcesConfig {
 pub(crate) struct Settings {
     pub(crate) listen: SocketAddr,
     pub(crate) engine: EngineConfig,
+    pub(crate) notify: crate::notify::NotifyConfig,
+}
+
+fn tiers(field: &str, list: &[(u64, usize)]) -> anyhow::Result<Vec<Tier>> {
+    list.iter()
+        .enumerate()
+        .map(|(i, &(step_s, points))| {
+            if step_s == 0 {
+                bail!("{field}[{i}]: the step must be at least 1 second");
+            }
+            Ok(Tier {
+                step_ms: step_s.saturating_mul(1000),
+                points,
+            })
+        })
+        .collect()
+}
+
+fn rule(i: usize, r: RuleFile) -> anyhow::Result<Rule> {
+    let field = format!("alerts.rules[{i}]");
+    let op: Op =
+        r.op.parse()
+            .map_err(|e| anyhow::anyhow!("{field}.op: {e}"))?;
+    let severity: Severity = r
+        .severity
+        .as_deref()
+        .unwrap_or("warning")
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{field}.severity: {e}"))?;
+    if !(r.for_s.is_finite() && r.for_s >= 0.0 && r.for_s <= 30.0 * 86_400.0) {
+        bail!(
+            "{field}.for_s: {} is not a number of seconds in [0, 30 days]",
+            r.for_s
+        );
+    }
+    let rule = Rule {
+        name: r.name,
+        series: r.series,
+        matchers: r.matchers,
+        op,
+        threshold: r.threshold,
+        clear: r.clear,
+        for_ms: (r.for_s * 1000.0) as u64,
+        severity,
+        labels: r.labels,
+        summary: r.summary,
+    };
+    if let Some((f, message)) = rule.validate().into_iter().next() {
+        bail!("{field}.{f}: {message}");
+    }
+    Ok(rule)
+}
+
+fn monitor_config(
+    monitor: MonitorFile,
+    history: HistoryFile,
+    alerts: AlertsFile,
+) -> anyhow::Result<(Option<MonitorConfig>, crate::notify::NotifyConfig)> {
+    let mut m = MonitorConfig::default();
+    if let Some(i) = monitor.interval_s {
+        if !(i.is_finite() && (0.05..=3600.0).contains(&i)) {
+            bail!("monitor.interval_s: {i} is not a number of seconds in [0.05, 3600]");
+        }
+        m.interval = Duration::from_secs_f64(i);
+    }
+    if let Some(root) = &monitor.root {
+        m.paths = qm_sys::Paths::with_root(root);
+    }
+    if let Some(t) = &history.host_tiers {
+        m.history.host_tiers = tiers("history.host_tiers", t)?;
+    }
+    if let Some(t) = &history.agent_tiers {
+        m.history.agent_tiers = tiers("history.agent_tiers", t)?;
+    }
+    if let Some(n) = history.max_series {
+        m.history.max_series = n;
+    }
+    if let Some(problem) = m.history.validate().into_iter().next() {
+        bail!("history: {problem}");
+    }
+    if !alerts.default_rules.unwrap_or(true) {
+        m.rules.clear();
+    }
+    for (i, r) in alerts.rules.into_iter().enumerate() {
+        m.rules.push(rule(i, r)?);
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for r in &m.rules {
+        if !names.insert(r.name.clone()) {
+            bail!("alerts.rules: the rule name {:?} is used twice", r.name);
+        }
+    }
+    let notify = crate::notify::NotifyConfig::new(alerts.webhooks, alerts.exec)?;
+    let enabled = monitor.enabled.unwrap_or(true);
+    Ok((enabled.then_some(m), notify))
 }
 
 fn read_config(path: &Path) -> anyhow::Result<FileConfig> {
@@ -223,8 +383,14 @@ impl Settings {
             catalog,
             tick: Duration::from_millis(250),
             retention: Duration::from_secs(file.state.retention_s.unwrap_or(7 * 86_400)),
+            monitor: None,
         };
-        Ok(Self { listen, engine })
+        let (monitor, notify) = monitor_config(file.monitor, file.history, file.alerts)?;
+        Ok(Self {
+            listen,
+            engine: EngineConfig { monitor, ..engine },
+            notify,
+        })
     }
 }
 
@@ -260,6 +426,7 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         tracing::info!(%addr, node = %settings.engine.node_name, data_dir = %settings.engine.data_dir.display(), "serving API v1");
         // Tests and scripts read this line to learn the port.
         println!("listening on {addr}");
+        crate::notify::start(&settings.notify, &engine);
         let app = qm_api::router(engine.clone());
         let closing = engine.clone();
         let shutdown = async move {

@@ -1,2 +1,4 @@
 //! Integration tests of qm-sys (to be written).
-fn main() {}
+
+mod agent;
+mod host;

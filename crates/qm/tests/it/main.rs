@@ -8,4 +8,5 @@ mod daemon;
 mod durability;
 mod events;
 mod metrics;
+mod monitoring;
 mod state;

@@ -52,6 +52,9 @@ fn metrics_pass_promtool() {
         println!("skipped: promtool not installed (Debian package prometheus)");
         return;
     };
-    assert!(ok, "promtool check metrics failed:\n{said}\n--- exposition ---\n{text}");
+    assert!(
+        ok,
+        "promtool check metrics failed:\n{said}\n--- exposition ---\n{text}"
+    );
     assert!(said.trim().is_empty(), "promtool lint findings:\n{said}");
 }

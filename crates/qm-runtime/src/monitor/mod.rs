@@ -1,0 +1,335 @@
+//! The monitor: a thread of its own (never the async runtime) that runs the host and agent
+//! collectors at an interval, publishes each collection for lock-free readers (an `ArcSwap`),
+//! records history and evaluates alert rules, whose transitions become `alert.firing` and
+//! `alert.resolved` events. Readers never wait for a collection: they load the last one.
+
+pub mod alerts;
+pub mod history;
+
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use qm_proto::{AlertDoc, EventDoc, format_rfc3339};
+use qm_sys::Paths;
+use qm_sys::agent::{AgentCollector, Target};
+use qm_sys::host::HostCollector;
+use qm_sys::metric::{Desc, Kind, Sample};
+
+use crate::events::EventHub;
+use alerts::{Alert, AlertEngine, Rule, Transition};
+use history::{History, HistoryConfig, HistoryStats, Query, SeriesData};
+
+/// How the monitor runs.
+#[derive(Debug, Clone)]
+pub struct MonitorConfig {
+    /// Time between collections.
+    pub interval: Duration,
+    /// Where /proc, /sys and the cgroup mount are.
+    pub paths: Paths,
+    /// History tiers and bounds.
+    pub history: HistoryConfig,
+    /// Alert rules.
+    pub rules: Vec<Rule>,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            interval: Duration::from_secs(1),
+            paths: Paths::default(),
+            history: HistoryConfig::default(),
+            rules: alerts::default_rules(),
+        }
+    }
+}
+
+/// The last collection.
+#[derive(Debug, Default)]
+pub struct Latest {
+    /// When (unix milliseconds); None before the first collection.
+    pub at_ms: Option<u64>,
+    /// Host, agent and the daemon's own series.
+    pub samples: Vec<Sample>,
+    /// What reading the host and agents cost: wall and CPU time of the monitor thread.
+    pub collection_wall: Duration,
+    pub collection_cpu: Duration,
+    /// Agents tracked.
+    pub agents: usize,
+}
+
+impl Latest {
+    /// The value of the unlabelled series `name`.
+    pub fn value(&self, name: &str) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|s| s.desc.name == name && s.labels.is_empty())
+            .map(|s| s.value)
+    }
+}
+
+/// Why the monitor did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    /// A rule or the history configuration is invalid; the message names the field.
+    #[error("{0}")]
+    Config(String),
+    /// The thread could not be spawned.
+    #[error("cannot start the monitor thread: {0}")]
+    Thread(String),
+}
+
+/// A handle on the running monitor; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Monitor {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    latest: ArcSwap<Latest>,
+    history: RwLock<History>,
+    alerts: RwLock<Vec<Alert>>,
+    targets: Mutex<Vec<Target>>,
+    stopping: Mutex<bool>,
+    wake: Condvar,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+static COLLECTION_SECONDS: Desc = Desc {
+    name: "qm_monitor_collection_seconds",
+    help: "Wall time of the last collection of host and agent metrics.",
+    kind: Kind::Gauge,
+};
+static COLLECTION_CPU_SECONDS: Desc = Desc {
+    name: "qm_monitor_collection_cpu_seconds",
+    help: "CPU time the last collection of host and agent metrics cost the monitor thread.",
+    kind: Kind::Gauge,
+};
+static COLLECTIONS: Desc = Desc {
+    name: "qm_monitor_collections_total",
+    help: "Collections of host and agent metrics since the daemon started.",
+    kind: Kind::Counter,
+};
+static TRACKED: Desc = Desc {
+    name: "qm_monitor_tracked_agents",
+    help: "Agents whose process trees or cgroups the monitor reads.",
+    kind: Kind::Gauge,
+};
+static HISTORY_SERIES: Desc = Desc {
+    name: "qm_history_series",
+    help: "Series held in the in-memory history.",
+    kind: Kind::Gauge,
+};
+static HISTORY_BYTES: Desc = Desc {
+    name: "qm_history_memory_bytes",
+    help: "Heap memory the in-memory history holds.",
+    kind: Kind::Gauge,
+};
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Monitor {
+    /// Validates the configuration and starts the monitor thread; alert transitions are
+    /// published on `hub`.
+    pub fn start(config: MonitorConfig, hub: Arc<EventHub>) -> Result<Self, MonitorError> {
+        let problems = config.history.validate();
+        if let Some(first) = problems.first() {
+            return Err(MonitorError::Config(format!("history: {first}")));
+        }
+        let engine = AlertEngine::new(config.rules.clone())
+            .map_err(|e| MonitorError::Config(format!("alert rules: {e}")))?;
+        let shared = Arc::new(Shared {
+            latest: ArcSwap::from_pointee(Latest::default()),
+            history: RwLock::new(History::new(config.history.clone())),
+            alerts: RwLock::new(Vec::new()),
+            targets: Mutex::new(Vec::new()),
+            stopping: Mutex::new(false),
+            wake: Condvar::new(),
+            thread: Mutex::new(None),
+        });
+        let loop_shared = Arc::clone(&shared);
+        let handle = thread::Builder::new()
+            .name("qm-monitor".to_owned())
+            .spawn(move || run(&loop_shared, &config, engine, &hub))
+            .map_err(|e| MonitorError::Thread(e.to_string()))?;
+        if let Ok(mut t) = shared.thread.lock() {
+            *t = Some(handle);
+        }
+        Ok(Monitor { shared })
+    }
+
+    /// The last collection (never blocks on the collector).
+    pub fn latest(&self) -> Arc<Latest> {
+        self.shared.latest.load_full()
+    }
+
+    /// Points of the series matching `q`.
+    pub fn query(&self, q: &Query) -> Vec<SeriesData> {
+        self.shared
+            .history
+            .read()
+            .map(|h| h.query(q))
+            .unwrap_or_default()
+    }
+
+    /// The series names history holds (with how many label sets each), its statistics and its
+    /// heap size.
+    pub fn series(&self) -> (Vec<(String, usize)>, HistoryStats, usize) {
+        match self.shared.history.read() {
+            Ok(h) => (h.names(), h.stats(), h.memory_bytes()),
+            Err(_) => (Vec::new(), HistoryStats::default(), 0),
+        }
+    }
+
+    /// Pending and firing alerts, then the recently resolved ones.
+    pub fn alerts(&self) -> Vec<Alert> {
+        self.shared
+            .alerts
+            .read()
+            .map(|a| a.clone())
+            .unwrap_or_default()
+    }
+
+    /// Starts reading `target` (replacing a target with the same id).
+    pub fn track(&self, target: Target) {
+        if let Ok(mut t) = self.shared.targets.lock() {
+            t.retain(|x| x.id != target.id);
+            t.push(target);
+        }
+    }
+
+    /// Stops reading the target `id`.
+    pub fn untrack(&self, id: &str) {
+        if let Ok(mut t) = self.shared.targets.lock() {
+            t.retain(|x| x.id != id);
+        }
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(&self) {
+        if let Ok(mut s) = self.shared.stopping.lock() {
+            *s = true;
+        }
+        self.shared.wake.notify_all();
+        let handle = self.shared.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
+    /// Sleeps until `deadline` or until stopped; true when stopped.
+    fn wait(shared: &Shared, deadline: Instant) -> bool {
+        let Ok(mut stopping) = shared.stopping.lock() else {
+            return true;
+        };
+        loop {
+            if *stopping {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            match shared.wake.wait_timeout(stopping, deadline - now) {
+                Ok((guard, _)) => stopping = guard,
+                Err(_) => return true,
+            }
+        }
+    }
+}
+
+fn run(shared: &Shared, config: &MonitorConfig, mut engine: AlertEngine, hub: &EventHub) {
+    let mut host = HostCollector::new(&config.paths);
+    let mut agents = AgentCollector::new(&config.paths);
+    let mut collections = 0u64;
+    let mut capacity = 256;
+    let mut next = Instant::now();
+    loop {
+        let cpu0 = qm_sys::process::thread_cpu_time();
+        let now = Instant::now();
+        let at_ms = unix_ms();
+        let targets = shared.targets.lock().map(|t| t.clone()).unwrap_or_default();
+        let mut samples = Vec::with_capacity(capacity);
+        host.collect(now).samples(&mut samples);
+        let snapshots = agents.collect(&targets, now);
+        qm_sys::agent::samples(&snapshots, &mut samples);
+        if let Some(me) = qm_sys::process::usage(&config.paths.proc, "self") {
+            me.samples(&mut samples);
+        }
+        let wall = now.elapsed();
+        let cpu = qm_sys::process::thread_cpu_time().saturating_sub(cpu0);
+        collections += 1;
+        samples.push(Sample::new(&COLLECTION_SECONDS, wall.as_secs_f64()));
+        samples.push(Sample::new(&COLLECTION_CPU_SECONDS, cpu.as_secs_f64()));
+        samples.push(Sample::new(&COLLECTIONS, collections as f64));
+        samples.push(Sample::new(&TRACKED, targets.len() as f64));
+        if let Ok(mut h) = shared.history.write() {
+            h.record(at_ms, &samples);
+            samples.push(Sample::new(&HISTORY_SERIES, h.stats().series as f64));
+            samples.push(Sample::new(&HISTORY_BYTES, h.memory_bytes() as f64));
+        }
+        let transitions = engine.evaluate(at_ms, &samples);
+        if let Ok(mut a) = shared.alerts.write() {
+            *a = engine.alerts();
+        }
+        if !transitions.is_empty() {
+            hub.publish(transitions.iter().map(|t| alert_event(t, at_ms)).collect());
+        }
+        capacity = samples.len();
+        shared.latest.store(Arc::new(Latest {
+            at_ms: Some(at_ms),
+            samples,
+            collection_wall: wall,
+            collection_cpu: cpu,
+            agents: targets.len(),
+        }));
+        next += config.interval;
+        let now = Instant::now();
+        if next < now {
+            // a collection overran (or the machine slept): skip the missed ticks
+            next = now + config.interval;
+        }
+        if Monitor::wait(shared, next) {
+            return;
+        }
+    }
+}
+
+/// The `alert.firing` / `alert.resolved` event of a transition.
+fn alert_event(t: &Transition, at_ms: u64) -> EventDoc {
+    let (kind, alert) = match t {
+        Transition::Firing(a) => ("alert.firing", a),
+        Transition::Resolved(a) => ("alert.resolved", a),
+    };
+    EventDoc {
+        kind: kind.to_owned(),
+        at: format_rfc3339(at_ms),
+        agent: alert.labels.get("agent").cloned(),
+        alert: Some(alert_doc(alert)),
+        ..EventDoc::default()
+    }
+}
+
+/// The wire form of an alert.
+pub fn alert_doc(a: &Alert) -> AlertDoc {
+    AlertDoc {
+        rule: a.rule.clone(),
+        state: a.state.to_string(),
+        severity: a.severity.to_string(),
+        labels: a.labels.clone(),
+        expr: a.expr.clone(),
+        value: a.value,
+        summary: a.summary.clone(),
+        note: a.note.clone(),
+        fingerprint: a.fingerprint.clone(),
+        pending_since: format_rfc3339(a.pending_since),
+        fired_at: a.fired_at.map(format_rfc3339),
+        resolved_at: a.resolved_at.map(format_rfc3339),
+    }
+}

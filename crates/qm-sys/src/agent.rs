@@ -1,1 +1,0 @@
-//! Per-agent collectors (to be written).

@@ -1,1 +1,0 @@
-//! Host collectors (to be written).
