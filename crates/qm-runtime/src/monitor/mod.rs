@@ -333,3 +333,104 @@ pub fn alert_doc(a: &Alert) -> AlertDoc {
         resolved_at: a.resolved_at.map(format_rfc3339),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    fn value(m: &Monitor, name: &str, agent: &str) -> Option<f64> {
+        m.latest()
+            .samples
+            .iter()
+            .find(|s| {
+                s.desc.name == name && s.labels.iter().any(|(k, v)| *k == "agent" && v == agent)
+            })
+            .map(|s| s.value)
+    }
+
+    fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn tracked_agents_are_read_published_and_alerted_on_until_they_end() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let hub = Arc::new(EventHub::new(1));
+        let mut feed = hub.subscribe(None).live;
+        let rule = Rule {
+            name: "agent-up".into(),
+            series: "qm_agent_up".into(),
+            matchers: [("agent".to_owned(), "sleeper".to_owned())].into(),
+            op: ">=".parse().unwrap(),
+            threshold: 1.0,
+            clear: None,
+            for_ms: 0,
+            severity: "info".parse().unwrap(),
+            labels: Default::default(),
+            summary: None,
+        };
+        let config = MonitorConfig {
+            interval: Duration::from_millis(50),
+            rules: vec![rule],
+            ..MonitorConfig::default()
+        };
+        let m = Monitor::start(config, Arc::clone(&hub)).unwrap();
+        m.track(Target {
+            id: "sleeper".into(),
+            pid: child.id(),
+            start_time: None,
+            cgroup: None,
+        });
+        let rss = eventually("the agent's memory", || {
+            value(&m, "qm_agent_memory_bytes", "sleeper")
+        });
+        assert!(rss > 0.0);
+        assert_eq!(value(&m, "qm_agent_up", "sleeper"), Some(1.0));
+        assert_eq!(m.latest().agents, 1);
+        // the rule fired on the agent's series and the event says which agent
+        let fired = eventually("alert.firing", || feed.try_recv().ok());
+        assert_eq!(fired.kind, "alert.firing");
+        assert_eq!(fired.agent.as_deref(), Some("sleeper"));
+        // history holds the agent's series under the agent tiers
+        let (names, _, _) = m.series();
+        assert!(names.iter().any(|(n, _)| n == "qm_agent_memory_bytes"));
+        // the process ends: the agent reads as down, and untracked its series go
+        child.kill().unwrap();
+        child.wait().unwrap();
+        eventually("the agent to read as down", || {
+            (value(&m, "qm_agent_up", "sleeper") == Some(0.0)).then_some(())
+        });
+        m.untrack("sleeper");
+        eventually("the agent's series to leave the snapshot", || {
+            value(&m, "qm_agent_up", "sleeper").is_none().then_some(())
+        });
+        let resolved = eventually("alert.resolved", || feed.try_recv().ok());
+        assert_eq!(resolved.kind, "alert.resolved");
+        m.stop();
+        let at = m.latest().at_ms;
+        thread::sleep(Duration::from_millis(150));
+        assert_eq!(m.latest().at_ms, at, "no collection after stop");
+    }
+
+    #[test]
+    fn invalid_configuration_is_refused_naming_the_field() {
+        let hub = Arc::new(EventHub::new(1));
+        let mut config = MonitorConfig::default();
+        config.history.host_tiers.clear();
+        let e = Monitor::start(config, Arc::clone(&hub)).unwrap_err();
+        assert!(e.to_string().contains("host_tiers"), "{e}");
+        let mut config = MonitorConfig::default();
+        config.rules.push(config.rules[0].clone());
+        let e = Monitor::start(config, hub).unwrap_err();
+        assert!(e.to_string().contains("rules"), "{e}");
+    }
+}
