@@ -83,6 +83,8 @@ struct HistoryFile {
     host_tiers: Option<Vec<(u64, usize)>>,
     agent_tiers: Option<Vec<(u64, usize)>>,
     max_series: Option<usize>,
+    /// Agent series to keep (names); `[]` keeps all.
+    agent_series: Option<Vec<String>>,
 }
 
 /// `[alerts]`: rules and where notifications go.
@@ -228,6 +230,9 @@ fn monitor_config(
     }
     if let Some(n) = history.max_series {
         m.history.max_series = n;
+    }
+    if let Some(names) = history.agent_series {
+        m.history.agent_series = names;
     }
     if let Some(problem) = m.history.validate().into_iter().next() {
         bail!("history: {problem}");

@@ -37,7 +37,20 @@ pub struct HistoryConfig {
     pub agent_tiers: Vec<Tier>,
     /// The most series held; a new series beyond it evicts the stalest.
     pub max_series: usize,
+    /// The agent series kept (by name); empty keeps every one. Bounds agent history to
+    /// these series × the agent tiers per agent.
+    pub agent_series: Vec<String>,
 }
+
+/// The agent series history keeps by default: what sizing and post-mortems need.
+pub const DEFAULT_AGENT_SERIES: [&str; 6] = [
+    "qm_agent_cpu_usage_cores",
+    "qm_agent_memory_bytes",
+    "qm_agent_io_read_bytes_per_second",
+    "qm_agent_io_write_bytes_per_second",
+    "qm_agent_threads",
+    "qm_agent_open_files",
+];
 
 impl Default for HistoryConfig {
     fn default() -> Self {
@@ -53,6 +66,7 @@ impl Default for HistoryConfig {
                 Tier::new(60_000, 1_440),
             ],
             max_series: 20_000,
+            agent_series: DEFAULT_AGENT_SERIES.map(String::from).to_vec(),
         }
     }
 }

@@ -173,7 +173,8 @@ impl History {
         }
         let mut key = String::new();
         let mut fresh: Vec<(&'static str, Box<str>, &Sample)> = Vec::new();
-        for s in samples.iter().filter(|s| kept(s)) {
+        let agent_series = &self.config.agent_series;
+        for s in samples.iter().filter(|s| kept(s, agent_series)) {
             write_key(&mut key, &s.labels);
             let config = &self.config;
             match self
@@ -372,8 +373,13 @@ fn btree_bytes<K, V>(n: usize) -> usize {
     n * (size_of::<K>() + size_of::<V>()) * 2
 }
 
-fn kept(s: &Sample) -> bool {
-    matches!(s.desc.kind, Kind::Gauge | Kind::Rate) && s.value.is_finite()
+/// Gauges and rates with finite values; of agent series, only the configured names.
+fn kept(s: &Sample, agent_series: &[String]) -> bool {
+    matches!(s.desc.kind, Kind::Gauge | Kind::Rate)
+        && s.value.is_finite()
+        && (agent_series.is_empty()
+            || !s.labels.iter().any(|(k, _)| *k == "agent")
+            || agent_series.iter().any(|n| n == s.desc.name))
 }
 
 /// Writes the label part of a series key: pairs sorted by label name (ties in input order),

@@ -332,6 +332,7 @@ fn validate_names_fields() {
         ],
         agent_tiers: vec![],
         max_series: 0,
+        agent_series: vec![],
     };
     let errors = bad
         .validate()
@@ -373,7 +374,7 @@ fn validate_names_fields() {
 fn memory_bound_for_a_thousand_agents() {
     static DESCS: [Desc; 6] = [
         Desc {
-            name: "qm_agent_cpu_utilization_ratio",
+            name: "qm_agent_cpu_usage_cores",
             help: "",
             kind: Kind::Rate,
         },
@@ -393,12 +394,12 @@ fn memory_bound_for_a_thousand_agents() {
             kind: Kind::Rate,
         },
         Desc {
-            name: "qm_agent_processes",
+            name: "qm_agent_threads",
             help: "",
             kind: Kind::Gauge,
         },
         Desc {
-            name: "qm_agent_open_fds",
+            name: "qm_agent_open_files",
             help: "",
             kind: Kind::Gauge,
         },
@@ -428,4 +429,34 @@ fn memory_bound_for_a_thousand_agents() {
     // 2,100 points × 4 B = 8,400 B of slots plus at most 512 B of key, map and headers.
     assert!(per_series <= 2_100 * 4 + 512, "{per_series}");
     assert!(bytes <= 54_000_000, "{bytes}");
+}
+
+#[test]
+fn only_the_configured_agent_series_are_kept() {
+    static PROCESSES: Desc = Desc {
+        name: "qm_agent_processes",
+        help: "",
+        kind: Kind::Gauge,
+    };
+    let mut h = history();
+    h.record(
+        0,
+        &[
+            agent("a", &AGENT_RSS, 1.0),
+            agent("a", &PROCESSES, 3.0),
+            Sample::new(&MEM, 1.0),
+        ],
+    );
+    let kept: Vec<String> = h.names().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(kept, [AGENT_RSS.name, MEM.name]);
+    let mut all = with(HistoryConfig {
+        agent_series: vec![],
+        ..HistoryConfig::default()
+    });
+    all.record(0, &[agent("a", &PROCESSES, 3.0)]);
+    assert_eq!(
+        all.names().len(),
+        1,
+        "an empty list keeps every agent series"
+    );
 }
