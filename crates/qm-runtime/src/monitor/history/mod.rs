@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 
 use qm_sys::metric::{Kind, Sample};
 
-pub use config::{HistoryConfig, MAX_TIER_POINTS, Tier};
+pub use config::{DEFAULT_AGENT_SERIES, HistoryConfig, MAX_TIER_POINTS, Tier};
 use ring::Ring;
 
 /// Unix time in milliseconds.
