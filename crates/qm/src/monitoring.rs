@@ -232,9 +232,9 @@ mod tests {
         assert_eq!(
             csv(&doc),
             "time,name,device,mountpoint,value\n\
-             2023-11-14T22:13:20Z,qm_host_filesystem_used_ratio,,\"/a,b\",0.5\n\
-             2023-11-14T22:13:21Z,qm_host_filesystem_used_ratio,,\"/a,b\",0.25\n\
-             2023-11-14T22:13:20Z,qm_host_filesystem_used_ratio,sda,,1\n"
+             2023-11-14T22:13:20.000Z,qm_host_filesystem_used_ratio,,\"/a,b\",0.5\n\
+             2023-11-14T22:13:21.000Z,qm_host_filesystem_used_ratio,,\"/a,b\",0.25\n\
+             2023-11-14T22:13:20.000Z,qm_host_filesystem_used_ratio,sda,,1\n"
         );
     }
 }
