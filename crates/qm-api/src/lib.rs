@@ -3,6 +3,7 @@
 //! the [`Engine`], and every error becomes `application/problem+json` in one place
 //! ([`ApiError`]).
 
+mod agents;
 mod error;
 mod events;
 pub mod metrics;
@@ -10,6 +11,7 @@ mod monitoring;
 mod openapi;
 mod routes;
 
+pub use agents::App;
 pub use error::ApiError;
 pub use routes::router;
 

@@ -4,14 +4,14 @@
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::{monitoring, routes};
+use crate::{agents, monitoring, routes};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "quartermaster API",
         version = "1",
-        description = "Resource manager for fleets of AI agents: nodes, pools, allocations, events, state, metrics and alerts."
+        description = "Resource manager for fleets of AI agents: nodes, pools, allocations, events, state, metrics, alerts, agents and fleets."
     ),
     paths(
         routes::metrics,
@@ -36,6 +36,18 @@ use crate::{monitoring, routes};
         monitoring::series,
         monitoring::query,
         monitoring::alerts,
+        agents::create_agent,
+        agents::list_agents,
+        agents::get_agent,
+        agents::stop_agent,
+        agents::agent_logs,
+        agents::agent_heartbeat,
+        agents::list_fleets,
+        agents::create_fleet,
+        agents::get_fleet,
+        agents::update_fleet,
+        agents::delete_fleet,
+        agents::push_metric,
     ),
     components(schemas(qm_proto::EventDoc))
 )]

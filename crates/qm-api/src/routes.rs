@@ -26,8 +26,9 @@ use crate::error::ApiError;
 
 type ApiResult = Result<Response, ApiError>;
 
-/// The API v1 router over `engine`.
-pub fn router(engine: Engine) -> Router {
+/// The API v1 router over `engine`, with the agent and fleet routes when `agents` is given.
+pub fn router(engine: Engine, agents: Option<qm_runtime::agents::Supervisor>) -> Router {
+    use crate::agents as a;
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
@@ -65,6 +66,18 @@ pub fn router(engine: Engine) -> Router {
             get(get_allocation).delete(release_allocation),
         )
         .route("/v1/allocations/{id}/renew", post(renew_allocation))
+        .route("/v1/agents", get(a::list_agents).post(a::create_agent))
+        .route("/v1/agents/{id}", get(a::get_agent).delete(a::stop_agent))
+        .route("/v1/agents/{id}/logs", get(a::agent_logs))
+        .route("/v1/agents/{id}/heartbeat", post(a::agent_heartbeat))
+        .route("/v1/fleets", get(a::list_fleets).post(a::create_fleet))
+        .route(
+            "/v1/fleets/{name}",
+            get(a::get_fleet)
+                .put(a::update_fleet)
+                .delete(a::delete_fleet),
+        )
+        .route("/v1/fleets/{name}/metric", post(a::push_metric))
         .merge(crate::openapi::swagger_ui())
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
@@ -75,7 +88,7 @@ pub fn router(engine: Engine) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(engine)
+        .with_state(a::App { engine, agents })
 }
 
 pub(crate) fn json(status: StatusCode, body: String) -> Response {
@@ -88,7 +101,10 @@ pub(crate) fn json(status: StatusCode, body: String) -> Response {
 }
 
 /// The body of a write: JSON, at most 64 KiB, else the matching problem.
-fn body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(crate) fn body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
     let body = body.map_err(|e| match e {
         BytesRejection::FailedToBufferBody(_) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::new(

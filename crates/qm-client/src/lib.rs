@@ -2,11 +2,14 @@
 //! drive the daemon. Errors tell "the daemon refused" (with its problem document) from "the
 //! daemon cannot be reached", which the CLI maps to its exit codes.
 
+mod lease;
+
 use std::time::Duration;
 
 use qm_proto::{
-    AlertDoc, AlertList, AllocationDoc, AllocationList, MetricsSnapshotDoc, NodeDoc, NodeList,
-    PoolDoc, PoolList, Problem, QueryDoc, SeriesListDoc,
+    AgentDoc, AgentList, AgentSpec, AlertDoc, AlertList, AllocationDoc, AllocationList, FleetDoc,
+    FleetList, FleetSpec, LogsDoc, MetricPush, MetricsSnapshotDoc, NodeDoc, NodeList, PoolDoc,
+    PoolList, Problem, QueryDoc, SeriesListDoc,
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -174,9 +177,79 @@ impl Client {
         decode(v)
     }
 
+    /// Replaces a pool's settings from its JSON description (`PUT /v1/pools/{name}`).
+    pub fn put_pool(&self, name: &str, body: &Value) -> Result<PoolDoc, ClientError> {
+        let (_, v) = self.send("PUT", &format!("/v1/pools/{}", encode(name)), body)?;
+        decode(v)
+    }
+
     /// Deletes a pool.
     pub fn delete_pool(&self, name: &str) -> Result<PoolDoc, ClientError> {
-        self.delete(&format!("/v1/pools/{name}"))
+        self.delete(&format!("/v1/pools/{}", encode(name)))
+    }
+
+    /// Every agent.
+    pub fn agents(&self) -> Result<Vec<AgentDoc>, ClientError> {
+        self.get::<AgentList>("/v1/agents").map(|l| l.items)
+    }
+
+    /// One agent.
+    pub fn agent(&self, id: &str) -> Result<AgentDoc, ClientError> {
+        self.get(&format!("/v1/agents/{}", encode(id)))
+    }
+
+    /// Spawns or adopts an agent: the status is 201 (started) or 202 (waiting for admission).
+    pub fn create_agent(&self, spec: &AgentSpec) -> Result<(u16, AgentDoc), ClientError> {
+        let (status, v) = self.send("POST", "/v1/agents", &to_value(spec)?)?;
+        Ok((status, decode(v)?))
+    }
+
+    /// Stops an agent: SIGTERM, then SIGKILL after `grace_s` (default: the agent's own).
+    pub fn stop_agent(&self, id: &str, grace_s: Option<f64>) -> Result<AgentDoc, ClientError> {
+        match grace_s {
+            Some(g) => self.delete(&format!("/v1/agents/{}?grace_s={g}", encode(id))),
+            None => self.delete(&format!("/v1/agents/{}", encode(id))),
+        }
+    }
+
+    /// The last `tail` lines of an agent's stdout and stderr.
+    pub fn agent_logs(&self, id: &str, tail: usize) -> Result<LogsDoc, ClientError> {
+        self.get(&format!("/v1/agents/{}/logs?tail={tail}", encode(id)))
+    }
+
+    /// Every fleet.
+    pub fn fleets(&self) -> Result<Vec<FleetDoc>, ClientError> {
+        self.get::<FleetList>("/v1/fleets").map(|l| l.items)
+    }
+
+    /// One fleet.
+    pub fn fleet(&self, name: &str) -> Result<FleetDoc, ClientError> {
+        self.get(&format!("/v1/fleets/{}", encode(name)))
+    }
+
+    /// Creates a fleet.
+    pub fn create_fleet(&self, spec: &FleetSpec) -> Result<FleetDoc, ClientError> {
+        let (_, v) = self.send("POST", "/v1/fleets", &to_value(spec)?)?;
+        decode(v)
+    }
+
+    /// Replaces a fleet's spec (replicas, template, autoscaler).
+    pub fn update_fleet(&self, spec: &FleetSpec) -> Result<FleetDoc, ClientError> {
+        let path = format!("/v1/fleets/{}", encode(&spec.name));
+        let (_, v) = self.send("PUT", &path, &to_value(spec)?)?;
+        decode(v)
+    }
+
+    /// Deletes a fleet, stopping its members.
+    pub fn delete_fleet(&self, name: &str) -> Result<FleetDoc, ClientError> {
+        self.delete(&format!("/v1/fleets/{}", encode(name)))
+    }
+
+    /// Pushes the custom metric a fleet's autoscaler scales on.
+    pub fn push_fleet_metric(&self, name: &str, value: f64) -> Result<FleetDoc, ClientError> {
+        let path = format!("/v1/fleets/{}/metric", encode(name));
+        let (_, v) = self.send("POST", &path, &to_value(&MetricPush { value })?)?;
+        decode(v)
     }
 
     /// Asks for an allocation (the body as in API v1).
@@ -244,7 +317,11 @@ fn decode<T: DeserializeOwned>(v: Value) -> Result<T, ClientError> {
     serde_json::from_value(v.clone()).map_err(|e| ClientError::Unexpected(format!("{e}: {v}")))
 }
 
-/// Percent-encodes a query parameter value.
+fn to_value<T: serde::Serialize>(body: &T) -> Result<Value, ClientError> {
+    serde_json::to_value(body).map_err(|e| ClientError::Unexpected(format!("cannot encode: {e}")))
+}
+
+/// Percent-encodes a query parameter value or a path segment.
 fn encode(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
     for b in v.bytes() {

@@ -2,6 +2,7 @@
 //! and the hand-written conversions between them and `qm-core`'s types. Decoding names the
 //! field that is wrong; nothing here decides anything.
 
+mod agents;
 mod decode;
 mod monitor;
 mod problem;
@@ -9,6 +10,10 @@ mod resources;
 mod time;
 mod types;
 
+pub use agents::{
+    AgentDoc, AgentList, AgentSpec, AutoscaleWire, FleetDoc, FleetList, FleetSpec, HealthWire,
+    LogsDoc, MetricPush, valid_name,
+};
 pub use decode::{DecodeError, decode};
 pub use monitor::{
     AlertDoc, AlertList, MetricsSnapshotDoc, QueryDoc, SampleDoc, SeriesDoc, SeriesListDoc,

@@ -3,6 +3,7 @@
 //! caller's answer is sent only once that batch is durable. Timers (lease expiry, queue
 //! holds, heartbeat deadlines) tick on the same thread. The HTTP layer talks to [`Engine`].
 
+pub mod agents;
 mod core;
 pub mod events;
 pub mod metrics;
@@ -178,6 +179,11 @@ impl Engine {
     /// Subscribes to events after `since` (see [`events::EventHub::subscribe`]).
     pub fn subscribe(&self, since: Option<u64>) -> events::Subscription {
         self.inner.hub.subscribe(since)
+    }
+
+    /// Numbers and publishes events that are durable already (agents, alerts, fleets).
+    pub fn publish(&self, events: Vec<qm_proto::EventDoc>) {
+        self.inner.hub.publish(events);
     }
 
     /// Ends every live event feed.

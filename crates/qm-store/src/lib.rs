@@ -63,9 +63,28 @@ pub enum Op {
         body: String,
         at_ms: i64,
     },
-    /// Deletes every node, pool and allocation (not meta or idempotency keys).
+    /// Inserts or replaces an agent; `live` while it runs or will run again.
+    PutAgent {
+        id: String,
+        live: bool,
+        ended_at_ms: Option<i64>,
+        body: String,
+    },
+    DeleteAgent {
+        id: String,
+    },
+    PutFleet {
+        name: String,
+        body: String,
+    },
+    DeleteFleet {
+        name: String,
+    },
+    /// Deletes every node, pool and allocation (not agents, fleets, meta or idempotency
+    /// keys: processes outlive a state import).
     ClearState,
-    /// Deletes ended allocations that ended before `before_ms`, and older idempotency keys.
+    /// Deletes ended allocations and agents that ended before `before_ms`, and older
+    /// idempotency keys.
     Prune {
         before_ms: i64,
     },
@@ -106,6 +125,10 @@ pub struct Loaded {
     pub pools: Vec<(String, String)>,
     /// Live allocations, by seq.
     pub live_allocations: Vec<AllocationRow>,
+    /// Every agent kept (live and recently ended): `(id, live, body)` in id order.
+    pub agents: Vec<(String, bool, String)>,
+    /// `(name, body)` in name order.
+    pub fleets: Vec<(String, String)>,
     pub meta: BTreeMap<String, String>,
 }
 
@@ -266,10 +289,17 @@ impl Store {
                 let meta = pairs("SELECT key, value FROM meta")?.into_iter().collect();
                 let mut st = c.prepare(&format!("{SELECT_ALLOC} WHERE live = 1 ORDER BY seq"))?;
                 let live_allocations = st.query_map([], row)?.collect::<rusqlite::Result<_>>()?;
+                let mut st = c.prepare("SELECT id, live, body FROM agents ORDER BY id")?;
+                let agents = st
+                    .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0, r.get(2)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let fleets = pairs("SELECT name, body FROM fleets ORDER BY name")?;
                 Ok(Loaded {
                     nodes,
                     pools,
                     live_allocations,
+                    agents,
+                    fleets,
                     meta,
                 })
             },

@@ -8,7 +8,8 @@ use rusqlite::Connection;
 
 use crate::{StoreError, sqlite};
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE allocations (
         seq INTEGER PRIMARY KEY,
         id TEXT NOT NULL,
@@ -27,7 +28,18 @@ const MIGRATIONS: &[&str] = &["
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE idempotency (key TEXT PRIMARY KEY, body TEXT NOT NULL, at_ms INTEGER NOT NULL);
     CREATE INDEX idempotency_at ON idempotency(at_ms);
-"];
+",
+    "
+    CREATE TABLE agents (
+        id TEXT PRIMARY KEY,
+        live INTEGER NOT NULL,
+        ended_at_ms INTEGER,
+        body TEXT NOT NULL,
+        CHECK (length(id) > 0 AND live IN (0, 1))
+    );
+    CREATE TABLE fleets (name TEXT PRIMARY KEY, body TEXT NOT NULL);
+",
+];
 
 /// A connection to `path` in WAL mode with full syncs.
 pub(crate) fn open(path: &Path) -> Result<Connection, StoreError> {

@@ -187,3 +187,48 @@ fn errors_name_the_path() {
     let err = Store::open(Path::new("/proc/qm-cannot-be-here")).unwrap_err();
     assert!(err.to_string().contains("/proc/qm-cannot-be-here"), "{err}");
 }
+
+#[test]
+fn agents_and_fleets_survive_a_reopen_and_ended_agents_are_pruned() {
+    let dir = dir("agents");
+    let store = Store::open(&dir).unwrap();
+    let mut b = Batch::default();
+    b.push(Op::PutAgent {
+        id: "a".into(),
+        live: true,
+        ended_at_ms: None,
+        body: "{\"pid\":1}".into(),
+    });
+    b.push(Op::PutAgent {
+        id: "b".into(),
+        live: false,
+        ended_at_ms: Some(100),
+        body: "{}".into(),
+    });
+    b.push(Op::PutFleet {
+        name: "f".into(),
+        body: "{\"replicas\":2}".into(),
+    });
+    store.commit_wait(b).unwrap();
+    drop(store);
+    let store = Store::open(&dir).unwrap();
+    let loaded = store.load().unwrap();
+    assert_eq!(
+        loaded.agents,
+        vec![
+            ("a".to_owned(), true, "{\"pid\":1}".to_owned()),
+            ("b".to_owned(), false, "{}".to_owned())
+        ]
+    );
+    assert_eq!(
+        loaded.fleets,
+        vec![("f".to_owned(), "{\"replicas\":2}".to_owned())]
+    );
+    let mut b = Batch::default();
+    b.push(Op::Prune { before_ms: 200 });
+    b.push(Op::DeleteFleet { name: "f".into() });
+    store.commit_wait(b).unwrap();
+    let loaded = store.load().unwrap();
+    assert_eq!(loaded.agents.len(), 1, "the ended agent was pruned");
+    assert!(loaded.fleets.is_empty());
+}

@@ -177,6 +177,29 @@ fn apply_op(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<()> {
             )?
             .execute(params![key, body, at_ms])?;
         }
+        Op::PutAgent {
+            id,
+            live,
+            ended_at_ms,
+            body,
+        } => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO agents (id, live, ended_at_ms, body) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![id, i64::from(*live), ended_at_ms, body])?;
+        }
+        Op::DeleteAgent { id } => {
+            tx.prepare_cached("DELETE FROM agents WHERE id = ?1")?
+                .execute([id])?;
+        }
+        Op::PutFleet { name, body } => {
+            tx.prepare_cached("INSERT OR REPLACE INTO fleets (name, body) VALUES (?1, ?2)")?
+                .execute(params![name, body])?;
+        }
+        Op::DeleteFleet { name } => {
+            tx.prepare_cached("DELETE FROM fleets WHERE name = ?1")?
+                .execute([name])?;
+        }
         Op::ClearState => {
             tx.execute_batch("DELETE FROM allocations; DELETE FROM nodes; DELETE FROM pools;")?;
         }
@@ -184,6 +207,8 @@ fn apply_op(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<()> {
             tx.prepare_cached("DELETE FROM allocations WHERE live = 0 AND ended_at_ms < ?1")?
                 .execute([before_ms])?;
             tx.prepare_cached("DELETE FROM idempotency WHERE at_ms < ?1")?
+                .execute([before_ms])?;
+            tx.prepare_cached("DELETE FROM agents WHERE live = 0 AND ended_at_ms < ?1")?
                 .execute([before_ms])?;
         }
     }

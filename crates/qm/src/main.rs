@@ -11,8 +11,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod agents_cli;
 mod bench;
 mod client;
+mod exec;
 mod monitoring;
 mod notify;
 mod serve;
@@ -58,6 +60,14 @@ enum Cmd {
     Pools(client::PoolsCmd),
     /// List nodes
     Nodes,
+    /// Spawn, list, show and stop agents; read their logs
+    #[command(subcommand)]
+    Agents(agents_cli::AgentsCmd),
+    /// List, show, scale and delete fleets; push their custom metric
+    #[command(subcommand)]
+    Fleets(agents_cli::FleetsCmd),
+    /// Create or update pools, agents and fleets from a TOML file
+    Apply(agents_cli::ApplyArgs),
     /// Write the whole state (nodes, pools, live allocations) as JSON
     Export {
         /// Write to this file instead of stdout
@@ -69,6 +79,9 @@ enum Cmd {
         /// The file `qm export` wrote
         file: std::path::PathBuf,
     },
+    /// Wait for admission, run CMD inside the allocation's limits, release at exit, exit with
+    /// CMD's code
+    Exec(exec::ExecArgs),
     /// Host and agent metrics: what history holds, current values, CSV export
     #[command(subcommand)]
     Metrics(monitoring::MetricsCmd),
@@ -118,6 +131,13 @@ fn main() -> ExitCode {
         Cmd::Alloc(cmd) => client::alloc(&client(), cmd, json_out, out),
         Cmd::Pools(cmd) => client::pools(&client(), cmd, json_out, out),
         Cmd::Nodes => client::nodes(&client(), json_out, out),
+        Cmd::Agents(cmd) => agents_cli::agents(&client(), cmd, json_out, out),
+        Cmd::Fleets(cmd) => agents_cli::fleets(&client(), cmd, json_out, out),
+        Cmd::Apply(args) => agents_cli::apply(&client(), &args, json_out, out),
+        Cmd::Exec(args) => match exec::exec(&client(), &args) {
+            Ok(code) => return ExitCode::from(code),
+            Err(f) => Err(f),
+        },
         Cmd::Metrics(cmd) => monitoring::metrics(&client(), cmd, json_out, out),
         Cmd::Alerts(args) => monitoring::alerts(&client(), &args, json_out, out),
         Cmd::Bench(args) => bench::bench(&endpoint.server, &args, out),

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use qm_core::{LedgerConfig, ResourceCatalog, ResourceId, Resources};
+use qm_runtime::agents::{Supervisor, SupervisorConfig};
 use qm_runtime::monitor::MonitorConfig;
 use qm_runtime::monitor::alerts::{Op, Rule, Severity};
 use qm_runtime::monitor::history::Tier;
@@ -61,6 +62,28 @@ struct FileConfig {
     history: HistoryFile,
     #[serde(default)]
     alerts: AlertsFile,
+    #[serde(default)]
+    agents: AgentsFile,
+}
+
+/// `[agents]`: the supervisor.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentsFile {
+    /// Off: no agent or fleet routes.
+    enabled: Option<bool>,
+    /// Confine agents in cgroups (default true, where the host allows it).
+    cgroups: Option<bool>,
+    /// The cgroup mount (default /sys/fs/cgroup).
+    cgroup_root: Option<PathBuf>,
+    /// The group under which agents get theirs (default `qm`).
+    cgroup_parent: Option<String>,
+    /// Each log file is kept under this many bytes (default 10 MiB).
+    log_max_bytes: Option<u64>,
+    /// Restart backoff: first delay, cap, and the healthy run that resets it.
+    backoff_initial_s: Option<f64>,
+    backoff_max_s: Option<f64>,
+    backoff_reset_after_s: Option<f64>,
 }
 
 /// `[monitor]`: the collection loop.
@@ -155,6 +178,54 @@ pub(crate) struct Settings {
     pub(crate) listen: SocketAddr,
     pub(crate) engine: EngineConfig,
     pub(crate) notify: crate::notify::NotifyConfig,
+    pub(crate) agents: Option<SupervisorConfig>,
+}
+
+fn agents_config(file: AgentsFile, data_dir: &Path) -> anyhow::Result<Option<SupervisorConfig>> {
+    if !file.enabled.unwrap_or(true) {
+        return Ok(None);
+    }
+    let mut c = SupervisorConfig::new(data_dir.to_owned());
+    if let Some(v) = file.cgroups {
+        c.cgroups = v;
+    }
+    if let Some(v) = file.cgroup_root {
+        c.cgroup_root = v;
+    }
+    if let Some(v) = file.cgroup_parent {
+        if !qm_proto::valid_name(&v) {
+            bail!("agents.cgroup_parent: {v:?} is not 1..128 of [A-Za-z0-9._-]");
+        }
+        c.cgroup_parent = v;
+    }
+    if let Some(v) = file.log_max_bytes {
+        if v < 4096 {
+            bail!("agents.log_max_bytes: must be at least 4096");
+        }
+        c.log_max_bytes = v;
+    }
+    let secs = |field: &str, v: Option<f64>| -> anyhow::Result<Option<u64>> {
+        match v {
+            Some(s) if !(s.is_finite() && s > 0.0 && s <= 86_400.0) => {
+                bail!("agents.{field}: {s} is not a number of seconds in (0, 86400]")
+            }
+            Some(s) => Ok(Some((s * 1000.0) as u64)),
+            None => Ok(None),
+        }
+    };
+    if let Some(ms) = secs("backoff_initial_s", file.backoff_initial_s)? {
+        c.backoff.initial_ms = ms;
+    }
+    if let Some(ms) = secs("backoff_max_s", file.backoff_max_s)? {
+        c.backoff.max_ms = ms;
+    }
+    if let Some(ms) = secs("backoff_reset_after_s", file.backoff_reset_after_s)? {
+        c.backoff.reset_after_ms = ms;
+    }
+    if let Some((field, message)) = c.backoff.validate().into_iter().next() {
+        bail!("agents.{field}: {message}");
+    }
+    Ok(Some(c))
 }
 
 fn tiers(field: &str, list: &[(u64, usize)]) -> anyhow::Result<Vec<Tier>> {
@@ -391,10 +462,12 @@ impl Settings {
             monitor: None,
         };
         let (monitor, notify) = monitor_config(file.monitor, file.history, file.alerts)?;
+        let agents = agents_config(file.agents, &engine.data_dir)?;
         Ok(Self {
             listen,
             engine: EngineConfig { monitor, ..engine },
             notify,
+            agents,
         })
     }
 }
@@ -432,7 +505,15 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         // Tests and scripts read this line to learn the port.
         println!("listening on {addr}");
         crate::notify::start(&settings.notify, &engine);
-        let app = qm_api::router(engine.clone());
+        let agents = match settings.agents.clone() {
+            Some(c) => Some(
+                Supervisor::start(engine.clone(), c)
+                    .await
+                    .context("the supervisor did not start")?,
+            ),
+            None => None,
+        };
+        let app = qm_api::router(engine.clone(), agents);
         let closing = engine.clone();
         let shutdown = async move {
             shutdown_signal().await;

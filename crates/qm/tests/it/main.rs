@@ -2,6 +2,8 @@
 //! dir, spoken to over HTTP. Lifecycle of allocations, each strategy, bad requests, restarts
 //! (graceful and `kill -9`) and leases that lapse while the daemon is down.
 
+mod agents;
+mod agents_cli;
 mod api;
 mod cli;
 mod daemon;

@@ -1,0 +1,502 @@
+//! Fleets: N agents from one template. The reconciler (run on the supervisor's tick) creates
+//! members `<fleet>-<n>` while fewer are live than wanted (so a member that dies for good is
+//! replaced), stops the newest when more are, rolls members of an older template one at a
+//! time, and lets the autoscaler (the HPA algorithm, `logic::autoscale`) set the wanted
+//! number from the members' cpu or memory utilisation of their requests, or from a metric
+//! pushed to `POST /v1/fleets/{name}/metric`. Members are admitted through the ledger like
+//! any agent.
+
+use std::collections::BTreeMap;
+
+use qm_proto::{AgentSpec, FieldProblem, FleetDoc, FleetSpec, from_json};
+use qm_store::{Batch, Op};
+
+use super::logic::autoscale::{AutoscaleSpec, Autoscaler, Metric};
+use super::{AgentError, Supervisor, now_ms};
+use crate::EngineError;
+
+/// The label that carries a member's template generation.
+const GENERATION: &str = "qm.fleet.generation";
+/// A pushed metric older than this is not used.
+const CUSTOM_FRESH_MS: u64 = 300_000;
+
+/// Why a fleet command was refused.
+pub type FleetError = AgentError;
+
+#[derive(Debug)]
+pub(super) struct Fleet {
+    doc: FleetDoc,
+    autoscaler: Option<Autoscaler>,
+    custom: Option<(f64, u64)>,
+    next_index: u64,
+    last_eval: u64,
+}
+
+fn autoscale_spec(w: &qm_proto::AutoscaleWire) -> Result<AutoscaleSpec, Vec<FieldProblem>> {
+    let metric = match w.metric.as_str() {
+        "cpu" => Metric::Cpu,
+        "memory" => Metric::Memory,
+        "custom" => Metric::Custom,
+        other => {
+            return Err(vec![FieldProblem::new(
+                "autoscale.metric",
+                format!("{other:?} is not cpu, memory or custom"),
+            )]);
+        }
+    };
+    let mut spec = AutoscaleSpec::new(w.min, w.max, metric, w.target);
+    if let Some(t) = w.tolerance {
+        spec.tolerance = t;
+    }
+    if let Some(s) = w.scale_up_stabilization_s {
+        spec.scale_up_stabilization_ms = (s.max(0.0) * 1000.0) as u64;
+    }
+    if let Some(s) = w.scale_down_stabilization_s {
+        spec.scale_down_stabilization_ms = (s.max(0.0) * 1000.0) as u64;
+    }
+    spec.band = w.band.map(|[lo, hi]| (lo, hi));
+    let problems: Vec<FieldProblem> = spec
+        .validate()
+        .into_iter()
+        .map(|(f, m)| FieldProblem::new(&format!("autoscale.{f}"), m))
+        .collect();
+    if problems.is_empty() {
+        Ok(spec)
+    } else {
+        Err(problems)
+    }
+}
+
+impl Supervisor {
+    async fn persist_fleet(&self, doc: &FleetDoc) -> Result<(), AgentError> {
+        let mut batch = Batch::default();
+        batch.push(Op::PutFleet {
+            name: doc.name.clone(),
+            body: qm_proto::to_json(doc),
+        });
+        self.commit(batch).await
+    }
+
+    pub(super) async fn commit(&self, batch: Batch) -> Result<(), AgentError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.engine().store().commit(
+            batch,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.await
+            .map_err(|_| EngineError::Stopped)?
+            .map_err(|e| EngineError::Store(e.to_string()))?;
+        Ok(())
+    }
+
+    fn fleet_doc(&self, f: &Fleet) -> FleetDoc {
+        let mut doc = f.doc.clone();
+        let agents = self.inner.agents.lock().ok();
+        doc.members = agents
+            .as_ref()
+            .map(|a| {
+                a.values()
+                    .filter(|a| a.live() && a.doc.fleet.as_deref() == Some(&doc.name))
+                    .map(|a| a.doc.id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        doc.ready = agents.as_ref().map_or(0, |a| {
+            a.values()
+                .filter(|a| {
+                    a.doc.fleet.as_deref() == Some(&doc.name)
+                        && a.doc.state == "running"
+                        && a.doc.health != "unhealthy"
+                })
+                .count() as u32
+        });
+        doc
+    }
+
+    /// Every fleet.
+    pub fn fleets(&self) -> Vec<FleetDoc> {
+        let docs: Vec<FleetDoc> = match self.inner.fleets.lock() {
+            Ok(f) => f.values().map(|f| f.doc.clone()).collect(),
+            Err(_) => Vec::new(),
+        };
+        docs.into_iter()
+            .filter_map(|d| self.fleet(&d.name))
+            .collect()
+    }
+
+    /// One fleet.
+    pub fn fleet(&self, name: &str) -> Option<FleetDoc> {
+        let fleets = self.inner.fleets.lock().ok()?;
+        let f = fleets.get(name)?;
+        Some(self.fleet_doc(f))
+    }
+
+    /// Creates (`create`) or replaces a fleet. A changed template rolls the members.
+    pub async fn put_fleet(&self, spec: FleetSpec, create: bool) -> Result<FleetDoc, AgentError> {
+        let mut problems = spec.problems();
+        let autoscaler = match &spec.autoscale {
+            Some(w) => match autoscale_spec(w) {
+                Ok(s) => Some(Autoscaler::new(s)),
+                Err(p) => {
+                    problems.extend(p);
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut probe = spec.template.clone();
+        probe.name = format!("{}-0", spec.name);
+        if let Err(p) = probe
+            .allocation_request()
+            .into_request(self.engine().catalog())
+        {
+            problems.extend(p.into_iter().map(|mut p| {
+                p.field = format!("template.{}", p.field);
+                p
+            }));
+        }
+        if !problems.is_empty() {
+            return Err(EngineError::Invalid(problems).into());
+        }
+        let doc = {
+            let mut fleets = self.inner.fleets.lock().map_err(|_| EngineError::Stopped)?;
+            match (fleets.get_mut(&spec.name), create) {
+                (Some(_), true) => {
+                    return Err(
+                        EngineError::Conflict(format!("fleet {:?} exists", spec.name)).into(),
+                    );
+                }
+                (None, false) => {
+                    return Err(EngineError::NotFound(format!("no fleet {:?}", spec.name)).into());
+                }
+                (Some(f), false) => {
+                    if f.doc.template != spec.template {
+                        f.doc.generation += 1;
+                        f.doc.template = spec.template.clone();
+                    }
+                    if f.doc.autoscale != spec.autoscale {
+                        f.autoscaler = autoscaler;
+                        f.doc.autoscale = spec.autoscale.clone();
+                    }
+                    f.doc.replicas = spec.replicas;
+                    f.doc.clone()
+                }
+                (None, true) => {
+                    let doc = FleetDoc {
+                        name: spec.name.clone(),
+                        replicas: spec.replicas,
+                        members: Vec::new(),
+                        ready: 0,
+                        template: spec.template.clone(),
+                        autoscale: spec.autoscale.clone(),
+                        metric: None,
+                        last_scale: None,
+                        generation: 1,
+                    };
+                    fleets.insert(
+                        spec.name.clone(),
+                        Fleet {
+                            doc: doc.clone(),
+                            autoscaler,
+                            custom: None,
+                            next_index: 0,
+                            last_eval: 0,
+                        },
+                    );
+                    doc
+                }
+            }
+        };
+        self.persist_fleet(&doc).await?;
+        self.reconcile_fleets().await;
+        self.fleet(&doc.name)
+            .ok_or_else(|| EngineError::NotFound(format!("no fleet {:?}", doc.name)).into())
+    }
+
+    /// Deletes a fleet and stops its members.
+    pub async fn delete_fleet(&self, name: &str) -> Result<FleetDoc, AgentError> {
+        let doc = {
+            let fleets = self.inner.fleets.lock().map_err(|_| EngineError::Stopped)?;
+            let f = fleets
+                .get(name)
+                .ok_or_else(|| EngineError::NotFound(format!("no fleet {name:?}")))?;
+            self.fleet_doc(f)
+        };
+        let mut batch = Batch::default();
+        batch.push(Op::DeleteFleet {
+            name: name.to_owned(),
+        });
+        self.commit(batch).await?;
+        if let Ok(mut fleets) = self.inner.fleets.lock() {
+            fleets.remove(name);
+        }
+        for m in &doc.members {
+            let _ = self.stop(m, None).await;
+        }
+        Ok(doc)
+    }
+
+    /// Records a custom metric value for the fleet's autoscaler.
+    pub fn push_metric(&self, name: &str, value: f64) -> Result<FleetDoc, AgentError> {
+        if !value.is_finite() || value < 0.0 {
+            return Err(EngineError::Invalid(vec![FieldProblem::new(
+                "value",
+                format!("{value} is not a finite, non-negative number"),
+            )])
+            .into());
+        }
+        let mut fleets = self.inner.fleets.lock().map_err(|_| EngineError::Stopped)?;
+        let f = fleets
+            .get_mut(name)
+            .ok_or_else(|| EngineError::NotFound(format!("no fleet {name:?}")))?;
+        f.custom = Some((value, now_ms()));
+        f.last_eval = 0;
+        Ok(f.doc.clone())
+    }
+
+    /// The fleet's metric now: members' average utilisation of their requests, or the
+    /// pushed value while fresh.
+    fn fleet_metric(&self, f: &Fleet, now: u64) -> Option<f64> {
+        let metric = f.autoscaler.as_ref()?.spec().metric;
+        if metric == Metric::Custom {
+            return f
+                .custom
+                .filter(|(_, at)| now.saturating_sub(*at) <= CUSTOM_FRESH_MS)
+                .map(|(v, _)| v);
+        }
+        let (series, resource, unit) = match metric {
+            Metric::Cpu => (
+                "qm_agent_cpu_usage_cores",
+                "cpu",
+                qm_core::quantity::Unit::Millicores,
+            ),
+            _ => (
+                "qm_agent_memory_bytes",
+                "memory",
+                qm_core::quantity::Unit::Bytes,
+            ),
+        };
+        let request = f
+            .doc
+            .template
+            .resources
+            .get(resource)
+            .map(|v| v.to_string().trim_matches('"').to_owned())
+            .and_then(|v| qm_core::quantity::parse(unit, &v).ok())
+            .filter(|r| *r > 0)?;
+        let request = match metric {
+            Metric::Cpu => request as f64 / 1000.0,
+            _ => request as f64,
+        };
+        let latest = self.engine().monitor()?.latest();
+        let members: Vec<String> = self
+            .inner
+            .agents
+            .lock()
+            .ok()?
+            .values()
+            .filter(|a| a.doc.fleet.as_deref() == Some(&f.doc.name) && a.doc.state == "running")
+            .map(|a| a.doc.id.clone())
+            .collect();
+        let values: Vec<f64> = members
+            .iter()
+            .filter_map(|m| {
+                latest
+                    .samples
+                    .iter()
+                    .find(|s| {
+                        s.desc.name == series
+                            && s.labels.iter().any(|(k, v)| *k == "agent" && v == m)
+                    })
+                    .map(|s| s.value / request)
+            })
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+    }
+
+    /// Brings every fleet toward its wanted members.
+    pub(super) async fn reconcile_fleets(&self) {
+        let now = now_ms();
+        let names: Vec<String> = match self.inner.fleets.lock() {
+            Ok(f) => f.keys().cloned().collect(),
+            Err(_) => return,
+        };
+        for name in names {
+            // autoscale, at most once a second
+            let scaled = {
+                let metric = {
+                    let fleets = self.inner.fleets.lock();
+                    fleets.ok().and_then(|f| {
+                        f.get(&name)
+                            .filter(|f| f.autoscaler.is_some() && now >= f.last_eval + 1000)
+                            .map(|f| self.fleet_metric(f, now))
+                    })
+                };
+                let mut scaled = None;
+                if let Some(metric) = metric
+                    && let Ok(mut fleets) = self.inner.fleets.lock()
+                    && let Some(f) = fleets.get_mut(&name)
+                {
+                    f.last_eval = now;
+                    f.doc.metric = metric;
+                    let current = f.doc.replicas;
+                    if let Some(a) = &mut f.autoscaler {
+                        let d = a.recommend(now, current, metric);
+                        if d.changed {
+                            f.doc.replicas = d.replicas;
+                            f.doc.last_scale = Some(d.reason.clone());
+                            scaled = Some((f.doc.clone(), d.reason));
+                        }
+                    }
+                }
+                scaled
+            };
+            if let Some((doc, reason)) = scaled
+                && self.persist_fleet(&doc).await.is_ok()
+            {
+                self.engine().publish(vec![qm_proto::EventDoc {
+                    kind: "fleet.scaled".to_owned(),
+                    at: qm_proto::format_rfc3339(now),
+                    reason: Some(format!("{}: {reason}", doc.name)),
+                    ..qm_proto::EventDoc::default()
+                }]);
+            }
+            self.reconcile_members(&name).await;
+        }
+    }
+
+    async fn reconcile_members(&self, name: &str) {
+        let Some((wanted, generation, template, mut next)) =
+            self.inner.fleets.lock().ok().and_then(|f| {
+                f.get(name).map(|f| {
+                    (
+                        f.doc.replicas as usize,
+                        f.doc.generation,
+                        f.doc.template.clone(),
+                        f.next_index,
+                    )
+                })
+            })
+        else {
+            return;
+        };
+        // (id, state, generation) of live members, oldest first
+        let members: Vec<(String, String, u64)> = match self.inner.agents.lock() {
+            Ok(a) => {
+                let mut m: Vec<(String, String, u64)> = a
+                    .values()
+                    .filter(|a| a.live() && a.doc.fleet.as_deref() == Some(name))
+                    .map(|a| {
+                        let g = a
+                            .doc
+                            .spec
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get(GENERATION))
+                            .and_then(|g| g.parse().ok())
+                            .unwrap_or(0);
+                        (a.doc.id.clone(), a.doc.state.clone(), g)
+                    })
+                    .collect();
+                m.sort_by_key(|(id, _, _)| {
+                    id.rsplit('-')
+                        .next()
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .unwrap_or(0)
+                });
+                m
+            }
+            Err(_) => return,
+        };
+        if members.len() < wanted {
+            for _ in members.len()..wanted {
+                let mut spec: AgentSpec = template.clone();
+                // a name not in use by any agent, live or ended
+                loop {
+                    spec.name = format!("{name}-{next}");
+                    next += 1;
+                    let taken = self
+                        .inner
+                        .agents
+                        .lock()
+                        .map(|a| a.contains_key(&spec.name))
+                        .unwrap_or(true);
+                    if !taken {
+                        break;
+                    }
+                }
+                let mut labels = spec.labels.clone().unwrap_or_default();
+                labels.insert(GENERATION.to_owned(), generation.to_string());
+                spec.labels = Some(labels);
+                if let Ok(mut f) = self.inner.fleets.lock()
+                    && let Some(f) = f.get_mut(name)
+                {
+                    f.next_index = next;
+                }
+                if let Err(error) = self.create(spec, Some(name.to_owned())).await {
+                    tracing::warn!(%error, fleet = name, "cannot add a member");
+                    break;
+                }
+            }
+        } else if members.len() > wanted {
+            for (id, _, _) in members.iter().rev().take(members.len() - wanted) {
+                let _ = self.stop(id, None).await;
+            }
+        } else if members.iter().all(|(_, s, _)| s == "running")
+            && let Some((old, _, _)) = members.iter().find(|(_, _, g)| *g < generation)
+        {
+            // roll: one member of an older template at a time
+            let _ = self.stop(old, None).await;
+        }
+    }
+
+    /// Fleets back in memory at start.
+    pub(super) fn restore_fleets(&self, stored: &[(String, String)]) {
+        let max_index: BTreeMap<String, u64> = match self.inner.agents.lock() {
+            Ok(a) => {
+                let mut m = BTreeMap::new();
+                for a in a.values() {
+                    if let Some(f) = &a.doc.fleet
+                        && let Some(n) = a
+                            .doc
+                            .id
+                            .rsplit('-')
+                            .next()
+                            .and_then(|n| n.parse::<u64>().ok())
+                    {
+                        let e = m.entry(f.clone()).or_insert(0);
+                        *e = (*e).max(n + 1);
+                    }
+                }
+                m
+            }
+            Err(_) => BTreeMap::new(),
+        };
+        let Ok(mut fleets) = self.inner.fleets.lock() else {
+            return;
+        };
+        for (name, body) in stored {
+            let Ok(doc) = from_json::<FleetDoc>(body) else {
+                tracing::warn!(fleet = %name, "unreadable stored fleet skipped");
+                continue;
+            };
+            let autoscaler = doc
+                .autoscale
+                .as_ref()
+                .and_then(|w| autoscale_spec(w).ok())
+                .map(Autoscaler::new);
+            fleets.insert(
+                name.clone(),
+                Fleet {
+                    next_index: max_index.get(name).copied().unwrap_or(0),
+                    doc,
+                    autoscaler,
+                    custom: None,
+                    last_eval: 0,
+                },
+            );
+        }
+    }
+}

@@ -1,0 +1,1141 @@
+//! Agents: the supervisor. An agent is admitted through the ledger first (its allocation is
+//! granted, or it waits in the queue as `pending`), then spawned in its own session inside
+//! its cgroup (limits from its QoS class, `oom_score_adj` as Kubernetes sets it), or adopted
+//! when it already runs. Its end is seen through a pidfd; exits and OOM kills are recorded
+//! with their cause and restarted per policy with exponential backoff; health checks mark
+//! it unhealthy and restart it. Every transition is durable before its event goes out.
+//! Agents outlive the daemon: at start, each live agent is re-adopted by pid and start time,
+//! or recorded as ended. Fleets (`fleets.rs`) keep N agents from a template.
+
+mod fleets;
+pub mod logic;
+mod probe;
+mod run;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use qm_cgroup::CgroupDriver;
+use qm_core::AllocId;
+use qm_proto::{AgentDoc, AgentSpec, EventDoc, FieldProblem, LogsDoc, format_rfc3339, from_json};
+use qm_store::{Batch, Op};
+use rustix::process::Signal;
+use tokio::sync::mpsc;
+
+use crate::{Engine, EngineError, Lookup};
+use logic::backoff::{BackoffConfig, Decision, ExitKind, RestartPolicy, Restarts};
+use logic::health::{HealthState, ProbeResult};
+use run::Logs;
+
+pub use fleets::FleetError;
+
+/// How the supervisor runs.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    /// Logs go under `<data_dir>/logs/<agent>/`.
+    pub data_dir: PathBuf,
+    /// The cgroup mount, and the group under which agents get theirs.
+    pub cgroup_root: PathBuf,
+    pub cgroup_parent: String,
+    /// Confine agents in cgroups (when the host allows it).
+    pub cgroups: bool,
+    /// Each log file is kept under this size.
+    pub log_max_bytes: u64,
+    pub backoff: BackoffConfig,
+    /// How often timers (restarts, health checks, logs, fleets) run.
+    pub tick: Duration,
+}
+
+impl SupervisorConfig {
+    /// Defaults under `data_dir`.
+    pub fn new(data_dir: PathBuf) -> Self {
+        SupervisorConfig {
+            data_dir,
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            cgroup_parent: "qm".to_owned(),
+            cgroups: true,
+            log_max_bytes: 10 << 20,
+            backoff: BackoffConfig::default(),
+            tick: Duration::from_millis(200),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Why the supervisor refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A process could not be started or adopted.
+    #[error("{0}")]
+    Spawn(String),
+}
+
+/// One agent.
+#[derive(Debug)]
+struct Agent {
+    doc: AgentDoc,
+    /// The process we spawned (for its exit status); None when adopted or re-adopted.
+    child: Option<std::process::Child>,
+    /// Bumped on every spawn: an exit notice of an older run is ignored.
+    generation: u64,
+    restarts: Restarts,
+    policy: RestartPolicy,
+    health_spec: Option<logic::health::HealthSpec>,
+    health: Option<HealthState>,
+    probing: bool,
+    started_ms: u64,
+    /// OOM kills the cgroup had counted when this run started.
+    oom_before: u64,
+    /// Set when asked to stop: the state it ends in, and why.
+    stopping: Option<(&'static str, String)>,
+    restart_at: Option<u64>,
+    grace: Duration,
+}
+
+impl Agent {
+    fn live(&self) -> bool {
+        matches!(
+            self.doc.state.as_str(),
+            "pending" | "starting" | "running" | "backoff"
+        )
+    }
+}
+
+enum Notice {
+    Exit { id: String, generation: u64 },
+    Probe { id: String, result: ProbeResult },
+}
+
+/// A handle on the supervisor; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    engine: Engine,
+    config: SupervisorConfig,
+    driver: Option<Box<dyn CgroupDriver>>,
+    agents: Mutex<BTreeMap<String, Agent>>,
+    fleets: Mutex<BTreeMap<String, fleets::Fleet>>,
+    notices: mpsc::UnboundedSender<Notice>,
+    node_memory: u64,
+    generations: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Notice")
+    }
+}
+
+impl Supervisor {
+    /// Loads the stored agents and fleets, re-adopts the agents still running, records those
+    /// that ended while the daemon was down, and starts supervising. Call from within the
+    /// tokio runtime.
+    pub async fn start(engine: Engine, config: SupervisorConfig) -> Result<Self, AgentError> {
+        let driver = if config.cgroups {
+            match qm_cgroup::detect(&config.cgroup_root, &config.cgroup_parent) {
+                Ok(d) => Some(d),
+                Err(error) => {
+                    tracing::warn!(%error, "agents run without cgroups");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let node_memory = engine
+            .local_node()
+            .await
+            .ok()
+            .and_then(|n| n.capacity.get("memory").cloned())
+            .and_then(|m| qm_core::quantity::parse(qm_core::quantity::Unit::Bytes, &m).ok())
+            .unwrap_or(0);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sup = Supervisor {
+            inner: Arc::new(Inner {
+                engine,
+                config,
+                driver,
+                agents: Mutex::new(BTreeMap::new()),
+                fleets: Mutex::new(BTreeMap::new()),
+                notices: tx,
+                node_memory,
+                generations: std::sync::atomic::AtomicU64::new(1_000_000),
+            }),
+        };
+        sup.restore().await?;
+        let me = sup.clone();
+        tokio::spawn(async move { me.run(rx).await });
+        Ok(sup)
+    }
+
+    fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Runs `f` on the agent's cgroup, when agents have cgroups and the name is a group name.
+    fn cg<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&dyn CgroupDriver, &qm_cgroup::GroupName) -> T,
+    ) -> Option<T> {
+        let d = self.inner.driver.as_deref()?;
+        let g = qm_cgroup::GroupName::new(id).ok()?;
+        Some(f(d, &g))
+    }
+
+    fn oom_kills(&self, id: &str) -> u64 {
+        self.cg(id, |d, g| d.oom_kills(g).unwrap_or(0)).unwrap_or(0)
+    }
+
+    /// Removes an agent's cgroup once the kernel has let its last process go (retried in
+    /// the background for a few seconds).
+    fn remove_group(&self, id: &str) {
+        let me = self.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            for _ in 0..50 {
+                match me.cg(&id, |d, g| d.remove(g)) {
+                    Some(Err(_)) => {
+                        let _ = me.cg(&id, |d, g| d.kill(g));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    _ => return,
+                }
+            }
+            tracing::warn!(agent = %id, "its cgroup could not be removed");
+        });
+    }
+
+    fn logs(&self, name: &str) -> Logs {
+        Logs::new(&self.inner.config.data_dir.join("logs"), name)
+    }
+
+    /// Makes `docs` durable (the agents' current documents).
+    async fn persist(&self, docs: Vec<AgentDoc>) -> Result<(), AgentError> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::default();
+        for d in docs {
+            let live = matches!(
+                d.state.as_str(),
+                "pending" | "starting" | "running" | "backoff"
+            );
+            let ended = d
+                .ended_at
+                .as_deref()
+                .and_then(qm_proto::parse_rfc3339)
+                .map(|t| i64::try_from(t).unwrap_or(i64::MAX));
+            batch.push(Op::PutAgent {
+                id: d.id.clone(),
+                live,
+                ended_at_ms: if live { None } else { ended.or(Some(0)) },
+                body: qm_proto::to_json(&d),
+            });
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.engine().store().commit(
+            batch,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.await
+            .map_err(|_| EngineError::Stopped)?
+            .map_err(|e| EngineError::Store(e.to_string()))?;
+        Ok(())
+    }
+
+    fn publish(&self, kind: &str, doc: &AgentDoc, reason: Option<String>) {
+        self.engine().publish(vec![EventDoc {
+            kind: kind.to_owned(),
+            at: format_rfc3339(now_ms()),
+            agent: Some(doc.name.clone()),
+            allocation: doc.allocation.clone(),
+            reason,
+            ..EventDoc::default()
+        }]);
+    }
+
+    /// Every agent, by id.
+    pub fn list(&self) -> Vec<AgentDoc> {
+        let agents = self
+            .inner
+            .agents
+            .lock()
+            .map(|a| a.values().map(|a| a.doc.clone()).collect::<Vec<_>>());
+        let mut docs = agents.unwrap_or_default();
+        for d in &mut docs {
+            if d.state == "running" {
+                d.usage = self.usage(&d.id);
+            }
+        }
+        docs
+    }
+
+    /// One agent.
+    pub fn get(&self, id: &str) -> Option<AgentDoc> {
+        let mut doc = self.inner.agents.lock().ok()?.get(id)?.doc.clone();
+        if doc.state == "running" {
+            doc.usage = self.usage(id);
+        }
+        Some(doc)
+    }
+
+    fn usage(&self, id: &str) -> Option<BTreeMap<String, String>> {
+        let latest = self.engine().monitor()?.latest();
+        let find = |name: &str| {
+            latest
+                .samples
+                .iter()
+                .find(|s| {
+                    s.desc.name == name && s.labels.iter().any(|(k, v)| *k == "agent" && v == id)
+                })
+                .map(|s| s.value)
+        };
+        let mut usage = BTreeMap::new();
+        if let Some(c) = find("qm_agent_cpu_usage_cores") {
+            let m = (c.max(0.0) * 1000.0).round() as u64;
+            usage.insert(
+                "cpu".to_owned(),
+                qm_core::quantity::format(qm_core::quantity::Unit::Millicores, m),
+            );
+        }
+        if let Some(b) = find("qm_agent_memory_bytes") {
+            usage.insert(
+                "memory".to_owned(),
+                qm_core::quantity::format(qm_core::quantity::Unit::Bytes, b.max(0.0) as u64),
+            );
+        }
+        (!usage.is_empty()).then_some(usage)
+    }
+
+    /// The last `tail` lines of an agent's stdout and stderr.
+    pub fn logs_of(&self, id: &str, tail: usize) -> Option<LogsDoc> {
+        self.inner.agents.lock().ok()?.get(id)?;
+        let logs = self.logs(id);
+        Some(LogsDoc {
+            stdout: logs.tail("stdout", tail),
+            stderr: logs.tail("stderr", tail),
+        })
+    }
+
+    /// Records a heartbeat; false when there is no such live agent.
+    pub fn heartbeat(&self, id: &str) -> bool {
+        let Ok(mut agents) = self.inner.agents.lock() else {
+            return false;
+        };
+        match agents.get_mut(id) {
+            Some(a) if a.live() => {
+                if let Some(h) = &mut a.health {
+                    h.heartbeat(now_ms());
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Validates `spec` (every field named), admits it through the ledger and spawns or
+    /// adopts it; answers the agent once durable. `fleet` marks a fleet's member.
+    pub async fn create(
+        &self,
+        spec: AgentSpec,
+        fleet: Option<String>,
+    ) -> Result<AgentDoc, AgentError> {
+        let mut problems = spec.problems("");
+        if let Some(pid) = spec.pid
+            && run::start_ticks(pid).is_none()
+        {
+            problems.push(FieldProblem::new(
+                "pid",
+                format!("no running process {pid}"),
+            ));
+        }
+        if let Some(cwd) = &spec.cwd
+            && !std::path::Path::new(cwd).is_dir()
+        {
+            problems.push(FieldProblem::new(
+                "cwd",
+                format!("{cwd:?} is not a directory"),
+            ));
+        }
+        let health = match &spec.health {
+            Some(h) => match probe::spec_of(h) {
+                Ok(s) => Some(s),
+                Err(p) => {
+                    problems.extend(p);
+                    None
+                }
+            },
+            None => None,
+        };
+        let request = spec
+            .allocation_request()
+            .into_request(self.engine().catalog());
+        let request = match request {
+            Ok(r) => Some(r),
+            Err(p) => {
+                problems.extend(p);
+                None
+            }
+        };
+        if !problems.is_empty() {
+            return Err(EngineError::Invalid(problems).into());
+        }
+        {
+            let agents = self.inner.agents.lock().map_err(|_| EngineError::Stopped)?;
+            if agents.get(&spec.name).is_some_and(Agent::live) {
+                return Err(EngineError::Conflict(format!(
+                    "agent {:?} exists and is live; stop it first",
+                    spec.name
+                ))
+                .into());
+            }
+        }
+        // admission: an existing allocation (qm exec), or a new request
+        let (alloc_id, granted) = match &spec.allocation {
+            Some(id) => {
+                let parsed: AllocId = id.parse().map_err(|_| {
+                    EngineError::Invalid(vec![FieldProblem::new(
+                        "allocation",
+                        format!("{id:?} is not an allocation id"),
+                    )])
+                })?;
+                match self.engine().get(parsed).await? {
+                    Lookup::Live(doc) if doc.state == "granted" => (id.clone(), true),
+                    _ => {
+                        return Err(EngineError::Conflict(format!(
+                            "allocation {id} is not granted"
+                        ))
+                        .into());
+                    }
+                }
+            }
+            None => {
+                let Some(request) = request else {
+                    return Err(EngineError::Invalid(Vec::new()).into());
+                };
+                let replay = self.engine().submit(request, false, None).await?;
+                let Some(id) = replay.id else {
+                    return Err(AgentError::Spawn("the ledger gave no allocation id".into()));
+                };
+                (id, replay.status == 201)
+            }
+        };
+        let policy = match spec.restart.as_deref() {
+            Some(r) => r.parse().unwrap_or(RestartPolicy::OnFailure),
+            None if spec.pid.is_some() => RestartPolicy::Never,
+            None => RestartPolicy::OnFailure,
+        };
+        let grace = Duration::from_secs_f64(spec.grace_s.unwrap_or(10.0));
+        let doc = AgentDoc {
+            id: spec.name.clone(),
+            name: spec.name.clone(),
+            state: "pending".to_owned(),
+            adopted: spec.pid.is_some(),
+            allocation: Some(alloc_id.clone()),
+            health: "unknown".to_owned(),
+            reason: (!granted).then(|| "waiting for admission".to_owned()),
+            fleet,
+            spec,
+            ..AgentDoc::default()
+        };
+        let agent = Agent {
+            doc,
+            child: None,
+            generation: 0,
+            restarts: Restarts::new(self.inner.config.backoff.clone(), policy),
+            policy,
+            health_spec: health,
+            health: None,
+            probing: false,
+            started_ms: 0,
+            oom_before: 0,
+            stopping: None,
+            restart_at: None,
+            grace,
+        };
+        let id = agent.doc.id.clone();
+        if let Ok(mut agents) = self.inner.agents.lock() {
+            agents.insert(id.clone(), agent);
+        }
+        if granted {
+            self.launch(&id).await?;
+        } else {
+            let doc = self.get(&id).ok_or(EngineError::Stopped)?;
+            self.persist(vec![doc]).await?;
+        }
+        let doc = self.get(&id).ok_or(EngineError::Stopped)?;
+        if doc.state == "failed" {
+            // nothing runs: give the capacity back
+            self.release(&doc).await;
+            return Err(AgentError::Spawn(doc.reason.unwrap_or_default()));
+        }
+        Ok(doc)
+    }
+
+    /// The cgroup limits and OOM score of the agent's allocation.
+    async fn confinement(&self, alloc: &str) -> (qm_cgroup::Limits, Option<i32>, String) {
+        let doc = match alloc.parse::<AllocId>() {
+            Ok(id) => match self.engine().get(id).await {
+                Ok(Lookup::Live(doc)) => Some(*doc),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        let Some(doc) = doc else {
+            return (qm_cgroup::Limits::default(), None, "best-effort".into());
+        };
+        let q = |m: &BTreeMap<String, String>, r: &str, unit| {
+            m.get(r)
+                .and_then(|v| qm_core::quantity::parse(unit, v).ok())
+        };
+        use qm_core::quantity::Unit;
+        let req_cpu = q(&doc.resources, "cpu", Unit::Millicores).unwrap_or(0);
+        let req_mem = q(&doc.resources, "memory", Unit::Bytes).unwrap_or(0);
+        let lim = doc.limits.clone().unwrap_or_default();
+        let qos: qm_cgroup::Qos = doc.qos.parse().unwrap_or(qm_cgroup::Qos::Burstable);
+        let limits = qm_cgroup::limits_for(
+            qos,
+            qm_cgroup::Requests {
+                cpu_millis: req_cpu,
+                memory_bytes: req_mem,
+            },
+            qm_cgroup::Maximums {
+                cpu_millis: q(&lim, "cpu", Unit::Millicores),
+                memory_bytes: q(&lim, "memory", Unit::Bytes),
+            },
+        );
+        let adj = match doc.qos.as_str() {
+            "guaranteed" => -997,
+            "best-effort" => 1000,
+            _ => qm_cgroup::oom_score_adj_burstable(req_mem, self.inner.node_memory),
+        };
+        (limits, Some(adj), doc.qos)
+    }
+
+    /// Spawns (or adopts) the agent `id` now that its allocation is granted, and persists.
+    async fn launch(&self, id: &str) -> Result<(), AgentError> {
+        let Some(alloc) = self.get(id).and_then(|d| d.allocation) else {
+            return Ok(());
+        };
+        let (limits, adj, qos) = self.confinement(&alloc).await;
+        let event = {
+            let mut agents = self.inner.agents.lock().map_err(|_| EngineError::Stopped)?;
+            let Some(a) = agents.get_mut(id) else {
+                return Ok(());
+            };
+            // only a pending agent (admitted) or one backing off is launched; a second call
+            // (the grant's event after `create` launched it) finds it running
+            if !matches!(a.doc.state.as_str(), "pending" | "backoff") || a.stopping.is_some() {
+                return Ok(());
+            }
+            a.doc.qos = Some(qos);
+            let (group, procs) = match self.cg(id, |d, g| d.create(g, &limits)) {
+                Some(Ok(group)) => (
+                    Some(group.relative_path().to_string_lossy().into_owned()),
+                    group.procs_files().to_vec(),
+                ),
+                Some(Err(error)) => {
+                    tracing::warn!(%error, agent = id, "no cgroup for the agent");
+                    (None, Vec::new())
+                }
+                None => (None, Vec::new()),
+            };
+            a.doc.cgroup.clone_from(&group);
+            a.oom_before = self.oom_kills(id);
+            let restarted = a.started_ms != 0;
+            // generations are unique across agents, so a timer of an earlier agent of the same
+            // name never matches a new one
+            a.generation = self
+                .inner
+                .generations
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let pid = match a.doc.spec.pid {
+                Some(pid) if !restarted => {
+                    // adopt: the process and its descendants join the cgroup where permitted
+                    if group.is_some() {
+                        for p in std::iter::once(pid).chain(run::descendants(pid)) {
+                            if let Some(Err(error)) = self.cg(id, |d, g| d.add_process(g, p)) {
+                                tracing::warn!(%error, agent = id, pid = p, "cannot move into the cgroup");
+                            }
+                        }
+                    }
+                    Ok(pid)
+                }
+                Some(_) => Err("an adopted process cannot be restarted".to_owned()),
+                None => {
+                    let argv = a.doc.spec.command.clone().unwrap_or_default();
+                    let launch = run::Launch {
+                        argv: &argv,
+                        env: a.doc.spec.env.as_ref(),
+                        cwd: a.doc.spec.cwd.as_deref(),
+                        cgroup_procs: procs,
+                        oom_score_adj: adj,
+                    };
+                    match run::spawn(&launch, &self.logs(id)) {
+                        Ok(child) => {
+                            let pid = child.id();
+                            a.child = Some(child);
+                            Ok(pid)
+                        }
+                        Err(e) => Err(format!("cannot start {:?}: {e}", argv.first())),
+                    }
+                }
+            };
+            let now = now_ms();
+            match pid {
+                Ok(pid) => {
+                    a.doc.pid = Some(pid);
+                    a.doc.start_ticks = run::start_ticks(pid);
+                    a.doc.state = "running".to_owned();
+                    a.doc.reason = None;
+                    a.doc.exit_code = None;
+                    a.doc.signal = None;
+                    a.doc.oom_killed = false;
+                    a.doc.started_at = Some(format_rfc3339(now));
+                    a.doc.ended_at = None;
+                    a.doc.next_restart_at = None;
+                    a.started_ms = now;
+                    a.restart_at = None;
+                    a.health = a.health_spec.clone().map(HealthState::new);
+                    if let Some(h) = &mut a.health {
+                        h.started(now);
+                    }
+                    self.watch(id, pid, a.doc.start_ticks, a.generation);
+                    self.track(a);
+                    Some(if restarted {
+                        "agent.restarted"
+                    } else {
+                        "agent.started"
+                    })
+                }
+                Err(reason) => {
+                    a.doc.state = "failed".to_owned();
+                    a.doc.reason = Some(reason);
+                    a.doc.ended_at = Some(format_rfc3339(now));
+                    None
+                }
+            }
+        };
+        let doc = self.get(id).ok_or(EngineError::Stopped)?;
+        self.persist(vec![doc.clone()]).await?;
+        if let Some(kind) = event {
+            self.publish(kind, &doc, None);
+        }
+        Ok(())
+    }
+
+    fn track(&self, a: &Agent) {
+        if let (Some(m), Some(pid)) = (self.engine().monitor(), a.doc.pid) {
+            m.track(qm_sys::agent::Target {
+                id: a.doc.id.clone(),
+                pid,
+                start_time: a.doc.start_ticks,
+                cgroup: a.doc.cgroup.as_ref().map(PathBuf::from),
+            });
+        }
+    }
+
+    fn untrack(&self, id: &str) {
+        if let Some(m) = self.engine().monitor() {
+            m.untrack(id);
+        }
+    }
+
+    /// Watches `pid` end; the supervisor hears of it with `generation`.
+    fn watch(&self, id: &str, pid: u32, ticks: Option<u64>, generation: u64) {
+        let tx = self.inner.notices.clone();
+        let id = id.to_owned();
+        match run::pidfd(pid, ticks) {
+            Some(fd) => {
+                tokio::spawn(async move {
+                    run::ended(fd).await;
+                    let _ = tx.send(Notice::Exit { id, generation });
+                });
+            }
+            None => {
+                let _ = tx.send(Notice::Exit { id, generation });
+            }
+        }
+    }
+
+    /// Stops an agent: SIGTERM to its process group (and cgroup), SIGKILL after its grace
+    /// period (or `grace`); it ends `stopped`, its allocation released. A pending agent's
+    /// request is cancelled.
+    pub async fn stop(&self, id: &str, grace: Option<Duration>) -> Result<AgentDoc, AgentError> {
+        self.stop_as(id, grace, "stopped", "stopped on request".to_owned())
+            .await
+    }
+
+    async fn stop_as(
+        &self,
+        id: &str,
+        grace: Option<Duration>,
+        state: &'static str,
+        reason: String,
+    ) -> Result<AgentDoc, AgentError> {
+        let pending = {
+            let mut agents = self.inner.agents.lock().map_err(|_| EngineError::Stopped)?;
+            let a = agents
+                .get_mut(id)
+                .ok_or_else(|| EngineError::NotFound(format!("no agent {id:?}")))?;
+            if !a.live() {
+                return Ok(a.doc.clone());
+            }
+            a.stopping = Some((state, reason.clone()));
+            match (a.doc.state.as_str(), a.doc.pid) {
+                ("running", Some(pid)) => {
+                    run::signal_group(pid, Signal::TERM);
+                    if let Some(Ok(pids)) = self.cg(id, |d, g| d.procs(g)) {
+                        run::signal_each(&pids, Signal::TERM);
+                    }
+                    let grace = grace.unwrap_or(a.grace);
+                    let me = self.clone();
+                    let id = id.to_owned();
+                    let generation = a.generation;
+                    tokio::spawn(async move {
+                        tokio::time::sleep(grace).await;
+                        me.kill_if_running(&id, generation);
+                    });
+                    false
+                }
+                _ => true,
+            }
+        };
+        if pending {
+            self.finish(id, state, Some(reason), None).await?;
+        }
+        self.get(id)
+            .ok_or_else(|| EngineError::NotFound(format!("no agent {id:?}")).into())
+    }
+
+    fn kill_if_running(&self, id: &str, generation: u64) {
+        let Ok(agents) = self.inner.agents.lock() else {
+            return;
+        };
+        if let Some(a) = agents.get(id)
+            && a.generation == generation
+            && a.doc.state == "running"
+            && let Some(pid) = a.doc.pid
+        {
+            run::signal_group(pid, Signal::KILL);
+            let _ = self.cg(id, |d, g| d.kill(g));
+        }
+    }
+
+    /// Ends the agent in `state`: releases its allocation, removes its cgroup, persists and
+    /// publishes.
+    async fn finish(
+        &self,
+        id: &str,
+        state: &str,
+        reason: Option<String>,
+        event: Option<&str>,
+    ) -> Result<(), AgentError> {
+        let doc = {
+            let mut agents = self.inner.agents.lock().map_err(|_| EngineError::Stopped)?;
+            let Some(a) = agents.get_mut(id) else {
+                return Ok(());
+            };
+            a.doc.state = state.to_owned();
+            if reason.is_some() {
+                a.doc.reason = reason.clone();
+            }
+            a.doc.ended_at = Some(format_rfc3339(now_ms()));
+            a.doc.next_restart_at = None;
+            a.restart_at = None;
+            a.child = None;
+            a.doc.clone()
+        };
+        self.untrack(id);
+        self.release(&doc).await;
+        if doc.cgroup.is_some() {
+            self.remove_group(id);
+        }
+        self.persist(vec![doc.clone()]).await?;
+        if let Some(kind) = event {
+            self.publish(kind, &doc, reason);
+        }
+        Ok(())
+    }
+
+    async fn release(&self, doc: &AgentDoc) {
+        if doc.spec.allocation.is_some() {
+            // qm exec holds that allocation itself
+            return;
+        }
+        if let Some(id) = doc
+            .allocation
+            .as_deref()
+            .and_then(|a| a.parse::<AllocId>().ok())
+        {
+            let _ = self.engine().release(id).await;
+        }
+    }
+
+    /// A process ended: find out how, then restart, back off or end.
+    async fn on_exit(&self, id: &str, generation: u64) -> Result<(), AgentError> {
+        let (stopping, kind, doc) = {
+            let mut agents = self.inner.agents.lock().map_err(|_| EngineError::Stopped)?;
+            let Some(a) = agents.get_mut(id) else {
+                return Ok(());
+            };
+            if a.generation != generation || a.doc.state != "running" {
+                return Ok(());
+            }
+            let (code, signal) = match a.child.as_mut().map(std::process::Child::wait) {
+                Some(Ok(status)) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    (status.code(), status.signal())
+                }
+                _ => (None, None),
+            };
+            a.child = None;
+            let ooms = self.oom_kills(id);
+            a.doc.exit_code = code;
+            a.doc.signal = signal;
+            a.doc.oom_killed = ooms > a.oom_before && signal == Some(9);
+            a.doc.pid = None;
+            let now = now_ms();
+            a.doc.ended_at = Some(format_rfc3339(now));
+            let cause = if a.doc.oom_killed {
+                "killed by the kernel's OOM killer (memory limit)".to_owned()
+            } else if let Some(s) = signal {
+                format!("killed by signal {s}")
+            } else if let Some(c) = code {
+                format!("exited with code {c}")
+            } else {
+                "ended (exit status unknown: not our child)".to_owned()
+            };
+            a.doc.reason = Some(cause);
+            let kind = if a.stopping.is_some() {
+                ExitKind::Stopped
+            } else if code == Some(0) {
+                ExitKind::Success
+            } else {
+                ExitKind::Failure
+            };
+            let decision = a.restarts.on_exit(now, kind, a.started_ms);
+            a.doc.restarts = a.restarts.restarts();
+            a.doc.crash_loop = a.restarts.crash_looping();
+            let stopping = a.stopping.take();
+            match decision {
+                Decision::Restart { at, .. } if stopping.is_none() && a.doc.spec.pid.is_none() => {
+                    a.doc.state = "backoff".to_owned();
+                    a.restart_at = Some(at);
+                    a.doc.next_restart_at = Some(format_rfc3339(at));
+                }
+                _ => {}
+            }
+            (stopping, kind, a.doc.clone())
+        };
+        self.untrack(id);
+        if doc.state == "backoff" {
+            self.persist(vec![doc.clone()]).await?;
+            self.publish("agent.exited", &doc, doc.reason.clone());
+            return Ok(());
+        }
+        match stopping {
+            Some((state, why)) => {
+                let event = if state == "evicted" {
+                    "agent.evicted"
+                } else {
+                    "agent.exited"
+                };
+                self.finish(id, state, Some(why), Some(event)).await
+            }
+            None => {
+                let state = if kind == ExitKind::Success {
+                    "exited"
+                } else {
+                    "failed"
+                };
+                self.finish(id, state, doc.reason.clone(), Some("agent.exited"))
+                    .await
+            }
+        }
+    }
+
+    /// Timers: restarts that are due, health probes, log sizes, fleets.
+    async fn on_tick(&self) {
+        let now = now_ms();
+        let mut due = Vec::new();
+        let mut probes = Vec::new();
+        if let Ok(mut agents) = self.inner.agents.lock() {
+            for a in agents.values_mut() {
+                if a.doc.state == "backoff" && a.restart_at.is_some_and(|t| t <= now) {
+                    due.push(a.doc.id.clone());
+                }
+                if a.doc.state == "running" {
+                    self.logs(&a.doc.id).rotate(self.inner.config.log_max_bytes);
+                    if let Some(h) = &mut a.health {
+                        if let Some(t) = h.check(now) {
+                            probes.push((a.doc.id.clone(), None, Some(t)));
+                        } else if !a.probing && h.due(now) {
+                            h.probe_started(now);
+                            a.probing = true;
+                            probes.push((a.doc.id.clone(), Some(h.spec().clone()), None));
+                        }
+                    }
+                }
+            }
+        }
+        for id in due {
+            if let Err(error) = self.launch(&id).await {
+                tracing::warn!(%error, agent = %id, "restart failed");
+            }
+        }
+        for (id, spec, transition) in probes {
+            match (spec, transition) {
+                (Some(spec), _) => {
+                    let tx = self.inner.notices.clone();
+                    tokio::spawn(async move {
+                        let result = probe::run(&spec).await;
+                        let _ = tx.send(Notice::Probe { id, result });
+                    });
+                }
+                (None, Some(t)) => self.on_health(&id, t).await,
+                (None, None) => {}
+            }
+        }
+        self.reconcile_fleets().await;
+    }
+
+    async fn on_probe(&self, id: &str, result: ProbeResult) {
+        let transition = {
+            let Ok(mut agents) = self.inner.agents.lock() else {
+                return;
+            };
+            let Some(a) = agents.get_mut(id) else {
+                return;
+            };
+            a.probing = false;
+            if a.doc.state != "running" {
+                return;
+            }
+            a.health.as_mut().and_then(|h| h.record(now_ms(), result))
+        };
+        if let Some(t) = transition {
+            self.on_health(id, t).await;
+        }
+    }
+
+    async fn on_health(&self, id: &str, t: logic::health::Transition) {
+        use logic::health::Transition;
+        let (doc, restart) = {
+            let Ok(mut agents) = self.inner.agents.lock() else {
+                return;
+            };
+            let Some(a) = agents.get_mut(id) else {
+                return;
+            };
+            match &t {
+                Transition::BecameUnhealthy { reason, .. } => {
+                    a.doc.health = "unhealthy".to_owned();
+                    a.doc.reason = Some(format!("unhealthy: {reason}"));
+                }
+                Transition::BecameHealthy => a.doc.health = "healthy".to_owned(),
+            }
+            let restart = matches!(t, Transition::BecameUnhealthy { .. })
+                && a.policy != RestartPolicy::Never
+                && a.doc.spec.pid.is_none();
+            (a.doc.clone(), restart)
+        };
+        let _ = self.persist(vec![doc.clone()]).await;
+        if matches!(t, logic::health::Transition::BecameUnhealthy { .. }) {
+            self.publish("agent.unhealthy", &doc, doc.reason.clone());
+        }
+        if restart && let Some(pid) = doc.pid {
+            // the exit that follows is a failure: restarted per policy with backoff
+            run::signal_group(pid, Signal::KILL);
+            let _ = self.cg(id, |d, g| d.kill(g));
+        }
+    }
+
+    /// An allocation event: a pending agent's grant, or a running agent's allocation ended
+    /// by someone else (preempted, evicted, expired, lost).
+    async fn on_event(&self, e: &EventDoc) {
+        let Some(alloc) = &e.allocation else {
+            return;
+        };
+        let found = self.inner.agents.lock().ok().and_then(|agents| {
+            agents
+                .values()
+                .find(|a| a.live() && a.doc.allocation.as_ref() == Some(alloc))
+                .map(|a| (a.doc.id.clone(), a.doc.state.clone()))
+        });
+        let Some((id, state)) = found else {
+            return;
+        };
+        match e.kind.as_str() {
+            "allocation.granted" if state == "pending" => {
+                if let Err(error) = self.launch(&id).await {
+                    tracing::warn!(%error, agent = %id, "launch failed");
+                }
+            }
+            "allocation.preempted"
+            | "allocation.evicted"
+            | "allocation.expired"
+            | "allocation.lost" => {
+                let why = format!(
+                    "its allocation was {}{}",
+                    e.kind.trim_start_matches("allocation."),
+                    e.reason
+                        .as_ref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                );
+                let _ = self.stop_as(&id, None, "evicted", why).await;
+            }
+            _ => {}
+        }
+    }
+
+    async fn run(self, mut notices: mpsc::UnboundedReceiver<Notice>) {
+        let mut events = self.engine().subscribe(None).live;
+        let mut tick = tokio::time::interval(self.inner.config.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                n = notices.recv() => match n {
+                    Some(Notice::Exit { id, generation }) => {
+                        if let Err(error) = self.on_exit(&id, generation).await {
+                            tracing::warn!(%error, agent = %id, "recording an exit failed");
+                        }
+                    }
+                    Some(Notice::Probe { id, result }) => self.on_probe(&id, result).await,
+                    None => return,
+                },
+                e = events.recv() => match e {
+                    Ok(e) => self.on_event(&e).await,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+                _ = tick.tick() => self.on_tick().await,
+            }
+        }
+    }
+
+    /// At start: every stored agent back in memory; live ones re-adopted by pid and start
+    /// time, or recorded as ended (and restarted per policy); pending ones launched if their
+    /// allocation was granted meanwhile.
+    async fn restore(&self) -> Result<(), AgentError> {
+        let store = self.engine().store().clone();
+        let loaded = tokio::task::spawn_blocking(move || store.load())
+            .await
+            .map_err(|e| EngineError::Store(e.to_string()))?
+            .map_err(|e| EngineError::Store(e.to_string()))?;
+        let mut to_launch = Vec::new();
+        let mut ended = Vec::new();
+        for (id, _, body) in &loaded.agents {
+            let Ok(doc) = from_json::<AgentDoc>(body) else {
+                tracing::warn!(agent = %id, "unreadable stored agent skipped");
+                continue;
+            };
+            let policy = match doc.spec.restart.as_deref() {
+                Some(r) => r.parse().unwrap_or(RestartPolicy::OnFailure),
+                None if doc.spec.pid.is_some() => RestartPolicy::Never,
+                None => RestartPolicy::OnFailure,
+            };
+            let health_spec = doc
+                .spec
+                .health
+                .as_ref()
+                .and_then(|h| probe::spec_of(h).ok());
+            let mut a = Agent {
+                grace: Duration::from_secs_f64(doc.spec.grace_s.unwrap_or(10.0)),
+                child: None,
+                generation: self
+                    .inner
+                    .generations
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                restarts: Restarts::new(self.inner.config.backoff.clone(), policy),
+                policy,
+                health_spec,
+                health: None,
+                probing: false,
+                started_ms: doc
+                    .started_at
+                    .as_deref()
+                    .and_then(qm_proto::parse_rfc3339)
+                    .unwrap_or(0),
+                oom_before: self.oom_kills(id),
+                stopping: None,
+                restart_at: None,
+                doc,
+            };
+            match a.doc.state.as_str() {
+                "running" | "starting" => match a.doc.pid {
+                    Some(pid) if run::pidfd(pid, a.doc.start_ticks).is_some() => {
+                        self.watch(id, pid, a.doc.start_ticks, a.generation);
+                        self.track(&a);
+                        a.health = a.health_spec.clone().map(HealthState::new);
+                        if let Some(h) = &mut a.health {
+                            h.started(now_ms());
+                        }
+                    }
+                    _ => ended.push(id.clone()),
+                },
+                "backoff" => {
+                    a.restart_at = Some(now_ms());
+                }
+                "pending" => to_launch.push(id.clone()),
+                _ => {}
+            }
+            if let Ok(mut agents) = self.inner.agents.lock() {
+                agents.insert(id.clone(), a);
+            }
+        }
+        for id in ended {
+            // ended while the daemon was down: recorded, then handled like any exit
+            if let Ok(mut agents) = self.inner.agents.lock()
+                && let Some(a) = agents.get_mut(&id)
+            {
+                a.doc.reason = Some("ended while the daemon was down".to_owned());
+            }
+            let generation = self
+                .inner
+                .agents
+                .lock()
+                .ok()
+                .and_then(|a| a.get(&id).map(|a| a.generation))
+                .unwrap_or(0);
+            let _ = self.inner.notices.send(Notice::Exit {
+                id: id.clone(),
+                generation,
+            });
+        }
+        for id in to_launch {
+            let granted = match self
+                .get(&id)
+                .and_then(|d| d.allocation)
+                .and_then(|a| a.parse::<AllocId>().ok())
+            {
+                Some(a) => {
+                    matches!(self.engine().get(a).await, Ok(Lookup::Live(d)) if d.state == "granted")
+                }
+                None => false,
+            };
+            if granted {
+                self.launch(&id).await?;
+            }
+        }
+        self.restore_fleets(&loaded.fleets);
+        Ok(())
+    }
+}

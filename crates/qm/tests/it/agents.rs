@@ -1,0 +1,433 @@
+//! Agents end to end, as root on this host's cgroups (v1 controllers plus the cgroup2 mount):
+//! an agent over its memory limit is OOM-killed and reported as such; a 200m cpu limit holds
+//! a busy loop near 0.2 cores; an agent survives `kill -9` of the daemon and is re-adopted;
+//! failures restart with backoff and a missed heartbeat restarts; `qm exec` confines,
+//! propagates the exit code and releases; a fleet replaces a dead member and scales on a
+//! pushed metric. Where cgroups cannot be written (not root), the tests that need them print
+//! one line and return.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::daemon::{Daemon, temp_dir};
+
+fn eventually<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn can_confine() -> bool {
+    let ok = rustix::process::geteuid().is_root()
+        && (Path::new("/sys/fs/cgroup/memory").is_dir()
+            || Path::new("/sys/fs/cgroup/cgroup.controllers").is_file());
+    if !ok {
+        println!("skipped: needs root and writable cgroups");
+    }
+    ok
+}
+
+const CONFIG: &str = "[agents]\ncgroup_parent = \"qm-it\"\nbackoff_initial_s = 0.2\nbackoff_max_s = 1\n\
+                      [monitor]\ninterval_s = 0.2\n";
+
+fn start(tag: &str) -> (Daemon, std::path::PathBuf) {
+    let dir = temp_dir(tag);
+    let config = dir.join("qm.toml");
+    std::fs::write(&config, CONFIG).expect("config");
+    let d = Daemon::start(
+        &dir.join("data"),
+        &[
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--capacity",
+            "cpu=4,memory=4Gi",
+        ],
+    );
+    (d, dir)
+}
+
+fn agent(d: &Daemon, id: &str) -> Value {
+    d.get(&format!("/v1/agents/{id}")).body
+}
+
+fn state_is(d: &Daemon, id: &str, state: &str) -> Option<Value> {
+    let a = agent(d, id);
+    (a["state"] == state).then_some(a)
+}
+
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+#[test]
+fn an_agent_over_its_memory_limit_is_oom_killed_and_reported() {
+    if !can_confine() {
+        return;
+    }
+    let (d, _) = start("oom");
+    let a = d.post(
+        "/v1/agents",
+        &json!({
+            "name": "hog",
+            "command": ["python3", "-c", "b = bytearray(256 * 1024 * 1024); import time; time.sleep(10)"],
+            "resources": { "cpu": "100m", "memory": "64Mi" },
+            "limits": { "memory": "64Mi" },
+            "restart": "never",
+        })
+        .to_string(),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(a.body["qos"], "burstable");
+    assert!(
+        a.body["cgroup"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("qm-it/hog"))
+    );
+    let ended = eventually("the OOM kill", 20, || state_is(&d, "hog", "failed"));
+    assert_eq!(ended["oom_killed"], true, "{ended}");
+    assert_eq!(ended["signal"], 9);
+    assert!(ended["reason"].as_str().is_some_and(|r| r.contains("OOM")));
+    // its allocation is released
+    let alloc = ended["allocation"].as_str().expect("allocation");
+    assert_eq!(
+        d.get(&format!("/v1/allocations/{alloc}")).body["state"],
+        "released"
+    );
+    d.stop();
+}
+
+/// CPU seconds a process has used, from /proc.
+fn cpu_seconds(pid: u64) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+#[test]
+fn a_cpu_limit_holds_a_busy_loop() {
+    if !can_confine() {
+        return;
+    }
+    let (d, _) = start("cpu");
+    let a = d.post(
+        "/v1/agents",
+        &json!({
+            "name": "spin",
+            "command": ["sh", "-c", "while :; do :; done"],
+            "resources": { "cpu": "200m", "memory": "32Mi" },
+            "limits": { "cpu": "200m", "memory": "32Mi" },
+        })
+        .to_string(),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(a.body["qos"], "guaranteed");
+    let pid = a.body["pid"].as_u64().expect("pid");
+    std::thread::sleep(Duration::from_millis(500));
+    let (c0, t0) = (cpu_seconds(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    let cores = (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64();
+    assert!((0.1..0.3).contains(&cores), "{cores} cores");
+    // the monitor reads the agent from its cgroup
+    let usage = eventually("the agent's usage", 10, || {
+        agent(&d, "spin")["usage"]["cpu"]
+            .as_str()
+            .map(str::to_owned)
+    });
+    assert!(!usage.is_empty());
+    let stopped = d.delete("/v1/agents/spin?grace_s=1");
+    assert_eq!(stopped.status, 200);
+    eventually("stopped", 10, || state_is(&d, "spin", "stopped"));
+    assert!(!alive(pid));
+    d.stop();
+}
+
+#[test]
+fn agents_outlive_the_daemon_and_are_re_adopted() {
+    let (d, dir) = start("survive");
+    let a = d.post(
+        "/v1/agents",
+        &json!({
+            "name": "sleeper",
+            "command": ["sleep", "300"],
+            "resources": { "cpu": "100m", "memory": "16Mi" },
+        })
+        .to_string(),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let pid = a.body["pid"].as_u64().expect("pid");
+    let short = d.post(
+        "/v1/agents",
+        &json!({
+            "name": "short",
+            "command": ["sleep", "1"],
+            "resources": { "cpu": "100m" },
+            "restart": "never",
+        })
+        .to_string(),
+    );
+    assert_eq!(short.status, 201);
+    d.kill9();
+    assert!(alive(pid), "the agent survived the daemon");
+    std::thread::sleep(Duration::from_millis(1500));
+    let d = Daemon::start(
+        &dir.join("data"),
+        &[
+            "--config",
+            dir.join("qm.toml").to_str().expect("utf-8"),
+            "--capacity",
+            "cpu=4,memory=4Gi",
+        ],
+    );
+    let back = agent(&d, "sleeper");
+    assert_eq!(back["state"], "running", "{back}");
+    assert_eq!(back["pid"].as_u64(), Some(pid));
+    // what ended while the daemon was down is recorded as ended
+    let ended = eventually("short to be recorded", 10, || {
+        let a = agent(&d, "short");
+        (a["state"] != "running").then_some(a)
+    });
+    assert!(
+        ended["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("down") || r.contains("ended")),
+        "{ended}"
+    );
+    // supervision resumed: stopping works and the process goes
+    assert_eq!(d.delete("/v1/agents/sleeper?grace_s=1").status, 200);
+    eventually("stopped", 10, || state_is(&d, "sleeper", "stopped"));
+    assert!(!alive(pid));
+    d.stop();
+}
+
+#[test]
+fn failures_restart_with_backoff_and_missed_heartbeats_restart() {
+    let (d, _) = start("restart");
+    let a = d.post(
+        "/v1/agents",
+        &json!({
+            "name": "crasher",
+            "command": ["sh", "-c", "echo started; sleep 0.1; exit 3"],
+            "resources": { "cpu": "100m" },
+            "restart": "on-failure",
+        })
+        .to_string(),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let looping = eventually("three restarts", 20, || {
+        let a = agent(&d, "crasher");
+        (a["restarts"].as_u64() >= Some(3)).then_some(a)
+    });
+    assert_eq!(looping["exit_code"].as_i64().unwrap_or(3), 3);
+    let logs = d.get("/v1/agents/crasher/logs?tail=2").body;
+    assert_eq!(logs["stdout"][1], "started", "{logs}");
+    assert_eq!(d.delete("/v1/agents/crasher").status, 200);
+    eventually("stopped", 10, || state_is(&d, "crasher", "stopped"));
+    // a heartbeat check that is never fed: unhealthy, then restarted
+    let h = d.post(
+        "/v1/agents",
+        &json!({
+            "name": "silent",
+            "command": ["sleep", "300"],
+            "resources": { "cpu": "100m" },
+            "health": { "heartbeat_s": 0.3, "failure_threshold": 1 },
+        })
+        .to_string(),
+    );
+    assert_eq!(h.status, 201, "{}", h.body);
+    let first = h.body["pid"].as_u64().expect("pid");
+    let restarted = eventually("a restart for the missed heartbeat", 20, || {
+        let a = agent(&d, "silent");
+        (a["restarts"].as_u64() >= Some(1) && a["state"] == "running").then_some(a)
+    });
+    assert_ne!(restarted["pid"].as_u64(), Some(first));
+    assert!(!alive(first));
+    // fed, it stays healthy
+    for _ in 0..10 {
+        assert_eq!(d.post("/v1/agents/silent/heartbeat", "{}").status, 200);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(agent(&d, "silent")["health"], "healthy");
+    d.delete("/v1/agents/silent?grace_s=0");
+    d.stop();
+}
+
+#[test]
+fn qm_exec_confines_propagates_the_exit_code_and_releases() {
+    if !can_confine() {
+        return;
+    }
+    let (d, dir) = start("exec");
+    let seen = dir.join("cgroup.txt");
+    let o = Command::new(env!("CARGO_BIN_EXE_qm"))
+        .args([
+            "--server", &d.base, "exec", "--cpu", "100m", "--memory", "64Mi", "--name", "wrapped",
+            "--",
+        ])
+        .args([
+            "sh",
+            "-c",
+            &format!("cat /proc/self/cgroup > {}; exit 7", seen.display()),
+        ])
+        .output()
+        .expect("qm exec");
+    assert_eq!(
+        o.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let cgroups = std::fs::read_to_string(&seen).expect("the child ran");
+    assert!(
+        cgroups
+            .lines()
+            .any(|l| l.contains(":memory:") && l.ends_with("/qm-it/wrapped")),
+        "{cgroups}"
+    );
+    let allocs = d.get("/v1/allocations?agent=wrapped").body;
+    assert_eq!(allocs["items"][0]["state"], "released", "{allocs}");
+    // a command that cannot run
+    let o = Command::new(env!("CARGO_BIN_EXE_qm"))
+        .args([
+            "--server",
+            &d.base,
+            "exec",
+            "--cpu",
+            "100m",
+            "--",
+            "/no/such/program",
+        ])
+        .output()
+        .expect("qm exec");
+    assert_ne!(o.status.code(), Some(0));
+    d.stop();
+}
+
+#[test]
+fn a_fleet_replaces_a_dead_member_and_scales_on_a_pushed_metric() {
+    let (d, _) = start("fleet");
+    let f = d.post(
+        "/v1/fleets",
+        &json!({
+            "name": "coders",
+            "replicas": 2,
+            "template": {
+                "name": "x",
+                "command": ["sleep", "300"],
+                "resources": { "cpu": "100m", "memory": "16Mi" },
+                "restart": "never",
+            },
+            "autoscale": { "min": 1, "max": 4, "metric": "custom", "target": 1.0, "scale_down_stabilization_s": 0 },
+        })
+        .to_string(),
+    );
+    assert_eq!(f.status, 201, "{}", f.body);
+    let members = |d: &Daemon| -> Vec<Value> {
+        d.get("/v1/agents").body["items"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|a| a["fleet"] == "coders" && a["state"] == "running")
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let two = eventually("two members", 10, || {
+        let m = members(&d);
+        (m.len() == 2).then_some(m)
+    });
+    // a member dies: it is replaced by a new one
+    let victim = two[0]["pid"].as_u64().expect("pid");
+    let victim_id = two[0]["id"].as_str().expect("id").to_owned();
+    let _ = Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status();
+    eventually("a replacement", 10, || {
+        let m = members(&d);
+        (m.len() == 2 && m.iter().all(|a| a["id"] != victim_id.as_str())).then_some(())
+    });
+    // a pushed metric of twice the target doubles the fleet
+    assert_eq!(
+        d.post("/v1/fleets/coders/metric", "{\"value\": 2.0}")
+            .status,
+        200
+    );
+    eventually("four members", 10, || {
+        (members(&d).len() == 4).then_some(())
+    });
+    assert_eq!(d.get("/v1/fleets/coders").body["replicas"], 4);
+    // and a low one shrinks it to the minimum
+    assert_eq!(
+        d.post("/v1/fleets/coders/metric", "{\"value\": 0.1}")
+            .status,
+        200
+    );
+    eventually("one member", 10, || (members(&d).len() == 1).then_some(()));
+    let bad = d.post("/v1/fleets/coders/metric", "{\"value\": -1}");
+    assert_eq!(bad.status, 422);
+    assert_eq!(d.delete("/v1/fleets/coders").status, 200);
+    eventually("no members", 10, || members(&d).is_empty().then_some(()));
+    d.stop();
+}
+
+#[test]
+fn bad_agent_requests_name_the_field_and_change_nothing() {
+    let (d, _) = start("bad-agents");
+    for (body, field) in [
+        (json!({"name": "a b", "command": ["true"]}), "name"),
+        (json!({"name": "a"}), "command"),
+        (json!({"name": "a", "command": ["true"], "pid": 1}), "pid"),
+        (
+            json!({"name": "a", "command": ["true"], "restart": "sometimes"}),
+            "restart",
+        ),
+        (
+            json!({"name": "a", "command": ["true"], "resources": {"memory": "-1Gi"}}),
+            "resources.memory",
+        ),
+        (
+            json!({"name": "a", "command": ["true"], "colour": 1}),
+            "colour",
+        ),
+        (json!({"name": "a", "pid": 999_999_999}), "pid"),
+        (
+            json!({"name": "a", "command": ["true"], "health": {"http": "ftp://x"}}),
+            "health.http",
+        ),
+    ] {
+        let a = d.post("/v1/agents", &body.to_string());
+        assert_eq!(a.status, 422, "{body}: {}", a.body);
+        let named = a.body["errors"].as_array().is_some_and(|e| {
+            e.iter()
+                .any(|e| e["field"].as_str().is_some_and(|f| f.contains(field)))
+        }) || a.body["detail"].as_str().is_some_and(|d| d.contains(field));
+        assert!(named, "{body}: {}", a.body);
+    }
+    assert_eq!(d.get("/v1/agents").body["items"], json!([]));
+    assert_eq!(d.get("/v1/agents/nobody").status, 404);
+    assert_eq!(d.delete("/v1/agents/nobody").status, 404);
+    let too_big = d.post(
+        "/v1/agents",
+        &json!({"name": "big", "command": ["true"], "resources": {"cpu": "64"}, "queue": false})
+            .to_string(),
+    );
+    assert_eq!(too_big.status, 409, "{}", too_big.body);
+    d.stop();
+}
