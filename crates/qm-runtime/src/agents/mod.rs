@@ -340,8 +340,9 @@ impl Supervisor {
         };
         match agents.get_mut(id) {
             Some(a) if a.live() => {
-                if let Some(h) = &mut a.health {
-                    h.heartbeat(now_ms());
+                let beat = a.health.as_mut().and_then(|h| h.heartbeat(now_ms()));
+                if let Some(logic::health::Transition::BecameHealthy) = beat {
+                    a.doc.health = "healthy".to_owned();
                 }
                 true
             }

@@ -186,25 +186,41 @@ pub(crate) fn spawn(launch: &Launch<'_>, logs: &Logs) -> io::Result<Child> {
         .argv
         .split_first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
-    let (out, err) = logs.open()?;
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err));
-    if let Some(env) = launch.env {
-        cmd.envs(env);
-    }
-    if let Some(cwd) = launch.cwd {
-        cmd.current_dir(cwd);
-    }
-    let opts = qm_cgroup::SpawnOptions {
+    // a Command keeps its pre_exec hooks: the retry needs a fresh one
+    let command = || -> io::Result<Command> {
+        let (out, err) = logs.open()?;
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        if let Some(env) = launch.env {
+            cmd.envs(env);
+        }
+        if let Some(cwd) = launch.cwd {
+            cmd.current_dir(cwd);
+        }
+        Ok(cmd)
+    };
+    let mut opts = qm_cgroup::SpawnOptions {
         cgroup_procs: launch.cgroup_procs.clone(),
         oom_score_adj: launch.oom_score_adj,
         new_session: true,
         hold: None,
     };
-    qm_cgroup::spawn(&mut cmd, &opts)
+    match qm_cgroup::spawn(&mut command()?, &opts) {
+        // lowering oom_score_adj needs CAP_SYS_RESOURCE in the initial user namespace; in a
+        // container it is refused: run the agent at the daemon's own score instead
+        Err(e)
+            if e.kind() == io::ErrorKind::PermissionDenied
+                && launch.oom_score_adj.is_some_and(|a| a < 0) =>
+        {
+            tracing::warn!(adj = ?launch.oom_score_adj, "cannot lower the agent's oom_score_adj here; leaving it as the daemon's");
+            opts.oom_score_adj = None;
+            qm_cgroup::spawn(&mut command()?, &opts)
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]
