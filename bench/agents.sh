@@ -29,7 +29,7 @@ cleanup() {
 }
 trap cleanup EXIT
 ulimit -n 65536 || true
-printf '[agents]\ncgroup_parent = "qm-bench"\n' > "$work/qm.toml"
+printf "[agents]\ncgroup_parent = \"qm-bench\"\n${QM_BENCH_EXTRA:-}" > "$work/qm.toml"
 "$qm" serve --listen 127.0.0.1:$port --data-dir "$work/data" --config "$work/qm.toml" \
   --capacity cpu=100000,memory=100000Gi > "$work/out" 2> "$work/err" &
 qm_pid=$!
@@ -49,8 +49,14 @@ echo "running agents: $running"
 sleep 5
 echo "== idle for ${idle}s with $running agents"
 t0=$(awk '{ print $14 + $15 }' /proc/$qm_pid/stat)
-sleep "$idle"
+sleep "$idle" &
+sleep_pid=$!
+if [ -n "${QM_PERF:-}" ]; then timeout 10 perf record -g -o "$QM_PERF" -p $qm_pid -- sleep 8 >/dev/null 2>&1 || true; fi
+wait $sleep_pid
 t1=$(awk '{ print $14 + $15 }' /proc/$qm_pid/stat)
 awk -v t=$((t1 - t0)) -v hz="$tick" -v s="$idle" -v rss="$(awk '/^VmRSS/ { print $2 }' /proc/$qm_pid/status)" 'BEGIN {
   printf "daemon: %.2f CPU s in %d s = %.2f%% of a core, RSS %.1f MiB\n", t / hz, s, 100 * t / hz / s, rss / 1024 }'
+curl -s "http://127.0.0.1:$port/v1/metrics?name=qm_monitor_collection" \
+  | grep -o '"collection_ms":[0-9.]*,"collection_cpu_ms":[0-9.]*' \
+  | sed 's/^/monitor, last collection of host and agents: /'
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"

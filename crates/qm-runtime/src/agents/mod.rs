@@ -131,6 +131,7 @@ struct Inner {
     notices: mpsc::UnboundedSender<Notice>,
     node_memory: u64,
     generations: std::sync::atomic::AtomicU64,
+    last_rotation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Notice {
@@ -173,6 +174,7 @@ impl Supervisor {
                 notices: tx,
                 node_memory,
                 generations: std::sync::atomic::AtomicU64::new(1_000_000),
+                last_rotation: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         sup.restore().await?;
@@ -877,13 +879,26 @@ impl Supervisor {
         let now = now_ms();
         let mut due = Vec::new();
         let mut probes = Vec::new();
+        // log sizes are checked every 5 s, not every tick: two stats per agent add up
+        let last = self
+            .inner
+            .last_rotation
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let rotate = now >= last + 5_000;
+        if rotate {
+            self.inner
+                .last_rotation
+                .store(now, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Ok(mut agents) = self.inner.agents.lock() {
             for a in agents.values_mut() {
                 if a.doc.state == "backoff" && a.restart_at.is_some_and(|t| t <= now) {
                     due.push(a.doc.id.clone());
                 }
                 if a.doc.state == "running" {
-                    self.logs(&a.doc.id).rotate(self.inner.config.log_max_bytes);
+                    if rotate {
+                        self.logs(&a.doc.id).rotate(self.inner.config.log_max_bytes);
+                    }
                     if let Some(h) = &mut a.health {
                         if let Some(t) = h.check(now) {
                             probes.push((a.doc.id.clone(), None, Some(t)));

@@ -160,22 +160,33 @@ impl Reader {
 
     /// One cgroup's values. `None` when the cgroup is gone or holds no process (or its path
     /// climbs out of the mount with `..`).
-    pub(super) fn read_cgroup(&mut self, rel: &Path, files: &mut Files) -> Option<Reading> {
+    /// Without `detail`, the slow-changing files (memory.stat, OOM, IO, PSI) are skipped.
+    pub(super) fn read_cgroup(
+        &mut self,
+        rel: &Path,
+        files: &mut Files,
+        detail: bool,
+    ) -> Option<Reading> {
         let outside = rel
             .components()
             .any(|c| c == std::path::Component::ParentDir);
-        if outside || !self.read(rel, files, File::Procs) {
+        if outside {
             return None;
         }
         let v2 = self.layout == CgroupLayout::V2;
-        let mut r = Reading {
-            processes: Some(count_numbers(&self.buf)),
-            ..Reading::default()
-        };
+        let mut r = Reading::default();
         if self.read(rel, files, File::Pids) {
             r.threads = first_u64(&self.buf);
         }
-        if r.processes == Some(0) && r.threads.unwrap_or(0) == 0 {
+        // cgroup.procs is the dearest file (the kernel builds a sorted pid list, on v1
+        // especially): with pids.current to tell a live group, it is a detail
+        if detail || r.threads.is_none() {
+            if !self.read(rel, files, File::Procs) {
+                return None;
+            }
+            r.processes = Some(count_numbers(&self.buf));
+        }
+        if r.processes.unwrap_or(0) == 0 && r.threads.unwrap_or(0) == 0 {
             return None;
         }
         if self.read(rel, files, File::Cpu) {
@@ -187,6 +198,9 @@ impl Reader {
         }
         if self.read(rel, files, File::Memory) {
             r.memory_bytes = first_u64(&self.buf);
+        }
+        if !detail {
+            return Some(r);
         }
         if self.read(rel, files, File::MemoryStat) {
             let (anon, file) = if v2 {

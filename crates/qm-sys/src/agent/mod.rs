@@ -174,6 +174,11 @@ pub struct CollectOptions {
     /// two to three times as much. Default: half the soft `RLIMIT_NOFILE`, at most 65,536.
     /// Zero keeps none.
     pub max_kept_files: usize,
+    /// Read a cgroup agent's slow-changing files (memory.stat, OOM counters, IO bytes, the
+    /// three PSI files: six of its ten files) on every this many cycles, spread over agents,
+    /// reporting their last values (and IO rates) in between; 1 reads them every cycle.
+    /// Processes, threads, cpu and memory are read every cycle. Default 5.
+    pub cgroup_detail_every: u32,
 }
 
 impl Default for CollectOptions {
@@ -184,12 +189,13 @@ impl Default for CollectOptions {
         CollectOptions {
             open_files_every: 5,
             max_kept_files: usize::try_from(soft / 2).unwrap_or(0).min(65_536),
+            cgroup_detail_every: 5,
         }
     }
 }
 
 /// One cycle's values of one agent, before rates.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Reading {
     processes: Option<u64>,
     threads: Option<u64>,
@@ -221,6 +227,8 @@ struct AgentState {
     cpu: Option<Counter>,
     read: Option<Counter>,
     written: Option<Counter>,
+    /// A cgroup agent's slow-changing values from the last full read, with its IO rates.
+    detail: Option<(Reading, Option<f64>, Option<f64>)>,
 }
 
 impl AgentState {
@@ -235,6 +243,7 @@ impl AgentState {
             cpu: None,
             read: None,
             written: None,
+            detail: None,
         }
     }
 
@@ -327,7 +336,7 @@ impl AgentCollector {
             let known = self.agents.get(t.id.as_str());
             if known.is_some_and(|a| a.seen == cycle) {
                 // A repeated id: read with state of its own, thrown away.
-                out.push(readers.read(&mut AgentState::new(t, cycle), t, now));
+                out.push(readers.read(&mut AgentState::new(t, cycle), t, now, cycle));
                 continue;
             }
             if !known.is_some_and(|a| a.is_for(t)) {
@@ -336,7 +345,7 @@ impl AgentCollector {
             let snapshot = match self.agents.get_mut(t.id.as_str()) {
                 Some(state) => {
                     state.seen = cycle;
-                    readers.read(state, t, now)
+                    readers.read(state, t, now, cycle)
                 }
                 None => AgentSnapshot::gone(&t.id, Source::Proc), // just inserted
             };
@@ -354,10 +363,19 @@ struct Readers<'a> {
 }
 
 impl Readers<'_> {
-    fn read(&mut self, state: &mut AgentState, t: &Target, now: Instant) -> AgentSnapshot {
+    fn read(
+        &mut self,
+        state: &mut AgentState,
+        t: &Target,
+        now: Instant,
+        cycle: u64,
+    ) -> AgentSnapshot {
+        let every = u64::from(self.options.cgroup_detail_every.max(1));
+        let spread = u64::from(t.pid) + t.id.len() as u64;
+        let detail = state.detail.is_none() || (cycle + spread) % every == 0;
         let (source, reading) = match (&mut state.body, &t.cgroup) {
             (Body::Cgroup(files), Some(rel)) => {
-                (Source::Cgroup, self.cgroups.read_cgroup(rel, files))
+                (Source::Cgroup, self.cgroups.read_cgroup(rel, files, detail))
             }
             (Body::Proc(tree), _) => {
                 let r = self.walker.walk(tree, t.pid, t.start_time, self.options);
@@ -376,6 +394,28 @@ impl Readers<'_> {
             }
             return AgentSnapshot::gone(&t.id, source);
         };
+        let mut r = r;
+        let (read_rate, write_rate) = if source == Source::Cgroup && !detail {
+            // between full reads: the last slow-changing values and IO rates
+            let (last, read_rate, write_rate) = state.detail.clone().unwrap_or_default();
+            r.processes = r.processes.or(last.processes);
+            r.memory_anon_bytes = last.memory_anon_bytes;
+            r.memory_file_bytes = last.memory_file_bytes;
+            r.read_bytes = last.read_bytes;
+            r.written_bytes = last.written_bytes;
+            r.oom_kills = last.oom_kills;
+            r.pressure = last.pressure;
+            (read_rate, write_rate)
+        } else {
+            let rates = (
+                rate(&mut state.read, r.read_bytes, now),
+                rate(&mut state.written, r.written_bytes, now),
+            );
+            if source == Source::Cgroup {
+                state.detail = Some((r.clone(), rates.0, rates.1));
+            }
+            rates
+        };
         AgentSnapshot {
             id: t.id.clone(),
             alive: true,
@@ -389,8 +429,8 @@ impl Readers<'_> {
             memory_file_bytes: r.memory_file_bytes,
             io_read_bytes_total: r.read_bytes,
             io_written_bytes_total: r.written_bytes,
-            io_read_bytes_per_second: rate(&mut state.read, r.read_bytes, now),
-            io_write_bytes_per_second: rate(&mut state.written, r.written_bytes, now),
+            io_read_bytes_per_second: read_rate,
+            io_write_bytes_per_second: write_rate,
             open_files: r.open_files,
             oom_kills: r.oom_kills,
             pressure: r.pressure,

@@ -445,7 +445,13 @@ fn v2_cgroups_are_read_from_their_files() {
     let f = Fixture::new("v2");
     f.write("sys/fs/cgroup/cgroup.controllers", "cpu memory io pids\n");
     v2_cgroup(&f, "qm/coder-1", 1_000_000, 0);
-    let mut c = AgentCollector::new(&f.paths());
+    let mut c = AgentCollector::with_options(
+        &f.paths(),
+        CollectOptions {
+            cgroup_detail_every: 1,
+            ..CollectOptions::default()
+        },
+    );
     assert_eq!(c.layout(), CgroupLayout::V2);
     let t = [
         cg_target("coder-1", "/qm/coder-1"),
@@ -556,7 +562,13 @@ fn v1_cgroup(f: &Fixture, cpuacct: &str, rel: &str, usage_ns: u64, read: u64) {
 fn v1_cgroups_are_read_from_their_controllers() {
     let f = Fixture::new("v1");
     v1_cgroup(&f, "cpu,cpuacct", "qm/a", 2_000_000_000, 100);
-    let mut c = AgentCollector::new(&f.paths());
+    let mut c = AgentCollector::with_options(
+        &f.paths(),
+        CollectOptions {
+            cgroup_detail_every: 1,
+            ..CollectOptions::default()
+        },
+    );
     assert_eq!(c.layout(), CgroupLayout::V1);
     let t = [cg_target("a", "qm/a")];
     let t0 = Instant::now();
