@@ -99,7 +99,14 @@ struct Agent {
     stopping: Option<(&'static str, String)>,
     restart_at: Option<u64>,
     grace: Duration,
+    /// Limits, OOM score and QoS from the agent's request (known at admission).
+    confinement: Option<Confinement>,
+    /// A cgroup made while the admission was decided, used by the first launch.
+    group: Option<qm_cgroup::Group>,
 }
+
+/// How an agent is confined: its cgroup limits, `oom_score_adj` and QoS class name.
+type Confinement = (qm_cgroup::Limits, Option<i32>, String);
 
 impl Agent {
     fn live(&self) -> bool {
@@ -409,34 +416,36 @@ impl Supervisor {
                 .into());
             }
         }
-        // admission: an existing allocation (qm exec), or a new request
-        let (alloc_id, granted) = match &spec.allocation {
-            Some(id) => {
-                let parsed: AllocId = id.parse().map_err(|_| {
-                    EngineError::Invalid(vec![FieldProblem::new(
-                        "allocation",
-                        format!("{id:?} is not an allocation id"),
-                    )])
-                })?;
-                match self.engine().get(parsed).await? {
-                    Lookup::Live(doc) if doc.state == "granted" => (id.clone(), true),
-                    _ => {
-                        return Err(EngineError::Conflict(format!(
-                            "allocation {id} is not granted"
-                        ))
-                        .into());
-                    }
-                }
+        // under an existing allocation (qm exec) the allocation's own resources confine it,
+        // read at launch
+        let confinement = request
+            .as_ref()
+            .filter(|_| spec.allocation.is_none())
+            .map(|r| self.confinement_of(r));
+        // the cgroup is made while the ledger decides (a spawn's admission is mostly its
+        // fsync); removed again if the request is refused
+        let precreate = match (&confinement, spec.pid, &spec.allocation) {
+            (Some((limits, _, _)), None, None) if self.inner.driver.is_some() => {
+                let me = self.clone();
+                let (name, limits) = (spec.name.clone(), *limits);
+                Some(tokio::task::spawn_blocking(move || {
+                    me.cg(&name, |d, g| d.create(g, &limits).ok()).flatten()
+                }))
             }
-            None => {
-                let Some(request) = request else {
-                    return Err(EngineError::Invalid(Vec::new()).into());
-                };
-                let replay = self.engine().submit(request, false, None).await?;
-                let Some(id) = replay.id else {
-                    return Err(AgentError::Spawn("the ledger gave no allocation id".into()));
-                };
-                (id, replay.status == 201)
+            _ => None,
+        };
+        let admission = self.admit(&spec, request).await;
+        let group = match precreate {
+            Some(h) => h.await.ok().flatten(),
+            None => None,
+        };
+        let (alloc_id, granted) = match admission {
+            Ok(a) => a,
+            Err(e) => {
+                if group.is_some() {
+                    self.remove_group(&spec.name);
+                }
+                return Err(e);
             }
         };
         let policy = match spec.restart.as_deref() {
@@ -471,6 +480,8 @@ impl Supervisor {
             stopping: None,
             restart_at: None,
             grace,
+            confinement,
+            group,
         };
         let id = agent.doc.id.clone();
         if let Ok(mut agents) = self.inner.agents.lock() {
@@ -489,6 +500,66 @@ impl Supervisor {
             return Err(AgentError::Spawn(doc.reason.unwrap_or_default()));
         }
         Ok(doc)
+    }
+
+    /// Admission: an existing granted allocation (`qm exec`), or a new request; answers the
+    /// allocation's id and whether it is granted now.
+    async fn admit(
+        &self,
+        spec: &AgentSpec,
+        request: Option<qm_core::Request>,
+    ) -> Result<(String, bool), AgentError> {
+        match &spec.allocation {
+            Some(id) => {
+                let parsed: AllocId = id.parse().map_err(|_| {
+                    EngineError::Invalid(vec![FieldProblem::new(
+                        "allocation",
+                        format!("{id:?} is not an allocation id"),
+                    )])
+                })?;
+                match self.engine().get(parsed).await? {
+                    Lookup::Live(doc) if doc.state == "granted" => Ok((id.clone(), true)),
+                    _ => {
+                        Err(EngineError::Conflict(format!("allocation {id} is not granted")).into())
+                    }
+                }
+            }
+            None => {
+                let Some(request) = request else {
+                    return Err(EngineError::Invalid(Vec::new()).into());
+                };
+                let replay = self.engine().submit(request, false, None).await?;
+                let Some(id) = replay.id else {
+                    return Err(AgentError::Spawn("the ledger gave no allocation id".into()));
+                };
+                Ok((id, replay.status == 201))
+            }
+        }
+    }
+
+    /// The cgroup limits, OOM score and QoS of a request.
+    fn confinement_of(&self, req: &qm_core::Request) -> Confinement {
+        let qos = qm_core::Qos::derive(&req.resources, req.limits.as_ref());
+        let cg_qos = match qos {
+            qm_core::Qos::Guaranteed => qm_cgroup::Qos::Guaranteed,
+            qm_core::Qos::Burstable => qm_cgroup::Qos::Burstable,
+            qm_core::Qos::BestEffort => qm_cgroup::Qos::BestEffort,
+        };
+        let nonzero = |v: u64| (v > 0).then_some(v);
+        let limits = qm_cgroup::limits_for(
+            cg_qos,
+            qm_cgroup::Requests {
+                cpu_millis: req.resources.cpu(),
+                memory_bytes: req.resources.memory(),
+            },
+            qm_cgroup::Maximums {
+                cpu_millis: req.limits.as_ref().and_then(|l| nonzero(l.cpu())),
+                memory_bytes: req.limits.as_ref().and_then(|l| nonzero(l.memory())),
+            },
+        );
+        let adj =
+            qm_cgroup::oom_score_adj_for(cg_qos, req.resources.memory(), self.inner.node_memory);
+        (limits, Some(adj), qos.name().to_owned())
     }
 
     /// The cgroup limits and OOM score of the agent's allocation.
@@ -536,7 +607,16 @@ impl Supervisor {
         let Some(alloc) = self.get(id).and_then(|d| d.allocation) else {
             return Ok(());
         };
-        let (limits, adj, qos) = self.confinement(&alloc).await;
+        let prepared = self
+            .inner
+            .agents
+            .lock()
+            .ok()
+            .and_then(|a| a.get(id).and_then(|a| a.confinement.clone()));
+        let (limits, adj, qos) = match prepared {
+            Some(c) => c,
+            None => self.confinement(&alloc).await,
+        };
         let event = {
             let mut agents = self.inner.agents.lock().map_err(|_| EngineError::Stopped)?;
             let Some(a) = agents.get_mut(id) else {
@@ -548,7 +628,11 @@ impl Supervisor {
                 return Ok(());
             }
             a.doc.qos = Some(qos);
-            let (group, procs) = match self.cg(id, |d, g| d.create(g, &limits)) {
+            let made = match a.group.take() {
+                Some(g) => Some(Ok(g)),
+                None => self.cg(id, |d, g| d.create(g, &limits)),
+            };
+            let (group, procs) = match made {
                 Some(Ok(group)) => (
                     Some(group.relative_path().to_string_lossy().into_owned()),
                     group.procs_files().to_vec(),
@@ -1093,6 +1177,8 @@ impl Supervisor {
                 oom_before: self.oom_kills(id),
                 stopping: None,
                 restart_at: None,
+                confinement: None,
+                group: None,
                 doc,
             };
             match a.doc.state.as_str() {

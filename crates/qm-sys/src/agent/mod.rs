@@ -372,7 +372,7 @@ impl Readers<'_> {
     ) -> AgentSnapshot {
         let every = u64::from(self.options.cgroup_detail_every.max(1));
         let spread = u64::from(t.pid) + t.id.len() as u64;
-        let detail = state.detail.is_none() || (cycle + spread) % every == 0;
+        let detail = state.detail.is_none() || (cycle + spread).is_multiple_of(every);
         let (source, reading) = match (&mut state.body, &t.cgroup) {
             (Body::Cgroup(files), Some(rel)) => {
                 (Source::Cgroup, self.cgroups.read_cgroup(rel, files, detail))
