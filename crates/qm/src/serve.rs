@@ -92,8 +92,10 @@ struct AgentsFile {
 struct MonitorFile {
     /// Off: no host or agent metrics, history or alerts.
     enabled: Option<bool>,
-    /// Seconds between collections (default 1).
+    /// Seconds between collections of the host (default 1).
     interval_s: Option<f64>,
+    /// Seconds between collections of the agents (default 5; at least interval_s).
+    agent_interval_s: Option<f64>,
     /// Read /proc, /sys and the cgroup mount under this directory instead of `/` (fixture
     /// trees, containers with the host's /proc mounted elsewhere).
     root: Option<PathBuf>,
@@ -289,6 +291,12 @@ fn monitor_config(
             bail!("monitor.interval_s: {i} is not a number of seconds in [0.05, 3600]");
         }
         m.interval = Duration::from_secs_f64(i);
+    }
+    if let Some(i) = monitor.agent_interval_s {
+        if !(i.is_finite() && (0.05..=3600.0).contains(&i)) {
+            bail!("monitor.agent_interval_s: {i} is not a number of seconds in [0.05, 3600]");
+        }
+        m.agent_interval = Duration::from_secs_f64(i);
     }
     if let Some(root) = &monitor.root {
         m.paths = qm_sys::Paths::with_root(root);

@@ -24,8 +24,13 @@ use history::{History, HistoryConfig, HistoryStats, Query, SeriesData};
 /// How the monitor runs.
 #[derive(Debug, Clone)]
 pub struct MonitorConfig {
-    /// Time between collections.
+    /// Time between collections of the host.
     pub interval: Duration,
+    /// Time between collections of the tracked agents (a newly tracked agent is read at
+    /// once); rounded to a multiple of `interval`. Reading 1,000 agents' cgroups costs
+    /// 20-30 ms of CPU on a v1 host, so the default, 5 s, keeps 1,000 agents near 0.5% of a
+    /// core (cAdvisor's housekeeping default is 10 s).
+    pub agent_interval: Duration,
     /// Where /proc, /sys and the cgroup mount are.
     pub paths: Paths,
     /// History tiers and bounds.
@@ -38,6 +43,7 @@ impl Default for MonitorConfig {
     fn default() -> Self {
         MonitorConfig {
             interval: Duration::from_secs(1),
+            agent_interval: Duration::from_secs(5),
             paths: Paths::default(),
             history: HistoryConfig::default(),
             rules: alerts::default_rules(),
@@ -250,6 +256,10 @@ fn run(shared: &Shared, config: &MonitorConfig, mut engine: AlertEngine, hub: &E
     let mut collections = 0u64;
     let mut capacity = 256;
     let mut next = Instant::now();
+    // agents are read every `agent_interval`; in between their last samples stand
+    let mut agent_samples: Vec<Sample> = Vec::new();
+    let mut agent_due: Option<Instant> = None;
+    let mut last_ids: Vec<String> = Vec::new();
     loop {
         let cpu0 = qm_sys::process::thread_cpu_time();
         let now = Instant::now();
@@ -257,8 +267,17 @@ fn run(shared: &Shared, config: &MonitorConfig, mut engine: AlertEngine, hub: &E
         let targets = shared.targets.lock().map(|t| t.clone()).unwrap_or_default();
         let mut samples = Vec::with_capacity(capacity);
         host.collect(now).samples(&mut samples);
-        let snapshots = agents.collect(&targets, now);
-        qm_sys::agent::samples(&snapshots, &mut samples);
+        let ids: Vec<&str> = targets.iter().map(|t| t.id.as_str()).collect();
+        if agent_due.is_none_or(|t| now >= t)
+            || ids != last_ids.iter().map(String::as_str).collect::<Vec<_>>()
+        {
+            agent_samples.clear();
+            qm_sys::agent::samples(&agents.collect(&targets, now), &mut agent_samples);
+            agent_due =
+                Some(now + config.agent_interval.max(config.interval) - config.interval / 2);
+            last_ids = targets.iter().map(|t| t.id.clone()).collect();
+        }
+        samples.extend(agent_samples.iter().cloned());
         if let Some(me) = qm_sys::process::usage(&config.paths.proc, "self") {
             me.samples(&mut samples);
         }
@@ -380,6 +399,7 @@ mod tests {
         };
         let config = MonitorConfig {
             interval: Duration::from_millis(50),
+            agent_interval: Duration::from_millis(50),
             rules: vec![rule],
             ..MonitorConfig::default()
         };

@@ -36,7 +36,7 @@ fn can_confine() -> bool {
 }
 
 const CONFIG: &str = "[agents]\ncgroup_parent = \"qm-it\"\nbackoff_initial_s = 0.2\nbackoff_max_s = 1\n\
-                      [monitor]\ninterval_s = 0.2\n";
+                      [monitor]\ninterval_s = 0.2\nagent_interval_s = 0.2\n";
 
 fn start(tag: &str) -> (Daemon, std::path::PathBuf) {
     let dir = temp_dir(tag);
