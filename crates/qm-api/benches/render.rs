@@ -64,7 +64,7 @@ fn main() {
     let mut samples = Vec::new();
     host.collect(now).samples(&mut samples);
     qm_sys::agent::samples(&agents.collect(&targets, now), &mut samples);
-    let text = render(&Snapshot::default(), &samples, Format::Prometheus);
+    let text = render(&Snapshot::default(), &samples, &[], Format::Prometheus);
     eprintln!(
         "{} samples from {N_AGENTS} agents and the host: exposition of {} KiB, {} lines",
         samples.len(),
@@ -85,5 +85,5 @@ fn render_1000_agents(bencher: divan::Bencher, format: &str) {
         Format::Prometheus
     };
     let snapshot = Snapshot::default();
-    bencher.bench(|| render(&snapshot, samples, fmt).len());
+    bencher.bench(|| render(&snapshot, samples, &[], fmt).len());
 }

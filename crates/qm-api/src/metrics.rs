@@ -68,7 +68,7 @@ fn number(v: f64) -> String {
 
 /// The monitor's gauges and counters (rates are for history and JSON: Prometheus derives its
 /// own), one family per name, in name order.
-fn render_samples(out: &mut String, fmt: Format, samples: &[Sample]) {
+fn render_samples<'a>(out: &mut String, fmt: Format, samples: impl Iterator<Item = &'a Sample>) {
     let mut families: BTreeMap<&str, Vec<&Sample>> = BTreeMap::new();
     for s in samples {
         if s.desc.kind != Kind::Rate {
@@ -111,9 +111,10 @@ fn unit(resource: &str) -> (&'static str, f64) {
     }
 }
 
-/// Renders the allocator's snapshot `s` and the monitor's `samples`.
-pub fn render(s: &Snapshot, samples: &[Sample], fmt: Format) -> String {
-    let mut out = String::with_capacity(4096 + samples.len() * 96);
+/// Renders the allocator's snapshot `s` and the monitor's `samples` (host and daemon) and
+/// `agents`.
+pub fn render(s: &Snapshot, samples: &[Sample], agents: &[Sample], fmt: Format) -> String {
+    let mut out = String::with_capacity(4096 + (samples.len() + agents.len()) * 96);
     family(
         &mut out,
         fmt,
@@ -268,7 +269,7 @@ pub fn render(s: &Snapshot, samples: &[Sample], fmt: Format) -> String {
         "Change batches the store committed; batches per transaction is the group-commit factor.",
     );
     let _ = writeln!(out, "qm_store_batches_total {}", s.store_batches);
-    render_samples(&mut out, fmt, samples);
+    render_samples(&mut out, fmt, samples.iter().chain(agents));
     if fmt == Format::OpenMetrics {
         out.push_str("# EOF\n");
     }
@@ -305,7 +306,7 @@ mod tests {
             store_transactions: 2,
             store_batches: 7,
         };
-        let text = render(&s, &[], Format::Prometheus);
+        let text = render(&s, &[], &[], Format::Prometheus);
         assert!(text.contains("qm_allocation_decisions_total{result=\"granted\"} 3\n"));
         assert!(
             text.contains("qm_node_allocatable_cores{node=\"n\\\"1\",resource=\"cpu\"} 2\n"),

@@ -90,8 +90,7 @@ pub(crate) async fn snapshot(
     let latest = monitor(&engine)?.latest();
     let prefix = params.get("name").map_or("", String::as_str);
     let samples = latest
-        .samples
-        .iter()
+        .all()
         .filter(|s| s.desc.name.starts_with(prefix))
         .map(|s| SampleDoc {
             name: s.desc.name.to_owned(),

@@ -154,7 +154,8 @@ pub(crate) async fn metrics(State(engine): State<Engine>, headers: HeaderMap) ->
     );
     let latest = engine.monitor().map(qm_runtime::monitor::Monitor::latest);
     let samples = latest.as_deref().map_or(&[][..], |l| &l.samples[..]);
-    let text = crate::metrics::render(&snapshot, samples, fmt);
+    let agents = latest.as_deref().map_or(&[][..], |l| &l.agent_samples[..]);
+    let text = crate::metrics::render(&snapshot, samples, agents, fmt);
     let mut resp = (StatusCode::OK, text).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -304,8 +304,7 @@ impl Supervisor {
             .iter()
             .filter_map(|m| {
                 latest
-                    .samples
-                    .iter()
+                    .all()
                     .find(|s| {
                         s.desc.name == series
                             && s.labels.iter().any(|(k, v)| *k == "agent" && v == m)

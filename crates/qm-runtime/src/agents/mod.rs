@@ -308,8 +308,7 @@ impl Supervisor {
         let latest = self.engine().monitor()?.latest();
         let find = |name: &str| {
             latest
-                .samples
-                .iter()
+                .all()
                 .find(|s| {
                     s.desc.name == name && s.labels.iter().any(|(k, v)| *k == "agent" && v == id)
                 })

@@ -56,8 +56,10 @@ impl Default for MonitorConfig {
 pub struct Latest {
     /// When (unix milliseconds); None before the first collection.
     pub at_ms: Option<u64>,
-    /// Host, agent and the daemon's own series.
+    /// Host and the daemon's own series.
     pub samples: Vec<Sample>,
+    /// The agents' series from their last collection (every `agent_interval`).
+    pub agent_samples: Arc<Vec<Sample>>,
     /// What reading the host and agents cost: wall and CPU time of the monitor thread.
     pub collection_wall: Duration,
     pub collection_cpu: Duration,
@@ -66,6 +68,11 @@ pub struct Latest {
 }
 
 impl Latest {
+    /// Every series: the host's and the daemon's, then the agents'.
+    pub fn all(&self) -> impl Iterator<Item = &Sample> {
+        self.samples.iter().chain(self.agent_samples.iter())
+    }
+
     /// The value of the unlabelled series `name`.
     pub fn value(&self, name: &str) -> Option<f64> {
         self.samples
@@ -257,7 +264,11 @@ fn run(shared: &Shared, config: &MonitorConfig, mut engine: AlertEngine, hub: &E
     let mut capacity = 256;
     let mut next = Instant::now();
     // agents are read every `agent_interval`; in between their last samples stand
-    let mut agent_samples: Vec<Sample> = Vec::new();
+    let mut agent_samples: Arc<Vec<Sample>> = Arc::new(Vec::new());
+    let agent_rules = engine
+        .rules()
+        .iter()
+        .any(|r| r.series.starts_with("qm_agent_"));
     let mut agent_due: Option<Instant> = None;
     let mut last_ids: Vec<String> = Vec::new();
     loop {
@@ -267,17 +278,17 @@ fn run(shared: &Shared, config: &MonitorConfig, mut engine: AlertEngine, hub: &E
         let targets = shared.targets.lock().map(|t| t.clone()).unwrap_or_default();
         let mut samples = Vec::with_capacity(capacity);
         host.collect(now).samples(&mut samples);
-        let ids: Vec<&str> = targets.iter().map(|t| t.id.as_str()).collect();
-        if agent_due.is_none_or(|t| now >= t)
-            || ids != last_ids.iter().map(String::as_str).collect::<Vec<_>>()
-        {
-            agent_samples.clear();
-            qm_sys::agent::samples(&agents.collect(&targets, now), &mut agent_samples);
+        let changed = targets.len() != last_ids.len()
+            || targets.iter().zip(&last_ids).any(|(t, id)| &t.id != id);
+        let fresh = agent_due.is_none_or(|t| now >= t) || changed;
+        if fresh {
+            let mut collected = Vec::with_capacity(agent_samples.len());
+            qm_sys::agent::samples(&agents.collect(&targets, now), &mut collected);
+            agent_samples = Arc::new(collected);
             agent_due =
                 Some(now + config.agent_interval.max(config.interval) - config.interval / 2);
             last_ids = targets.iter().map(|t| t.id.clone()).collect();
         }
-        samples.extend(agent_samples.iter().cloned());
         if let Some(me) = qm_sys::process::usage(&config.paths.proc, "self") {
             me.samples(&mut samples);
         }
@@ -290,10 +301,25 @@ fn run(shared: &Shared, config: &MonitorConfig, mut engine: AlertEngine, hub: &E
         samples.push(Sample::new(&TRACKED, targets.len() as f64));
         if let Ok(mut h) = shared.history.write() {
             h.record(at_ms, &samples);
+            if fresh {
+                h.record(at_ms, &agent_samples);
+            }
             samples.push(Sample::new(&HISTORY_SERIES, h.stats().series as f64));
             samples.push(Sample::new(&HISTORY_BYTES, h.memory_bytes() as f64));
         }
-        let transitions = engine.evaluate(at_ms, &samples);
+        // agent series are judged when read; host series every cycle
+        let transitions = if agent_rules && fresh {
+            let all: Vec<Sample> = samples
+                .iter()
+                .chain(agent_samples.iter())
+                .cloned()
+                .collect();
+            engine.evaluate(at_ms, &all)
+        } else if agent_rules {
+            Vec::new()
+        } else {
+            engine.evaluate(at_ms, &samples)
+        };
         if let Ok(mut a) = shared.alerts.write() {
             *a = engine.alerts();
         }
@@ -304,6 +330,7 @@ fn run(shared: &Shared, config: &MonitorConfig, mut engine: AlertEngine, hub: &E
         shared.latest.store(Arc::new(Latest {
             at_ms: Some(at_ms),
             samples,
+            agent_samples: Arc::clone(&agent_samples),
             collection_wall: wall,
             collection_cpu: cpu,
             agents: targets.len(),
@@ -361,8 +388,7 @@ mod tests {
 
     fn value(m: &Monitor, name: &str, agent: &str) -> Option<f64> {
         m.latest()
-            .samples
-            .iter()
+            .all()
             .find(|s| {
                 s.desc.name == name && s.labels.iter().any(|(k, v)| *k == "agent" && v == agent)
             })
