@@ -255,17 +255,7 @@ impl Supervisor {
                 body: qm_proto::to_json(&d),
             });
         }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.engine().store().commit(
-            batch,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
-        rx.await
-            .map_err(|_| EngineError::Stopped)?
-            .map_err(|e| EngineError::Store(e.to_string()))?;
-        Ok(())
+        self.commit(batch).await
     }
 
     fn publish(&self, kind: &str, doc: &AgentDoc, reason: Option<String>) {
@@ -494,8 +484,11 @@ impl Supervisor {
         }
         let doc = self.get(&id).ok_or(EngineError::Stopped)?;
         if doc.state == "failed" {
-            // nothing runs: give the capacity back
+            // nothing runs: give the capacity and the cgroup back
             self.release(&doc).await;
+            if doc.cgroup.is_some() {
+                self.remove_group(&id);
+            }
             return Err(AgentError::Spawn(doc.reason.unwrap_or_default()));
         }
         Ok(doc)
@@ -846,11 +839,13 @@ impl Supervisor {
             a.doc.next_restart_at = None;
             a.restart_at = None;
             a.child = None;
-            a.doc.clone()
+            // a group made for a launch that never came (stopped while pending)
+            (a.doc.clone(), a.group.take().is_some())
         };
+        let (doc, unused_group) = doc;
         self.untrack(id);
         self.release(&doc).await;
-        if doc.cgroup.is_some() {
+        if doc.cgroup.is_some() || unused_group {
             self.remove_group(id);
         }
         self.persist(vec![doc.clone()]).await?;
