@@ -143,7 +143,8 @@ fn a_cpu_limit_holds_a_busy_loop() {
     let (c0, t0) = (cpu_seconds(pid), Instant::now());
     std::thread::sleep(Duration::from_secs(2));
     let cores = (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64();
-    assert!((0.1..0.3).contains(&cores), "{cores} cores");
+    // the cap is the point; the lower bound only says the loop ran (the machine may be busy)
+    assert!((0.02..0.3).contains(&cores), "{cores} cores");
     // the monitor reads the agent from its cgroup
     let usage = eventually("the agent's usage", 10, || {
         agent(&d, "spin")["usage"]["cpu"]
