@@ -214,12 +214,13 @@ impl Supervisor {
     fn remove_group(&self, id: &str) {
         let me = self.clone();
         let id = id.to_owned();
-        tokio::spawn(async move {
+        // rmdir, and cgroup.kill's wait for the group to empty, block: off the async workers
+        tokio::task::spawn_blocking(move || {
             for _ in 0..50 {
                 match me.cg(&id, |d, g| d.remove(g)) {
                     Some(Err(_)) => {
                         let _ = me.cg(&id, |d, g| d.kill(g));
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        std::thread::sleep(Duration::from_millis(100));
                     }
                     _ => return,
                 }
@@ -804,16 +805,21 @@ impl Supervisor {
     }
 
     fn kill_if_running(&self, id: &str, generation: u64) {
-        let Ok(agents) = self.inner.agents.lock() else {
-            return;
-        };
-        if let Some(a) = agents.get(id)
-            && a.generation == generation
-            && a.doc.state == "running"
-            && let Some(pid) = a.doc.pid
-        {
+        let pid = self.inner.agents.lock().ok().and_then(|agents| {
+            agents
+                .get(id)
+                .filter(|a| a.generation == generation && a.doc.state == "running")
+                .and_then(|a| a.doc.pid)
+        });
+        if let Some(pid) = pid {
             run::signal_group(pid, Signal::KILL);
-            let _ = self.cg(id, |d, g| d.kill(g));
+            // cgroup.kill waits for the group to empty: never under the agents' lock, and
+            // off the async workers
+            let me = self.clone();
+            let id = id.to_owned();
+            tokio::task::spawn_blocking(move || {
+                let _ = me.cg(&id, |d, g| d.kill(g));
+            });
         }
     }
 
@@ -1057,7 +1063,11 @@ impl Supervisor {
         if restart && let Some(pid) = doc.pid {
             // the exit that follows is a failure: restarted per policy with backoff
             run::signal_group(pid, Signal::KILL);
-            let _ = self.cg(id, |d, g| d.kill(g));
+            let me = self.clone();
+            let id = id.to_owned();
+            tokio::task::spawn_blocking(move || {
+                let _ = me.cg(&id, |d, g| d.kill(g));
+            });
         }
     }
 
