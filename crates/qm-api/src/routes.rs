@@ -165,8 +165,12 @@ pub(crate) async fn metrics(State(engine): State<Engine>, headers: HeaderMap) ->
 }
 
 #[utoipa::path(get, path = "/v1/state", tag = "state", responses((status = 200, body = StateDoc)))]
-pub(crate) async fn export_state(State(engine): State<Engine>) -> ApiResult {
-    let doc = engine.export().await?;
+pub(crate) async fn export_state(State(app): State<crate::agents::App>) -> ApiResult {
+    let mut doc = app.engine.export().await?;
+    if let Some(sup) = &app.agents {
+        doc.agents = sup.list();
+        doc.fleets = sup.fleets();
+    }
     Ok(json(StatusCode::OK, to_json(&doc)))
 }
 

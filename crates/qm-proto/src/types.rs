@@ -652,6 +652,12 @@ pub struct StateDoc {
     pub nodes: Vec<StoredNode>,
     pub pools: Vec<PoolDoc>,
     pub allocations: Vec<Stored>,
+    /// The agents, as `GET /v1/agents` shows them. Informational: an import leaves agents
+    /// (running processes) and fleets as they are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<crate::AgentDoc>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fleets: Vec<crate::FleetDoc>,
 }
 
 /// The version of [`StateDoc`] this build reads and writes.

@@ -653,6 +653,8 @@ impl Core {
                 .allocations()
                 .map(|a| Stored::of(a, st, &self.catalog))
                 .collect(),
+            agents: Vec::new(),
+            fleets: Vec::new(),
         }
     }
 

@@ -117,6 +117,8 @@ pub(crate) fn snapshot(
         nodes,
         pools,
         allocations,
+        agents: Vec::new(),
+        fleets: Vec::new(),
     };
     snapshot_of(&doc, catalog)
 }

@@ -210,6 +210,16 @@ fn agents_outlive_the_daemon_and_are_re_adopted() {
             .is_some_and(|r| r.contains("down") || r.contains("ended")),
         "{ended}"
     );
+    // the state document lists agents; importing it back leaves them running
+    let state = d.get("/v1/state").body;
+    assert!(
+        state["agents"].as_array().is_some_and(|a| a
+            .iter()
+            .any(|a| a["name"] == "sleeper" && a["pid"].as_u64() == Some(pid))),
+        "{state}"
+    );
+    assert_eq!(d.post("/v1/state", &state.to_string()).status, 200);
+    assert_eq!(agent(&d, "sleeper")["state"], "running");
     // supervision resumed: stopping works and the process goes
     assert_eq!(d.delete("/v1/agents/sleeper?grace_s=1").status, 200);
     eventually("stopped", 10, || state_is(&d, "sleeper", "stopped"));
