@@ -58,7 +58,10 @@ fn autoscale_spec(w: &qm_proto::AutoscaleWire) -> Result<AutoscaleSpec, Vec<Fiel
     let problems: Vec<FieldProblem> = spec
         .validate()
         .into_iter()
-        .map(|(f, m)| FieldProblem::new(&format!("autoscale.{f}"), m))
+        .map(|(f, m)| {
+            let f = f.replace("stabilization_ms", "stabilization_s");
+            FieldProblem::new(&format!("autoscale.{f}"), m)
+        })
         .collect();
     if problems.is_empty() {
         Ok(spec)

@@ -37,7 +37,19 @@ pub(crate) fn spec_of(h: &HealthWire) -> Result<HealthSpec, Vec<FieldProblem>> {
     let problems: Vec<FieldProblem> = spec
         .validate()
         .into_iter()
-        .map(|(field, message)| FieldProblem::new(&format!("health.{field}"), message))
+        .map(|(field, message)| {
+            // the pure spec counts milliseconds; the API's fields are seconds
+            let field = match field.as_str() {
+                "period_ms" => "period_s".to_owned(),
+                "timeout_ms" => "timeout_s".to_owned(),
+                "initial_delay_ms" => "initial_delay_s".to_owned(),
+                f if f.ends_with("every_ms") => "heartbeat_s".to_owned(),
+                f if f.ends_with("url") => "http".to_owned(),
+                f if f.ends_with("argv") => "exec".to_owned(),
+                _ => field,
+            };
+            FieldProblem::new(&format!("health.{field}"), message)
+        })
         .collect();
     if problems.is_empty() {
         Ok(spec)

@@ -98,21 +98,24 @@ pub(crate) fn pidfd(pid: u32, ticks: Option<u64>) -> Option<OwnedFd> {
     }
 }
 
-/// An agent's log directory and files.
+/// An agent's log files: `<root>/<agent>.stdout.log` and `.stderr.log` (one flat directory,
+/// so a spawn creates two files and no directory).
 #[derive(Debug, Clone)]
 pub(crate) struct Logs {
     dir: PathBuf,
+    name: String,
 }
 
 impl Logs {
     pub(crate) fn new(root: &Path, name: &str) -> Self {
         Logs {
-            dir: root.join(name),
+            dir: root.to_owned(),
+            name: name.to_owned(),
         }
     }
 
     fn file(&self, stream: &str) -> PathBuf {
-        self.dir.join(format!("{stream}.log"))
+        self.dir.join(format!("{}.{stream}.log", self.name))
     }
 
     /// Opens `stdout.log` and `stderr.log` for appending.
@@ -140,7 +143,7 @@ impl Logs {
             if meta.len() <= max_bytes {
                 continue;
             }
-            let old = self.dir.join(format!("{stream}.log.1"));
+            let old = self.dir.join(format!("{}.{stream}.log.1", self.name));
             if std::fs::copy(&path, &old).is_ok()
                 && let Ok(f) = OpenOptions::new().write(true).open(&path)
             {
@@ -251,7 +254,7 @@ mod tests {
             ["after"],
             "the writer appends at the new end"
         );
-        let old = std::fs::read_to_string(root.join("a/stdout.log.1")).unwrap();
+        let old = std::fs::read_to_string(root.join("a.stdout.log.1")).unwrap();
         assert!(old.ends_with("line 99\n"));
         let _ = std::fs::remove_dir_all(root);
     }

@@ -422,6 +422,11 @@ fn bad_agent_requests_name_the_field_and_change_nothing() {
             json!({"name": "a", "command": ["true"], "health": {"http": "ftp://x"}}),
             "health.http",
         ),
+        (
+            json!({"name": "a", "command": ["true"],
+                   "health": {"http": "http://127.0.0.1:1/", "period_s": 1, "timeout_s": 5}}),
+            "health.timeout_s",
+        ),
     ] {
         let a = d.post("/v1/agents", &body.to_string());
         assert_eq!(a.status, 422, "{body}: {}", a.body);
