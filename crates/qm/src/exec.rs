@@ -1,9 +1,10 @@
 //! `qm exec`: the way an orchestrator wraps an agent launch. It asks the daemon for an
 //! allocation on a lease and waits for admission, starts CMD as its own child (the user's
 //! terminal, environment and working directory) held before `exec` until the daemon has
-//! adopted it into the allocation's cgroup, forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT to
-//! it, renews the lease while it runs, releases the allocation when it exits and exits with
-//! its code (128 + the signal when a signal ended it). If `qm exec` itself is killed, the
+//! adopted it into the allocation's cgroup, forwards SIGTERM and SIGHUP to it (SIGINT and
+//! SIGQUIT from the terminal reach it directly), renews the lease while it runs, releases the
+//! allocation when it exits and exits with its code (128 + the signal when a signal ended
+//! it). If `qm exec` itself is killed, the
 //! lease lapses, the allocation expires and the daemon stops the orphaned agent: nothing
 //! leaks.
 
@@ -207,11 +208,15 @@ fn forward_signals(pid: u32, done: Arc<AtomicBool>) {
             };
             rt.block_on(async move {
                 use tokio::signal::unix::{SignalKind, signal};
+                // SIGINT and SIGQUIT from the terminal reach the child already (it shares our
+                // process group): caught so this wrapper outlives the child, not forwarded (a
+                // second Ctrl-C means "force quit" to many programs); SIGTERM and SIGHUP, which
+                // orchestrators send to the wrapper's pid, are passed on
                 let kinds = [
-                    (SignalKind::interrupt(), rustix::process::Signal::INT),
-                    (SignalKind::terminate(), rustix::process::Signal::TERM),
-                    (SignalKind::hangup(), rustix::process::Signal::HUP),
-                    (SignalKind::quit(), rustix::process::Signal::QUIT),
+                    (SignalKind::interrupt(), None),
+                    (SignalKind::quit(), None),
+                    (SignalKind::terminate(), Some(rustix::process::Signal::TERM)),
+                    (SignalKind::hangup(), Some(rustix::process::Signal::HUP)),
                 ];
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
                 for (kind, sig) in kinds {
@@ -227,7 +232,9 @@ fn forward_signals(pid: u32, done: Arc<AtomicBool>) {
                 loop {
                     tokio::select! {
                         Some(sig) = rx.recv() => {
-                            let _ = rustix::process::kill_process(target, sig);
+                            if let Some(sig) = sig {
+                                let _ = rustix::process::kill_process(target, sig);
+                            }
                         }
                         _ = tick.tick() => {
                             if done.load(Ordering::Relaxed) {

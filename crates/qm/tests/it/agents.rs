@@ -313,6 +313,23 @@ fn qm_exec_confines_propagates_the_exit_code_and_releases() {
     );
     let allocs = d.get("/v1/allocations?agent=wrapped").body;
     assert_eq!(allocs["items"][0]["state"], "released", "{allocs}");
+    // SIGTERM to the wrapper reaches the command, whose exit code comes back
+    let mut wrapper = Command::new(env!("CARGO_BIN_EXE_qm"))
+        .args([
+            "--server", &d.base, "exec", "--cpu", "100m", "--name", "trapper", "--",
+        ])
+        .args(["sh", "-c", "trap 'exit 42' TERM; sleep 30 & wait"])
+        .spawn()
+        .expect("qm exec");
+    eventually("the command to run", 10, || {
+        state_is(&d, "trapper", "running")
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = Command::new("kill")
+        .args(["-TERM", &wrapper.id().to_string()])
+        .status();
+    let status = wrapper.wait().expect("wait");
+    assert_eq!(status.code(), Some(42));
     // a command that cannot run
     let o = Command::new(env!("CARGO_BIN_EXE_qm"))
         .args([
