@@ -53,6 +53,17 @@ pub struct EngineConfig {
     pub monitor: Option<monitor::MonitorConfig>,
 }
 
+/// Used memory as shown next to capacities: whole MiB above 1 MiB (`456Mi`, not `467144Ki`;
+/// usage is a moving reading, not an amount handed out).
+pub fn usage_bytes(bytes: f64) -> u64 {
+    let b = bytes.max(0.0) as u64;
+    if b > 1 << 20 {
+        (b + (1 << 19)) >> 20 << 20
+    } else {
+        b
+    }
+}
+
 /// Why the engine refused or failed a command.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EngineError {
@@ -350,7 +361,7 @@ impl Engine {
         if let Some(m) = memory {
             usage.insert(
                 "memory".to_owned(),
-                qm_core::quantity::format(qm_core::quantity::Unit::Bytes, m.max(0.0) as u64),
+                qm_core::quantity::format(qm_core::quantity::Unit::Bytes, usage_bytes(m)),
             );
         }
         Some(usage)
@@ -413,5 +424,18 @@ impl Engine {
         if sent {
             let _ = rx.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::usage_bytes;
+
+    #[test]
+    fn usage_rounds_to_whole_mebibytes_above_one() {
+        assert_eq!(usage_bytes(467_144.0 * 1024.0), 456 << 20);
+        assert_eq!(usage_bytes(1000.0), 1000);
+        assert_eq!(usage_bytes(-5.0), 0);
+        assert_eq!(usage_bytes(f64::NAN), 0);
     }
 }

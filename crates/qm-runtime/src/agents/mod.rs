@@ -316,7 +316,7 @@ impl Supervisor {
         if let Some(b) = find("qm_agent_memory_bytes") {
             usage.insert(
                 "memory".to_owned(),
-                qm_core::quantity::format(qm_core::quantity::Unit::Bytes, b.max(0.0) as u64),
+                qm_core::quantity::format(qm_core::quantity::Unit::Bytes, crate::usage_bytes(b)),
             );
         }
         (!usage.is_empty()).then_some(usage)
