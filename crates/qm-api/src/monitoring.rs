@@ -242,3 +242,42 @@ pub(crate) async fn alerts(
         .collect();
     Ok(json(StatusCode::OK, to_json(&AlertList { items })))
 }
+
+#[utoipa::path(get, path = "/v1/pressure", tag = "pressure",
+    responses((status = 200, body = qm_proto::PressureDoc), (status = 503, body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn pressure(State(engine): State<Engine>) -> ApiResult {
+    let report = monitor(&engine)?.latest().pressure.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "no collection yet: pressure is known after the monitor's first cycle",
+        )
+    })?;
+    let doc = qm_proto::PressureDoc {
+        level: report.level.to_string(),
+        since: format_rfc3339(report.since_ms),
+        admission: "open".to_owned(),
+        signals: report
+            .signals
+            .iter()
+            .map(|s| {
+                (
+                    s.name.to_owned(),
+                    qm_proto::SignalDoc {
+                        level: s.level.to_string(),
+                        utilization: s.utilization,
+                        available: s.available,
+                        psi_some_avg10: s.psi_some_avg10,
+                        psi_full_avg10: s.psi_full_avg10,
+                        trend_per_s: s.trend_per_s,
+                        exhaustion_in_s: s.exhaustion_in_s,
+                        confidence: s.confidence,
+                        anomaly: s.anomaly,
+                        anomaly_score: s.anomaly_score,
+                    },
+                )
+            })
+            .collect(),
+    };
+    Ok(json(StatusCode::OK, to_json(&doc)))
+}

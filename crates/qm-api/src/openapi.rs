@@ -36,6 +36,7 @@ use crate::{agents, monitoring, routes};
         monitoring::series,
         monitoring::query,
         monitoring::alerts,
+        monitoring::pressure,
         agents::create_agent,
         agents::list_agents,
         agents::get_agent,

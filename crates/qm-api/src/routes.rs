@@ -42,6 +42,7 @@ pub fn router(engine: Engine, agents: Option<qm_runtime::agents::Supervisor>) ->
         .route("/v1/metrics/series", get(crate::monitoring::series))
         .route("/v1/metrics/query", get(crate::monitoring::query))
         .route("/v1/alerts", get(crate::monitoring::alerts))
+        .route("/v1/pressure", get(crate::monitoring::pressure))
         .route(
             "/v1/state",
             get(export_state)

@@ -95,3 +95,34 @@ pub struct AlertDoc {
 pub struct AlertList {
     pub items: Vec<AlertDoc>,
 }
+
+/// One pressure signal (`GET /v1/pressure`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SignalDoc {
+    /// `ok`, `warning` or `critical`.
+    pub level: String,
+    /// The worse of the managed view (agents against the node's allocatable) and the host's.
+    pub utilization: f64,
+    /// What is left: bytes for memory and disk, cores for cpu, threads for pids.
+    pub available: f64,
+    pub psi_some_avg10: Option<f64>,
+    pub psi_full_avg10: Option<f64>,
+    /// Base units per second.
+    pub trend_per_s: f64,
+    pub exhaustion_in_s: Option<f64>,
+    /// How much to trust the forecast, 0..1.
+    pub confidence: f64,
+    pub anomaly: bool,
+    pub anomaly_score: f64,
+}
+
+/// `GET /v1/pressure`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PressureDoc {
+    pub level: String,
+    pub since: String,
+    /// `open`, `best-effort-paused` or `paused` (the responder that closes admission is not
+    /// built yet: always `open`).
+    pub admission: String,
+    pub signals: BTreeMap<String, SignalDoc>,
+}

@@ -160,10 +160,19 @@ impl Engine {
             .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
         let hub = Arc::new(events::EventHub::new(micros));
         let core = Core::start(&config, store.clone(), Arc::clone(&hub))?;
+        let allocatable = (
+            config.allocatable.cpu() as f64 / 1000.0,
+            config.allocatable.memory() as f64,
+        );
         let monitor = config
             .monitor
             .clone()
-            .map(|m| monitor::Monitor::start(m, Arc::clone(&hub)))
+            .map(|m| {
+                monitor::Monitor::start(
+                    monitor::MonitorConfig { allocatable, ..m },
+                    Arc::clone(&hub),
+                )
+            })
             .transpose()?;
         let (tx, rx) = mpsc::channel::<Msg>();
         let tick = config.tick;
@@ -338,6 +347,9 @@ impl Engine {
             })
             .await??;
         doc.usage = self.local_usage();
+        if let Some(p) = self.monitor().and_then(|m| m.latest().pressure.clone()) {
+            doc.pressure = p.level.to_string();
+        }
         Ok(doc)
     }
 

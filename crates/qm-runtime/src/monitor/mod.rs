@@ -5,6 +5,7 @@
 
 pub mod alerts;
 pub mod history;
+pub mod pressure;
 
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
@@ -37,6 +38,11 @@ pub struct MonitorConfig {
     pub history: HistoryConfig,
     /// Alert rules.
     pub rules: Vec<Rule>,
+    /// Pressure levels' thresholds.
+    pub thresholds: qm_pressure::Thresholds,
+    /// The local node's allocatable cpu (cores) and memory (bytes): the managed view of
+    /// pressure measures the agents against it.
+    pub allocatable: (f64, f64),
 }
 
 impl Default for MonitorConfig {
@@ -47,6 +53,8 @@ impl Default for MonitorConfig {
             paths: Paths::default(),
             history: HistoryConfig::default(),
             rules: alerts::default_rules(),
+            thresholds: qm_pressure::Thresholds::default(),
+            allocatable: (0.0, 0.0),
         }
     }
 }
@@ -65,6 +73,8 @@ pub struct Latest {
     pub collection_cpu: Duration,
     /// Agents tracked.
     pub agents: usize,
+    /// The node's pressure.
+    pub pressure: Option<pressure::PressureReport>,
 }
 
 impl Latest {
@@ -265,6 +275,7 @@ fn run(shared: &Shared, config: &MonitorConfig, mut engine: AlertEngine, hub: &E
     let mut next = Instant::now();
     // agents are read every `agent_interval`; in between their last samples stand
     let mut agent_samples: Arc<Vec<Sample>> = Arc::new(Vec::new());
+    let mut watch = pressure::PressureWatch::new(config.thresholds, config.allocatable);
     let agent_rules = engine
         .rules()
         .iter()
@@ -294,6 +305,23 @@ fn run(shared: &Shared, config: &MonitorConfig, mut engine: AlertEngine, hub: &E
         }
         if let Some(me) = qm_sys::process::usage(&config.paths.proc, "self") {
             me.samples(&mut samples);
+        }
+        let (report, change) = watch.observe(at_ms, &samples, &agent_samples);
+        pressure_samples(&report, &mut samples);
+        if let Some((from, to)) = change {
+            let worst = report
+                .signals
+                .iter()
+                .filter(|s| s.level == to)
+                .map(|s| format!("{} {:.0}%", s.name, s.utilization * 100.0))
+                .collect::<Vec<_>>()
+                .join(", ");
+            hub.publish(vec![EventDoc {
+                kind: "pressure.changed".to_owned(),
+                at: format_rfc3339(at_ms),
+                reason: Some(format!("{from} -> {to}: {worst}")),
+                ..EventDoc::default()
+            }]);
         }
         let wall = now.elapsed();
         let cpu = qm_sys::process::thread_cpu_time().saturating_sub(cpu0);
@@ -334,6 +362,7 @@ fn run(shared: &Shared, config: &MonitorConfig, mut engine: AlertEngine, hub: &E
             at_ms: Some(at_ms),
             samples,
             agent_samples: Arc::clone(&agent_samples),
+            pressure: Some(report),
             collection_wall: wall,
             collection_cpu: cpu,
             agents: targets.len(),
@@ -346,6 +375,47 @@ fn run(shared: &Shared, config: &MonitorConfig, mut engine: AlertEngine, hub: &E
         }
         if Monitor::wait(shared, next) {
             return;
+        }
+    }
+}
+
+static PRESSURE_LEVEL: Desc = Desc {
+    name: "qm_pressure_level",
+    help: "Pressure level per signal: 0 ok, 1 warning, 2 critical.",
+    kind: Kind::Gauge,
+};
+static PRESSURE_UTILIZATION: Desc = Desc {
+    name: "qm_pressure_utilization_ratio",
+    help: "Utilization per pressure signal, the worse of the managed and host views.",
+    kind: Kind::Gauge,
+};
+static PRESSURE_EXHAUSTION: Desc = Desc {
+    name: "qm_pressure_exhaustion_seconds",
+    help: "Forecast time until a signal's capacity is exhausted, where a trend says so.",
+    kind: Kind::Gauge,
+};
+
+fn pressure_samples(report: &pressure::PressureReport, out: &mut Vec<Sample>) {
+    for s in &report.signals {
+        let level = match s.level {
+            qm_pressure::Level::Ok => 0.0,
+            qm_pressure::Level::Warning => 1.0,
+            qm_pressure::Level::Critical => 2.0,
+        };
+        out.push(Sample::with_label(&PRESSURE_LEVEL, "signal", s.name, level));
+        out.push(Sample::with_label(
+            &PRESSURE_UTILIZATION,
+            "signal",
+            s.name,
+            s.utilization,
+        ));
+        if let Some(e) = s.exhaustion_in_s {
+            out.push(Sample::with_label(
+                &PRESSURE_EXHAUSTION,
+                "signal",
+                s.name,
+                e,
+            ));
         }
     }
 }

@@ -79,6 +79,21 @@ fn host_metrics_history_usage_and_exports() {
     let node = d.get("/v1/node").body;
     assert!(node["usage"]["memory"].is_string(), "{node}");
     assert!(node["usage"]["cpu"].is_string(), "{node}");
+    // pressure: each signal, the worse of the managed and host views
+    let p = d.get("/v1/pressure");
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert!(["ok", "warning", "critical"].contains(&p.body["level"].as_str().unwrap_or("")));
+    assert_eq!(p.body["admission"], "open");
+    let mem = &p.body["signals"]["memory"];
+    assert!(
+        mem["utilization"]
+            .as_f64()
+            .is_some_and(|u| (0.0..=1.0).contains(&u)),
+        "{mem}"
+    );
+    assert!(mem["available"].as_f64().is_some_and(|a| a > 0.0));
+    assert!(p.body["signals"]["cpu"]["level"].is_string());
+    assert_eq!(d.get("/v1/node").body["pressure"], p.body["level"]);
     // history
     let series = d.get("/v1/metrics/series").body;
     assert!(
