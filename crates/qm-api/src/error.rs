@@ -78,6 +78,14 @@ impl From<EngineError> for ApiError {
                 "internal",
                 "the daemon is shutting down",
             ),
+            EngineError::AdmissionPaused {
+                detail,
+                retry_after_s,
+            } => {
+                let mut p = Problem::new(503, "admission_paused", detail);
+                p.retry_after_s = Some(retry_after_s);
+                Self(Box::new(p))
+            }
         }
     }
 }
@@ -92,6 +100,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(s) = self.0.retry_after_s
+            && let Ok(v) = HeaderValue::from_str(&s.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
         resp
     }
 }

@@ -44,6 +44,9 @@ pub struct Problem {
     /// What is missing, for `insufficient_resources`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shortfall: Option<BTreeMap<String, String>>,
+    /// With `admission_paused`: seconds to wait before asking again (also `Retry-After`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_s: Option<u64>,
 }
 
 impl Problem {
@@ -58,6 +61,7 @@ impl Problem {
             code: code.to_owned(),
             errors: Vec::new(),
             shortfall: None,
+            retry_after_s: None,
         }
     }
 }

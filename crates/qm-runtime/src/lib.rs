@@ -88,6 +88,9 @@ pub enum EngineError {
     /// The engine stopped.
     #[error("the engine is stopped")]
     Stopped,
+    /// Pressure closed admission (all of it when critical, best-effort work when warning).
+    #[error("{detail}")]
+    AdmissionPaused { detail: String, retry_after_s: u64 },
 }
 
 /// What a read of an allocation found.
@@ -244,6 +247,7 @@ impl Engine {
         dry_run: bool,
         key: Option<String>,
     ) -> Result<Replay, EngineError> {
+        self.admission(&req)?;
         self.call(move |core, tx| core.submit(req, dry_run, key, tx))
             .await?
     }
@@ -351,6 +355,52 @@ impl Engine {
             doc.pressure = p.level.to_string();
         }
         Ok(doc)
+    }
+
+    /// The pressure gate: critical memory or pids pressure pauses all admission, warning
+    /// pauses best-effort work (empty requests): the first steps of the node's responder.
+    fn admission(&self, req: &Request) -> Result<(), EngineError> {
+        let Some(report) = self.monitor().and_then(|m| m.latest().pressure.clone()) else {
+            return Ok(());
+        };
+        let best_effort =
+            qm_core::Qos::derive(&req.resources, req.limits.as_ref()) == qm_core::Qos::BestEffort;
+        // only what cannot be squeezed gates admission: memory and pids (cpu is shared by
+        // weight, so a busy cpu slows agents but does not kill them; disk is reported only)
+        let gating = |name: &str| matches!(name, "memory" | "pids");
+        let level = report
+            .signals
+            .iter()
+            .filter(|s| gating(s.name))
+            .map(|s| s.level)
+            .max()
+            .unwrap_or(qm_pressure::Level::Ok);
+        let closed = match level {
+            qm_pressure::Level::Critical => true,
+            qm_pressure::Level::Warning => best_effort,
+            qm_pressure::Level::Ok => false,
+        };
+        if !closed {
+            return Ok(());
+        }
+        let worst: Vec<String> = report
+            .signals
+            .iter()
+            .filter(|s| s.level == level && gating(s.name))
+            .map(|s| format!("{} at {:.0}%", s.name, s.utilization * 100.0))
+            .collect();
+        Err(EngineError::AdmissionPaused {
+            detail: format!(
+                "admission is paused: {level} pressure ({}){}",
+                worst.join(", "),
+                if best_effort && level == qm_pressure::Level::Warning {
+                    "; best-effort work waits until it eases"
+                } else {
+                    ""
+                }
+            ),
+            retry_after_s: 5,
+        })
     }
 
     /// What the local node uses now, from the monitor's last collection: busy cores and used

@@ -64,6 +64,43 @@ struct FileConfig {
     alerts: AlertsFile,
     #[serde(default)]
     agents: AgentsFile,
+    #[serde(default)]
+    pressure: PressureFile,
+}
+
+/// `[pressure]`: the levels' thresholds (utilization, 0..1) and minimum dwell.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PressureFile {
+    warning_enter: Option<f64>,
+    warning_leave: Option<f64>,
+    critical_enter: Option<f64>,
+    critical_leave: Option<f64>,
+    min_dwell_s: Option<f64>,
+}
+
+fn thresholds(file: &PressureFile) -> anyhow::Result<qm_pressure::Thresholds> {
+    let mut t = qm_pressure::Thresholds::default();
+    for (v, slot) in [
+        (file.warning_enter, &mut t.warning_enter),
+        (file.warning_leave, &mut t.warning_leave),
+        (file.critical_enter, &mut t.critical_enter),
+        (file.critical_leave, &mut t.critical_leave),
+    ] {
+        if let Some(v) = v {
+            *slot = v;
+        }
+    }
+    if let Some(d) = file.min_dwell_s {
+        if !(d.is_finite() && (0.0..=3600.0).contains(&d)) {
+            bail!("pressure.min_dwell_s: {d} is not a number of seconds in [0, 3600]");
+        }
+        t.min_dwell_ms = (d * 1000.0) as u64;
+    }
+    if let Some((field, message)) = t.validate().into_iter().next() {
+        bail!("pressure.{field}: {message}");
+    }
+    Ok(t)
 }
 
 /// `[agents]`: the supervisor.
@@ -469,7 +506,12 @@ impl Settings {
             retention: Duration::from_secs(file.state.retention_s.unwrap_or(7 * 86_400)),
             monitor: None,
         };
+        let pressure = thresholds(&file.pressure)?;
         let (monitor, notify) = monitor_config(file.monitor, file.history, file.alerts)?;
+        let monitor = monitor.map(|m| MonitorConfig {
+            thresholds: pressure,
+            ..m
+        });
         let agents = agents_config(file.agents, &engine.data_dir)?;
         Ok(Self {
             listen,

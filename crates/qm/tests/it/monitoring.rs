@@ -301,3 +301,69 @@ fn alerts_fire_and_resolve_with_webhook_retries_and_exec_hook() {
     assert_eq!(hooked, ["alert.firing", "alert.resolved"]);
     d.stop();
 }
+
+#[test]
+fn pressure_closes_and_reopens_admission() {
+    let dir = temp_dir("gate");
+    let root = dir.join("root");
+    write_meminfo(&root, 0.5);
+    let config = format!(
+        "[monitor]\ninterval_s = 0.1\nroot = {root:?}\n[alerts]\ndefault_rules = false\n\
+         [pressure]\nmin_dwell_s = 0.2\n"
+    );
+    std::fs::write(dir.join("qm.toml"), config).expect("config");
+    let d = Daemon::start(
+        &dir.join("data"),
+        &[
+            "--config",
+            dir.join("qm.toml").to_str().expect("utf-8"),
+            "--capacity",
+            "cpu=4,memory=4Gi",
+        ],
+    );
+    let ask = |body: &str| d.post("/v1/allocations", body);
+    let burstable = r#"{"agent":"a","resources":{"cpu":"100m"}}"#;
+    let best_effort = r#"{"agent":"b","resources":{}}"#;
+    eventually("ok pressure", || {
+        (d.get("/v1/pressure").body["level"] == "ok").then_some(())
+    });
+    assert_eq!(ask(burstable).status, 201);
+    // warning (85% used): best-effort work waits, the rest is admitted
+    write_meminfo(&root, 0.85);
+    eventually("warning", || {
+        (d.get("/v1/pressure").body["level"] == "warning").then_some(())
+    });
+    let paused = ask(best_effort);
+    assert_eq!(paused.status, 503, "{}", paused.body);
+    assert_eq!(paused.body["code"], "admission_paused");
+    assert_eq!(paused.body["retry_after_s"], 5);
+    assert_eq!(ask(burstable).status, 201);
+    // critical (97%): nothing is admitted, and nothing changed
+    write_meminfo(&root, 0.97);
+    eventually("critical", || {
+        (d.get("/v1/pressure").body["level"] == "critical").then_some(())
+    });
+    let before = d.get("/v1/allocations").body["items"]
+        .as_array()
+        .map_or(0, Vec::len);
+    let paused = ask(burstable);
+    assert_eq!(paused.status, 503);
+    assert!(
+        paused.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("memory")),
+        "{}",
+        paused.body
+    );
+    let after = d.get("/v1/allocations").body["items"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(before, after);
+    // eased: admission reopens after the dwell
+    write_meminfo(&root, 0.3);
+    eventually("ok again", || {
+        (d.get("/v1/pressure").body["level"] == "ok").then_some(())
+    });
+    assert_eq!(ask(best_effort).status, 201);
+    d.stop();
+}
