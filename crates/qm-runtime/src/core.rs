@@ -547,6 +547,22 @@ impl Core {
         self.commit(ops, doc, tx);
     }
 
+    pub(crate) fn evict(
+        &mut self,
+        id: AllocId,
+        reason: &str,
+        tx: oneshot::Sender<Result<Option<AllocationDoc>, EngineError>>,
+    ) {
+        let t = now();
+        if self.ledger.evict(t, id, reason).is_err() {
+            // not live (or only queued): nothing to evict
+            self.commit(Vec::new(), None, tx);
+            return;
+        }
+        let (ops, doc) = self.changes_for(&[], Some(id));
+        self.commit(ops, doc, tx);
+    }
+
     pub(crate) fn renew(
         &mut self,
         id: AllocId,

@@ -273,6 +273,17 @@ impl Engine {
         self.call(move |core, tx| core.release(id, tx)).await?
     }
 
+    /// Ends a granted allocation as `evicted` with `reason` (pressure); `Ok(None)` when it
+    /// is not live.
+    pub async fn evict(
+        &self,
+        id: AllocId,
+        reason: String,
+    ) -> Result<Option<AllocationDoc>, EngineError> {
+        self.call(move |core, tx| core.evict(id, &reason, tx))
+            .await?
+    }
+
     /// Renews a grant's lease.
     pub async fn renew(
         &self,

@@ -10,6 +10,7 @@
 mod fleets;
 pub mod logic;
 mod probe;
+mod responder;
 mod run;
 
 use std::collections::BTreeMap;
@@ -139,6 +140,7 @@ struct Inner {
     node_memory: u64,
     generations: std::sync::atomic::AtomicU64,
     last_rotation: std::sync::atomic::AtomicU64,
+    last_eviction: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Notice {
@@ -182,6 +184,7 @@ impl Supervisor {
                 node_memory,
                 generations: std::sync::atomic::AtomicU64::new(1_000_000),
                 last_rotation: std::sync::atomic::AtomicU64::new(0),
+                last_eviction: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         sup.restore().await?;
@@ -850,7 +853,23 @@ impl Supervisor {
         };
         let (doc, unused_group) = doc;
         self.untrack(id);
-        self.release(&doc).await;
+        match (
+            state,
+            doc.allocation
+                .as_deref()
+                .and_then(|a| a.parse::<AllocId>().ok()),
+        ) {
+            // under pressure the allocation ends `evicted` too
+            ("evicted", Some(alloc))
+                if reason.as_deref().is_some_and(|r| r.contains("pressure")) =>
+            {
+                let _ = self
+                    .engine()
+                    .evict(alloc, reason.clone().unwrap_or_default())
+                    .await;
+            }
+            _ => self.release(&doc).await,
+        }
         if doc.cgroup.is_some() || unused_group {
             self.remove_group(id);
         }
@@ -1013,6 +1032,7 @@ impl Supervisor {
                 (None, None) => {}
             }
         }
+        self.respond().await;
         self.reconcile_fleets().await;
     }
 

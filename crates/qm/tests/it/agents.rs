@@ -464,3 +464,75 @@ fn bad_agent_requests_name_the_field_and_change_nothing() {
     assert_eq!(too_big.status, 409, "{}", too_big.body);
     d.stop();
 }
+
+#[test]
+fn a_leaking_low_priority_agent_is_evicted_and_the_important_one_keeps_running() {
+    if !can_confine() {
+        return;
+    }
+    let dir = temp_dir("evict");
+    let config = dir.join("qm.toml");
+    std::fs::write(
+        &config,
+        "[agents]\ncgroup_parent = \"qm-it\"\n[monitor]\ninterval_s = 0.2\nagent_interval_s = 0.2\n\
+         [alerts]\ndefault_rules = false\n[pressure]\nmin_dwell_s = 0.5\n",
+    )
+    .expect("config");
+    let d = Daemon::start(
+        &dir.join("data"),
+        &[
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--capacity",
+            "cpu=4,memory=1Gi",
+        ],
+    );
+    let keeper = d.post(
+        "/v1/agents",
+        &json!({
+            "name": "keeper",
+            "command": ["python3", "-c", "b = b'x' * (300 * 1024 * 1024); import time; time.sleep(600)"],
+            "resources": { "cpu": "100m", "memory": "400Mi" },
+            "priority": 900,
+        })
+        .to_string(),
+    );
+    assert_eq!(keeper.status, 201, "{}", keeper.body);
+    std::thread::sleep(Duration::from_secs(2));
+    let leaker = d.post(
+        "/v1/agents",
+        &json!({
+            "name": "leaker",
+            "command": ["python3", "-c",
+                "import time\nl = []\nwhile len(l) < 60:\n    l.append(b'x' * (20 * 1024 * 1024))\n    time.sleep(0.1)\ntime.sleep(600)"],
+            "resources": { "cpu": "100m", "memory": "64Mi" },
+            "priority": 100,
+            "restart": "never",
+        })
+        .to_string(),
+    );
+    assert_eq!(leaker.status, 201, "{}", leaker.body);
+    let evicted = eventually("the leaker's eviction", 30, || {
+        state_is(&d, "leaker", "evicted")
+    });
+    assert!(
+        evicted["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("memory pressure")),
+        "{evicted}"
+    );
+    assert_eq!(agent(&d, "keeper")["state"], "running");
+    let alloc = evicted["allocation"].as_str().expect("allocation");
+    let a = d.get(&format!("/v1/allocations/{alloc}")).body;
+    assert_eq!(a["state"], "evicted", "{a}");
+    // pressure eases and admission reopens
+    eventually("admission to reopen", 20, || {
+        (d.post("/v1/allocations", r#"{"agent":"later","resources":{}}"#)
+            .status
+            == 201)
+            .then_some(())
+    });
+    assert_eq!(d.delete("/v1/agents/keeper?grace_s=1").status, 200);
+    eventually("keeper stopped", 10, || state_is(&d, "keeper", "stopped"));
+    d.stop();
+}
