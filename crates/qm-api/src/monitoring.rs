@@ -256,7 +256,7 @@ pub(crate) async fn pressure(State(engine): State<Engine>) -> ApiResult {
     let doc = qm_proto::PressureDoc {
         level: report.level.to_string(),
         since: format_rfc3339(report.since_ms),
-        admission: "open".to_owned(),
+        admission: report.admission().to_owned(),
         signals: report
             .signals
             .iter()

@@ -121,8 +121,7 @@ pub struct SignalDoc {
 pub struct PressureDoc {
     pub level: String,
     pub since: String,
-    /// `open`, `best-effort-paused` or `paused` (the responder that closes admission is not
-    /// built yet: always `open`).
+    /// `open`, `best-effort-paused` (memory or pids at warning) or `paused` (critical).
     pub admission: String,
     pub signals: BTreeMap<String, SignalDoc>,
 }

@@ -376,16 +376,8 @@ impl Engine {
         };
         let best_effort =
             qm_core::Qos::derive(&req.resources, req.limits.as_ref()) == qm_core::Qos::BestEffort;
-        // only what cannot be squeezed gates admission: memory and pids (cpu is shared by
-        // weight, so a busy cpu slows agents but does not kill them; disk is reported only)
         let gating = |name: &str| matches!(name, "memory" | "pids");
-        let level = report
-            .signals
-            .iter()
-            .filter(|s| gating(s.name))
-            .map(|s| s.level)
-            .max()
-            .unwrap_or(qm_pressure::Level::Ok);
+        let level = report.gating_level();
         let closed = match level {
             qm_pressure::Level::Critical => true,
             qm_pressure::Level::Warning => best_effort,

@@ -36,6 +36,28 @@ pub struct PressureReport {
     pub signals: Vec<SignalReport>,
 }
 
+impl PressureReport {
+    /// The level of the signals that gate admission (memory and pids: what cannot be
+    /// squeezed; a busy cpu slows agents but does not kill them, disk is reported only).
+    pub fn gating_level(&self) -> Level {
+        self.signals
+            .iter()
+            .filter(|s| matches!(s.name, "memory" | "pids"))
+            .map(|s| s.level)
+            .max()
+            .unwrap_or(Level::Ok)
+    }
+
+    /// `open`, `best-effort-paused` (warning) or `paused` (critical).
+    pub fn admission(&self) -> &'static str {
+        match self.gating_level() {
+            Level::Ok => "open",
+            Level::Warning => "best-effort-paused",
+            Level::Critical => "paused",
+        }
+    }
+}
+
 #[derive(Debug)]
 struct SignalState {
     name: &'static str,

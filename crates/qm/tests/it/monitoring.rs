@@ -83,7 +83,12 @@ fn host_metrics_history_usage_and_exports() {
     let p = d.get("/v1/pressure");
     assert_eq!(p.status, 200, "{}", p.body);
     assert!(["ok", "warning", "critical"].contains(&p.body["level"].as_str().unwrap_or("")));
-    assert_eq!(p.body["admission"], "open");
+    assert!(
+        ["open", "best-effort-paused", "paused"]
+            .contains(&p.body["admission"].as_str().unwrap_or("")),
+        "{}",
+        p.body
+    );
     let mem = &p.body["signals"]["memory"];
     assert!(
         mem["utilization"]
@@ -333,6 +338,10 @@ fn pressure_closes_and_reopens_admission() {
     eventually("warning", || {
         (d.get("/v1/pressure").body["level"] == "warning").then_some(())
     });
+    assert_eq!(
+        d.get("/v1/pressure").body["admission"],
+        "best-effort-paused"
+    );
     let paused = ask(best_effort);
     assert_eq!(paused.status, 503, "{}", paused.body);
     assert_eq!(paused.body["code"], "admission_paused");
@@ -343,6 +352,7 @@ fn pressure_closes_and_reopens_admission() {
     eventually("critical", || {
         (d.get("/v1/pressure").body["level"] == "critical").then_some(())
     });
+    assert_eq!(d.get("/v1/pressure").body["admission"], "paused");
     let before = d.get("/v1/allocations").body["items"]
         .as_array()
         .map_or(0, Vec::len);
