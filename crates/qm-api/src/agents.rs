@@ -14,7 +14,7 @@ use axum::response::Response;
 use qm_proto::{AgentDoc, FleetDoc, Problem};
 use qm_proto::{AgentList, AgentSpec, FleetList, FleetSpec, MetricPush, decode, to_json};
 use qm_runtime::Engine;
-use qm_runtime::agents::{AgentError, Supervisor};
+use qm_runtime::agents::Supervisor;
 
 use crate::error::ApiError;
 use crate::routes::{body, json};
@@ -33,17 +33,6 @@ impl FromRef<App> for Engine {
 }
 
 type ApiResult = Result<Response, ApiError>;
-
-impl From<AgentError> for ApiError {
-    fn from(e: AgentError) -> Self {
-        match e {
-            AgentError::Engine(e) => e.into(),
-            AgentError::Spawn(d) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "spawn_failed", d)
-            }
-        }
-    }
-}
 
 fn supervisor(app: &App) -> Result<&Supervisor, ApiError> {
     app.agents.as_ref().ok_or_else(|| {

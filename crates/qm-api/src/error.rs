@@ -90,6 +90,17 @@ impl From<EngineError> for ApiError {
     }
 }
 
+impl From<qm_runtime::agents::AgentError> for ApiError {
+    fn from(e: qm_runtime::agents::AgentError) -> Self {
+        match e {
+            qm_runtime::agents::AgentError::Engine(e) => e.into(),
+            qm_runtime::agents::AgentError::Spawn(d) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "spawn_failed", d)
+            }
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status =

@@ -4,7 +4,6 @@
 //! collection or take its history lock briefly, never waiting for a collection.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -134,12 +133,6 @@ pub(crate) async fn series(
     Ok(json(StatusCode::OK, to_json(&doc)))
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// Seven days, the longest default tier.
 const MAX_RANGE_S: f64 = 366.0 * 86_400.0;
 
@@ -175,7 +168,7 @@ pub(crate) async fn query(
             })
             .transpose()
     };
-    let to = time("to")?.unwrap_or_else(now_ms);
+    let to = time("to")?.unwrap_or_else(qm_runtime::unix_ms);
     let from = match (time("from")?, params.get("since_s")) {
         (Some(_), Some(_)) => {
             return Err(ApiError::field("since_s", "give since_s or from, not both"));

@@ -53,6 +53,31 @@ pub struct EngineConfig {
     pub monitor: Option<monitor::MonitorConfig>,
 }
 
+/// Wall-clock time in unix milliseconds (history, alerts, agents' timestamps).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A `usage` vector from busy cores and used bytes, as the node and agent documents show it;
+/// None when neither is known.
+pub(crate) fn usage_map(
+    cores: Option<f64>,
+    bytes: Option<f64>,
+) -> Option<BTreeMap<String, String>> {
+    use qm_core::quantity::{Unit, format};
+    let mut usage = BTreeMap::new();
+    if let Some(c) = cores {
+        let millis = (c.max(0.0) * 1000.0).round() as u64;
+        usage.insert("cpu".to_owned(), format(Unit::Millicores, millis));
+    }
+    if let Some(b) = bytes {
+        usage.insert("memory".to_owned(), format(Unit::Bytes, usage_bytes(b)));
+    }
+    (!usage.is_empty()).then_some(usage)
+}
+
 /// Used memory as shown next to capacities: whole MiB above 1 MiB (`456Mi`, not `467144Ki`;
 /// usage is a moving reading, not an amount handed out).
 pub fn usage_bytes(bytes: f64) -> u64 {
@@ -376,7 +401,6 @@ impl Engine {
         };
         let best_effort =
             qm_core::Qos::derive(&req.resources, req.limits.as_ref()) == qm_core::Qos::BestEffort;
-        let gating = |name: &str| matches!(name, "memory" | "pids");
         let level = report.gating_level();
         let closed = match level {
             qm_pressure::Level::Critical => true,
@@ -387,9 +411,8 @@ impl Engine {
             return Ok(());
         }
         let worst: Vec<String> = report
-            .signals
-            .iter()
-            .filter(|s| s.level == level && gating(s.name))
+            .gating()
+            .filter(|s| s.level == level)
             .map(|s| format!("{} at {:.0}%", s.name, s.utilization * 100.0))
             .collect();
         Err(EngineError::AdmissionPaused {
@@ -410,26 +433,10 @@ impl Engine {
     /// memory (MemTotal less MemAvailable).
     fn local_usage(&self) -> Option<BTreeMap<String, String>> {
         let latest = self.monitor()?.latest();
-        let cores = latest.value("qm_host_cpu_busy_cores");
-        let memory = latest.value("qm_host_memory_used_bytes");
-        if cores.is_none() && memory.is_none() {
-            return None;
-        }
-        let mut usage = BTreeMap::new();
-        if let Some(c) = cores {
-            let millis = (c.max(0.0) * 1000.0).round() as u64;
-            usage.insert(
-                "cpu".to_owned(),
-                qm_core::quantity::format(qm_core::quantity::Unit::Millicores, millis),
-            );
-        }
-        if let Some(m) = memory {
-            usage.insert(
-                "memory".to_owned(),
-                qm_core::quantity::format(qm_core::quantity::Unit::Bytes, usage_bytes(m)),
-            );
-        }
-        Some(usage)
+        usage_map(
+            latest.value("qm_host_cpu_busy_cores"),
+            latest.value("qm_host_memory_used_bytes"),
+        )
     }
 
     /// Registers a reported node.

@@ -269,30 +269,23 @@ impl Supervisor {
                 .filter(|(_, at)| now.saturating_sub(*at) <= CUSTOM_FRESH_MS)
                 .map(|(v, _)| v);
         }
-        let (series, resource, unit) = match metric {
+        // the template's request, parsed as any agent's is (no JSON here)
+        let mut probe = f.doc.template.clone();
+        probe.name = format!("{}-0", f.doc.name);
+        let template = probe
+            .allocation_request()
+            .into_request(self.engine().catalog())
+            .ok()?;
+        let (series, request) = match metric {
             Metric::Cpu => (
                 "qm_agent_cpu_usage_cores",
-                "cpu",
-                qm_core::quantity::Unit::Millicores,
+                template.resources.cpu() as f64 / 1000.0,
             ),
-            _ => (
-                "qm_agent_memory_bytes",
-                "memory",
-                qm_core::quantity::Unit::Bytes,
-            ),
+            _ => ("qm_agent_memory_bytes", template.resources.memory() as f64),
         };
-        let request = f
-            .doc
-            .template
-            .resources
-            .get(resource)
-            .map(|v| v.to_string().trim_matches('"').to_owned())
-            .and_then(|v| qm_core::quantity::parse(unit, &v).ok())
-            .filter(|r| *r > 0)?;
-        let request = match metric {
-            Metric::Cpu => request as f64 / 1000.0,
-            _ => request as f64,
-        };
+        if request <= 0.0 {
+            return None;
+        }
         let latest = self.engine().monitor()?.latest();
         let members: Vec<String> = self
             .inner
@@ -305,15 +298,7 @@ impl Supervisor {
             .collect();
         let values: Vec<f64> = members
             .iter()
-            .filter_map(|m| {
-                latest
-                    .all()
-                    .find(|s| {
-                        s.desc.name == series
-                            && s.labels.iter().any(|(k, v)| *k == "agent" && v == m)
-                    })
-                    .map(|s| s.value / request)
-            })
+            .filter_map(|m| latest.agent_value(series, m).map(|v| v / request))
             .collect();
         (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
     }

@@ -16,7 +16,7 @@ mod run;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use qm_cgroup::CgroupDriver;
 use qm_core::AllocId;
@@ -64,11 +64,7 @@ impl SupervisorConfig {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+use crate::unix_ms as now_ms;
 
 /// Why the supervisor refused.
 #[derive(Debug, thiserror::Error)]
@@ -300,29 +296,10 @@ impl Supervisor {
 
     fn usage(&self, id: &str) -> Option<BTreeMap<String, String>> {
         let latest = self.engine().monitor()?.latest();
-        let find = |name: &str| {
-            latest
-                .all()
-                .find(|s| {
-                    s.desc.name == name && s.labels.iter().any(|(k, v)| *k == "agent" && v == id)
-                })
-                .map(|s| s.value)
-        };
-        let mut usage = BTreeMap::new();
-        if let Some(c) = find("qm_agent_cpu_usage_cores") {
-            let m = (c.max(0.0) * 1000.0).round() as u64;
-            usage.insert(
-                "cpu".to_owned(),
-                qm_core::quantity::format(qm_core::quantity::Unit::Millicores, m),
-            );
-        }
-        if let Some(b) = find("qm_agent_memory_bytes") {
-            usage.insert(
-                "memory".to_owned(),
-                qm_core::quantity::format(qm_core::quantity::Unit::Bytes, crate::usage_bytes(b)),
-            );
-        }
-        (!usage.is_empty()).then_some(usage)
+        crate::usage_map(
+            latest.agent_value("qm_agent_cpu_usage_cores", id),
+            latest.agent_value("qm_agent_memory_bytes", id),
+        )
     }
 
     /// The last `tail` lines of an agent's stdout and stderr.

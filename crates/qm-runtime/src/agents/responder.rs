@@ -16,18 +16,6 @@ const COOLDOWN_MS: u64 = 2_000;
 /// A victim's grace between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_secs(1);
 
-/// The memory an agent uses, from the monitor's last agent collection.
-fn usage(latest: &crate::monitor::Latest, id: &str) -> Option<f64> {
-    latest
-        .agent_samples
-        .iter()
-        .find(|s| {
-            s.desc.name == "qm_agent_memory_bytes"
-                && s.labels.iter().any(|(k, v)| *k == "agent" && v == id)
-        })
-        .map(|s| s.value)
-}
-
 impl Supervisor {
     /// Evicts one agent when memory is critical (at most one per cooldown).
     pub(super) async fn respond(&self) {
@@ -71,7 +59,10 @@ impl Supervisor {
                         id: a.doc.id.clone(),
                         qos,
                         priority: a.doc.spec.priority.unwrap_or(500),
-                        usage_bytes: usage(&latest, &a.doc.id).unwrap_or(0.0).max(0.0) as u64,
+                        usage_bytes: latest
+                            .agent_value("qm_agent_memory_bytes", &a.doc.id)
+                            .unwrap_or(0.0)
+                            .max(0.0) as u64,
                         request_bytes: request,
                         exhaustion_in_s: None,
                     }

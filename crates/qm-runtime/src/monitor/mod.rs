@@ -9,7 +9,7 @@ pub mod pressure;
 
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use qm_proto::{AlertDoc, EventDoc, format_rfc3339};
@@ -83,6 +83,14 @@ impl Latest {
         self.samples.iter().chain(self.agent_samples.iter())
     }
 
+    /// The value of the agent series `name` for the agent `id`.
+    pub fn agent_value(&self, name: &str, id: &str) -> Option<f64> {
+        self.agent_samples
+            .iter()
+            .find(|s| s.desc.name == name && s.labels.iter().any(|(k, v)| *k == "agent" && v == id))
+            .map(|s| s.value)
+    }
+
     /// The value of the unlabelled series `name`.
     pub fn value(&self, name: &str) -> Option<f64> {
         self.samples
@@ -150,12 +158,6 @@ static HISTORY_BYTES: Desc = Desc {
     help: "Heap memory the in-memory history holds.",
     kind: Kind::Gauge,
 };
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 impl Monitor {
     /// Validates the configuration and starts the monitor thread; alert transitions are
@@ -285,7 +287,7 @@ fn run(shared: &Shared, config: &MonitorConfig, mut engine: AlertEngine, hub: &E
     loop {
         let cpu0 = qm_sys::process::thread_cpu_time();
         let now = Instant::now();
-        let at_ms = unix_ms();
+        let at_ms = crate::unix_ms();
         let targets = shared.targets.lock().map(|t| t.clone()).unwrap_or_default();
         let mut samples = Vec::with_capacity(capacity);
         host.collect(now).samples(&mut samples);

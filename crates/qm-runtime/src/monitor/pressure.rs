@@ -40,12 +40,14 @@ impl PressureReport {
     /// The level of the signals that gate admission (memory and pids: what cannot be
     /// squeezed; a busy cpu slows agents but does not kill them, disk is reported only).
     pub fn gating_level(&self) -> Level {
+        self.gating().map(|s| s.level).max().unwrap_or(Level::Ok)
+    }
+
+    /// The signals that gate admission.
+    pub fn gating(&self) -> impl Iterator<Item = &SignalReport> {
         self.signals
             .iter()
             .filter(|s| matches!(s.name, "memory" | "pids"))
-            .map(|s| s.level)
-            .max()
-            .unwrap_or(Level::Ok)
     }
 
     /// `open`, `best-effort-paused` (warning) or `paused` (critical).

@@ -6,11 +6,10 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::daemon::{Daemon, temp_dir};
+use crate::daemon::{Daemon, eventually, temp_dir};
 
 fn qm(server: &str, args: &[&str]) -> (i32, String, String) {
     let o: Output = Command::new(env!("CARGO_BIN_EXE_qm"))
@@ -24,17 +23,6 @@ fn qm(server: &str, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
-}
-
-fn eventually<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The ids of the agents `qm agents ls -o json` shows in one of `states`, sorted.

@@ -18,6 +18,21 @@ pub(crate) fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// Polls `f` every 50 ms until it answers, for up to `secs` seconds.
+pub(crate) fn eventually<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// A running daemon.
 pub(crate) struct Daemon {
     pub(crate) child: Child,

@@ -8,23 +8,11 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::daemon::{Daemon, temp_dir};
-
-/// Polls `f` every 50 ms for up to 20 s.
-fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use crate::daemon::{Daemon, eventually, temp_dir};
 
 fn mem_total_bytes() -> f64 {
     let text = std::fs::read_to_string("/proc/meminfo").expect("meminfo");
@@ -54,7 +42,7 @@ fn host_metrics_history_usage_and_exports() {
         &["--config", config.to_str().expect("utf-8")],
     );
     // the JSON snapshot: real values
-    let snap = eventually("two collections", || {
+    let snap = eventually("two collections", 20, || {
         let s = d.get("/v1/metrics").body;
         sample(&s, "qm_host_cpu_utilization_ratio").map(|_| s)
     });
@@ -108,7 +96,7 @@ fn host_metrics_history_usage_and_exports() {
         "{series}"
     );
     assert!(series["memory_bytes"].as_u64().is_some_and(|b| b > 0));
-    let q = eventually("three points of history", || {
+    let q = eventually("three points of history", 20, || {
         let q = d
             .get("/v1/metrics/query?name=qm_host_memory_used_bytes&since_s=60")
             .body;
@@ -252,7 +240,7 @@ fn alerts_fire_and_resolve_with_webhook_retries_and_exec_hook() {
             "cpu=1,memory=1Gi",
         ],
     );
-    let firing = eventually("the alert to fire", || {
+    let firing = eventually("the alert to fire", 20, || {
         let a = d.get("/v1/alerts?state=firing").body;
         a["items"].as_array().and_then(|i| i.first().cloned())
     });
@@ -294,7 +282,7 @@ fn alerts_fire_and_resolve_with_webhook_retries_and_exec_hook() {
     let all = d.get("/v1/alerts").body;
     assert_eq!(all["items"][0]["state"], "resolved", "{all}");
     // the exec hook saw both transitions, in order
-    let hooked = eventually("the hook to run twice", || {
+    let hooked = eventually("the hook to run twice", 20, || {
         let text = std::fs::read_to_string(&hook_out).unwrap_or_default();
         let kinds: Vec<String> = text
             .lines()
@@ -329,13 +317,13 @@ fn pressure_closes_and_reopens_admission() {
     let ask = |body: &str| d.post("/v1/allocations", body);
     let burstable = r#"{"agent":"a","resources":{"cpu":"100m"}}"#;
     let best_effort = r#"{"agent":"b","resources":{}}"#;
-    eventually("ok pressure", || {
+    eventually("ok pressure", 20, || {
         (d.get("/v1/pressure").body["level"] == "ok").then_some(())
     });
     assert_eq!(ask(burstable).status, 201);
     // warning (85% used): best-effort work waits, the rest is admitted
     write_meminfo(&root, 0.85);
-    eventually("warning", || {
+    eventually("warning", 20, || {
         (d.get("/v1/pressure").body["level"] == "warning").then_some(())
     });
     assert_eq!(
@@ -349,7 +337,7 @@ fn pressure_closes_and_reopens_admission() {
     assert_eq!(ask(burstable).status, 201);
     // critical (97%): nothing is admitted, and nothing changed
     write_meminfo(&root, 0.97);
-    eventually("critical", || {
+    eventually("critical", 20, || {
         (d.get("/v1/pressure").body["level"] == "critical").then_some(())
     });
     assert_eq!(d.get("/v1/pressure").body["admission"], "paused");
@@ -371,7 +359,7 @@ fn pressure_closes_and_reopens_admission() {
     assert_eq!(before, after);
     // eased: admission reopens after the dwell
     write_meminfo(&root, 0.3);
-    eventually("ok again", || {
+    eventually("ok again", 20, || {
         (d.get("/v1/pressure").body["level"] == "ok").then_some(())
     });
     assert_eq!(ask(best_effort).status, 201);
