@@ -109,4 +109,12 @@ impl CgroupDriver for HybridDriver {
     fn psi_path(&self, name: &GroupName) -> Option<PathBuf> {
         Some(self.unified.dir(name))
     }
+
+    fn parent_memory_file(&self) -> PathBuf {
+        self.v1.parent_memory_file()
+    }
+
+    fn parent_pressure_file(&self) -> Option<PathBuf> {
+        self.unified.parent_pressure_file()
+    }
 }

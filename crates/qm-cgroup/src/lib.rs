@@ -91,6 +91,15 @@ pub trait CgroupDriver: Send + Sync + fmt::Debug {
     /// The directory holding the group's PSI files (`cpu.pressure`, `memory.pressure`,
     /// `io.pressure`), where the layout has them.
     fn psi_path(&self, name: &GroupName) -> Option<PathBuf>;
+
+    /// The parent's memory usage file (v2 `memory.current`, v1 `memory.usage_in_bytes`,
+    /// hierarchical): every managed agent's memory in one read, for the pressure probe. It
+    /// appears with the first group.
+    fn parent_memory_file(&self) -> PathBuf;
+
+    /// The parent's `memory.pressure` (PSI for all the agents together), where the layout has
+    /// PSI.
+    fn parent_pressure_file(&self) -> Option<PathBuf>;
 }
 
 /// How the cgroup mount is laid out.

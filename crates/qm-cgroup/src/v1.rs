@@ -318,4 +318,13 @@ impl CgroupDriver for V1Driver {
     fn psi_path(&self, _name: &GroupName) -> Option<PathBuf> {
         None
     }
+
+    fn parent_memory_file(&self) -> PathBuf {
+        let base = self.mount(Controller::Memory).unwrap_or(&self.root);
+        base.join(self.parent.path()).join("memory.usage_in_bytes")
+    }
+
+    fn parent_pressure_file(&self) -> Option<PathBuf> {
+        None
+    }
 }

@@ -250,4 +250,12 @@ impl CgroupDriver for V2Driver {
     fn psi_path(&self, name: &GroupName) -> Option<PathBuf> {
         Some(self.dir(name))
     }
+
+    fn parent_memory_file(&self) -> PathBuf {
+        self.root.join(self.parent.path()).join("memory.current")
+    }
+
+    fn parent_pressure_file(&self) -> Option<PathBuf> {
+        Some(self.root.join(self.parent.path()).join("memory.pressure"))
+    }
 }

@@ -86,6 +86,12 @@ fn v2_create_enables_controllers_and_writes_limits() {
         group.psi_path(),
         Some(t.path().join("qm/coder-1").as_path())
     );
+    // the pressure probe reads the parent: all agents in one file
+    assert_eq!(d.parent_memory_file(), t.path().join("qm/memory.current"));
+    assert_eq!(
+        d.parent_pressure_file(),
+        Some(t.path().join("qm/memory.pressure"))
+    );
 
     // Re-creating reuses the group; `None` limits write "unlimited" and the defaults back.
     d.create(&a, &Limits::default()).unwrap();
@@ -281,6 +287,8 @@ fn v1_groups_in_every_hierarchy_with_v1_files() {
         .collect();
     assert_eq!(group.procs_files(), procs);
     assert_eq!(group.psi_path(), None);
+    assert_eq!(d.parent_pressure_file(), None);
+    assert!(d.parent_memory_file().ends_with("memory/qm/memory.usage_in_bytes"));
 
     d.apply(&a, &Limits::default()).unwrap();
     assert_eq!(t.read("memory/qm/a/memory.limit_in_bytes"), "-1");

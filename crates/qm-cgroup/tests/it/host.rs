@@ -123,6 +123,26 @@ fn a_group_from_create_to_remove() {
         stats.pids >= Some(1) && stats.memory_bytes.is_some(),
         "{stats:?}"
     );
+    // the parent's usage is every group's together: the pressure probe's one read
+    let parent_usage: u64 = read(driver.parent_memory_file()).parse().unwrap();
+    assert!(
+        parent_usage >= stats.memory_bytes.unwrap_or(0) && parent_usage > 0,
+        "{parent_usage} {stats:?}"
+    );
+    assert_eq!(
+        driver.parent_pressure_file().is_some_and(|p| p.exists()),
+        hybrid
+    );
+    // throttling: memory.high is v1's soft limit; lifting it writes "unlimited" back
+    let throttled = Limits {
+        memory_high: Some(32 * MIB),
+        ..limits
+    };
+    driver.apply(&a, &throttled).unwrap();
+    let soft = root.join("memory").join(&rel).join("memory.soft_limit_in_bytes");
+    assert_eq!(read(&soft), (32 * MIB).to_string());
+    driver.apply(&a, &limits).unwrap();
+    assert!(read(&soft).parse::<u64>().unwrap() > 1 << 60);
 
     // Freezing completes asynchronously: wait for the kernel to report it.
     let frozen = |yes: bool| {

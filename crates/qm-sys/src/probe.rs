@@ -1,0 +1,267 @@
+//! The fast path between two collections: a [`MemoryProbe`] that reads only what memory
+//! pressure needs (`MemAvailable` and `MemTotal`, and the managed agents' parent cgroup's
+//! usage: one file for all of them), cheap enough to run ten times a second; and
+//! [`PsiTrigger`]s, the kernel's PSI triggers (Linux 5.2+), which make a file descriptor
+//! readable for `POLLPRI` the moment stalls exceed a threshold within a window, so a stall
+//! wakes the caller at once instead of at its next tick. Registering a trigger is the one
+//! write this crate makes: it changes nothing on the host and ends when the file is closed.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags};
+
+use crate::read;
+
+/// One reading of the probe, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryReading {
+    /// `MemTotal`, when /proc/meminfo could be read.
+    pub host_total: Option<u64>,
+    /// `MemTotal - MemAvailable`.
+    pub host_used: Option<u64>,
+    /// The managed parent cgroup's usage (`memory.current`, or v1 `memory.usage_in_bytes`).
+    pub managed: Option<u64>,
+}
+
+/// Reads host memory and the managed agents' total memory from files held open and re-read
+/// from offset 0 (no open or path walk per reading).
+#[derive(Debug)]
+pub struct MemoryProbe {
+    meminfo: Option<File>,
+    managed_path: Option<PathBuf>,
+    managed: Option<File>,
+    buf: String,
+}
+
+fn reread(file: &mut File, buf: &mut String) -> bool {
+    buf.clear();
+    let ok = file
+        .seek(SeekFrom::Start(0))
+        .and_then(|_| file.read_to_string(buf));
+    ok.is_ok()
+}
+
+impl MemoryProbe {
+    /// A probe of `<proc>/meminfo` and, where given, the managed parent group's memory usage
+    /// file (which may appear later: the parent is made with the first agent).
+    pub fn new(proc: &Path, managed: Option<PathBuf>) -> Self {
+        MemoryProbe {
+            meminfo: File::open(proc.join("meminfo")).ok(),
+            managed_path: managed,
+            managed: None,
+            buf: String::with_capacity(2048),
+        }
+    }
+
+    /// One reading; a file that cannot be read is `None` in it.
+    pub fn read(&mut self) -> MemoryReading {
+        let mut r = MemoryReading::default();
+        if let Some(f) = self.meminfo.as_mut()
+            && reread(f, &mut self.buf)
+        {
+            let total = read::keyed(&self.buf, "MemTotal");
+            let available = read::keyed(&self.buf, "MemAvailable");
+            if let (Some(t), Some(a)) = (total, available) {
+                r.host_total = Some(t * 1024);
+                r.host_used = Some(t.saturating_sub(a) * 1024);
+            }
+        }
+        if self.managed.is_none() {
+            self.managed = self.managed_path.as_ref().and_then(|p| File::open(p).ok());
+        }
+        if let Some(f) = self.managed.as_mut() {
+            if reread(f, &mut self.buf) {
+                r.managed = self.buf.split_whitespace().next().and_then(|v| v.parse().ok());
+            } else {
+                // the group was removed; open it afresh next time
+                self.managed = None;
+            }
+        }
+        r
+    }
+}
+
+/// Why a trigger could not be registered.
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    /// The file could not be opened (no PSI, or no such group).
+    #[error("cannot open {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    /// The kernel refused every form tried (PSI triggers need Linux 5.2; unprivileged
+    /// callers need a window that is a multiple of 2 s).
+    #[error("{path} refused a trigger: {source}")]
+    Refused { path: PathBuf, source: io::Error },
+}
+
+/// A registered PSI trigger: `some` stalls of at least `stall` within `window`.
+#[derive(Debug)]
+pub struct PsiTrigger {
+    file: File,
+    path: PathBuf,
+    stall: Duration,
+    window: Duration,
+}
+
+impl PsiTrigger {
+    /// Registers a trigger on the pressure file `path` (`/proc/pressure/memory`, a cgroup's
+    /// `memory.pressure`) for `stall` of `some` stall per `window`. Where the kernel refuses
+    /// that (an unprivileged caller may only use windows that are multiples of 2 s), the
+    /// same share of a 2 s window is tried.
+    pub fn register(path: &Path, stall: Duration, window: Duration) -> Result<Self, TriggerError> {
+        let share = stall.as_secs_f64() / window.as_secs_f64().max(1e-3);
+        let two = Duration::from_secs(2);
+        let forms = [(stall, window), (two.mul_f64(share.clamp(0.0, 1.0)), two)];
+        let mut last = None;
+        for (stall, window) in forms {
+            let mut file = File::options()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|source| TriggerError::Open {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            let spec = format!("some {} {}\0", stall.as_micros(), window.as_micros());
+            match file.write(spec.as_bytes()) {
+                Ok(_) => {
+                    return Ok(PsiTrigger {
+                        file,
+                        path: path.to_owned(),
+                        stall,
+                        window,
+                    });
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(TriggerError::Refused {
+            path: path.to_owned(),
+            source: last.unwrap_or_else(|| io::Error::other("no form tried")),
+        })
+    }
+
+    /// The pressure file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The stall and window the kernel accepted.
+    pub fn spec(&self) -> (Duration, Duration) {
+        (self.stall, self.window)
+    }
+}
+
+/// Waits up to `timeout` for any of `triggers` to fire; answers which fired (by index). With
+/// no triggers it sleeps for `timeout`. A trigger whose file reports an error (its cgroup was
+/// removed) counts as fired, so the caller can drop it.
+pub fn wait(triggers: &[PsiTrigger], timeout: Duration) -> Vec<usize> {
+    if triggers.is_empty() {
+        std::thread::sleep(timeout);
+        return Vec::new();
+    }
+    let mut fds: Vec<PollFd<'_>> = triggers
+        .iter()
+        .map(|t| PollFd::from_borrowed_fd(t.file.as_fd(), PollFlags::PRI))
+        .collect();
+    let ts = rustix::time::Timespec {
+        tv_sec: timeout.as_secs() as i64,
+        tv_nsec: i64::from(timeout.subsec_nanos()),
+    };
+    match rustix::event::poll(&mut fds, Some(&ts)) {
+        Ok(0) | Err(_) => Vec::new(),
+        Ok(_) => fds
+            .iter()
+            .enumerate()
+            .filter(|(_, fd)| !fd.revents().is_empty())
+            .map(|(i, _)| i)
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("qm-probe-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_probe_reads_host_memory_and_the_managed_group_and_sees_changes() {
+        let dir = temp("read");
+        std::fs::write(
+            dir.join("meminfo"),
+            "MemTotal: 1000 kB\nMemFree: 100 kB\nMemAvailable: 250 kB\n",
+        )
+        .unwrap();
+        let group = dir.join("memory.current");
+        let mut p = MemoryProbe::new(&dir, Some(group.clone()));
+        // the parent group is made with the first agent
+        let r = p.read();
+        assert_eq!(r.host_total, Some(1_024_000));
+        assert_eq!(r.host_used, Some(750 * 1024));
+        assert_eq!(r.managed, None);
+        std::fs::write(&group, "4096\n").unwrap();
+        assert_eq!(p.read().managed, Some(4096));
+        // re-read in place: the same open file sees the new content
+        std::fs::write(
+            dir.join("meminfo"),
+            "MemTotal: 1000 kB\nMemFree: 100 kB\nMemAvailable: 50 kB\n",
+        )
+        .unwrap();
+        std::fs::write(&group, "8192\n").unwrap();
+        let r = p.read();
+        assert_eq!(r.host_used, Some(950 * 1024));
+        assert_eq!(r.managed, Some(8192));
+    }
+
+    #[test]
+    fn the_real_host_has_memory() {
+        let mut p = MemoryProbe::new(Path::new("/proc"), None);
+        let r = p.read();
+        let (used, total) = (r.host_used.unwrap(), r.host_total.unwrap());
+        assert!(total > 0 && used <= total, "{used} of {total}");
+    }
+
+    #[test]
+    fn a_plain_file_refuses_a_trigger_and_says_which() {
+        let dir = temp("refuse");
+        let path = dir.join("memory.pressure");
+        let e = PsiTrigger::register(&path, Duration::from_millis(100), Duration::from_secs(1))
+            .unwrap_err();
+        assert!(matches!(e, TriggerError::Open { .. }), "{e}");
+        assert!(e.to_string().contains("memory.pressure"), "{e}");
+    }
+
+    #[test]
+    fn a_real_trigger_registers_and_times_out_quietly() {
+        // the kernel's own files: the unified mount's root group, else /proc/pressure
+        let candidates = [
+            Path::new("/sys/fs/cgroup/unified/memory.pressure"),
+            Path::new("/sys/fs/cgroup/memory.pressure"),
+            Path::new("/proc/pressure/memory"),
+        ];
+        let Some(t) = candidates.iter().find_map(|p| {
+            PsiTrigger::register(p, Duration::from_millis(150), Duration::from_secs(1)).ok()
+        }) else {
+            eprintln!("no PSI trigger can be registered here");
+            return;
+        };
+        let (stall, window) = t.spec();
+        assert!(stall < window, "{stall:?} {window:?}");
+        // nothing stalls on an idle host for 150 ms per second: the wait times out
+        let t0 = Instant::now();
+        if wait(std::slice::from_ref(&t), Duration::from_millis(50)).is_empty() {
+            assert!(t0.elapsed() >= Duration::from_millis(40));
+        }
+    }
+}
