@@ -239,7 +239,9 @@ pub(crate) async fn alerts(
 #[utoipa::path(get, path = "/v1/pressure", tag = "pressure",
     responses((status = 200, body = qm_proto::PressureDoc), (status = 503, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn pressure(State(engine): State<Engine>) -> ApiResult {
-    let report = monitor(&engine)?.latest().pressure.clone().ok_or_else(|| {
+    let m = monitor(&engine)?;
+    let stats = m.responder();
+    let report = m.latest().pressure.clone().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
@@ -271,6 +273,30 @@ pub(crate) async fn pressure(State(engine): State<Engine>) -> ApiResult {
                 )
             })
             .collect(),
+        agents: report
+            .agents
+            .iter()
+            .map(|a| qm_proto::AgentPressureDoc {
+                agent: a.id.clone(),
+                memory_bytes: a.memory_bytes,
+                trend_per_s: a.trend_per_s,
+                exhaustion_in_s: a.exhaustion_in_s,
+                confidence: a.confidence,
+                throttled: stats.throttled.contains(&a.id),
+            })
+            .collect(),
+        responder: qm_proto::ResponderDoc {
+            evictions_critical: stats.evictions_critical,
+            evictions_forecast: stats.evictions_forecast,
+            throttles: stats.throttles,
+            last_eviction: stats.last_eviction.map(|e| qm_proto::EvictionDoc {
+                agent: e.agent,
+                at: format_rfc3339(e.at_ms),
+                reason: e.reason,
+                response_ms: e.response_ms,
+            }),
+            throttled: stats.throttled,
+        },
     };
     Ok(json(StatusCode::OK, to_json(&doc)))
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use qm_proto::{
     AgentDoc, AgentList, AgentSpec, AlertDoc, AlertList, AllocationDoc, AllocationList, FleetDoc,
     FleetList, FleetSpec, LogsDoc, MetricPush, MetricsSnapshotDoc, NodeDoc, NodeList, PoolDoc,
-    PoolList, Problem, QueryDoc, SeriesListDoc,
+    PoolList, PressureDoc, Problem, QueryDoc, SeriesListDoc,
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -164,6 +164,11 @@ impl Client {
             None => "/v1/alerts".to_owned(),
         };
         self.get::<AlertList>(&path).map(|l| l.items)
+    }
+
+    /// The node's pressure: levels, forecasts and what the responder did.
+    pub fn pressure(&self) -> Result<PressureDoc, ClientError> {
+        self.get("/v1/pressure")
     }
 
     /// Every pool.

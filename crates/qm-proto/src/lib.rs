@@ -16,8 +16,8 @@ pub use agents::{
 };
 pub use decode::{DecodeError, decode};
 pub use monitor::{
-    AlertDoc, AlertList, MetricsSnapshotDoc, PressureDoc, QueryDoc, SampleDoc, SeriesDoc,
-    SeriesListDoc, SeriesNameDoc, SignalDoc,
+    AgentPressureDoc, AlertDoc, AlertList, EvictionDoc, MetricsSnapshotDoc, PressureDoc, QueryDoc,
+    ResponderDoc, SampleDoc, SeriesDoc, SeriesListDoc, SeriesNameDoc, SignalDoc,
 };
 pub use problem::{FieldProblem, Problem};
 pub use resources::{WireResources, parse_resources, render_resources};

@@ -124,4 +124,48 @@ pub struct PressureDoc {
     /// `open`, `best-effort-paused` (memory or pids at warning) or `paused` (critical).
     pub admission: String,
     pub signals: BTreeMap<String, SignalDoc>,
+    /// Agents' memory trends, the fastest-growing first.
+    #[serde(default)]
+    pub agents: Vec<AgentPressureDoc>,
+    /// What the responder has done.
+    #[serde(default)]
+    pub responder: ResponderDoc,
+}
+
+/// One agent's memory and where it is heading.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AgentPressureDoc {
+    pub agent: String,
+    pub memory_bytes: f64,
+    /// Bytes per second.
+    pub trend_per_s: f64,
+    /// When this agent alone, at its trend, would use up what the node has left.
+    pub exhaustion_in_s: Option<f64>,
+    /// 0..1.
+    pub confidence: f64,
+    /// Held by the responder (memory.high or cpu.max lowered).
+    pub throttled: bool,
+}
+
+/// The responder's actions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ResponderDoc {
+    /// Evictions under critical memory pressure.
+    pub evictions_critical: u64,
+    /// Evictions at warning of agents forecast to exhaust the node.
+    pub evictions_forecast: u64,
+    pub throttles: u64,
+    /// Agents throttled now.
+    pub throttled: Vec<String>,
+    pub last_eviction: Option<EvictionDoc>,
+}
+
+/// One eviction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EvictionDoc {
+    pub agent: String,
+    pub at: String,
+    pub reason: String,
+    /// From the collection that saw the level to the SIGTERM.
+    pub response_ms: u64,
 }

@@ -75,7 +75,11 @@ impl MemoryProbe {
         }
         if let Some(f) = self.managed.as_mut() {
             if reread(f, &mut self.buf) {
-                r.managed = self.buf.split_whitespace().next().and_then(|v| v.parse().ok());
+                r.managed = self
+                    .buf
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse().ok());
             } else {
                 // the group was removed; open it afresh next time
                 self.managed = None;

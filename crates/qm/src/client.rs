@@ -145,11 +145,13 @@ pub(crate) fn status(c: &Client, json_out: bool, out: &mut impl Write) -> Result
     let pools = c.pools()?;
     let live = c.allocations("state=granted", 1000)?.len();
     let queued = c.allocations("state=queued", 1000)?.len();
+    // a daemon without a monitor has no pressure to show
+    let pressure = c.pressure().ok();
     if json_out {
         writeln!(
             out,
             "{}",
-            json!({ "node": node, "pools": pools, "granted": live, "queued": queued })
+            json!({ "node": node, "pools": pools, "granted": live, "queued": queued, "pressure": pressure })
         )?;
         return Ok(());
     }
@@ -166,7 +168,10 @@ pub(crate) fn status(c: &Client, json_out: bool, out: &mut impl Write) -> Result
         node.kind,
         if node.ready { "ready" } else { "not ready" }
     )?;
-    writeln!(out, "pressure    {}", node.pressure)?;
+    match &pressure {
+        Some(p) => pressure_lines(p, out)?,
+        None => writeln!(out, "pressure    {}", node.pressure)?,
+    }
     let alerts = c.alerts(None).unwrap_or_default();
     let firing = alerts.iter().filter(|a| a.state == "firing").count();
     let pending = alerts.iter().filter(|a| a.state == "pending").count();
@@ -207,6 +212,82 @@ pub(crate) fn status(c: &Client, json_out: bool, out: &mut impl Write) -> Result
             fmt(&p.allocated),
             p.queued
         )?;
+    }
+    Ok(())
+}
+
+/// Bytes as MiB or GiB, for people.
+fn human_bytes(b: f64) -> String {
+    let mib = b / 1048576.0;
+    if mib.abs() >= 1024.0 {
+        format!("{:.1} GiB", mib / 1024.0)
+    } else {
+        format!("{mib:.0} MiB")
+    }
+}
+
+/// `qm status`'s pressure block: the level and admission, each signal that is not idle, the
+/// agents heading for exhaustion and what the responder did.
+fn pressure_lines(p: &qm_proto::PressureDoc, out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "pressure    {} since {} (admission {})",
+        p.level, p.since, p.admission
+    )?;
+    for (name, s) in &p.signals {
+        let left = match name.as_str() {
+            "memory" | "disk" => human_bytes(s.available),
+            "cpu" => format!("{:.2} cores", s.available),
+            _ => format!("{:.0}", s.available),
+        };
+        let mut line = format!(
+            "  {name:<9} {:<8} {:>3.0}% used, {left} left",
+            s.level,
+            s.utilization * 100.0
+        );
+        if let Some(psi) = s.psi_some_avg10.filter(|v| *v > 0.0) {
+            line.push_str(&format!(", psi {psi:.1}%"));
+        }
+        if let Some(e) = s.exhaustion_in_s {
+            line.push_str(&format!(", exhausted in {e:.0} s"));
+        }
+        if s.anomaly {
+            line.push_str(", anomaly");
+        }
+        writeln!(out, "{line}")?;
+    }
+    for a in p
+        .agents
+        .iter()
+        .filter(|a| a.exhaustion_in_s.is_some() || a.throttled)
+    {
+        let mut line = format!(
+            "  agent {} {} {:+.1} MiB/s",
+            a.agent,
+            human_bytes(a.memory_bytes),
+            a.trend_per_s / 1048576.0
+        );
+        if let Some(e) = a.exhaustion_in_s {
+            line.push_str(&format!(", would exhaust the node in {e:.0} s"));
+        }
+        if a.throttled {
+            line.push_str(", throttled");
+        }
+        writeln!(out, "{line}")?;
+    }
+    let r = &p.responder;
+    if r.evictions_critical + r.evictions_forecast + r.throttles > 0 {
+        writeln!(
+            out,
+            "  responder {} evicted at critical, {} on forecast, {} throttled ({} now)",
+            r.evictions_critical,
+            r.evictions_forecast,
+            r.throttles,
+            r.throttled.len()
+        )?;
+    }
+    if let Some(e) = &r.last_eviction {
+        writeln!(out, "  last eviction {} at {}: {}", e.agent, e.at, e.reason)?;
     }
     Ok(())
 }

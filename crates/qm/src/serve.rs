@@ -68,7 +68,8 @@ struct FileConfig {
     pressure: PressureFile,
 }
 
-/// `[pressure]`: the levels' thresholds (utilization, 0..1) and minimum dwell.
+/// `[pressure]`: the levels' thresholds (utilization, 0..1) and minimum dwell, memory PSI's
+/// share, the fast probe, and the responder.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PressureFile {
@@ -77,6 +78,99 @@ struct PressureFile {
     critical_enter: Option<f64>,
     critical_leave: Option<f64>,
     min_dwell_s: Option<f64>,
+    /// Memory `some` avg10 (percent) that makes memory at least warning.
+    psi_warning_pct: Option<f64>,
+    /// Memory `full` avg10 (percent) that makes memory critical.
+    psi_critical_pct: Option<f64>,
+    /// Time between readings of the memory probe between collections (0: off).
+    probe_interval_s: Option<f64>,
+    /// Evict under critical memory pressure, and forecast leakers at warning.
+    evict: Option<bool>,
+    /// Throttle agents above their request under critical pressure.
+    throttle: Option<bool>,
+    /// Between two evictions.
+    cooldown_s: Option<f64>,
+    /// A victim's grace between SIGTERM and SIGKILL.
+    grace_s: Option<f64>,
+    /// At warning, evict an agent forecast to use up the node's memory within this (0: off).
+    forecast_horizon_s: Option<f64>,
+    /// The least confidence (0..1) a forecast needs to evict on.
+    forecast_confidence: Option<f64>,
+}
+
+/// A number of seconds in `range`, or an error naming `pressure.<field>`.
+fn seconds(
+    field: &str,
+    v: Option<f64>,
+    range: std::ops::RangeInclusive<f64>,
+) -> anyhow::Result<Option<Duration>> {
+    match v {
+        None => Ok(None),
+        Some(v) if v.is_finite() && range.contains(&v) => Ok(Some(Duration::from_secs_f64(v))),
+        Some(v) => bail!(
+            "pressure.{field}: {v} is not a number of seconds in [{}, {}]",
+            range.start(),
+            range.end()
+        ),
+    }
+}
+
+/// The PSI thresholds, probe interval and responder settings of `[pressure]`.
+fn pressure_settings(
+    file: &PressureFile,
+) -> anyhow::Result<(
+    qm_runtime::monitor::pressure::PsiThresholds,
+    Option<Duration>,
+    qm_runtime::agents::ResponderConfig,
+)> {
+    let mut psi = qm_runtime::monitor::pressure::PsiThresholds::default();
+    for (field, v, slot) in [
+        (
+            "psi_warning_pct",
+            file.psi_warning_pct,
+            &mut psi.warning_pct,
+        ),
+        (
+            "psi_critical_pct",
+            file.psi_critical_pct,
+            &mut psi.critical_pct,
+        ),
+    ] {
+        if let Some(v) = v {
+            if !(v.is_finite() && v > 0.0 && v <= 100.0) {
+                bail!("pressure.{field}: {v} is not a percentage in (0, 100]");
+            }
+            *slot = v;
+        }
+    }
+    let probe = seconds("probe_interval_s", file.probe_interval_s, 0.0..=10.0)?;
+    let mut r = qm_runtime::agents::ResponderConfig::default();
+    if let Some(v) = file.evict {
+        r.evict = v;
+    }
+    if let Some(v) = file.throttle {
+        r.throttle = v;
+    }
+    if let Some(d) = seconds("cooldown_s", file.cooldown_s, 0.0..=3600.0)? {
+        r.cooldown = d;
+    }
+    if let Some(d) = seconds("grace_s", file.grace_s, 0.0..=600.0)? {
+        r.grace = d;
+    }
+    if let Some(d) = seconds(
+        "forecast_horizon_s",
+        file.forecast_horizon_s,
+        0.0..=86_400.0,
+    )? {
+        r.forecast_horizon = d;
+    }
+    if let Some(c) = file.forecast_confidence {
+        if !(c.is_finite() && (0.0..=1.0).contains(&c)) {
+            bail!("pressure.forecast_confidence: {c} is not within 0..=1");
+        }
+        r.forecast_confidence = c;
+    }
+    Ok((psi, probe, r))
 }
 
 fn thresholds(file: &PressureFile) -> anyhow::Result<qm_pressure::Thresholds> {
@@ -507,12 +601,16 @@ impl Settings {
             monitor: None,
         };
         let pressure = thresholds(&file.pressure)?;
+        let (psi, probe, responder) = pressure_settings(&file.pressure)?;
         let (monitor, notify) = monitor_config(file.monitor, file.history, file.alerts)?;
         let monitor = monitor.map(|m| MonitorConfig {
             thresholds: pressure,
+            psi,
+            probe_interval: probe.unwrap_or(m.probe_interval),
             ..m
         });
-        let agents = agents_config(file.agents, &engine.data_dir)?;
+        let agents = agents_config(file.agents, &engine.data_dir)?
+            .map(|a| SupervisorConfig { responder, ..a });
         Ok(Self {
             listen,
             engine: EngineConfig { monitor, ..engine },

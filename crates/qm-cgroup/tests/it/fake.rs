@@ -288,7 +288,10 @@ fn v1_groups_in_every_hierarchy_with_v1_files() {
     assert_eq!(group.procs_files(), procs);
     assert_eq!(group.psi_path(), None);
     assert_eq!(d.parent_pressure_file(), None);
-    assert!(d.parent_memory_file().ends_with("memory/qm/memory.usage_in_bytes"));
+    assert!(
+        d.parent_memory_file()
+            .ends_with("memory/qm/memory.usage_in_bytes")
+    );
 
     d.apply(&a, &Limits::default()).unwrap();
     assert_eq!(t.read("memory/qm/a/memory.limit_in_bytes"), "-1");

@@ -139,7 +139,10 @@ fn a_group_from_create_to_remove() {
         ..limits
     };
     driver.apply(&a, &throttled).unwrap();
-    let soft = root.join("memory").join(&rel).join("memory.soft_limit_in_bytes");
+    let soft = root
+        .join("memory")
+        .join(&rel)
+        .join("memory.soft_limit_in_bytes");
     assert_eq!(read(&soft), (32 * MIB).to_string());
     driver.apply(&a, &limits).unwrap();
     assert!(read(&soft).parse::<u64>().unwrap() > 1 << 60);

@@ -31,6 +31,7 @@ use logic::health::{HealthState, ProbeResult};
 use run::Logs;
 
 pub use fleets::FleetError;
+pub use responder::ResponderConfig;
 
 /// How the supervisor runs.
 #[derive(Debug, Clone)]
@@ -47,6 +48,8 @@ pub struct SupervisorConfig {
     pub backoff: BackoffConfig,
     /// How often timers (restarts, health checks, logs, fleets) run.
     pub tick: Duration,
+    /// What the pressure responder does.
+    pub responder: ResponderConfig,
 }
 
 impl SupervisorConfig {
@@ -60,6 +63,7 @@ impl SupervisorConfig {
             log_max_bytes: 10 << 20,
             backoff: BackoffConfig::default(),
             tick: Duration::from_millis(200),
+            responder: ResponderConfig::default(),
         }
     }
 }
@@ -136,7 +140,7 @@ struct Inner {
     node_memory: u64,
     generations: std::sync::atomic::AtomicU64,
     last_rotation: std::sync::atomic::AtomicU64,
-    last_eviction: std::sync::atomic::AtomicU64,
+    responder: Mutex<responder::ResponderState>,
 }
 
 impl std::fmt::Debug for Notice {
@@ -180,9 +184,15 @@ impl Supervisor {
                 node_memory,
                 generations: std::sync::atomic::AtomicU64::new(1_000_000),
                 last_rotation: std::sync::atomic::AtomicU64::new(0),
-                last_eviction: std::sync::atomic::AtomicU64::new(0),
+                responder: Mutex::new(responder::ResponderState::default()),
             }),
         };
+        if let (Some(d), Some(m)) = (&sup.inner.driver, sup.engine().monitor()) {
+            m.set_managed(crate::monitor::ManagedFiles {
+                memory: d.parent_memory_file(),
+                pressure: d.parent_pressure_file(),
+            });
+        }
         sup.restore().await?;
         let me = sup.clone();
         tokio::spawn(async move { me.run(rx).await });
@@ -600,6 +610,7 @@ impl Supervisor {
             if !matches!(a.doc.state.as_str(), "pending" | "backoff") || a.stopping.is_some() {
                 return Ok(());
             }
+            a.confinement = Some((limits, adj, qos.clone()));
             a.doc.qos = Some(qos);
             let made = match a.group.take() {
                 Some(g) => Some(Ok(g)),
@@ -1111,8 +1122,15 @@ impl Supervisor {
         let mut events = self.engine().subscribe(None).live;
         let mut tick = tokio::time::interval(self.inner.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let pressure = self.engine().monitor().map_or_else(
+            || Arc::new(tokio::sync::Notify::new()),
+            |m| m.pressure_wake(),
+        );
         loop {
             tokio::select! {
+                // pressure first: an eviction must not wait behind a burst of notices
+                biased;
+                () = pressure.notified() => self.respond().await,
                 n = notices.recv() => match n {
                     Some(Notice::Exit { id, generation }) => {
                         if let Err(error) = self.on_exit(&id, generation).await {

@@ -4,8 +4,11 @@
 //! `alert.resolved` events. Readers never wait for a collection: they load the last one.
 
 pub mod alerts;
+mod fast;
 pub mod history;
 pub mod pressure;
+
+pub use fast::ManagedFiles;
 
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
@@ -40,6 +43,11 @@ pub struct MonitorConfig {
     pub rules: Vec<Rule>,
     /// Pressure levels' thresholds.
     pub thresholds: qm_pressure::Thresholds,
+    /// Memory PSI's share in the memory level.
+    pub psi: pressure::PsiThresholds,
+    /// Time between two readings of the memory probe (host memory and the managed parent
+    /// group) between collections; zero turns the fast path off.
+    pub probe_interval: Duration,
     /// The local node's allocatable cpu (cores) and memory (bytes): the managed view of
     /// pressure measures the agents against it.
     pub allocatable: (f64, f64),
@@ -54,6 +62,8 @@ impl Default for MonitorConfig {
             history: HistoryConfig::default(),
             rules: alerts::default_rules(),
             thresholds: qm_pressure::Thresholds::default(),
+            psi: pressure::PsiThresholds::default(),
+            probe_interval: Duration::from_millis(100),
             allocatable: (0.0, 0.0),
         }
     }
@@ -126,6 +136,12 @@ struct Shared {
     stopping: Mutex<bool>,
     wake: Condvar,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Set by the supervisor: the managed parent group's files, taken by the thread.
+    managed: Mutex<Option<ManagedFiles>>,
+    /// Woken after each collection that finds memory or pids under pressure, or a level
+    /// change: the responder waits on it.
+    pressure_wake: Arc<tokio::sync::Notify>,
+    responder: Mutex<pressure::ResponderStats>,
 }
 
 static COLLECTION_SECONDS: Desc = Desc {
@@ -146,6 +162,21 @@ static COLLECTIONS: Desc = Desc {
 static TRACKED: Desc = Desc {
     name: "qm_monitor_tracked_agents",
     help: "Agents whose process trees or cgroups the monitor reads.",
+    kind: Kind::Gauge,
+};
+static PROBES: Desc = Desc {
+    name: "qm_monitor_probes_total",
+    help: "Readings of the memory probe (host memory and the managed agents' parent group) between collections.",
+    kind: Kind::Counter,
+};
+static URGENT: Desc = Desc {
+    name: "qm_monitor_urgent_collections_total",
+    help: "Collections made early because memory crossed a threshold or a PSI trigger fired.",
+    kind: Kind::Counter,
+};
+static TRIGGERS: Desc = Desc {
+    name: "qm_monitor_psi_triggers",
+    help: "PSI triggers the monitor waits on.",
     kind: Kind::Gauge,
 };
 static HISTORY_SERIES: Desc = Desc {
@@ -177,6 +208,9 @@ impl Monitor {
             stopping: Mutex::new(false),
             wake: Condvar::new(),
             thread: Mutex::new(None),
+            managed: Mutex::new(None),
+            pressure_wake: Arc::new(tokio::sync::Notify::new()),
+            responder: Mutex::new(pressure::ResponderStats::default()),
         });
         let loop_shared = Arc::clone(&shared);
         let handle = thread::Builder::new()
@@ -219,6 +253,36 @@ impl Monitor {
             .read()
             .map(|a| a.clone())
             .unwrap_or_default()
+    }
+
+    /// Reads the managed agents' memory from their parent group between collections (and
+    /// registers a PSI trigger on its `memory.pressure`).
+    pub fn set_managed(&self, files: ManagedFiles) {
+        if let Ok(mut m) = self.shared.managed.lock() {
+            *m = Some(files);
+        }
+    }
+
+    /// Notified after a collection that finds memory or pids under pressure or a level
+    /// change (a stored permit when nobody waits).
+    pub fn pressure_wake(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.shared.pressure_wake)
+    }
+
+    /// What the pressure responder has done.
+    pub fn responder(&self) -> pressure::ResponderStats {
+        self.shared
+            .responder
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// Records what the pressure responder did.
+    pub fn update_responder(&self, f: impl FnOnce(&mut pressure::ResponderStats)) {
+        if let Ok(mut r) = self.shared.responder.lock() {
+            f(&mut r);
+        }
     }
 
     /// Starts reading `target` (replacing a target with the same id).
@@ -277,7 +341,9 @@ fn run(shared: &Shared, config: &MonitorConfig, mut engine: AlertEngine, hub: &E
     let mut next = Instant::now();
     // agents are read every `agent_interval`; in between their last samples stand
     let mut agent_samples: Arc<Vec<Sample>> = Arc::new(Vec::new());
-    let mut watch = pressure::PressureWatch::new(config.thresholds, config.allocatable);
+    let mut watch = pressure::PressureWatch::new(config.thresholds, config.psi, config.allocatable);
+    let mut fast = fast::FastPath::new(config.probe_interval, config.paths.proc.clone());
+    let mut urgent = false;
     let agent_rules = engine
         .rules()
         .iter()
@@ -296,7 +362,15 @@ fn run(shared: &Shared, config: &MonitorConfig, mut engine: AlertEngine, hub: &E
         let changed = targets.len() <= 64
             && (targets.len() != last_ids.len()
                 || targets.iter().zip(&last_ids).any(|(t, id)| &t.id != id));
-        let fresh = agent_due.is_none_or(|t| now >= t) || changed;
+        if let Some(files) = shared.managed.lock().ok().and_then(|mut m| m.take()) {
+            fast.set_managed(files);
+        }
+        // under memory pressure the agents are read every cycle: the responder chooses on
+        // fresh figures
+        let fresh = agent_due.is_none_or(|t| now >= t)
+            || changed
+            || urgent
+            || watch.memory_level() > qm_pressure::Level::Ok;
         if fresh {
             let mut collected = Vec::with_capacity(agent_samples.len());
             qm_sys::agent::samples(&agents.collect(&targets, now), &mut collected);
@@ -308,8 +382,26 @@ fn run(shared: &Shared, config: &MonitorConfig, mut engine: AlertEngine, hub: &E
         if let Some(me) = qm_sys::process::usage(&config.paths.proc, "self") {
             me.samples(&mut samples);
         }
-        let (report, change) = watch.observe(at_ms, &samples, &agent_samples);
-        pressure_samples(&report, &mut samples);
+        if fresh {
+            let sum = agent_samples
+                .iter()
+                .filter(|s| s.desc.name == "qm_agent_memory_bytes" && s.value.is_finite())
+                .map(|s| s.value)
+                .sum();
+            fast.rebase(sum);
+        }
+        let managed = if fast.has_managed() {
+            fast.read().managed.map(|m| m as f64)
+        } else {
+            None
+        };
+        let (report, change) = watch.observe(at_ms, &samples, &agent_samples, fresh, managed);
+        let stats = shared
+            .responder
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default();
+        pressure_samples(&report, &stats, &mut samples);
         if let Some((from, to)) = change {
             let worst = report
                 .signals
@@ -332,6 +424,9 @@ fn run(shared: &Shared, config: &MonitorConfig, mut engine: AlertEngine, hub: &E
         samples.push(Sample::new(&COLLECTION_CPU_SECONDS, cpu.as_secs_f64()));
         samples.push(Sample::new(&COLLECTIONS, collections as f64));
         samples.push(Sample::new(&TRACKED, targets.len() as f64));
+        samples.push(Sample::new(&PROBES, fast.probes as f64));
+        samples.push(Sample::new(&URGENT, fast.urgent as f64));
+        samples.push(Sample::new(&TRIGGERS, fast.triggers() as f64));
         if let Ok(mut h) = shared.history.write() {
             h.record(at_ms, &samples);
             if fresh {
@@ -360,6 +455,7 @@ fn run(shared: &Shared, config: &MonitorConfig, mut engine: AlertEngine, hub: &E
             hub.publish(transitions.iter().map(|t| alert_event(t, at_ms)).collect());
         }
         capacity = samples.len();
+        let wake = report.gating_level() > qm_pressure::Level::Ok || change.is_some();
         shared.latest.store(Arc::new(Latest {
             at_ms: Some(at_ms),
             samples,
@@ -369,14 +465,21 @@ fn run(shared: &Shared, config: &MonitorConfig, mut engine: AlertEngine, hub: &E
             collection_cpu: cpu,
             agents: targets.len(),
         }));
-        next += config.interval;
+        if wake {
+            shared.pressure_wake.notify_one();
+        }
+        if !urgent {
+            next += config.interval;
+        }
         let now = Instant::now();
         if next < now {
             // a collection overran (or the machine slept): skip the missed ticks
             next = now + config.interval;
         }
-        if Monitor::wait(shared, next) {
-            return;
+        match fast.wait(shared, next, &watch) {
+            fast::Wake::Stop => return,
+            fast::Wake::Due => urgent = false,
+            fast::Wake::Urgent => urgent = true,
         }
     }
 }
@@ -397,7 +500,69 @@ static PRESSURE_EXHAUSTION: Desc = Desc {
     kind: Kind::Gauge,
 };
 
-fn pressure_samples(report: &pressure::PressureReport, out: &mut Vec<Sample>) {
+static PRESSURE_AGENT_EXHAUSTION: Desc = Desc {
+    name: "qm_pressure_agent_exhaustion_seconds",
+    help: "Forecast time until an agent, at its memory trend, uses up what the node has left.",
+    kind: Kind::Gauge,
+};
+static PRESSURE_EVICTIONS: Desc = Desc {
+    name: "qm_pressure_evictions_total",
+    help: "Agents evicted by the pressure responder, by trigger (critical level, or a forecast at warning).",
+    kind: Kind::Counter,
+};
+static PRESSURE_THROTTLES: Desc = Desc {
+    name: "qm_pressure_throttles_total",
+    help: "Times the pressure responder lowered an agent's memory.high or cpu.max.",
+    kind: Kind::Counter,
+};
+static PRESSURE_THROTTLED: Desc = Desc {
+    name: "qm_pressure_throttled_agents",
+    help: "Agents the pressure responder holds throttled now.",
+    kind: Kind::Gauge,
+};
+static PRESSURE_RESPONSE: Desc = Desc {
+    name: "qm_pressure_response_seconds",
+    help: "Time from the collection that saw critical memory to the last eviction's SIGTERM.",
+    kind: Kind::Gauge,
+};
+
+fn pressure_samples(
+    report: &pressure::PressureReport,
+    stats: &pressure::ResponderStats,
+    out: &mut Vec<Sample>,
+) {
+    for a in &report.agents {
+        if let Some(e) = a.exhaustion_in_s {
+            out.push(Sample::with_label(
+                &PRESSURE_AGENT_EXHAUSTION,
+                "agent",
+                &a.id,
+                e,
+            ));
+        }
+    }
+    for (trigger, n) in [
+        ("critical", stats.evictions_critical),
+        ("forecast", stats.evictions_forecast),
+    ] {
+        out.push(Sample::with_label(
+            &PRESSURE_EVICTIONS,
+            "trigger",
+            trigger,
+            n as f64,
+        ));
+    }
+    out.push(Sample::new(&PRESSURE_THROTTLES, stats.throttles as f64));
+    out.push(Sample::new(
+        &PRESSURE_THROTTLED,
+        stats.throttled.len() as f64,
+    ));
+    if let Some(e) = &stats.last_eviction {
+        out.push(Sample::new(
+            &PRESSURE_RESPONSE,
+            e.response_ms as f64 / 1000.0,
+        ));
+    }
     for s in &report.signals {
         let level = match s.level {
             qm_pressure::Level::Ok => 0.0,

@@ -2,11 +2,75 @@
 //! two views — *managed* (what the tracked agents use against the node's allocatable) and
 //! *host* (the kernel's own figures) — turned into a level with hysteresis and dwell, a
 //! trend and time-to-exhaustion forecast that ignores write-then-clean sawtooths, and a
-//! robust anomaly score (`qm-pressure` does the arithmetic). The responder that acts on
-//! levels (closing admission, throttling, evicting) is not built yet.
+//! robust anomaly score (`qm-pressure` does the arithmetic). Memory PSI raises the memory
+//! level too (`some` avg10 to warning, `full` avg10 to critical, systemd-oomd's figure). Each
+//! agent's memory has a trend of its own, and a forecast of when it would exhaust the node,
+//! which the responder (`agents::responder`) uses to pick a leaker first.
+
+use std::collections::BTreeMap;
 
 use qm_pressure::{AnomalyDetector, Level, LevelTracker, Thresholds, Window, forecast};
 use qm_sys::metric::Sample;
+
+/// Memory PSI levels: `some` avg10 at or above `warning_pct` is at least warning, `full` avg10
+/// at or above `critical_pct` is critical (systemd-oomd acts at 60% full).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PsiThresholds {
+    pub warning_pct: f64,
+    pub critical_pct: f64,
+}
+
+impl Default for PsiThresholds {
+    fn default() -> Self {
+        PsiThresholds {
+            warning_pct: 20.0,
+            critical_pct: 60.0,
+        }
+    }
+}
+
+/// Readings of an agent's memory that give its forecast full confidence (times R²).
+const AGENT_FULL_CONFIDENCE: f64 = 10.0;
+
+/// One agent's memory and where it is heading.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentTrend {
+    pub id: String,
+    pub memory_bytes: f64,
+    /// Bytes per second.
+    pub trend_per_s: f64,
+    /// When this agent alone, at its trend, would use up what the node has left.
+    pub exhaustion_in_s: Option<f64>,
+    pub confidence: f64,
+}
+
+/// What the responder has done, kept with the monitor so `/metrics` and `GET /v1/pressure`
+/// show it beside the levels.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResponderStats {
+    /// Evictions under critical memory pressure.
+    pub evictions_critical: u64,
+    /// Evictions at warning of an agent forecast to exhaust the node.
+    pub evictions_forecast: u64,
+    /// Times an agent was throttled (memory.high or cpu.max lowered to its usage or request).
+    pub throttles: u64,
+    /// Agents throttled now.
+    pub throttled: Vec<String>,
+    /// The last eviction.
+    pub last_eviction: Option<Eviction>,
+}
+
+/// One eviction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Eviction {
+    pub agent: String,
+    pub at_ms: u64,
+    pub reason: String,
+    /// From the collection that saw the level to the SIGTERM, in milliseconds (the probe
+    /// interval before that collection is not in it; `bench/pressure-vs-earlyoom.sh`
+    /// measures from the crossing itself).
+    pub response_ms: u64,
+}
 
 /// One signal's reading.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +90,11 @@ pub struct SignalReport {
     pub confidence: f64,
     pub anomaly: bool,
     pub anomaly_score: f64,
+    /// When the current level was entered (unix ms).
+    pub since_ms: u64,
+    /// Whether this reading itself is at or above the critical threshold (PSI's included),
+    /// not only held at critical by hysteresis and dwell: the responder evicts only then.
+    pub at_critical: bool,
 }
 
 /// The node's pressure: the worst signal's level, since when, and every signal.
@@ -34,6 +103,8 @@ pub struct PressureReport {
     pub level: Level,
     pub since_ms: u64,
     pub signals: Vec<SignalReport>,
+    /// Agents whose memory has a trend yet, the fastest-growing first.
+    pub agents: Vec<AgentTrend>,
 }
 
 impl PressureReport {
@@ -58,6 +129,16 @@ impl PressureReport {
             Level::Critical => "paused",
         }
     }
+
+    /// The signal `name`.
+    pub fn signal(&self, name: &str) -> Option<&SignalReport> {
+        self.signals.iter().find(|s| s.name == name)
+    }
+
+    /// The trend of the agent `id`.
+    pub fn agent(&self, id: &str) -> Option<&AgentTrend> {
+        self.agents.iter().find(|a| a.id == id)
+    }
 }
 
 #[derive(Debug)]
@@ -76,6 +157,21 @@ pub(crate) struct PressureWatch {
     since_ms: u64,
     /// The node's allocatable cpu (cores) and memory (bytes), for the managed view.
     allocatable: (f64, f64),
+    psi: PsiThresholds,
+    /// Each agent's memory, read when the agents are.
+    agents: BTreeMap<String, Window>,
+}
+
+/// The memory utilization PSI stands for: `critical_enter` while `full` stalls are at the
+/// critical share, `warning_enter` while `some` stalls are at the warning share, else 0.
+fn psi_equivalent(t: &Thresholds, psi: PsiThresholds, some: Option<f64>, full: Option<f64>) -> f64 {
+    if full.is_some_and(|f| f >= psi.critical_pct) {
+        t.critical_enter
+    } else if some.is_some_and(|s| s >= psi.warning_pct) {
+        t.warning_enter
+    } else {
+        0.0
+    }
 }
 
 fn find(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -117,7 +213,7 @@ fn worse(host: Option<(f64, f64)>, managed: Option<(f64, f64)>) -> Option<(f64, 
 }
 
 impl PressureWatch {
-    pub(crate) fn new(thresholds: Thresholds, allocatable: (f64, f64)) -> Self {
+    pub(crate) fn new(thresholds: Thresholds, psi: PsiThresholds, allocatable: (f64, f64)) -> Self {
         let signal = |name| SignalState {
             name,
             tracker: LevelTracker::new(thresholds),
@@ -129,18 +225,50 @@ impl PressureWatch {
             level: Level::Ok,
             since_ms: 0,
             allocatable,
+            psi,
+            agents: BTreeMap::new(),
         }
     }
 
+    /// The memory signal's level now.
+    pub(crate) fn memory_level(&self) -> Level {
+        self.signals
+            .first()
+            .map_or(Level::Ok, |s| s.tracker.level())
+    }
+
+    /// The thresholds in use.
+    pub(crate) fn thresholds(&self) -> Option<&Thresholds> {
+        self.signals.first().map(|s| s.tracker.thresholds())
+    }
+
+    /// Memory utilization by the probe's figures: the worse of host and managed.
+    pub(crate) fn memory_utilization(&self, r: &qm_sys::probe::MemoryReading) -> Option<f64> {
+        let mem_cap = self.allocatable.1;
+        let host = r
+            .host_used
+            .zip(r.host_total)
+            .map(|(u, t)| (u as f64, t as f64));
+        let managed = r.managed.map(|m| (m as f64, mem_cap));
+        worse(host, managed).map(|(u, _, _)| u)
+    }
+
     /// Reads one collection; answers the report and the node's level change, if any.
+    /// `agents_fresh` says the agents were read this cycle; `managed_memory` is the managed
+    /// parent group's usage where the probe reads it (else the agents' sum stands for it).
     pub(crate) fn observe(
         &mut self,
         now_ms: u64,
         host: &[Sample],
         agents: &[Sample],
+        agents_fresh: bool,
+        managed_memory: Option<f64>,
     ) -> (PressureReport, Option<(Level, Level)>) {
         let (cpu_cap, mem_cap) = self.allocatable;
-        let managed = !agents.is_empty();
+        let managed = !agents.is_empty() || managed_memory.is_some_and(|m| m > 0.0);
+        let managed_mem = managed_memory
+            .unwrap_or_else(|| sum(agents, "qm_agent_memory_bytes"))
+            .max(0.0);
         let views = [
             worse(
                 find(host, "qm_host_memory_used_bytes", &[]).zip(find(
@@ -148,7 +276,7 @@ impl PressureWatch {
                     "qm_host_memory_total_bytes",
                     &[],
                 )),
-                managed.then(|| (sum(agents, "qm_agent_memory_bytes"), mem_cap)),
+                managed.then_some((managed_mem, mem_cap)),
             ),
             worse(
                 find(host, "qm_host_cpu_busy_cores", &[]).zip(find(host, "qm_host_cpus", &[])),
@@ -180,7 +308,13 @@ impl PressureWatch {
             let Some((utilization, used, capacity)) = view else {
                 continue;
             };
-            state.tracker.update(now_ms, utilization);
+            let t = *state.tracker.thresholds();
+            let effective = if state.name == "memory" {
+                utilization.max(psi_equivalent(&t, self.psi, some, full))
+            } else {
+                utilization
+            };
+            state.tracker.update(now_ms, effective);
             state.window.push(t_s, used);
             let f = forecast(&state.window, capacity);
             let (anomaly_score, anomaly) = state.anomaly.observe(used);
@@ -196,8 +330,18 @@ impl PressureWatch {
                 confidence: f.confidence,
                 anomaly,
                 anomaly_score,
+                since_ms: state.tracker.entered_ms().unwrap_or(0),
+                at_critical: effective >= t.critical_enter,
             });
         }
+        if agents_fresh {
+            self.observe_agents(t_s, agents);
+        }
+        let available = reports
+            .iter()
+            .find(|r| r.name == "memory")
+            .map_or(0.0, |r| r.available);
+        let agent_trends = self.agent_trends(available);
         let level = reports.iter().map(|r| r.level).max().unwrap_or(Level::Ok);
         let change = (level != self.level).then_some((self.level, level));
         if change.is_some() || self.since_ms == 0 {
@@ -209,9 +353,56 @@ impl PressureWatch {
                 level,
                 since_ms: self.since_ms,
                 signals: reports,
+                agents: agent_trends,
             },
             change,
         )
+    }
+
+    fn observe_agents(&mut self, t_s: f64, agents: &[Sample]) {
+        let mut seen = Vec::new();
+        for s in agents
+            .iter()
+            .filter(|s| s.desc.name == "qm_agent_memory_bytes" && s.value.is_finite())
+        {
+            let Some((_, id)) = s.labels.iter().find(|(k, _)| *k == "agent") else {
+                continue;
+            };
+            self.agents
+                .entry(id.clone())
+                .or_insert_with(|| Window::new(60.0, 120))
+                .push(t_s, s.value);
+            seen.push(id.as_str());
+        }
+        seen.sort_unstable();
+        self.agents
+            .retain(|id, _| seen.binary_search(&id.as_str()).is_ok());
+    }
+
+    /// Each agent's trend; its exhaustion is when it alone would use up `available` more.
+    fn agent_trends(&self, available: f64) -> Vec<AgentTrend> {
+        let mut out: Vec<AgentTrend> = self
+            .agents
+            .iter()
+            .filter(|(_, w)| w.len() >= 3)
+            .filter_map(|(id, w)| {
+                let now = w.samples().back()?.1;
+                let f = forecast(w, now + available);
+                // an agent's leak is judged on its fit and on how many readings back it, not
+                // on how much of the minute-long window they span: a fast leak must be caught
+                // in seconds
+                let r2 = qm_pressure::linear_fit(w.samples()).map_or(0.0, |l| l.r2);
+                Some(AgentTrend {
+                    id: id.clone(),
+                    memory_bytes: now,
+                    trend_per_s: f.trend_per_s,
+                    exhaustion_in_s: f.exhaustion_in_s,
+                    confidence: (r2 * (w.len() as f64 / AGENT_FULL_CONFIDENCE)).clamp(0.0, 1.0),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| b.trend_per_s.total_cmp(&a.trend_per_s));
+        out
     }
 }
 
@@ -241,7 +432,7 @@ mod tests {
     fn the_managed_view_raises_the_level_and_a_leak_is_forecast() {
         let gib = f64::from(1u32 << 30);
         // a 1 GiB world (--capacity memory=1Gi) on a host with plenty free
-        let mut w = PressureWatch::new(Thresholds::default(), (2.0, gib));
+        let mut w = PressureWatch::new(Thresholds::default(), PsiThresholds::default(), (2.0, gib));
         let host = [
             Sample::new(&USED, 4.0 * gib),
             Sample::new(&TOTAL, 24.0 * gib),
@@ -252,7 +443,7 @@ mod tests {
             // an agent leaking 10 MiB/s from 300 MiB
             let leak = 300.0 * 1048576.0 + s as f64 * 10.0 * 1048576.0;
             let agents = [Sample::with_label(&AGENT_MEM, "agent", "leaker", leak)];
-            let (report, change) = w.observe(s * 1000, &host, &agents);
+            let (report, change) = w.observe(s * 1000, &host, &agents, true, None);
             changes.extend(change);
             last = Some(report);
         }
@@ -266,5 +457,64 @@ mod tests {
         let eta = memory.exhaustion_in_s.unwrap();
         assert!((eta - truth).abs() < truth * 0.1, "{eta} vs {truth}");
         assert!((memory.trend_per_s - 10.0 * 1048576.0).abs() < 1048576.0);
+        // the agent's own forecast: it alone uses up what is left at its rate
+        let leaker = report.agent("leaker").unwrap();
+        let eta = leaker.exhaustion_in_s.unwrap();
+        assert!((eta - truth).abs() < truth * 0.1, "{eta} vs {truth}");
+    }
+
+    #[test]
+    fn memory_psi_raises_the_level_and_a_steady_agent_has_no_forecast() {
+        static PSI: Desc = Desc {
+            name: "qm_host_pressure_ratio",
+            help: "",
+            kind: Kind::Gauge,
+        };
+        let gib = f64::from(1u32 << 30);
+        let t = Thresholds {
+            min_dwell_ms: 0,
+            ..Thresholds::default()
+        };
+        let mut w = PressureWatch::new(t, PsiThresholds::default(), (2.0, gib));
+        let host = |some: f64, full: f64| {
+            let psi = |kind, v| {
+                let mut s = Sample::new(&PSI, v);
+                s.labels = vec![
+                    ("resource", "memory".to_owned()),
+                    ("kind", kind),
+                    ("window", "10s".to_owned()),
+                ];
+                s
+            };
+            vec![
+                Sample::new(&USED, 4.0 * gib),
+                Sample::new(&TOTAL, 24.0 * gib),
+                psi("some".to_owned(), some),
+                psi("full".to_owned(), full),
+            ]
+        };
+        let steady = [Sample::with_label(&AGENT_MEM, "agent", "steady", 0.1 * gib)];
+        let (r, _) = w.observe(1000, &host(0.0, 0.0), &steady, true, None);
+        assert_eq!(r.level, Level::Ok);
+        // 25% of the time some tasks stalled on memory: warning, though little is used
+        let (r, change) = w.observe(2000, &host(0.25, 0.05), &steady, true, None);
+        assert_eq!(r.signal("memory").unwrap().level, Level::Warning);
+        assert_eq!(change, Some((Level::Ok, Level::Warning)));
+        assert!(r.signal("memory").unwrap().utilization < 0.2);
+        // 70% full stalls: critical
+        let (r, _) = w.observe(3000, &host(0.9, 0.7), &steady, true, None);
+        assert_eq!(r.signal("memory").unwrap().level, Level::Critical);
+        // stalls end: back to ok (no dwell here)
+        let (r, _) = w.observe(4000, &host(0.0, 0.0), &steady, true, None);
+        assert_eq!(r.level, Level::Ok);
+        let a = r.agent("steady").unwrap();
+        assert_eq!(a.exhaustion_in_s, None);
+        assert!(a.trend_per_s.abs() < 1.0);
+        // the probe's managed figure stands for the agents' sum
+        let (r, _) = w.observe(5000, &host(0.0, 0.0), &steady, false, Some(0.9 * gib));
+        assert_eq!(r.signal("memory").unwrap().level, Level::Warning);
+        // an agent that is no longer read loses its trend
+        let (r, _) = w.observe(6000, &host(0.0, 0.0), &[], true, Some(0.9 * gib));
+        assert!(r.agent("steady").is_none());
     }
 }

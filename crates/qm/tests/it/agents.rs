@@ -454,19 +454,56 @@ fn bad_agent_requests_name_the_field_and_change_nothing() {
     d.stop();
 }
 
-#[test]
-fn a_leaking_low_priority_agent_is_evicted_and_the_important_one_keeps_running() {
-    if !can_confine() {
-        return;
+/// Kills what is left in a test's cgroup parent and removes its groups, even when the test
+/// panics (agents outlive their daemon by design).
+struct Groups(String);
+
+impl Drop for Groups {
+    fn drop(&mut self) {
+        let hierarchies: Vec<std::path::PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join(&self.0))
+            .filter(|p| p.is_dir())
+            .collect();
+        for h in &hierarchies {
+            for g in std::fs::read_dir(h).into_iter().flatten().flatten() {
+                let procs =
+                    std::fs::read_to_string(g.path().join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for h in &hierarchies {
+            for g in std::fs::read_dir(h).into_iter().flatten().flatten() {
+                if g.path().is_dir() {
+                    let _ = std::fs::remove_dir(g.path());
+                }
+            }
+            let _ = std::fs::remove_dir(h);
+        }
     }
-    let dir = temp_dir("evict");
+}
+
+/// A daemon in a 1 GiB world (`--capacity memory=1Gi`) with fast collection, its agents under
+/// a cgroup parent of its own, for the pressure scenarios; `extra` is added to `[pressure]`.
+/// Bind as `let (_groups, d)`: the daemon is dropped first, then the groups are cleared.
+fn pressure_daemon(tag: &str, dwell_s: f64, extra: &str) -> (Groups, Daemon) {
+    let parent = format!("qm-it-{tag}-{}", std::process::id());
+    let dir = temp_dir(tag);
     let config = dir.join("qm.toml");
     std::fs::write(
         &config,
-        "[agents]\ncgroup_parent = \"qm-it\"\n[monitor]\ninterval_s = 0.2\nagent_interval_s = 0.2\n\
-         [alerts]\ndefault_rules = false\n[pressure]\nmin_dwell_s = 0.5\n",
+        format!(
+            "[agents]\ncgroup_parent = \"{parent}\"\n[monitor]\ninterval_s = 0.2\nagent_interval_s = 0.2\n\
+             [alerts]\ndefault_rules = false\n[pressure]\nmin_dwell_s = {dwell_s}\n{extra}"
+        ),
     )
     .expect("config");
+    let groups = Groups(parent);
     let d = Daemon::start(
         &dir.join("data"),
         &[
@@ -476,44 +513,58 @@ fn a_leaking_low_priority_agent_is_evicted_and_the_important_one_keeps_running()
             "cpu=4,memory=1Gi",
         ],
     );
-    let keeper = d.post(
+    (groups, d)
+}
+
+/// An agent that holds `mib` MiB (touched) and sleeps.
+fn holder(d: &Daemon, name: &str, mib: u32, request: &str, priority: i64) {
+    let r = d.post(
         "/v1/agents",
         &json!({
-            "name": "keeper",
-            "command": ["python3", "-c", "b = b'x' * (300 * 1024 * 1024); import time; time.sleep(600)"],
-            "resources": { "cpu": "100m", "memory": "400Mi" },
-            "priority": 900,
+            "name": name,
+            "command": ["python3", "-c", format!("b = b'x' * ({mib} * 1024 * 1024); import time; time.sleep(600)")],
+            "resources": { "cpu": "100m", "memory": request },
+            "priority": priority,
         })
         .to_string(),
     );
-    assert_eq!(keeper.status, 201, "{}", keeper.body);
-    std::thread::sleep(Duration::from_secs(2));
-    let leaker = d.post(
+    assert_eq!(r.status, 201, "{}", r.body);
+}
+
+/// A low-priority agent that grows 10 MiB every 0.1 s, up to 1.2 GiB.
+fn leaker(d: &Daemon, name: &str) {
+    let r = d.post(
         "/v1/agents",
         &json!({
-            "name": "leaker",
+            "name": name,
             "command": ["python3", "-c",
-                "import time\nl = []\nwhile len(l) < 60:\n    l.append(b'x' * (20 * 1024 * 1024))\n    time.sleep(0.1)\ntime.sleep(600)"],
+                "import time\nl = []\nwhile len(l) < 120:\n    l.append(b'x' * (10 * 1024 * 1024))\n    time.sleep(0.1)\ntime.sleep(600)"],
             "resources": { "cpu": "100m", "memory": "64Mi" },
             "priority": 100,
             "restart": "never",
         })
         .to_string(),
     );
-    assert_eq!(leaker.status, 201, "{}", leaker.body);
-    let evicted = eventually("the leaker's eviction", 30, || {
-        state_is(&d, "leaker", "evicted")
-    });
-    assert!(
-        evicted["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("memory pressure")),
-        "{evicted}"
+    assert_eq!(r.status, 201, "{}", r.body);
+}
+
+/// The leaker was stopped by SIGTERM from the responder, not by the kernel's OOM killer; its
+/// allocation ended evicted; the important agent runs on; admission reopens.
+fn check_eviction(d: &Daemon, evicted: &Value, leaker: &str, keeper: &str) {
+    let reason = evicted["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("memory pressure"), "{evicted}");
+    assert_eq!(evicted["oom_killed"], false, "{evicted}");
+    assert_eq!(
+        evicted["signal"], 15,
+        "SIGTERM, within the grace: {evicted}"
     );
-    assert_eq!(agent(&d, "keeper")["state"], "running");
+    assert_eq!(agent(d, keeper)["state"], "running");
+    assert_eq!(agent(d, keeper)["oom_killed"], false);
     let alloc = evicted["allocation"].as_str().expect("allocation");
     let a = d.get(&format!("/v1/allocations/{alloc}")).body;
     assert_eq!(a["state"], "evicted", "{a}");
+    let p = d.get("/v1/pressure").body;
+    assert_eq!(p["responder"]["last_eviction"]["agent"], leaker, "{p}");
     // pressure eases and admission reopens
     eventually("admission to reopen", 20, || {
         (d.post("/v1/allocations", r#"{"agent":"later","resources":{}}"#)
@@ -521,7 +572,118 @@ fn a_leaking_low_priority_agent_is_evicted_and_the_important_one_keeps_running()
             == 201)
             .then_some(())
     });
-    assert_eq!(d.delete("/v1/agents/keeper?grace_s=1").status, 200);
-    eventually("keeper stopped", 10, || state_is(&d, "keeper", "stopped"));
+}
+
+#[test]
+fn a_leaking_low_priority_agent_is_forecast_and_evicted_before_the_node_runs_out() {
+    if !can_confine() {
+        return;
+    }
+    let (_groups, d) = pressure_daemon("evict", 0.5, "");
+    holder(&d, "keeper-f", 300, "400Mi", 900);
+    std::thread::sleep(Duration::from_secs(2));
+    leaker(&d, "leaker-f");
+    // the leak is forecast: /v1/pressure shows the leaker heading for exhaustion
+    let mut forecast = None;
+    let evicted = eventually("the leaker's eviction", 40, || {
+        if forecast.is_none() {
+            let p = d.get("/v1/pressure").body;
+            forecast = p["agents"].as_array().and_then(|a| {
+                a.iter()
+                    .find(|a| a["agent"] == "leaker-f" && a["exhaustion_in_s"].is_number())
+                    .cloned()
+            });
+        }
+        state_is(&d, "leaker-f", "evicted")
+    });
+    let forecast = forecast.expect("a forecast for the leaker before its eviction");
+    assert!(
+        forecast["trend_per_s"].as_f64().unwrap_or(0.0) > 10.0 * 1048576.0,
+        "{forecast}"
+    );
+    let reason = evicted["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("forecast to exhaust"), "{evicted}");
+    check_eviction(&d, &evicted, "leaker-f", "keeper-f");
+    let p = d.get("/v1/pressure").body;
+    let r = &p["responder"];
+    assert_eq!(
+        r["evictions_critical"].as_u64().unwrap_or(0)
+            + r["evictions_forecast"].as_u64().unwrap_or(0),
+        1,
+        "one eviction, no more than needed: {p}"
+    );
+    assert_eq!(d.delete("/v1/agents/keeper-f?grace_s=1").status, 200);
+    eventually("keeper stopped", 10, || state_is(&d, "keeper-f", "stopped"));
+    d.stop();
+}
+
+#[test]
+fn at_critical_the_victim_goes_at_once_and_the_others_above_request_are_throttled() {
+    if !can_confine() {
+        return;
+    }
+    // no forecast evictions: the leak runs into critical; a long dwell keeps it there a while
+    let (_groups, d) = pressure_daemon("throttle", 3.0, "forecast_horizon_s = 0\n");
+    holder(&d, "keeper-t", 300, "400Mi", 900);
+    holder(&d, "bursty-t", 100, "32Mi", 800);
+    std::thread::sleep(Duration::from_secs(2));
+    let cgroup = agent(&d, "bursty-t")["cgroup"]
+        .as_str()
+        .expect("a cgroup")
+        .to_owned();
+    let soft = Path::new("/sys/fs/cgroup/memory")
+        .join(&cgroup)
+        .join("memory.soft_limit_in_bytes");
+    let soft_limit = || {
+        std::fs::read_to_string(&soft)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(u64::MAX)
+    };
+    assert!(soft_limit() > 1 << 60, "bursty starts unthrottled");
+    leaker(&d, "leaker-t");
+    let mut throttled = None;
+    let evicted = eventually("the leaker's eviction", 40, || {
+        if throttled.is_none() && soft_limit() < 1 << 60 {
+            throttled = Some(soft_limit());
+        }
+        state_is(&d, "leaker-t", "evicted")
+    });
+    assert!(
+        evicted["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("critical memory pressure")),
+        "{evicted}"
+    );
+    // bursty (100 MiB against a 32 MiB request) is held at its usage while critical lasts
+    let held = eventually("bursty throttled", 10, || {
+        throttled.or_else(|| (soft_limit() < 1 << 60).then(soft_limit))
+    });
+    assert!(
+        (90 << 20..200 << 20).contains(&held),
+        "memory.high (v1: the soft limit) at bursty's usage, got {held}"
+    );
+    let p = d.get("/v1/pressure").body;
+    assert!(
+        p["responder"]["throttles"].as_u64().unwrap_or(0) >= 1,
+        "{p}"
+    );
+    assert_eq!(p["responder"]["evictions_critical"], 1, "{p}");
+    // the keeper is at its request: neither evicted nor throttled
+    assert!(
+        !p["responder"]["throttled"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|a| a == "keeper-t")),
+        "{p}"
+    );
+    check_eviction(&d, &evicted, "leaker-t", "keeper-t");
+    assert_eq!(agent(&d, "bursty-t")["state"], "running");
+    // pressure gone: bursty's own limits are back
+    eventually("the throttle lifted", 20, || {
+        (soft_limit() > 1 << 60).then_some(())
+    });
+    for a in ["keeper-t", "bursty-t"] {
+        assert_eq!(d.delete(&format!("/v1/agents/{a}?grace_s=1")).status, 200);
+    }
     d.stop();
 }

@@ -1,0 +1,205 @@
+//! The monitor's fast path between two collections: every `probe_interval` (100 ms by
+//! default) it reads host memory and the managed agents' parent cgroup (two files held open,
+//! a few microseconds), and it waits on PSI triggers (`/proc/pressure/memory` and the parent
+//! group's `memory.pressure`, where the kernel accepts them) so a stall wakes it at once. When
+//! memory rises past the level the pressure watch holds, or a trigger fires, the wait ends
+//! early and the monitor collects at once: a crossing reaches the responder within one probe
+//! interval instead of one collection interval.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use qm_sys::probe::{MemoryProbe, MemoryReading, PsiTrigger};
+
+use super::Shared;
+use super::pressure::PressureWatch;
+use qm_pressure::Level;
+
+/// A stall of this much per [`TRIGGER_WINDOW`] fires a trigger (the kernel documentation's
+/// example; an unprivileged caller gets the same share of 2 s).
+const TRIGGER_STALL: Duration = Duration::from_millis(150);
+const TRIGGER_WINDOW: Duration = Duration::from_secs(1);
+/// How often a trigger that could not be registered yet (the parent group is made with the
+/// first agent) is tried again.
+const TRIGGER_RETRY: Duration = Duration::from_secs(10);
+
+/// How a wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// The monitor is stopping.
+    Stop,
+    /// The next collection is due.
+    Due,
+    /// Memory crossed a threshold or a PSI trigger fired: collect now.
+    Urgent,
+}
+
+/// The managed agents' parent group files, set by the supervisor once it has a cgroup driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedFiles {
+    /// The parent's memory usage (`memory.current` or `memory.usage_in_bytes`).
+    pub memory: PathBuf,
+    /// The parent's `memory.pressure`, where the layout has PSI.
+    pub pressure: Option<PathBuf>,
+}
+
+#[derive(Debug)]
+pub(crate) struct FastPath {
+    interval: Duration,
+    proc: PathBuf,
+    probe: MemoryProbe,
+    managed: Option<ManagedFiles>,
+    triggers: Vec<PsiTrigger>,
+    /// Pressure files to register a trigger on, and when to try next.
+    wanted: Vec<PathBuf>,
+    retry_at: Instant,
+    /// The parent group's usage and the agents' summed memory at the last agent collection:
+    /// the probe's estimate of the managed memory is that sum plus the parent's growth since.
+    /// (The parent's own figure is not used as is: it keeps the page cache of agents that
+    /// ended, and in tests more than one daemon shares it.)
+    base: Option<(u64, f64)>,
+    /// Probes and urgent wakes since start.
+    pub(crate) probes: u64,
+    pub(crate) urgent: u64,
+    pub(crate) trigger_wakes: u64,
+}
+
+impl FastPath {
+    pub(crate) fn new(interval: Duration, proc: PathBuf) -> Self {
+        FastPath {
+            interval,
+            probe: MemoryProbe::new(&proc, None),
+            wanted: vec![proc.join("pressure/memory")],
+            proc,
+            managed: None,
+            triggers: Vec::new(),
+            retry_at: Instant::now(),
+            base: None,
+            probes: 0,
+            urgent: 0,
+            trigger_wakes: 0,
+        }
+    }
+
+    /// Points the probe at the managed parent group (once the supervisor knows it).
+    pub(crate) fn set_managed(&mut self, files: ManagedFiles) {
+        if self.managed.as_ref() == Some(&files) {
+            return;
+        }
+        self.probe = MemoryProbe::new(&self.proc, Some(files.memory.clone()));
+        if let Some(p) = &files.pressure {
+            self.triggers.retain(|t| t.path() != p);
+            self.wanted.push(p.clone());
+            self.retry_at = Instant::now();
+        }
+        self.managed = Some(files);
+    }
+
+    /// Whether the managed parent group is read (else the agents' sum stands for it).
+    pub(crate) fn has_managed(&self) -> bool {
+        self.managed.is_some()
+    }
+
+    /// PSI triggers registered now.
+    pub(crate) fn triggers(&self) -> usize {
+        self.triggers.len()
+    }
+
+    /// One probe reading, its managed figure the estimate (see `base`).
+    pub(crate) fn read(&mut self) -> MemoryReading {
+        self.probes += 1;
+        let mut r = self.probe.read();
+        r.managed = match (r.managed, self.base) {
+            (Some(now), Some((parent, sum))) => {
+                Some((sum + now as f64 - parent as f64).max(0.0) as u64)
+            }
+            _ => None,
+        };
+        r
+    }
+
+    /// Sets the estimate's base after the agents were read and summed to `sum`.
+    pub(crate) fn rebase(&mut self, sum: f64) {
+        self.base = if self.managed.is_some() {
+            self.probe.read().managed.map(|parent| (parent, sum))
+        } else {
+            None
+        };
+    }
+
+    fn register_wanted(&mut self) {
+        if self.wanted.is_empty() || Instant::now() < self.retry_at {
+            return;
+        }
+        let mut still = Vec::new();
+        for path in std::mem::take(&mut self.wanted) {
+            match PsiTrigger::register(&path, TRIGGER_STALL, TRIGGER_WINDOW) {
+                Ok(t) => {
+                    tracing::debug!(path = %path.display(), spec = ?t.spec(), "psi trigger");
+                    self.triggers.push(t);
+                }
+                Err(qm_sys::probe::TriggerError::Refused { path, source }) => {
+                    // the kernel will not take it: stop asking
+                    tracing::debug!(path = %path.display(), %source, "no psi trigger");
+                }
+                Err(qm_sys::probe::TriggerError::Open { path, .. }) => still.push(path),
+            }
+        }
+        self.wanted = still;
+        self.retry_at = Instant::now() + TRIGGER_RETRY;
+    }
+
+    /// Waits until `deadline`, probing every interval; ends early when memory rises past the
+    /// watch's level or a trigger fires. With a zero interval it only waits.
+    pub(crate) fn wait(
+        &mut self,
+        shared: &Shared,
+        deadline: Instant,
+        watch: &PressureWatch,
+    ) -> Wake {
+        if self.interval.is_zero() {
+            return if super::Monitor::wait(shared, deadline) {
+                Wake::Stop
+            } else {
+                Wake::Due
+            };
+        }
+        self.register_wanted();
+        loop {
+            if shared.stopping.lock().map_or(true, |s| *s) {
+                return Wake::Stop;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Wake::Due;
+            }
+            let slice = self.interval.min(deadline - now);
+            let fired = qm_sys::probe::wait(&self.triggers, slice);
+            if !fired.is_empty() {
+                self.trigger_wakes += 1;
+                self.urgent += 1;
+                // a trigger stays armed; one whose group went away reports an error every
+                // time, so it is dropped and registered again later
+                for i in fired.into_iter().rev() {
+                    if !self.triggers[i].path().exists() {
+                        let t = self.triggers.remove(i);
+                        self.wanted.push(t.path().to_owned());
+                    }
+                }
+                return Wake::Urgent;
+            }
+            let reading = self.read();
+            if let (Some(u), Some(t)) = (watch.memory_utilization(&reading), watch.thresholds()) {
+                let rises = match watch.memory_level() {
+                    Level::Ok => u >= t.warning_enter,
+                    Level::Warning => u >= t.critical_enter,
+                    Level::Critical => false,
+                };
+                if rises {
+                    self.urgent += 1;
+                    return Wake::Urgent;
+                }
+            }
+        }
+    }
+}
