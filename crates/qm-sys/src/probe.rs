@@ -130,7 +130,7 @@ impl PsiTrigger {
                     source,
                 })?;
             let spec = format!("some {} {}\0", stall.as_micros(), window.as_micros());
-            match file.write(spec.as_bytes()) {
+            match file.write_all(spec.as_bytes()) {
                 Ok(_) => {
                     return Ok(PsiTrigger {
                         file,
