@@ -10,9 +10,10 @@
 #    this is the threshold path: the 100 ms memory probe, the urgent collection, the responder.
 #    TRIALS leakers, one after another; p50 / p95 / max.
 # 2. The same scenario on the host's own memory, quartermaster against Debian's earlyoom, both
-#    acting when MemAvailable falls to 50% of MemTotal (earlyoom -m 50; qm critical_enter 0.5;
-#    50% rather than earlyoom's default 10% keeps the machine safe). The important agent holds
-#    the larger share (a model server, say) and the low-priority one leaks 1 GiB/s. Under qm both
+#    acting at the same MemAvailable share (earlyoom -m P; qm critical_enter 1 - P/100), set about
+#    6 GiB above what the host uses now rather than earlyoom's default 10% (which keeps the
+#    machine safe and the run short). The important agent holds the larger share (a model
+#    server, say) and the low-priority one leaks 256 MiB/s. Under qm both
 #    are agents with priorities; under earlyoom they are plain processes (earlyoom has no notion
 #    of priority and kills the largest oom_score). HOST_TRIALS each: qm as configured by default
 #    (forecast evictions on), qm threshold-only, earlyoom.
@@ -90,8 +91,8 @@ stats() { # label file-of-numbers
     i95 = int(NR * 0.95 + 0.999); if (i95 > NR) i95 = NR
     printf "%s: p50 %.0f ms, p95 %.0f ms, max %.0f ms over %d\n", l, v[int((NR + 1) / 2)], v[i95], v[NR], NR }'
 }
-used_bytes() { awk '/^MemTotal/ { t = $2 } /^MemAvailable/ { a = $2 } END { print (t - a) * 1024 }' /proc/meminfo; }
-total_bytes() { awk '/^MemTotal/ { print $2 * 1024 }' /proc/meminfo; }
+used_bytes() { awk '/^MemTotal/ { t = $2 } /^MemAvailable/ { a = $2 } END { printf "%.0f\n", (t - a) * 1024 }' /proc/meminfo; }
+total_bytes() { awk '/^MemTotal/ { printf "%.0f\n", $2 * 1024 }' /proc/meminfo; }
 
 echo "== 1. latency in a 1 GiB world, $trials leaks, threshold only"
 start_qm "[agents]\ncgroup_parent = \"$parent\"\n[alerts]\ndefault_rules = false\n[pressure]\nmin_dwell_s = 1\nforecast_horizon_s = 0\n" "cpu=4,memory=1Gi"
@@ -120,20 +121,24 @@ echo "agents killed by the kernel's OOM killer: $oom"
 stop_qm
 
 total=$(total_bytes)
-host_threshold=$((total / 2))
-host_cap=$((total * 3 / 5))
 baseline=$(used_bytes)
+# act where used memory is about 6 GiB above what the host uses now (this VM backs fresh pages
+# lazily, at a few hundred MiB/s, so bigger scenarios only take longer)
+pct=$(awk -v b="$baseline" -v t="$total" 'BEGIN { p = int(100 * (b + 6 * 2^30) / t) + 1; print (p > 90 ? 90 : p) }')
+host_threshold=$(awk -v t="$total" -v p="$pct" 'BEGIN { printf "%.0f", t * p / 100 }')
+host_cap=$(awk -v t="$total" -v p="$pct" 'BEGIN { printf "%.0f", t * (p + 5) / 100 }')
 hold_mib=$(( (host_threshold - baseline) * 6 / 10 / 1048576 ))
+warn=$(awk -v p="$pct" 'BEGIN { printf "%.2f", p / 100 - 0.1 }')
 echo
-echo "== 2. the host's memory: important agent holds $hold_mib MiB, the other leaks 1 GiB/s; act at 50% available"
+echo "== 2. the host's memory: act when MemAvailable falls to $((100 - pct))% (used $pct%); the important agent holds $hold_mib MiB, the other leaks 256 MiB/s"
 host_qm() { # LABEL EXTRA-PRESSURE-CONFIG
-  start_qm "[agents]\ncgroup_parent = \"$parent\"\n[alerts]\ndefault_rules = false\n[pressure]\nwarning_enter = 0.4\nwarning_leave = 0.3\ncritical_enter = 0.5\ncritical_leave = 0.45\nmin_dwell_s = 1\n$2" ""
+  start_qm "[agents]\ncgroup_parent = \"$parent\"\n[alerts]\ndefault_rules = false\n[pressure]\nwarning_enter = $warn\nwarning_leave = $(awk -v w="$warn" 'BEGIN { print w - 0.05 }')\ncritical_enter = $(awk -v p="$pct" 'BEGIN { print p / 100 }')\ncritical_leave = $(awk -v p="$pct" 'BEGIN { print p / 100 - 0.03 }')\nmin_dwell_s = 1\n$2" ""
   : > "$work/lat-$1"
   for i in $(seq "$host_trials"); do
     spawn "important-$i" 900 "${hold_mib}Mi" hold "$hold_mib" "$work/imp-$1-$i"
     wait_for 30 is_state "important-$i" running
-    wait_for 30 grep -q running "$work/imp-$1-$i"
-    spawn "leaky-$i" 100 64Mi leak 64 0.06 "$host_threshold" "$host_cap" host "$work/leaky-$1-$i"
+    wait_for 120 grep -q running "$work/imp-$1-$i"
+    spawn "leaky-$i" 100 64Mi leak 16 0.06 "$host_threshold" "$host_cap" host "$work/leaky-$1-$i"
     wait_for 60 is_state "leaky-$i" evicted || wait_for 1 is_state "important-$i" evicted || true
     sleep 0.5
     victim=none
@@ -154,15 +159,15 @@ host_qm threshold-only "forecast_horizon_s = 0\n"
 stats "qm threshold-only, crossing to SIGTERM" "$work/lat-threshold-only"
 
 if command -v earlyoom > /dev/null; then
-  earlyoom -m 50 -r 0 > "$work/earlyoom.log" 2>&1 &
+  earlyoom -m $((100 - pct)) -r 0 > "$work/earlyoom.log" 2>&1 &
   eo_pid=$!
   sleep 1
   : > "$work/lat-eo"
   for i in $(seq "$host_trials"); do
     "$py" "$agent" hold "$hold_mib" "$work/imp-eo-$i" &
     imp=$!
-    wait_for 30 grep -q running "$work/imp-eo-$i"
-    "$py" "$agent" leak 64 0.06 "$host_threshold" "$host_cap" host "$work/leaky-eo-$i" &
+    wait_for 120 grep -q running "$work/imp-eo-$i"
+    "$py" "$agent" leak 16 0.06 "$host_threshold" "$host_cap" host "$work/leaky-eo-$i" &
     leak=$!
     wait_for 60 grep -q sigterm "$work/imp-eo-$i" "$work/leaky-eo-$i" || true
     sleep 0.5

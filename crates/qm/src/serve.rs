@@ -86,8 +86,10 @@ struct PressureFile {
     probe_interval_s: Option<f64>,
     /// Evict under critical memory pressure, and forecast leakers at warning.
     evict: Option<bool>,
-    /// Throttle agents above their request under critical pressure.
+    /// Throttle agents above their memory request under critical memory pressure.
     throttle: Option<bool>,
+    /// Cap agents above their cpu request under critical cpu pressure (default off).
+    throttle_cpu: Option<bool>,
     /// Between two evictions.
     cooldown_s: Option<f64>,
     /// A victim's grace between SIGTERM and SIGKILL.
@@ -150,6 +152,9 @@ fn pressure_settings(
     }
     if let Some(v) = file.throttle {
         r.throttle = v;
+    }
+    if let Some(v) = file.throttle_cpu {
+        r.throttle_cpu = v;
     }
     if let Some(d) = seconds("cooldown_s", file.cooldown_s, 0.0..=3600.0)? {
         r.cooldown = d;

@@ -9,8 +9,11 @@
 //!   above its request is throttled (memory.high held at its usage, never below its request:
 //!   the Senpai approach, v1's soft limit), so nothing grows into the room the eviction makes;
 //!   one eviction per cooldown, judged again on fresh figures, so no more is evicted than needed;
-//! - **critical cpu**: burstable and best-effort agents above their cpu request are capped at
-//!   it (cpu.max, at least 100m) until cpu pressure is gone;
+//! - **critical cpu**, where `throttle_cpu` asks for it: burstable and best-effort agents above
+//!   their cpu request are capped at it (cpu.max, at least 100m) until cpu pressure is gone.
+//!   Off by default: the kernel already gives each agent its request under contention (cpu
+//!   weights follow requests), so a cap only idles cores, and it slowed an important agent's
+//!   start-up badly in `bench/pressure-vs-earlyoom.sh`;
 //! - back to **ok**: throttles are lifted (the agent's own limits are written back).
 //!
 //! A victim is stopped with SIGTERM and SIGKILL after a short grace, recorded as `evicted`
@@ -30,8 +33,10 @@ use crate::monitor::pressure::{Eviction, PressureReport};
 pub struct ResponderConfig {
     /// Evict under critical memory pressure, and leakers at warning.
     pub evict: bool,
-    /// Throttle agents above their request under critical pressure.
+    /// Throttle agents above their memory request under critical memory pressure.
     pub throttle: bool,
+    /// Cap agents above their cpu request under critical cpu pressure.
+    pub throttle_cpu: bool,
     /// Time between two evictions: the next is chosen on fresh figures.
     pub cooldown: Duration,
     /// A victim's grace between SIGTERM and SIGKILL.
@@ -48,6 +53,7 @@ impl Default for ResponderConfig {
         ResponderConfig {
             evict: true,
             throttle: true,
+            throttle_cpu: false,
             cooldown: Duration::from_secs(2),
             grace: Duration::from_secs(1),
             forecast_horizon: Duration::from_secs(60),
@@ -155,7 +161,8 @@ impl Supervisor {
             .lock()
             .map(|r| !r.throttled.is_empty())
             .unwrap_or(false);
-        if memory == Level::Ok && cpu < Level::Critical && !holding {
+        let cpu_matters = self.inner.config.responder.throttle_cpu && cpu == Level::Critical;
+        if memory == Level::Ok && !cpu_matters && !holding {
             return;
         }
         let config = self.inner.config.responder.clone();
@@ -319,7 +326,8 @@ impl Supervisor {
                     t.memory_high = Some(c.usage_bytes.max(c.request_bytes).max(1 << 20));
                 }
                 let cap = s.cpu_request_millis.max(MIN_CPU_CAP_MILLIS);
-                if t.cpu_max.is_none()
+                if config.throttle_cpu
+                    && t.cpu_max.is_none()
                     && cpu == Level::Critical
                     && s.cpu_cores * 1000.0 > cap as f64
                 {
@@ -334,14 +342,14 @@ impl Supervisor {
         }
         let throttled: Vec<String> = state.throttled.keys().cloned().collect();
         drop(state);
-        if writes.is_empty() {
-            return;
-        }
         if let Some(m) = self.engine().monitor() {
             m.update_responder(|r| {
                 r.throttles += added;
                 r.throttled = throttled;
             });
+        }
+        if writes.is_empty() {
+            return;
         }
         // cgroup writes are small but many: off the async workers
         let me = self.clone();
