@@ -139,7 +139,8 @@ pub(crate) fn catalog() -> Vec<Tool> {
         tool::<StopAgentArgs>(
             "stop_agent",
             "Stop an agent by id: SIGTERM, then SIGKILL after the grace period; its allocation \
-             is released. Returns the agent, now stopped.",
+             is released. Waits for the process to exit (at most the grace period and a few \
+             seconds) and returns the agent, normally in state stopped.",
             writes(true, true),
         ),
         tool::<ScaleFleetArgs>(
@@ -703,7 +704,15 @@ async fn stop_agent(api: &Api<'_>, a: StopAgentArgs) -> Result<Reply, Failure> {
         let _ = write!(path, "?grace_s={g}");
     }
     let (_, v) = api.send(Method::DELETE, &path, None).await?;
-    let doc: AgentDoc = typed(v)?;
+    let mut doc: AgentDoc = typed(v)?;
+    // The daemon answers once the signal is sent; wait for the exit, past the grace period
+    // (when SIGKILL follows) by a little.
+    let grace = a.grace_s.filter(|g| g.is_finite()).unwrap_or(10.0).clamp(0.0, 60.0);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs_f64(grace + 5.0);
+    while doc.state == "running" && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        doc = api.get(&format!("/v1/agents/{}", encode(&a.id))).await?;
+    }
     Ok(Reply {
         text: format!("agent {}", agent_line(&doc)),
         structured: json!({ "agent": doc }),
