@@ -367,8 +367,8 @@ mod tests {
     fn bad_arguments_are_named() {
         let e = parse::<AllocateArgs>(args(serde_json::json!({"cpu": 1}))).unwrap_err();
         assert_eq!(argument(e), "agent");
-        let e = parse::<AllocateArgs>(args(serde_json::json!({"agent": "a", "cpus": 1})))
-            .unwrap_err();
+        let e =
+            parse::<AllocateArgs>(args(serde_json::json!({"agent": "a", "cpus": 1}))).unwrap_err();
         assert_eq!(argument(e), "cpus");
         let e = parse::<AllocateArgs>(args(serde_json::json!({"agent": "a", "priority": "x"})))
             .unwrap_err();
@@ -401,7 +401,10 @@ mod tests {
     fn schemas_name_required_arguments_and_types() {
         let s = super::super::input_schema::<AllocateArgs>();
         assert_eq!(s["required"], serde_json::json!(["agent"]));
-        assert_eq!(s["properties"]["cpu"]["type"], serde_json::json!(["string", "number"]));
+        assert_eq!(
+            s["properties"]["cpu"]["type"],
+            serde_json::json!(["string", "number"])
+        );
         assert_eq!(
             s["properties"]["priority"]["type"],
             serde_json::json!(["integer", "null"])

@@ -133,7 +133,15 @@ pub(crate) async fn can_fit(api: &Api<'_>, a: CanFitArgs) -> Result<Reply, Failu
         let fit = if eligible {
             copies(&n.available, &wanted.amounts)
         } else {
-            Some((0, if n.ready { "node_selector" } else { "not ready" }.to_owned()))
+            Some((
+                0,
+                if n.ready {
+                    "node_selector"
+                } else {
+                    "not ready"
+                }
+                .to_owned(),
+            ))
         };
         if let Some((c, _)) = &fit {
             sum = Some(sum.unwrap_or(0).saturating_add(*c));

@@ -223,7 +223,10 @@ impl<B: Backend> ServerHandler for QmMcp<B> {
                 .enable_resources()
                 .build(),
         )
-        .with_server_info(Implementation::new("quartermaster", env!("CARGO_PKG_VERSION")))
+        .with_server_info(Implementation::new(
+            "quartermaster",
+            env!("CARGO_PKG_VERSION"),
+        ))
         .with_instructions(
             "quartermaster (qm) hands out cpu, memory and gpus on this machine or cluster to AI \
              agents. Check can_fit or node_status before starting heavy work, allocate (or \
@@ -330,6 +333,19 @@ impl<B: Backend> ServerHandler for QmMcp<B> {
 fn input_schema<T: rmcp::schemars::JsonSchema + 'static>() -> Arc<JsonObject> {
     schema_for_input::<T>().unwrap_or_else(|_| schema_for_empty_input())
 }
+
+/// `/mcp` in the OpenAPI document; rmcp's [`StreamableHttpService`] serves it.
+#[utoipa::path(post, path = "/mcp", tag = "mcp",
+    description = "Model Context Protocol over streamable HTTP (JSON-RPC 2.0): the tools node_status, cluster_status, can_fit, allocate, release, list_allocations, pressure, spawn_agent, list_agents, stop_agent, scale_fleet and active_alerts, and the resources qm://node and qm://pressure. POST sends a message (the answer is JSON or an event stream), GET opens the session's event stream, DELETE ends the session (header Mcp-Session-Id). Only loopback Host headers are accepted.",
+    request_body(content = Object, content_type = "application/json", description = "a JSON-RPC request, notification or response"),
+    responses(
+        (status = 200, description = "the JSON-RPC answer, as application/json or text/event-stream"),
+        (status = 202, description = "a notification or response was accepted"),
+        (status = 403, description = "the Host header is not a loopback name"),
+        (status = 404, description = "no such session"),
+    ))]
+#[allow(dead_code, reason = "documents the route; the OpenAPI derive names it")]
+pub(crate) fn mcp_endpoint() {}
 
 /// `/mcp`: the tool set over streamable HTTP, its calls sent through `api` in process.
 /// Sessions end when `closed` resolves (the daemon shutting down), so that open streams do

@@ -404,7 +404,9 @@ async fn cluster_status(api: &Api<'_>, _: NoArgs) -> Result<Reply, Failure> {
         "{} nodes ({} ready); available on ready nodes: {}\n",
         nodes.len(),
         totals["ready"],
-        show(&total(nodes.iter().filter(|n| n.ready).map(|n| &n.available))),
+        show(&total(
+            nodes.iter().filter(|n| n.ready).map(|n| &n.available)
+        )),
     );
     for n in &nodes {
         node_line(&mut text, n);
@@ -477,7 +479,10 @@ async fn allocate(api: &Api<'_>, a: AllocateArgs) -> Result<Reply, Failure> {
         a.node_selector.as_ref(),
     );
     if let Some(l) = &a.limits {
-        body.insert("limits".into(), Value::Object(Wanted::map("limits", l)?.wire));
+        body.insert(
+            "limits".into(),
+            Value::Object(Wanted::map("limits", l)?.wire),
+        );
     }
     if let Some(p) = a.preemptible {
         body.insert("preemptible".into(), json!(p));
@@ -645,7 +650,10 @@ async fn spawn_agent(api: &Api<'_>, a: SpawnAgentArgs) -> Result<Reply, Failure>
     body.insert("command".into(), json!(a.command));
     body.insert("resources".into(), Value::Object(wanted.wire));
     if let Some(l) = &a.limits {
-        body.insert("limits".into(), Value::Object(Wanted::map("limits", l)?.wire));
+        body.insert(
+            "limits".into(),
+            Value::Object(Wanted::map("limits", l)?.wire),
+        );
     }
     for (k, v) in [
         ("pool", a.pool.map(Value::from)),
@@ -707,7 +715,11 @@ async fn stop_agent(api: &Api<'_>, a: StopAgentArgs) -> Result<Reply, Failure> {
     let mut doc: AgentDoc = typed(v)?;
     // The daemon answers once the signal is sent; wait for the exit, past the grace period
     // (when SIGKILL follows) by a little.
-    let grace = a.grace_s.filter(|g| g.is_finite()).unwrap_or(10.0).clamp(0.0, 60.0);
+    let grace = a
+        .grace_s
+        .filter(|g| g.is_finite())
+        .unwrap_or(10.0)
+        .clamp(0.0, 60.0);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs_f64(grace + 5.0);
     while doc.state == "running" && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

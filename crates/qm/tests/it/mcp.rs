@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 
 use crate::daemon::{Daemon, eventually, temp_dir};
 
-const CONFIG: &str = "[agents]\ncgroups = false\n[monitor]\ninterval_s = 0.2\nagent_interval_s = 0.2\n";
+const CONFIG: &str =
+    "[agents]\ncgroups = false\n[monitor]\ninterval_s = 0.2\nagent_interval_s = 0.2\n";
 
 fn start(dir: &Path) -> Daemon {
     let config = dir.join("qm.toml");
@@ -163,10 +164,9 @@ fn alive(pid: u64) -> bool {
 }
 
 fn schemas(s: &Session) {
-    let tools = s
-        .rt
-        .block_on(s.client().list_all_tools())
-        .expect("tools/list");
+    let tools =
+        s.rt.block_on(s.client().list_all_tools())
+            .expect("tools/list");
     let tools: Vec<Value> = tools
         .iter()
         .map(|t| serde_json::to_value(t).expect("json"))
@@ -225,7 +225,10 @@ fn allocations(s: &Session) {
     let fit = s.ok("can_fit", json!({ "cpu": 1 }));
     assert_eq!(fit["count"], 4, "{fit}");
     assert_eq!(fit["fits_now"], true);
-    let granted = s.ok("allocate", json!({ "agent": "mcp-1", "cpu": "1", "memory": "256Mi" }));
+    let granted = s.ok(
+        "allocate",
+        json!({ "agent": "mcp-1", "cpu": "1", "memory": "256Mi" }),
+    );
     assert_eq!(granted["granted"], true, "{granted}");
     let id = granted["allocation"]["id"]
         .as_str()
@@ -277,17 +280,37 @@ fn allocations(s: &Session) {
 fn bad_arguments(s: &Session) {
     let cases = [
         ("allocate", json!({ "cpu": 1 }), "`agent`"),
-        ("allocate", json!({ "agent": "a", "memory": "lots" }), "`memory`"),
+        (
+            "allocate",
+            json!({ "agent": "a", "memory": "lots" }),
+            "`memory`",
+        ),
         ("allocate", json!({ "agent": "a", "cpu": -1 }), "`cpu`"),
         ("allocate", json!({ "agent": "a", "cpu": true }), "`cpu`"),
         ("allocate", json!({ "agent": "a", "cpus": 1 }), "`cpus`"),
-        ("allocate", json!({ "agent": "a", "priority": "high" }), "`priority`"),
+        (
+            "allocate",
+            json!({ "agent": "a", "priority": "high" }),
+            "`priority`",
+        ),
         ("can_fit", json!({ "memory": "-1Gi" }), "`memory`"),
-        ("can_fit", json!({ "extended": { "gpu-ish": "x" } }), "`extended.gpu-ish`"),
-        ("scale_fleet", json!({ "name": "f", "replicas": -2 }), "`replicas`"),
+        (
+            "can_fit",
+            json!({ "extended": { "gpu-ish": "x" } }),
+            "`extended.gpu-ish`",
+        ),
+        (
+            "scale_fleet",
+            json!({ "name": "f", "replicas": -2 }),
+            "`replicas`",
+        ),
         ("scale_fleet", json!({ "name": "f" }), "`replicas`"),
         ("list_allocations", json!({ "limit": "ten" }), "`limit`"),
-        ("spawn_agent", json!({ "name": "x", "command": [] }), "`command`"),
+        (
+            "spawn_agent",
+            json!({ "name": "x", "command": [] }),
+            "`command`",
+        ),
         ("stop_agent", json!({}), "`id`"),
     ];
     for (tool, args, named) in cases {
@@ -299,7 +322,10 @@ fn bad_arguments(s: &Session) {
     let (text, problem) = s.fails("allocate", json!({ "agent": "a", "priority": 5000 }));
     assert_eq!(problem["code"], "validation_failed", "{problem}");
     assert!(text.contains("priority"), "{text}");
-    let (text, _) = s.fails("allocate", json!({ "agent": "a", "pool": "nope", "cpu": 1 }));
+    let (text, _) = s.fails(
+        "allocate",
+        json!({ "agent": "a", "pool": "nope", "cpu": 1 }),
+    );
     assert!(text.contains("pool"), "{text}");
     // an unknown tool is a protocol error, not a crash
     let params = CallToolRequestParams::new("launch_rockets");
@@ -371,10 +397,9 @@ fn monitoring(s: &Session) {
     let alerts = s.ok("active_alerts", json!({}));
     assert!(alerts["items"].is_array(), "{alerts}");
 
-    let listed = s
-        .rt
-        .block_on(s.client().list_all_resources())
-        .expect("resources/list");
+    let listed =
+        s.rt.block_on(s.client().list_all_resources())
+            .expect("resources/list");
     let mut uris: Vec<String> = listed.iter().map(|r| r.uri.clone()).collect();
     uris.sort();
     assert_eq!(uris, ["qm://node", "qm://pressure"]);
