@@ -6,7 +6,9 @@
 //! Tool failures come back as tool errors (`is_error`) carrying the daemon's problem, never
 //! as protocol errors.
 
+mod agents;
 mod args;
+mod catalog;
 mod fit;
 mod tools;
 
@@ -32,7 +34,7 @@ use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::Value;
 use tower::ServiceExt as _;
 
-pub use tools::TOOL_NAMES;
+pub use catalog::TOOL_NAMES;
 
 /// One request of API v1 a tool makes.
 #[derive(Debug, Clone)]
@@ -175,7 +177,7 @@ impl<B: Backend> QmMcp<B> {
 
     /// Every tool, with its description and input schema.
     pub fn tools() -> Vec<Tool> {
-        tools::catalog()
+        catalog::catalog()
     }
 }
 
@@ -241,11 +243,11 @@ impl<B: Backend> ServerHandler for QmMcp<B> {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(tools::catalog()))
+        Ok(ListToolsResult::with_all_items(catalog::catalog()))
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        tools::catalog().into_iter().find(|t| t.name == name)
+        catalog::catalog().into_iter().find(|t| t.name == name)
     }
 
     async fn call_tool(

@@ -1,164 +1,23 @@
-//! The MCP tools: their catalog (name, description for a model to read, input schema,
-//! hints) and their bodies, each a few API v1 calls turned into a short text for the model
-//! and the daemon's JSON as structured content. `can_fit` is the one tool with arithmetic of
-//! its own: a dry run for the verdict, the nodes' available vectors and the pool's limit for
-//! the count.
+//! The tools' plumbing (how they call API v1, what they answer, how they fail, the dispatch
+//! by name) and the node, allocation, pressure and alert tools, each a few API v1 calls turned
+//! into a short text for the model and the daemon's JSON as structured content. The agent
+//! tools are in `agents.rs`, `can_fit` in `fit.rs`, the descriptions in `catalog.rs`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use axum::http::Method;
 use qm_core::quantity::{self, Unit};
-use qm_proto::{
-    AgentDoc, AlertDoc, AllocationDoc, FleetDoc, NodeDoc, PoolDoc, PressureDoc, Problem,
-};
-use rmcp::model::{JsonObject, Tool, ToolAnnotations};
+use qm_proto::{AlertDoc, AllocationDoc, NodeDoc, PoolDoc, PressureDoc, Problem};
+use rmcp::model::JsonObject;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::args::{
-    ActiveAlertsArgs, AllocateArgs, CanFitArgs, ListAgentsArgs, ListAllocationsArgs, NoArgs,
-    NodeStatusArgs, ReleaseArgs, ScaleFleetArgs, SpawnAgentArgs, StopAgentArgs, Wanted, parse,
+    ActiveAlertsArgs, AllocateArgs, ListAllocationsArgs, NoArgs, NodeStatusArgs, ReleaseArgs,
+    Wanted, parse,
 };
-use super::{ApiCall, Backend, BackendError, input_schema};
-
-/// The name of every tool, in the catalog's order.
-pub const TOOL_NAMES: &[&str] = &[
-    "node_status",
-    "cluster_status",
-    "can_fit",
-    "allocate",
-    "release",
-    "list_allocations",
-    "pressure",
-    "spawn_agent",
-    "list_agents",
-    "stop_agent",
-    "scale_fleet",
-    "active_alerts",
-];
-
-fn tool<T: rmcp::schemars::JsonSchema + 'static>(
-    name: &'static str,
-    description: &'static str,
-    hints: ToolAnnotations,
-) -> Tool {
-    Tool::new(name, description, input_schema::<T>()).with_annotations(hints)
-}
-
-fn reads() -> ToolAnnotations {
-    ToolAnnotations::new().read_only(true).open_world(false)
-}
-
-fn writes(destructive: bool, idempotent: bool) -> ToolAnnotations {
-    ToolAnnotations::new()
-        .read_only(false)
-        .destructive(destructive)
-        .idempotent(idempotent)
-        .open_world(false)
-}
-
-/// Every tool, in [`TOOL_NAMES`] order.
-pub(crate) fn catalog() -> Vec<Tool> {
-    vec![
-        tool::<NodeStatusArgs>(
-            "node_status",
-            "Show one node of the quartermaster resource manager (default: the machine the daemon \
-             runs on): per resource (cpu in cores, memory in bytes, gpu) its capacity, \
-             allocatable (capacity less reserves), allocated (held by granted allocations), \
-             available (allocatable less allocated) and measured usage; whether it is ready; \
-             its pressure level; and a summary of every pool (allocated, limit, queued). Use it \
-             before starting work to see what is free.",
-            reads(),
-        ),
-        tool::<NoArgs>(
-            "cluster_status",
-            "List every node known to quartermaster with capacity, allocatable, allocated, \
-             available and usage, readiness and pressure, plus cluster totals and the pools. Use \
-             it to see where capacity is free across machines.",
-            reads(),
-        ),
-        tool::<CanFitArgs>(
-            "can_fit",
-            "Answer how many copies of a resource request (cpu, memory, gpu, ...) would fit right \
-             now, without allocating anything: `count` is how many fit into free capacity on \
-             ready nodes within the pool's limit, without preempting anyone; `fits_now` is the \
-             scheduler's own dry-run verdict for one request (which may preempt lower-priority \
-             work, listed in `would_preempt`). When nothing fits, `shortfall` says what is \
-             missing on the closest node. Use it before allocate or spawn_agent to plan.",
-            reads(),
-        ),
-        tool::<AllocateArgs>(
-            "allocate",
-            "Reserve resources for an agent from quartermaster. Granted at once when it fits \
-             (possibly preempting preemptible lower-priority allocations, listed in \
-             `preempted`); when it does not fit, fails with the shortfall, or waits in the \
-             pool's queue if queue=true. Returns the allocation (its `id` is what release \
-             takes). Release it when the work is done; with ttl_s it expires unless renewed.",
-            writes(false, false),
-        ),
-        tool::<ReleaseArgs>(
-            "release",
-            "Release an allocation by id, returning its resources to the pool (a queued one is \
-             cancelled). Releasing one that already ended changes nothing and returns it as it \
-             is.",
-            writes(true, true),
-        ),
-        tool::<ListAllocationsArgs>(
-            "list_allocations",
-            "List allocations, oldest first, optionally only one agent's, pool's, node's or \
-             state's (state=granted: those holding resources now; queued: those waiting). Each \
-             has its id, agent, pool, node, resources, priority, QoS class and state.",
-            reads(),
-        ),
-        tool::<NoArgs>(
-            "pressure",
-            "Report resource pressure on the daemon's node: the overall level (ok, warning, \
-             critical) and since when; the admission gate (open; best-effort-paused: requests \
-             without resources are refused; paused: every request is refused); and per signal \
-             (memory, cpu, disk, pids) its level, utilization 0..1, trend per second, forecast \
-             seconds to exhaustion and anomaly flag. Check it before starting heavy work.",
-            reads(),
-        ),
-        tool::<SpawnAgentArgs>(
-            "spawn_agent",
-            "Start a process as a quartermaster agent: the daemon requests an allocation for \
-             it (the agent waits in the pool's queue if it does not fit now), starts the \
-             command inside its cgroup with the resources as limits, logs its output to files \
-             and restarts it per the restart policy. Returns the agent (its id is its name; \
-             state starting, running or pending).",
-            writes(false, false),
-        ),
-        tool::<ListAgentsArgs>(
-            "list_agents",
-            "List the agents quartermaster runs or adopted, optionally only those in one state \
-             or fleet: each with its id, pid, state, allocation, restarts, exit code, fleet and \
-             measured usage.",
-            reads(),
-        ),
-        tool::<StopAgentArgs>(
-            "stop_agent",
-            "Stop an agent by id: SIGTERM, then SIGKILL after the grace period; its allocation \
-             is released. Waits for the process to exit (at most the grace period and a few \
-             seconds) and returns the agent, normally in state stopped.",
-            writes(true, true),
-        ),
-        tool::<ScaleFleetArgs>(
-            "scale_fleet",
-            "Set how many members a fleet (agents started from one template) keeps running; \
-             the daemon starts or stops members to match. A fleet with an autoscaler may \
-             change the number again.",
-            writes(true, true),
-        ),
-        tool::<ActiveAlertsArgs>(
-            "active_alerts",
-            "List alerts that are firing now (and, unless include_pending=false, pending ones \
-             whose condition holds but not yet for long enough): rule, severity, summary, the \
-             value that tripped it, and since when. An empty list means all is well.",
-            reads(),
-        ),
-    ]
-}
+use super::{ApiCall, Backend, BackendError};
 
 /// How the tools reach API v1 for one MCP request.
 pub(crate) struct Api<'a> {
@@ -266,10 +125,10 @@ pub(crate) async fn run(api: &Api<'_>, name: &str, args: JsonObject) -> Result<R
         "release" => release(api, parse(args)?).await,
         "list_allocations" => list_allocations(api, parse(args)?).await,
         "pressure" => pressure(api, parse(args)?).await,
-        "spawn_agent" => spawn_agent(api, parse(args)?).await,
-        "list_agents" => list_agents(api, parse(args)?).await,
-        "stop_agent" => stop_agent(api, parse(args)?).await,
-        "scale_fleet" => scale_fleet(api, parse(args)?).await,
+        "spawn_agent" => super::agents::spawn_agent(api, parse(args)?).await,
+        "list_agents" => super::agents::list_agents(api, parse(args)?).await,
+        "stop_agent" => super::agents::stop_agent(api, parse(args)?).await,
+        "scale_fleet" => super::agents::scale_fleet(api, parse(args)?).await,
         "active_alerts" => active_alerts(api, parse(args)?).await,
         other => Err(Failure::Invalid {
             argument: "name".to_owned(),
@@ -606,157 +465,6 @@ async fn pressure(api: &Api<'_>, _: NoArgs) -> Result<Reply, Failure> {
     Ok(Reply {
         text,
         structured: v,
-    })
-}
-
-fn agent_line(a: &AgentDoc) -> String {
-    let mut s = format!("{} {}", a.id, a.state);
-    if let Some(pid) = a.pid {
-        let _ = write!(s, " pid={pid}");
-    }
-    if let Some(al) = &a.allocation {
-        let _ = write!(s, " allocation={al}");
-    }
-    if let Some(f) = &a.fleet {
-        let _ = write!(s, " fleet={f}");
-    }
-    if a.restarts > 0 {
-        let _ = write!(s, " restarts={}", a.restarts);
-    }
-    if let Some(c) = a.exit_code {
-        let _ = write!(s, " exit_code={c}");
-    }
-    if let Some(r) = &a.reason {
-        let _ = write!(s, " ({r})");
-    }
-    s
-}
-
-async fn spawn_agent(api: &Api<'_>, a: SpawnAgentArgs) -> Result<Reply, Failure> {
-    if a.command.is_empty() {
-        return Err(Failure::Invalid {
-            argument: "command".to_owned(),
-            message: "give the program and its arguments, e.g. [\"sleep\", \"60\"]".to_owned(),
-        });
-    }
-    let wanted = Wanted::of(
-        a.cpu.as_ref(),
-        a.memory.as_ref(),
-        a.gpu.as_ref(),
-        a.extended.as_ref(),
-    )?;
-    let mut body = serde_json::Map::new();
-    body.insert("name".into(), json!(a.name));
-    body.insert("command".into(), json!(a.command));
-    body.insert("resources".into(), Value::Object(wanted.wire));
-    if let Some(l) = &a.limits {
-        body.insert(
-            "limits".into(),
-            Value::Object(Wanted::map("limits", l)?.wire),
-        );
-    }
-    for (k, v) in [
-        ("pool", a.pool.map(Value::from)),
-        ("priority", a.priority.map(Value::from)),
-        ("priority_class", a.priority_class.map(Value::from)),
-        ("restart", a.restart.map(Value::from)),
-        ("cwd", a.cwd.map(Value::from)),
-        ("env", a.env.map(|e| json!(e))),
-        ("labels", a.labels.map(|l| json!(l))),
-    ] {
-        if let Some(v) = v {
-            body.insert(k.into(), v);
-        }
-    }
-    let (_, v) = api
-        .send(Method::POST, "/v1/agents", Some(Value::Object(body)))
-        .await?;
-    let doc: AgentDoc = typed(v)?;
-    let text = if doc.state == "pending" {
-        format!(
-            "agent {} is pending: it waits in the pool's queue for its allocation",
-            doc.id
-        )
-    } else {
-        format!("agent {}", agent_line(&doc))
-    };
-    Ok(Reply {
-        text,
-        structured: json!({ "agent": doc }),
-    })
-}
-
-async fn list_agents(api: &Api<'_>, a: ListAgentsArgs) -> Result<Reply, Failure> {
-    let items: Vec<AgentDoc> = api
-        .get::<qm_proto::AgentList>("/v1/agents")
-        .await?
-        .items
-        .into_iter()
-        .filter(|d| a.state.as_ref().is_none_or(|s| &d.state == s))
-        .filter(|d| a.fleet.is_none() || d.fleet == a.fleet)
-        .collect();
-    let mut text = format!("{} agents\n", items.len());
-    for d in &items {
-        text.push_str(&agent_line(d));
-        text.push('\n');
-    }
-    Ok(Reply {
-        text,
-        structured: json!({ "items": items }),
-    })
-}
-
-async fn stop_agent(api: &Api<'_>, a: StopAgentArgs) -> Result<Reply, Failure> {
-    let mut path = format!("/v1/agents/{}", encode(&a.id));
-    if let Some(g) = a.grace_s {
-        let _ = write!(path, "?grace_s={g}");
-    }
-    let (_, v) = api.send(Method::DELETE, &path, None).await?;
-    let mut doc: AgentDoc = typed(v)?;
-    // The daemon answers once the signal is sent; wait for the exit, past the grace period
-    // (when SIGKILL follows) by a little.
-    let grace = a
-        .grace_s
-        .filter(|g| g.is_finite())
-        .unwrap_or(10.0)
-        .clamp(0.0, 60.0);
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs_f64(grace + 5.0);
-    while doc.state == "running" && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        doc = api.get(&format!("/v1/agents/{}", encode(&a.id))).await?;
-    }
-    Ok(Reply {
-        text: format!("agent {}", agent_line(&doc)),
-        structured: json!({ "agent": doc }),
-    })
-}
-
-async fn scale_fleet(api: &Api<'_>, a: ScaleFleetArgs) -> Result<Reply, Failure> {
-    let path = format!("/v1/fleets/{}", encode(&a.name));
-    let fleet: FleetDoc = api.get(&path).await?;
-    let before = fleet.replicas;
-    let spec = json!({
-        "name": fleet.name,
-        "template": fleet.template,
-        "replicas": a.replicas,
-        "autoscale": fleet.autoscale,
-    });
-    let (_, v) = api.send(Method::PUT, &path, Some(spec)).await?;
-    let doc: FleetDoc = typed(v)?;
-    let mut text = format!(
-        "fleet {}: replicas {} -> {} ({} members, {} ready)",
-        doc.name,
-        before,
-        doc.replicas,
-        doc.members.len(),
-        doc.ready
-    );
-    if doc.autoscale.is_some() {
-        text.push_str("\nit has an autoscaler, which may change the replicas again");
-    }
-    Ok(Reply {
-        text,
-        structured: json!({ "fleet": doc, "previous_replicas": before }),
     })
 }
 

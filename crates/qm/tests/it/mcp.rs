@@ -425,8 +425,9 @@ fn mcp_over_streamable_http_at_the_daemon() {
     let d = start(&dir);
     let s = Session::http(&d.base);
     exercise(&s, &d, "http");
-    drop(s);
+    // an open session does not hold up a graceful shutdown
     d.stop();
+    drop(s);
 }
 
 #[test]
