@@ -77,7 +77,7 @@ impl Session {
         let rt = runtime();
         let client = rt.block_on(async {
             let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_qm"));
-            cmd.args(["--server", base, "mcp"]);
+            cmd.args(["--server", base, "mcp"]).env("QM_LOG", "error");
             let transport = TokioChildProcess::new(cmd).expect("start qm mcp");
             ClientConfig::default()
                 .serve(transport)
