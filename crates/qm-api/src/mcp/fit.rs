@@ -154,7 +154,9 @@ pub(crate) async fn can_fit(api: &Api<'_>, a: CanFitArgs) -> Result<Reply, Failu
         }));
     }
     let pool_cap = pool.and_then(|p| pool_copies(p, &wanted.amounts));
+    // a request of nothing reserves nothing: no count binds it
     let count = match (sum, &pool_cap) {
+        _ if wanted.amounts.values().all(|a| *a == 0) => None,
         (Some(s), Some((c, _))) => Some(s.min(*c)),
         (s, _) => s,
     };

@@ -124,7 +124,7 @@ impl Backend for Loopback {
 }
 
 /// Turns a status and body into a call's result: a problem for 4xx and 5xx.
-pub fn answer(status: u16, body: &[u8]) -> Result<Answer, BackendError> {
+fn answer(status: u16, body: &[u8]) -> Result<Answer, BackendError> {
     let value: Value = if body.is_empty() {
         Value::Null
     } else {

@@ -225,6 +225,9 @@ fn allocations(s: &Session) {
     let fit = s.ok("can_fit", json!({ "cpu": 1 }));
     assert_eq!(fit["count"], 4, "{fit}");
     assert_eq!(fit["fits_now"], true);
+    let fit = s.ok("can_fit", json!({}));
+    assert!(fit["count"].is_null(), "best-effort is not counted: {fit}");
+    assert_eq!(fit["fits_now"], true);
     let granted = s.ok(
         "allocate",
         json!({ "agent": "mcp-1", "cpu": "1", "memory": "256Mi" }),
