@@ -1,11 +1,12 @@
 //! quartermaster's HTTP API v1 (axum): routes for health, nodes, pools and allocations as
-//! `shared/spec/api-v1.md` describes them. Bodies are decoded by `qm-proto`, commands run on
+//! `shared/spec/api-v1.md` describes them, and the MCP server (`/mcp`, [`mcp`]). Bodies are decoded by `qm-proto`, commands run on
 //! the [`Engine`], and every error becomes `application/problem+json` in one place
 //! ([`ApiError`]).
 
 mod agents;
 mod error;
 mod events;
+pub mod mcp;
 pub mod metrics;
 mod monitoring;
 mod openapi;

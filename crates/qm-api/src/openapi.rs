@@ -11,7 +11,7 @@ use crate::{agents, monitoring, routes};
     info(
         title = "quartermaster API",
         version = "1",
-        description = "Resource manager for fleets of AI agents: nodes, pools, allocations, events, state, metrics, alerts, agents and fleets."
+        description = "Resource manager for fleets of AI agents: nodes, pools, allocations, events, state, metrics, alerts, agents and fleets; and the same as MCP tools at /mcp."
     ),
     paths(
         routes::metrics,
@@ -49,6 +49,7 @@ use crate::{agents, monitoring, routes};
         agents::update_fleet,
         agents::delete_fleet,
         agents::push_metric,
+        crate::mcp::mcp_endpoint,
     ),
     components(schemas(qm_proto::EventDoc))
 )]
@@ -78,6 +79,7 @@ mod tests {
             "/v1/nodes",
             "/v1/pools/{name}",
             "/v1/state",
+            "/mcp",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} missing");
         }

@@ -26,8 +26,24 @@ use crate::error::ApiError;
 
 type ApiResult = Result<Response, ApiError>;
 
-/// The API v1 router over `engine`, with the agent and fleet routes when `agents` is given.
+/// The API v1 router over `engine`, with the agent and fleet routes when `agents` is given,
+/// and the MCP server at `/mcp`, whose tools call the other routes in process.
 pub fn router(engine: Engine, agents: Option<qm_runtime::agents::Supervisor>) -> Router {
+    let closing = engine.clone();
+    let api = api_router(engine, agents);
+    // MCP sessions end with the event feeds, when the daemon shuts down.
+    let closed = Box::pin(async move {
+        let mut live = closing.subscribe(None).live;
+        while !matches!(
+            live.recv().await,
+            Err(tokio::sync::broadcast::error::RecvError::Closed)
+        ) {}
+    });
+    let mcp = crate::mcp::http_service(api.clone(), Some(closed));
+    api.route_service("/mcp", mcp)
+}
+
+fn api_router(engine: Engine, agents: Option<qm_runtime::agents::Supervisor>) -> Router {
     use crate::agents as a;
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))

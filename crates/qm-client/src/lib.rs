@@ -128,6 +128,36 @@ impl Client {
         decode(v)
     }
 
+    /// Any request of API v1: `method` (`GET`, `POST`, `PUT`, `DELETE`) on `path` (with its
+    /// query), with a JSON body for writes; the status and JSON body of a 2xx answer (`Null`
+    /// when empty). For callers that speak the API's JSON themselves (the MCP bridge).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), ClientError> {
+        match (method, body) {
+            ("POST" | "PUT", Some(b)) => self.send(method, path, b),
+            ("POST" | "PUT", None) => self.send(method, path, &Value::Object(Default::default())),
+            ("GET" | "DELETE", _) => {
+                let url = self.url(path);
+                let mut req = if method == "GET" {
+                    self.agent.get(&url)
+                } else {
+                    self.agent.delete(&url)
+                };
+                if let Some(t) = &self.token {
+                    req = req.header("authorization", &format!("Bearer {t}"));
+                }
+                self.finish(req.call())
+            }
+            (other, _) => Err(ClientError::Unexpected(format!(
+                "this client does not send {other} requests"
+            ))),
+        }
+    }
+
     /// The daemon's own node.
     pub fn node(&self) -> Result<NodeDoc, ClientError> {
         self.get("/v1/node")

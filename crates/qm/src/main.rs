@@ -15,6 +15,7 @@ mod agents_cli;
 mod bench;
 mod client;
 mod exec;
+mod mcp;
 mod monitoring;
 mod notify;
 mod serve;
@@ -87,6 +88,9 @@ enum Cmd {
     Metrics(monitoring::MetricsCmd),
     /// Alerts: pending, firing and recently resolved
     Alerts(monitoring::AlertsArgs),
+    /// MCP server on stdio, bridged to the daemon at --server (for Claude Code, claude-flow
+    /// and other MCP clients)
+    Mcp,
     /// Load generator against a running daemon: throughput and latency percentiles
     Bench(bench::BenchArgs),
     /// List the allocation strategies `--strategy` accepts
@@ -117,6 +121,10 @@ fn main() -> ExitCode {
     let endpoint = endpoint(&cli, |k| std::env::var(k).ok());
     let json_out = cli.output == Output::Json;
     let client = || qm_client::Client::new(&endpoint.server, endpoint.token.as_deref());
+    if matches!(cli.command, Cmd::Mcp) {
+        // stdout is the protocol's: it must not stay locked here
+        return finish(mcp::mcp(client()));
+    }
     let out = &mut io::stdout().lock();
     let result: Result<(), client::Failure> = match cli.command {
         Cmd::Serve(args) => serve::serve(&args).map_err(|e| client::Failure {
@@ -140,10 +148,15 @@ fn main() -> ExitCode {
         },
         Cmd::Metrics(cmd) => monitoring::metrics(&client(), cmd, json_out, out),
         Cmd::Alerts(args) => monitoring::alerts(&client(), &args, json_out, out),
+        Cmd::Mcp => mcp::mcp(client()),
         Cmd::Bench(args) => bench::bench(&endpoint.server, &args, out),
         Cmd::Export { file } => client::export(&client(), file.as_deref(), out),
         Cmd::Import { file } => client::import(&client(), &file),
     };
+    finish(result)
+}
+
+fn finish(result: Result<(), client::Failure>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {

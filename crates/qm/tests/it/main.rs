@@ -9,6 +9,7 @@ mod cli;
 mod daemon;
 mod durability;
 mod events;
+mod mcp;
 mod metrics;
 mod monitoring;
 mod state;
