@@ -18,7 +18,7 @@
 #    of priority and kills the largest oom_score). HOST_TRIALS each: qm as configured by default
 #    (forecast evictions on), qm threshold-only, earlyoom.
 #
-#   bash bench/pressure-vs-earlyoom.sh [TRIALS] [HOST_TRIALS]      (defaults 20, 3)
+#   bash bench/pressure-vs-earlyoom.sh [TRIALS] [HOST_TRIALS]      (defaults 20, 3; 0 skips a part)
 #
 # Needs: a release build (cargo build --release -p qm), python3, curl, root (cgroups), and
 # earlyoom (apt-get install earlyoom) for part 2.
@@ -50,7 +50,7 @@ cleanup() {
     for g in "$c"/*/; do rmdir "$g" 2>/dev/null || true; done
     rmdir "$c" 2>/dev/null || true
   done
-  rm -rf "$work"
+  if [ -n "${KEEP:-}" ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
@@ -73,10 +73,16 @@ spawn() { # NAME PRIORITY REQUEST ARGS...
   local name=$1 prio=$2 req=$3; shift 3
   local cmd
   cmd=$("$py" -c 'import json,sys; print(json.dumps(sys.argv[1:]))' "$py" "$agent" "$@")
-  curl -sf -o /dev/null -X POST -H 'content-type: application/json' "$base/v1/agents" \
-    -d "{\"name\":\"$name\",\"command\":$cmd,\"priority\":$prio,\"restart\":\"never\",\"resources\":{\"cpu\":\"100m\",\"memory\":\"$req\"}}"
+  # admission may still be paused from the last trial: retry for a minute
+  for _ in $(seq 120); do
+    code=$(curl -s -o "$work/resp" -w '%{http_code}' -X POST -H 'content-type: application/json' "$base/v1/agents" \
+      -d "{\"name\":\"$name\",\"command\":$cmd,\"priority\":$prio,\"restart\":\"never\",\"resources\":{\"cpu\":\"100m\",\"memory\":\"$req\"}}")
+    case $code in 201|202) return 0 ;; 503) sleep 0.5 ;; *) break ;; esac
+  done
+  echo "cannot spawn $name: $code $(cat "$work/resp")" >&2
+  return 1
 }
-state() { curl -s "$base/v1/agents/$1" | json 'd.get("state")'; }
+state() { curl -s "$base/v1/agents/$1" | json 'd.get("state")' 2>/dev/null || true; }
 wait_for() { # SECONDS COMMAND... : until the command succeeds
   local t=$1; shift
   for _ in $(seq $((t * 10))); do "$@" && return 0; sleep 0.1; done
@@ -84,7 +90,7 @@ wait_for() { # SECONDS COMMAND... : until the command succeeds
 }
 is_state() { [ "$(state "$1")" = "$2" ]; }
 admission_open() { [ "$(curl -s "$base/v1/pressure" | json 'd["admission"]')" = open ]; }
-field() { grep -o "$2=[^ ]*" "$1" 2>/dev/null | cut -d= -f2; }
+field() { grep -o "$2=[^ ]*" "$1" 2>/dev/null | cut -d= -f2 || true; }
 stats() { # label file-of-numbers
   sort -n "$2" | awk -v l="$1" '{ v[NR] = $1 } END {
     if (NR == 0) { printf "%s: no samples\n", l; exit }
@@ -94,31 +100,33 @@ stats() { # label file-of-numbers
 used_bytes() { awk '/^MemTotal/ { t = $2 } /^MemAvailable/ { a = $2 } END { printf "%.0f\n", (t - a) * 1024 }' /proc/meminfo; }
 total_bytes() { awk '/^MemTotal/ { printf "%.0f\n", $2 * 1024 }' /proc/meminfo; }
 
-echo "== 1. latency in a 1 GiB world, $trials leaks, threshold only"
-start_qm "[agents]\ncgroup_parent = \"$parent\"\n[alerts]\ndefault_rules = false\n[pressure]\nmin_dwell_s = 1\nforecast_horizon_s = 0\n" "cpu=4,memory=1Gi"
-gib=$((1 << 30))
-threshold=$(awk -v g=$gib 'BEGIN { printf "%d", 0.95 * g }')
-spawn keeper 900 400Mi hold 300 "$work/keeper"
-wait_for 20 is_state keeper running
-sleep 3
-: > "$work/lat1"
-for i in $(seq "$trials"); do
-  spawn "leak-$i" 100 64Mi leak 4 0.02 "$threshold" $((gib * 6 / 5)) "cgroup:/sys/fs/cgroup/memory/$parent" "$work/leak-$i"
-  if wait_for 30 is_state "leak-$i" evicted; then
-    sleep 0.3
-    l=$(field "$work/leak-$i" latency_ms)
-    [ -n "$l" ] && echo "$l" >> "$work/lat1"
-  else
-    echo "trial $i: leak-$i not evicted (state $(state "leak-$i"))"
-  fi
-  wait_for 30 admission_open || echo "trial $i: admission did not reopen"
-done
-stats "crossing to SIGTERM" "$work/lat1"
-echo "qm's own figure (collection that saw critical to SIGTERM), last eviction: $(curl -s "$base/v1/pressure" | json 'd["responder"]["last_eviction"]["response_ms"]') ms"
-echo "keeper: $(state keeper); evictions: $(curl -s "$base/v1/pressure" | json 'd["responder"]')"
-oom=$(curl -s "$base/v1/agents" | json 'sum(1 for a in d["items"] if a.get("oom_killed"))')
-echo "agents killed by the kernel's OOM killer: $oom"
-stop_qm
+if [ "$trials" -gt 0 ]; then
+  echo "== 1. latency in a 1 GiB world, $trials leaks, threshold only"
+  start_qm "[agents]\ncgroup_parent = \"$parent\"\n[alerts]\ndefault_rules = false\n[pressure]\nmin_dwell_s = 1\nforecast_horizon_s = 0\n" "cpu=4,memory=1Gi"
+  gib=$((1 << 30))
+  threshold=$(awk -v g=$gib 'BEGIN { printf "%d", 0.95 * g }')
+  spawn keeper 900 400Mi hold 300 "$work/keeper"
+  wait_for 20 is_state keeper running
+  sleep 3
+  : > "$work/lat1"
+  for i in $(seq "$trials"); do
+    spawn "leak-$i" 100 64Mi leak 4 0.02 "$threshold" $((gib * 6 / 5)) "cgroup:/sys/fs/cgroup/memory/$parent" "$work/leak-$i" || continue
+    if wait_for 30 is_state "leak-$i" evicted; then
+      sleep 0.3
+      l=$(field "$work/leak-$i" latency_ms)
+      [ -n "$l" ] && echo "$l" >> "$work/lat1"
+    else
+      echo "trial $i: leak-$i not evicted (state $(state "leak-$i"))"
+    fi
+    wait_for 30 admission_open || echo "trial $i: admission did not reopen"
+  done
+  stats "crossing to SIGTERM" "$work/lat1"
+  echo "qm's own figure (collection that saw critical to SIGTERM), last eviction: $(curl -s "$base/v1/pressure" | json 'd["responder"]["last_eviction"]["response_ms"]') ms"
+  echo "keeper: $(state keeper); evictions: $(curl -s "$base/v1/pressure" | json 'd["responder"]')"
+  oom=$(curl -s "$base/v1/agents" | json 'sum(1 for a in d["items"] if a.get("oom_killed"))')
+  echo "agents killed by the kernel's OOM killer: $oom"
+  stop_qm
+fi
 
 total=$(total_bytes)
 baseline=$(used_bytes)
@@ -135,10 +143,10 @@ host_qm() { # LABEL EXTRA-PRESSURE-CONFIG
   start_qm "[agents]\ncgroup_parent = \"$parent\"\n[alerts]\ndefault_rules = false\n[pressure]\nwarning_enter = $warn\nwarning_leave = $(awk -v w="$warn" 'BEGIN { print w - 0.05 }')\ncritical_enter = $(awk -v p="$pct" 'BEGIN { print p / 100 }')\ncritical_leave = $(awk -v p="$pct" 'BEGIN { print p / 100 - 0.03 }')\nmin_dwell_s = 1\n$2" ""
   : > "$work/lat-$1"
   for i in $(seq "$host_trials"); do
-    spawn "important-$i" 900 "${hold_mib}Mi" hold "$hold_mib" "$work/imp-$1-$i"
+    spawn "important-$i" 900 "${hold_mib}Mi" hold "$hold_mib" "$work/imp-$1-$i" || continue
     wait_for 30 is_state "important-$i" running
     wait_for 120 grep -q running "$work/imp-$1-$i"
-    spawn "leaky-$i" 100 64Mi leak 16 0.06 "$host_threshold" "$host_cap" host "$work/leaky-$1-$i"
+    spawn "leaky-$i" 100 64Mi leak 16 0.06 "$host_threshold" "$host_cap" host "$work/leaky-$1-$i" || continue
     wait_for 60 is_state "leaky-$i" evicted || wait_for 1 is_state "important-$i" evicted || true
     sleep 0.5
     victim=none

@@ -167,11 +167,18 @@ impl Supervisor {
         }
         let config = self.inner.config.responder.clone();
         let seen = self.seen(&latest, report);
-        if config.evict {
-            self.evict_one(&config, report, memory, &seen).await;
-        }
+        let victim = if config.evict {
+            self.evict_one(&config, report, memory, &seen).await
+        } else {
+            None
+        };
         if config.throttle || holding {
-            self.throttle(&config, memory, cpu, &seen);
+            // the victim is on its way out: throttling it too would only count twice
+            let others: Vec<Seen> = seen
+                .into_iter()
+                .filter(|s| victim.as_deref() != Some(s.candidate.id.as_str()))
+                .collect();
+            self.throttle(&config, memory, cpu, &others);
         }
     }
 
@@ -227,20 +234,17 @@ impl Supervisor {
         chosen
     }
 
+    /// Evicts the agent `choose` picks, if any; answers its id.
     async fn evict_one(
         &self,
         config: &super::ResponderConfig,
         report: &PressureReport,
         memory: Level,
         seen: &[Seen],
-    ) {
+    ) -> Option<String> {
         let now = now_ms();
-        let Some(signal) = report.signal("memory") else {
-            return;
-        };
-        let Some((victim, why)) = self.choose(config, report, memory, seen, now) else {
-            return;
-        };
+        let signal = report.signal("memory")?;
+        let (victim, why) = self.choose(config, report, memory, seen, now)?;
         let trend = report.agent(&victim);
         let mut reason = format!(
             "evicted under {} memory pressure ({:.0}% used",
@@ -263,7 +267,7 @@ impl Supervisor {
             .stop_as(&victim, Some(config.grace), "evicted", reason.clone())
             .await;
         if stopped.is_err() {
-            return;
+            return None;
         }
         let response_ms = now_ms().saturating_sub(signal.since_ms);
         if let Some(m) = self.engine().monitor() {
@@ -274,13 +278,14 @@ impl Supervisor {
                     r.evictions_forecast += 1;
                 }
                 r.last_eviction = Some(Eviction {
-                    agent: victim,
+                    agent: victim.clone(),
                     at_ms: now,
                     reason,
                     response_ms,
                 });
             });
         }
+        Some(victim)
     }
 
     /// Throttles at critical, lifts when the pressure is gone.

@@ -708,6 +708,71 @@ mod tests {
     }
 
     #[test]
+    fn a_memory_crossing_is_collected_at_once_not_at_the_next_tick() {
+        let root = std::env::temp_dir().join(format!("qm-monitor-fast-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("proc")).unwrap();
+        let meminfo = |available_kb: u64| {
+            std::fs::write(
+                root.join("proc/meminfo"),
+                format!(
+                    "MemTotal: 1000000 kB\nMemFree: {available_kb} kB\nMemAvailable: {available_kb} kB\n"
+                ),
+            )
+            .unwrap();
+        };
+        meminfo(900_000);
+        let hub = Arc::new(EventHub::new(16));
+        let mut feed = hub.subscribe(None).live;
+        // collections a minute apart: only the probe can see the crossing in time
+        let config = MonitorConfig {
+            interval: Duration::from_secs(60),
+            agent_interval: Duration::from_secs(60),
+            probe_interval: Duration::from_millis(20),
+            paths: Paths::with_root(&root),
+            rules: Vec::new(),
+            ..MonitorConfig::default()
+        };
+        let m = Monitor::start(config, Arc::clone(&hub)).unwrap();
+        let wake = m.pressure_wake();
+        let level = |m: &Monitor| {
+            m.latest()
+                .pressure
+                .as_ref()
+                .and_then(|p| p.signal("memory").map(|s| s.level))
+        };
+        eventually("the first collection", || {
+            (level(&m) == Some(qm_pressure::Level::Ok)).then_some(())
+        });
+        meminfo(20_000);
+        eventually("critical, long before the next tick", || {
+            (level(&m) == Some(qm_pressure::Level::Critical)).then_some(())
+        });
+        assert!(m.latest().value("qm_monitor_urgent_collections_total") >= Some(1.0));
+        let changed = eventually("pressure.changed", || feed.try_recv().ok());
+        assert_eq!(changed.kind, "pressure.changed");
+        assert!(
+            changed
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("ok -> critical")),
+            "{changed:?}"
+        );
+        // the responder's wake holds a permit for it
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), wake.notified())
+                .await
+                .expect("the responder is woken");
+        });
+        m.stop();
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
     fn invalid_configuration_is_refused_naming_the_field() {
         let hub = Arc::new(EventHub::new(1));
         let mut config = MonitorConfig::default();

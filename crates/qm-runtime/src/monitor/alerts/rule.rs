@@ -242,7 +242,8 @@ fn is_metric_name(s: &str) -> bool {
 }
 
 /// The rules the daemon ships (host memory, filesystems, CPU, memory pressure, file
-/// descriptors); all over series `qm-sys` emits.
+/// descriptors, over series `qm-sys` emits; and the node's memory pressure level, which the
+/// monitor emits: it fires with the responder's first step).
 pub fn default_rules() -> Vec<Rule> {
     let rule = |name: &str,
                 series: &str,
@@ -276,6 +277,17 @@ pub fn default_rules() -> Vec<Rule> {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
+    let mut level = rule(
+        "node_memory_pressure",
+        "qm_pressure_level",
+        0.5,
+        None,
+        0,
+        Severity::Warning,
+        "The node's memory is under pressure (warning or critical): best-effort admission is \
+         paused and leaking agents are evicted; see GET /v1/pressure.",
+    );
+    level.matchers = [("signal".to_owned(), "memory".to_owned())].into();
     vec![
         rule(
             "host_memory_high",
@@ -314,6 +326,7 @@ pub fn default_rules() -> Vec<Rule> {
             "Host CPUs have been more than 95% busy for 5 minutes.",
         ),
         pressure,
+        level,
         rule(
             "host_fds_exhausted",
             "qm_host_fds_used_ratio",

@@ -381,6 +381,7 @@ fn default_rules_validate() {
             "qm_host_filesystem_used_ratio > 0.9",
             "qm_host_cpu_utilization_ratio > 0.95",
             r#"qm_host_pressure_ratio{kind="some",resource="memory",window="10s"} > 0.1"#,
+            r#"qm_pressure_level{signal="memory"} > 0.5"#,
             "qm_host_fds_used_ratio > 0.9",
         ]
     );
