@@ -1,6 +1,7 @@
 //! The monitor's fast path between two collections: every `probe_interval` (100 ms by
 //! default) it reads host memory and the managed agents' parent cgroup (two files held open,
-//! a few microseconds), and it waits on PSI triggers (`/proc/pressure/memory` and the parent
+//! a few microseconds; less often while there is room: the wait is paced by the headroom to
+//! the next threshold), and it waits on PSI triggers (`/proc/pressure/memory` and the parent
 //! group's `memory.pressure`, where the kernel accepts them) so a stall wakes it at once. When
 //! memory rises past the level the pressure watch holds, or a trigger fires, the wait ends
 //! early and the monitor collects at once: a crossing reaches the responder within one probe
@@ -19,6 +20,13 @@ use qm_pressure::Level;
 /// example; an unprivileged caller gets the same share of 2 s).
 const TRIGGER_STALL: Duration = Duration::from_millis(150);
 const TRIGGER_WINDOW: Duration = Duration::from_secs(1);
+/// The fastest memory growth the probe's pacing assumes: with this much headroom to the next
+/// threshold, the next reading is headroom / rate away (earlyoom paces itself the same way),
+/// between the probe interval and [`MAX_SLICE`].
+const ASSUMED_GROWTH_BYTES_PER_S: f64 = 4.0 * 1024.0 * 1024.0 * 1024.0;
+/// The longest wait between two readings.
+const MAX_SLICE: Duration = Duration::from_secs(1);
+
 /// How often a trigger that could not be registered yet (the parent group is made with the
 /// first agent) is tried again.
 const TRIGGER_RETRY: Duration = Duration::from_secs(10);
@@ -58,6 +66,8 @@ pub(crate) struct FastPath {
     /// (The parent's own figure is not used as is: it keeps the page cache of agents that
     /// ended, and in tests more than one daemon shares it.)
     base: Option<(u64, f64)>,
+    /// The wait before the next reading, paced by the headroom.
+    slice: Duration,
     /// Probes and urgent wakes since start.
     pub(crate) probes: u64,
     pub(crate) urgent: u64,
@@ -75,6 +85,7 @@ impl FastPath {
             triggers: Vec::new(),
             retry_at: Instant::now(),
             base: None,
+            slice: interval,
             probes: 0,
             urgent: 0,
             trigger_wakes: 0,
@@ -173,7 +184,7 @@ impl FastPath {
             if now >= deadline {
                 return Wake::Due;
             }
-            let slice = self.interval.min(deadline - now);
+            let slice = self.slice.min(deadline - now);
             let fired = qm_sys::probe::wait(&self.triggers, slice);
             if !fired.is_empty() {
                 self.trigger_wakes += 1;
@@ -189,16 +200,20 @@ impl FastPath {
                 return Wake::Urgent;
             }
             let reading = self.read();
+            self.slice = self.interval;
             if let (Some(u), Some(t)) = (watch.memory_utilization(&reading), watch.thresholds()) {
-                let rises = match watch.memory_level() {
-                    Level::Ok => u >= t.warning_enter,
-                    Level::Warning => u >= t.critical_enter,
-                    Level::Critical => false,
+                let next = match watch.memory_level() {
+                    Level::Ok => t.warning_enter,
+                    Level::Warning => t.critical_enter,
+                    Level::Critical => continue,
                 };
-                if rises {
+                if u >= next {
                     self.urgent += 1;
                     return Wake::Urgent;
                 }
+                let headroom = watch.memory_headroom(&reading, next);
+                self.slice = Duration::from_secs_f64(headroom / ASSUMED_GROWTH_BYTES_PER_S)
+                    .clamp(self.interval, MAX_SLICE.max(self.interval));
             }
         }
     }

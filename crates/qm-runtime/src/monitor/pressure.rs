@@ -253,6 +253,21 @@ impl PressureWatch {
         worse(host, managed).map(|(u, _, _)| u)
     }
 
+    /// Bytes until the probe's figures reach utilization `next`, in the tighter of the host
+    /// and managed views.
+    pub(crate) fn memory_headroom(&self, r: &qm_sys::probe::MemoryReading, next: f64) -> f64 {
+        let room = |used: f64, cap: f64| (cap > 0.0).then(|| (next * cap - used).max(0.0));
+        let host = r
+            .host_used
+            .zip(r.host_total)
+            .and_then(|(u, t)| room(u as f64, t as f64));
+        let managed = r.managed.and_then(|m| room(m as f64, self.allocatable.1));
+        match (host, managed) {
+            (Some(h), Some(m)) => h.min(m),
+            (h, m) => h.or(m).unwrap_or(0.0),
+        }
+    }
+
     /// Reads one collection; answers the report and the node's level change, if any.
     /// `agents_fresh` says the agents were read this cycle; `managed_memory` is the managed
     /// parent group's usage where the probe reads it (else the agents' sum stands for it).
