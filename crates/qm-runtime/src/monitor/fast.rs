@@ -71,7 +71,6 @@ pub(crate) struct FastPath {
     /// Probes and urgent wakes since start.
     pub(crate) probes: u64,
     pub(crate) urgent: u64,
-    pub(crate) trigger_wakes: u64,
 }
 
 impl FastPath {
@@ -88,7 +87,6 @@ impl FastPath {
             slice: interval,
             probes: 0,
             urgent: 0,
-            trigger_wakes: 0,
         }
     }
 
@@ -187,7 +185,6 @@ impl FastPath {
             let slice = self.slice.min(deadline - now);
             let fired = qm_sys::probe::wait(&self.triggers, slice);
             if !fired.is_empty() {
-                self.trigger_wakes += 1;
                 self.urgent += 1;
                 // a trigger stays armed; one whose group went away reports an error every
                 // time, so it is dropped and registered again later
