@@ -168,7 +168,9 @@ impl Supervisor {
         let config = self.inner.config.responder.clone();
         let seen = self.seen(&latest, report);
         let victim = if config.evict {
-            self.evict_one(&config, report, memory, &seen).await
+            let collected_ms = latest.at_ms.unwrap_or_else(now_ms);
+            self.evict_one(&config, report, memory, &seen, collected_ms)
+                .await
         } else {
             None
         };
@@ -241,6 +243,7 @@ impl Supervisor {
         report: &PressureReport,
         memory: Level,
         seen: &[Seen],
+        collected_ms: u64,
     ) -> Option<String> {
         let now = now_ms();
         let signal = report.signal("memory")?;
@@ -269,7 +272,7 @@ impl Supervisor {
         if stopped.is_err() {
             return None;
         }
-        let response_ms = now_ms().saturating_sub(signal.since_ms);
+        let response_ms = now_ms().saturating_sub(collected_ms);
         if let Some(m) = self.engine().monitor() {
             m.update_responder(|r| {
                 if why == "critical" {
