@@ -16,6 +16,8 @@
 //!   start-up badly in `bench/pressure-vs-earlyoom.sh`;
 //! - back to **ok**: throttles are lifted (the agent's own limits are written back).
 //!
+//! Throttling and lifting are published as `agent.throttled` and `agent.unthrottled` events.
+//!
 //! A victim is stopped with SIGTERM and SIGKILL after a short grace, recorded as `evicted`
 //! with the reason, and its allocation ends `evicted`.
 
@@ -296,7 +298,8 @@ impl Supervisor {
         let Ok(mut state) = self.inner.responder.lock() else {
             return;
         };
-        let mut writes: Vec<(String, Limits)> = Vec::new();
+        // (agent, limits to write, whether this throttles (else lifts))
+        let mut writes: Vec<(String, Limits, bool)> = Vec::new();
         let mut added = 0u64;
         let live: BTreeMap<&str, &Seen> =
             seen.iter().map(|s| (s.candidate.id.as_str(), s)).collect();
@@ -313,7 +316,7 @@ impl Supervisor {
                 t.cpu_max = None;
             }
             if (t.memory_high, t.cpu_max) != (before.memory_high, before.cpu_max) {
-                writes.push((id.clone(), t.limits()));
+                writes.push((id.clone(), t.limits(), false));
             }
             t.memory_high.is_some() || t.cpu_max.is_some()
         });
@@ -343,7 +346,7 @@ impl Supervisor {
                 }
                 if (t.memory_high, t.cpu_max) != (before.memory_high, before.cpu_max) {
                     added += 1;
-                    writes.push((c.id.clone(), t.limits()));
+                    writes.push((c.id.clone(), t.limits(), true));
                     state.throttled.insert(c.id.clone(), t);
                 }
             }
@@ -359,10 +362,35 @@ impl Supervisor {
         if writes.is_empty() {
             return;
         }
+        for (id, limits, throttles) in &writes {
+            let Some(doc) = self.get(id) else { continue };
+            let mib = |b: u64| b as f64 / 1048576.0;
+            let reason = if *throttles {
+                let mut what = Vec::new();
+                if let Some(h) = limits.memory_high {
+                    what.push(format!("memory.high {:.0} MiB", mib(h)));
+                }
+                if let Some(c) = limits.cpu_max_millis {
+                    what.push(format!("cpu.max {c}m"));
+                }
+                format!(
+                    "held above its request under critical pressure: {}",
+                    what.join(", ")
+                )
+            } else {
+                "pressure eased: its own limits are back".to_owned()
+            };
+            let kind = if *throttles {
+                "agent.throttled"
+            } else {
+                "agent.unthrottled"
+            };
+            self.publish(kind, &doc, Some(reason));
+        }
         // cgroup writes are small but many: off the async workers
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
-            for (id, limits) in writes {
+            for (id, limits, _) in writes {
                 match me.cg(&id, |d, g| d.apply(g, &limits)) {
                     Some(Err(error)) => {
                         tracing::warn!(%error, agent = %id, "cannot throttle");

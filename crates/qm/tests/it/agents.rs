@@ -682,6 +682,19 @@ fn at_critical_the_victim_goes_at_once_and_the_others_above_request_are_throttle
     eventually("the throttle lifted", 20, || {
         (soft_limit() > 1 << 60).then_some(())
     });
+    // and both steps were published
+    let events = crate::events::read_events(format!("{}/v1/events?since=0", d.base), 10_000)
+        .recv()
+        .expect("events");
+    let of = |kind: &str| {
+        events
+            .iter()
+            .any(|(k, _, data)| k == kind && data.contains("\"bursty-t\""))
+    };
+    assert!(
+        of("agent.throttled") && of("agent.unthrottled"),
+        "{events:?}"
+    );
     for a in ["keeper-t", "bursty-t"] {
         assert_eq!(d.delete(&format!("/v1/agents/{a}?grace_s=1")).status, 200);
     }

@@ -8,7 +8,10 @@ use std::time::Duration;
 use crate::daemon::{Daemon, temp_dir};
 
 /// Reads SSE events (type, id, data) from `url` until `want` of them arrived or 5 s passed.
-fn read_events(url: String, want: usize) -> mpsc::Receiver<Vec<(String, String, String)>> {
+pub(crate) fn read_events(
+    url: String,
+    want: usize,
+) -> mpsc::Receiver<Vec<(String, String, String)>> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let agent = ureq::Agent::config_builder()
