@@ -1,10 +1,10 @@
 //! Collection benchmarks: one cycle of the agent collector over 1,000 real processes tracked
 //! as 1,000 agents without a cgroup (the /proc path), over 1,000 cgroups (fake v2 files in a
-//! temp dir; real v1/hybrid cgroups holding those processes when running as root), and one
-//! cycle of the host collector. Before divan's timings, each case is also run for two seconds
-//! and its wall and CPU time per cycle (this thread's utime + stime) printed to stderr, with
-//! the CPU model. Every spawned process is killed and every cgroup removed at the end, on a
-//! panic too.
+//! temp dir; real v1/hybrid cgroups holding those processes when running as root), one cycle
+//! of the host collector, and one reading of the pressure probe. Before divan's timings, each
+//! collector case is also run for two seconds and its wall and CPU time per cycle (this
+//! thread's utime + stime) printed to stderr, with the CPU model. Every spawned process is
+//! killed and every cgroup removed at the end, on a panic too.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -400,4 +400,20 @@ fn host(bencher: Bencher) {
     let mut h = qm_sys::host::HostCollector::new(&Paths::default());
     h.collect(Instant::now());
     bencher.bench_local(|| h.collect(Instant::now()));
+}
+
+/// One reading of the pressure probe between collections: /proc/meminfo and a parent cgroup's
+/// memory usage (the real v1 root group's when there is one), both held open.
+#[divan::bench(sample_count = 100)]
+fn memory_probe(bencher: Bencher) {
+    let managed = [
+        "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        "/sys/fs/cgroup/memory.current",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists());
+    let mut probe = qm_sys::probe::MemoryProbe::new(Path::new("/proc"), managed);
+    probe.read();
+    bencher.bench_local(|| probe.read());
 }
