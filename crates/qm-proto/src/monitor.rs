@@ -152,7 +152,7 @@ pub struct AgentPressureDoc {
 pub struct ResponderDoc {
     /// Evictions under critical memory pressure.
     pub evictions_critical: u64,
-    /// Evictions at warning of agents forecast to exhaust the node.
+    /// Evictions of agents forecast to exhaust the node, before the reading reached critical.
     pub evictions_forecast: u64,
     pub throttles: u64,
     /// Agents throttled now.

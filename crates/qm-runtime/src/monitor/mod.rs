@@ -166,7 +166,7 @@ static TRACKED: Desc = Desc {
 };
 static PROBES: Desc = Desc {
     name: "qm_monitor_probes_total",
-    help: "Readings of the memory probe (host memory and the managed agents' parent group) between collections.",
+    help: "Readings of the memory probe (host memory and the managed agents' parent group), in and between collections.",
     kind: Kind::Counter,
 };
 static URGENT: Desc = Desc {
@@ -522,7 +522,7 @@ static PRESSURE_THROTTLED: Desc = Desc {
 };
 static PRESSURE_RESPONSE: Desc = Desc {
     name: "qm_pressure_response_seconds",
-    help: "Time from the collection that saw critical memory to the last eviction's SIGTERM.",
+    help: "Time from the collection that prompted the last eviction to its SIGTERM.",
     kind: Kind::Gauge,
 };
 

@@ -50,7 +50,7 @@ pub struct AgentTrend {
 pub struct ResponderStats {
     /// Evictions under critical memory pressure.
     pub evictions_critical: u64,
-    /// Evictions at warning of an agent forecast to exhaust the node.
+    /// Evictions of an agent forecast to exhaust the node, before the reading reached critical.
     pub evictions_forecast: u64,
     /// Times an agent was throttled (memory.high or cpu.max lowered to its usage or request).
     pub throttles: u64,
