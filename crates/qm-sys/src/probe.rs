@@ -246,6 +246,87 @@ mod tests {
         assert!(e.to_string().contains("memory.pressure"), "{e}");
     }
 
+    /// A v1 memory group with a 32 MiB limit and its unified twin (this host's hybrid
+    /// layout), removed on drop with anything left in them.
+    struct StallGroups {
+        memory: PathBuf,
+        unified: PathBuf,
+    }
+
+    impl Drop for StallGroups {
+        fn drop(&mut self) {
+            for dir in [&self.memory, &self.unified] {
+                let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+                    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                    }
+                }
+            }
+            for dir in [&self.memory, &self.unified] {
+                for _ in 0..50 {
+                    if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_real_memory_stall_fires_the_trigger() {
+        let root = Path::new("/sys/fs/cgroup");
+        let name = format!("qm-stall-{}", std::process::id());
+        let groups = StallGroups {
+            memory: root.join("memory").join(&name),
+            unified: root.join("unified").join(&name),
+        };
+        let made = std::fs::create_dir(&groups.memory).is_ok()
+            && std::fs::create_dir(&groups.unified).is_ok()
+            && std::fs::write(groups.memory.join("memory.limit_in_bytes"), "33554432").is_ok();
+        if !made || !groups.unified.join("memory.pressure").exists() {
+            eprintln!("skipped: needs root and the hybrid layout (v1 memory, unified PSI)");
+            return;
+        }
+        let t = PsiTrigger::register(
+            &groups.unified.join("memory.pressure"),
+            Duration::from_millis(150),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        // a process in the group writes 128 MiB of page cache against its 32 MiB limit, then
+        // reads it back at random: every read refaults, and the group stalls on memory
+        let file = std::env::temp_dir().join(format!("{name}.bin"));
+        let script = format!(
+            "echo $$ > {m}/cgroup.procs && echo $$ > {u}/cgroup.procs && \
+             dd if=/dev/zero of={f} bs=1M count=128 status=none && \
+             exec python3 -c 'import mmap, random\nf = open(\"{f}\", \"rb\")\n\
+             m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)\nn = len(m) // 4096\n\
+             while True: m[random.randrange(n) * 4096]'",
+            m = groups.memory.display(),
+            u = groups.unified.display(),
+            f = file.display()
+        );
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        let mut fired = false;
+        while !fired && t0.elapsed() < Duration::from_secs(30) {
+            fired = wait(std::slice::from_ref(&t), Duration::from_millis(500)) == [0];
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the thrashing process ended early: {status}");
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        drop(groups);
+        let _ = std::fs::remove_file(&file);
+        assert!(fired, "no trigger in 30 s of thrashing");
+    }
+
     #[test]
     fn a_real_trigger_registers_and_times_out_quietly() {
         // the kernel's own files: the unified mount's root group, else /proc/pressure
