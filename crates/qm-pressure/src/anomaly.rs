@@ -144,22 +144,7 @@ impl EwmaResidual {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn uniform(&mut self) -> f64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 >> 11) as f64 / (1u64 << 53) as f64
-        }
-
-        fn gaussish(&mut self) -> f64 {
-            let sum: f64 = (0..4).map(|_| self.uniform()).sum();
-            (sum - 2.0) * 3f64.sqrt()
-        }
-    }
+    use crate::testing::XorShift;
 
     #[test]
     fn median_mad_score_basics() {

@@ -4,6 +4,8 @@
 
 mod anomaly;
 mod level;
+#[cfg(test)]
+mod testing;
 mod trend;
 mod victim;
 

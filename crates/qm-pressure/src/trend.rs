@@ -267,24 +267,7 @@ pub fn forecast(window: &Window, capacity: f64) -> Forecast {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Deterministic xorshift64 with a gaussian-ish (sum of four uniforms) draw.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn uniform(&mut self) -> f64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 >> 11) as f64 / (1u64 << 53) as f64
-        }
-
-        /// Roughly standard normal, bounded by ±√12.
-        fn gaussish(&mut self) -> f64 {
-            let sum: f64 = (0..4).map(|_| self.uniform()).sum();
-            (sum - 2.0) * 3f64.sqrt()
-        }
-    }
+    use crate::testing::XorShift;
 
     fn window_of(f: impl Fn(f64) -> f64, seconds: u32) -> Window {
         let mut w = Window::new(120.0, 1_000);

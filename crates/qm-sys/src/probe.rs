@@ -70,22 +70,27 @@ impl MemoryProbe {
                 r.host_used = Some(t.saturating_sub(a) * 1024);
             }
         }
+        r.managed = self.read_managed();
+        r
+    }
+
+    /// The managed parent group's usage alone (what a collection, which has just read
+    /// /proc/meminfo itself, still needs).
+    pub fn read_managed(&mut self) -> Option<u64> {
         if self.managed.is_none() {
             self.managed = self.managed_path.as_ref().and_then(|p| File::open(p).ok());
         }
-        if let Some(f) = self.managed.as_mut() {
-            if reread(f, &mut self.buf) {
-                r.managed = self
-                    .buf
-                    .split_whitespace()
-                    .next()
-                    .and_then(|v| v.parse().ok());
-            } else {
-                // the group was removed; open it afresh next time
-                self.managed = None;
-            }
+        let f = self.managed.as_mut()?;
+        if reread(f, &mut self.buf) {
+            self.buf
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+        } else {
+            // the group was removed; open it afresh next time
+            self.managed = None;
+            None
         }
-        r
     }
 }
 

@@ -190,11 +190,8 @@ fn thresholds(file: &PressureFile) -> anyhow::Result<qm_pressure::Thresholds> {
             *slot = v;
         }
     }
-    if let Some(d) = file.min_dwell_s {
-        if !(d.is_finite() && (0.0..=3600.0).contains(&d)) {
-            bail!("pressure.min_dwell_s: {d} is not a number of seconds in [0, 3600]");
-        }
-        t.min_dwell_ms = (d * 1000.0) as u64;
+    if let Some(d) = seconds("min_dwell_s", file.min_dwell_s, 0.0..=3600.0)? {
+        t.min_dwell_ms = d.as_millis() as u64;
     }
     if let Some((field, message)) = t.validate().into_iter().next() {
         bail!("pressure.{field}: {message}");

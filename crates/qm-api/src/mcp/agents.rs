@@ -96,15 +96,7 @@ pub(crate) async fn list_agents(api: &Api<'_>, a: ListAgentsArgs) -> Result<Repl
         .filter(|d| a.state.as_ref().is_none_or(|s| &d.state == s))
         .filter(|d| a.fleet.is_none() || d.fleet == a.fleet)
         .collect();
-    let mut text = format!("{} agents\n", items.len());
-    for d in &items {
-        text.push_str(&agent_line(d));
-        text.push('\n');
-    }
-    Ok(Reply {
-        text,
-        structured: json!({ "items": items }),
-    })
+    Ok(Reply::list("agents", &items, agent_line))
 }
 
 pub(crate) async fn stop_agent(api: &Api<'_>, a: StopAgentArgs) -> Result<Reply, Failure> {

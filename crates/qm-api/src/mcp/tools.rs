@@ -59,6 +59,25 @@ pub(crate) struct Reply {
     pub(crate) structured: Value,
 }
 
+impl Reply {
+    /// A list: "N <what>" then one line per item, and `{"items": [...]}`.
+    pub(crate) fn list<T: serde::Serialize>(
+        what: &str,
+        items: &[T],
+        line: impl Fn(&T) -> String,
+    ) -> Self {
+        let mut text = format!("{} {what}\n", items.len());
+        for d in items {
+            text.push_str(&line(d));
+            text.push('\n');
+        }
+        Reply {
+            text,
+            structured: json!({ "items": items }),
+        }
+    }
+}
+
 /// Why a tool failed; it becomes a tool error.
 #[derive(Debug)]
 pub(crate) enum Failure {
@@ -429,15 +448,7 @@ async fn list_allocations(api: &Api<'_>, a: ListAllocationsArgs) -> Result<Reply
         .get::<qm_proto::AllocationList>(&format!("/v1/allocations?{}", q.join("&")))
         .await?
         .items;
-    let mut text = format!("{} allocations\n", items.len());
-    for d in &items {
-        text.push_str(&alloc_line(d));
-        text.push('\n');
-    }
-    Ok(Reply {
-        text,
-        structured: json!({ "items": items }),
-    })
+    Ok(Reply::list("allocations", &items, alloc_line))
 }
 
 async fn pressure(api: &Api<'_>, _: NoArgs) -> Result<Reply, Failure> {

@@ -104,36 +104,36 @@ impl FastPath {
         self.managed = Some(files);
     }
 
-    /// Whether the managed parent group is read (else the agents' sum stands for it).
-    pub(crate) fn has_managed(&self) -> bool {
-        self.managed.is_some()
-    }
-
     /// PSI triggers registered now.
     pub(crate) fn triggers(&self) -> usize {
         self.triggers.len()
     }
 
-    /// One probe reading, its managed figure the estimate (see `base`).
-    pub(crate) fn read(&mut self) -> MemoryReading {
+    /// The managed estimate for the parent group's usage `parent` (see `base`).
+    fn estimate(&self, parent: Option<u64>) -> Option<u64> {
+        let (base_parent, sum) = self.base?;
+        Some((sum + parent? as f64 - base_parent as f64).max(0.0) as u64)
+    }
+
+    /// One probe reading between collections, its managed figure the estimate.
+    fn read(&mut self) -> MemoryReading {
         self.probes += 1;
         let mut r = self.probe.read();
-        r.managed = match (r.managed, self.base) {
-            (Some(now), Some((parent, sum))) => {
-                Some((sum + now as f64 - parent as f64).max(0.0) as u64)
-            }
-            _ => None,
-        };
+        r.managed = self.estimate(r.managed);
         r
     }
 
-    /// Sets the estimate's base after the agents were read and summed to `sum`.
-    pub(crate) fn rebase(&mut self, sum: f64) {
-        self.base = if self.managed.is_some() {
-            self.probe.read().managed.map(|parent| (parent, sum))
-        } else {
-            None
-        };
+    /// The managed memory for a collection, which has read /proc/meminfo itself: the parent
+    /// group read once. `agents_sum`, the agents' summed memory when they were read this
+    /// cycle, becomes the estimate's base. None without a managed parent group.
+    pub(crate) fn managed_now(&mut self, agents_sum: Option<f64>) -> Option<f64> {
+        self.managed.as_ref()?;
+        self.probes += 1;
+        let parent = self.probe.read_managed();
+        if let Some(sum) = agents_sum {
+            self.base = parent.map(|p| (p, sum));
+        }
+        self.estimate(parent).map(|m| m as f64)
     }
 
     fn register_wanted(&mut self) {

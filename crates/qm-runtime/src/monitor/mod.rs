@@ -382,19 +382,8 @@ fn run(shared: &Shared, config: &MonitorConfig, mut engine: AlertEngine, hub: &E
         if let Some(me) = qm_sys::process::usage(&config.paths.proc, "self") {
             me.samples(&mut samples);
         }
-        if fresh {
-            let sum = agent_samples
-                .iter()
-                .filter(|s| s.desc.name == "qm_agent_memory_bytes" && s.value.is_finite())
-                .map(|s| s.value)
-                .sum();
-            fast.rebase(sum);
-        }
-        let managed = if fast.has_managed() {
-            fast.read().managed.map(|m| m as f64)
-        } else {
-            None
-        };
+        let managed =
+            fast.managed_now(fresh.then(|| pressure::sum(&agent_samples, "qm_agent_memory_bytes")));
         let (report, change) = watch.observe(at_ms, &samples, &agent_samples, fresh, managed);
         let stats = shared
             .responder

@@ -186,7 +186,8 @@ fn find(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> 
         .map(|s| s.value)
 }
 
-fn sum(samples: &[Sample], name: &str) -> f64 {
+/// The sum of the finite values of the series `name`.
+pub(crate) fn sum(samples: &[Sample], name: &str) -> f64 {
     samples
         .iter()
         .filter(|s| s.desc.name == name && s.value.is_finite())

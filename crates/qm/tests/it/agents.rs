@@ -52,7 +52,8 @@ fn state_is(d: &Daemon, id: &str, state: &str) -> Option<Value> {
     (a["state"] == state).then_some(a)
 }
 
-fn alive(pid: u64) -> bool {
+/// Whether the process `pid` runs (a zombie does not).
+pub(crate) fn alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
         !s.rsplit(')')
             .next()
