@@ -7,6 +7,7 @@ mod decode;
 mod monitor;
 mod problem;
 mod resources;
+mod security;
 mod time;
 mod types;
 
@@ -21,6 +22,10 @@ pub use monitor::{
 };
 pub use problem::{FieldProblem, Problem};
 pub use resources::{WireResources, parse_resources, render_resources};
+pub use security::{
+    ActorDoc, AuditDoc, AuditEntryDoc, AuditList, ROLES, TokenCreated, TokenDoc, TokenList,
+    TokenRequest,
+};
 pub use time::{format_rfc3339, parse_rfc3339};
 pub use types::{
     AllocationDoc, AllocationList, AllocationRequest, EventDoc, NodeDoc, NodeList,

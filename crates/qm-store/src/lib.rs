@@ -5,6 +5,7 @@
 //! a batch's `done` runs only once it is durable. The store keeps opaque JSON bodies plus the
 //! columns queries filter on; it knows nothing of their meaning.
 
+pub mod audit;
 mod schema;
 mod writer;
 
@@ -16,6 +17,7 @@ use std::thread::JoinHandle;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+pub use audit::{AuditError, AuditRow, Verified};
 pub use writer::WriterStats;
 
 /// A stored allocation: indexed columns and the opaque body.
@@ -80,6 +82,20 @@ pub enum Op {
     DeleteFleet {
         name: String,
     },
+    /// Inserts or replaces an API token's record (never the secret: its hash).
+    PutToken {
+        id: String,
+        body: String,
+    },
+    DeleteToken {
+        id: String,
+    },
+    /// Appends an entry to the audit log; the writer numbers it and links it into the hash
+    /// chain in the same transaction as the batch's other changes.
+    Audit {
+        at_ms: i64,
+        body: String,
+    },
     /// Deletes every node, pool and allocation (not agents, fleets, meta or idempotency
     /// keys: processes outlive a state import).
     ClearState,
@@ -129,6 +145,8 @@ pub struct Loaded {
     pub agents: Vec<(String, bool, String)>,
     /// `(name, body)` in name order.
     pub fleets: Vec<(String, String)>,
+    /// API tokens: `(id, body)` in id order.
+    pub tokens: Vec<(String, String)>,
     pub meta: BTreeMap<String, String>,
 }
 
@@ -294,7 +312,9 @@ impl Store {
                     .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0, r.get(2)?)))?
                     .collect::<rusqlite::Result<_>>()?;
                 let fleets = pairs("SELECT name, body FROM fleets ORDER BY name")?;
+                let tokens = pairs("SELECT id, body FROM tokens ORDER BY id")?;
                 Ok(Loaded {
+                    tokens,
                     nodes,
                     pools,
                     live_allocations,
@@ -354,6 +374,12 @@ impl Store {
             },
             "reading an idempotency key",
         )
+    }
+
+    /// Audit entries after `after_seq` (0: from the start), oldest first, at most `limit`.
+    pub fn audit(&self, after_seq: i64, limit: usize) -> Result<Vec<AuditRow>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| audit::list(c, after_seq, limit), "reading the audit log")
     }
 
     /// What the writer has done so far.

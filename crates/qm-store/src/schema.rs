@@ -39,6 +39,16 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE TABLE fleets (name TEXT PRIMARY KEY, body TEXT NOT NULL);
 ",
+    "
+    CREATE TABLE tokens (id TEXT PRIMARY KEY, body TEXT NOT NULL);
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        prev TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+",
 ];
 
 /// A connection to `path` in WAL mode with full syncs.

@@ -11,7 +11,7 @@ use std::thread::{self, JoinHandle};
 
 use rusqlite::{Connection, TransactionBehavior, params};
 
-use crate::{Batch, Counter, Done, Op, StoreError, sqlite};
+use crate::{Batch, Counter, Done, Op, StoreError, audit, sqlite};
 
 /// The most operations one group transaction takes.
 const GROUP_OPS: usize = 8192;
@@ -48,6 +48,14 @@ pub(crate) fn spawn(
 }
 
 fn run(mut conn: Connection, path: &Path, rx: &mpsc::Receiver<(Batch, Done)>, stats: &Counters) {
+    // The audit chain's end, moved on only by committed transactions.
+    let mut head = match audit::head(&conn) {
+        Ok(h) => h,
+        Err(e) => {
+            report_head_error(path, &e);
+            audit::Head::default()
+        }
+    };
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         let mut n_ops = group[0].0.ops.len();
@@ -60,7 +68,7 @@ fn run(mut conn: Connection, path: &Path, rx: &mpsc::Receiver<(Batch, Done)>, st
                 Err(_) => break,
             }
         }
-        let result = apply(&mut conn, path, group.iter().map(|(b, _)| b));
+        let result = apply(&mut conn, path, &mut head, group.iter().map(|(b, _)| b));
         match result {
             Ok(()) => {
                 count(stats, &group);
@@ -70,7 +78,7 @@ fn run(mut conn: Connection, path: &Path, rx: &mpsc::Receiver<(Batch, Done)>, st
             }
             Err(_) if group.len() > 1 => {
                 for (batch, done) in group {
-                    let r = apply(&mut conn, path, std::iter::once(&batch));
+                    let r = apply(&mut conn, path, &mut head, std::iter::once(&batch));
                     if r.is_ok() {
                         count(
                             stats,
@@ -98,14 +106,17 @@ fn count(stats: &Counters, group: &[(Batch, Done)]) {
     stats.ops.fetch_add(ops as u64, Ordering::Relaxed);
 }
 
+/// Applies `batches` in one transaction; `head` moves on only if it commits.
 fn apply<'a>(
     conn: &mut Connection,
     path: &Path,
+    head: &mut audit::Head,
     batches: impl Iterator<Item = &'a Batch>,
 ) -> Result<(), StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sqlite("beginning a transaction", path))?;
+    let mut chain = head.clone();
     // Meta keys are counters rewritten by every batch: only the group's last value of each
     // is written.
     let mut meta: Vec<(&str, &str)> = Vec::new();
@@ -118,6 +129,11 @@ fn apply<'a>(
                 }
                 continue;
             }
+            if let Op::Audit { at_ms, body } = op {
+                audit::append(&tx, &mut chain, *at_ms, body)
+                    .map_err(sqlite("writing the audit log", path))?;
+                continue;
+            }
             apply_op(&tx, op).map_err(sqlite("writing", path))?;
         }
     }
@@ -126,7 +142,15 @@ fn apply<'a>(
             .and_then(|mut st| st.execute(params![key, value]))
             .map_err(sqlite("writing", path))?;
     }
-    tx.commit().map_err(sqlite("committing", path))
+    tx.commit().map_err(sqlite("committing", path))?;
+    *head = chain;
+    Ok(())
+}
+
+/// The writer has no logger of its own; a chain it cannot read starts from genesis, and
+/// `qm audit verify` reports the break.
+fn report_head_error(path: &Path, e: &rusqlite::Error) {
+    eprintln!("qm-store: cannot read the audit chain's head in {}: {e}", path.display());
 }
 
 fn apply_op(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<()> {
@@ -200,6 +224,15 @@ fn apply_op(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<()> {
             tx.prepare_cached("DELETE FROM fleets WHERE name = ?1")?
                 .execute([name])?;
         }
+        Op::PutToken { id, body } => {
+            tx.prepare_cached("INSERT OR REPLACE INTO tokens (id, body) VALUES (?1, ?2)")?
+                .execute(params![id, body])?;
+        }
+        Op::DeleteToken { id } => {
+            tx.prepare_cached("DELETE FROM tokens WHERE id = ?1")?
+                .execute([id])?;
+        }
+        Op::Audit { .. } => {}
         Op::ClearState => {
             tx.execute_batch("DELETE FROM allocations; DELETE FROM nodes; DELETE FROM pools;")?;
         }
