@@ -11,11 +11,13 @@ use axum::extract::{FromRef, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 #[allow(unused_imports, reason = "the OpenAPI annotations name these types")]
-use qm_proto::{AgentDoc, FleetDoc, Problem};
+use qm_proto::{AgentDoc, Problem};
+use qm_proto::FleetDoc;
 use qm_proto::{AgentList, AgentSpec, FleetList, FleetSpec, MetricPush, decode, to_json};
 use qm_runtime::Engine;
 use qm_runtime::agents::Supervisor;
 
+use crate::auth::{Caller, Operation};
 use crate::error::ApiError;
 use crate::routes::{body, json};
 
@@ -54,11 +56,49 @@ fn not_found(what: &str, name: &str) -> ApiError {
         (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn create_agent(
     State(app): State<App>,
+    caller: Caller,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let spec: AgentSpec = decode(&body(&headers, raw)?)?;
-    let doc = supervisor(&app)?.create(spec, None).await?;
+    let mut spec: AgentSpec = decode(&body(&headers, raw)?)?;
+    let sup = supervisor(&app)?;
+    if spec.pid.is_some() {
+        caller.allow(Operation::AdoptProcess)?;
+    } else if caller.needs_owner(Operation::SpawnAgent) {
+        // An orchestrator's sub-agent: in its pool, as its user, charged to it.
+        let p = caller.principal();
+        if spec.pool.is_none() {
+            spec.pool.clone_from(&p.pool);
+        }
+        caller.allow_for(Operation::SpawnAgent, &spec.name, spec.pool.as_deref())?;
+        let parent = p.agent.as_deref().and_then(|me| sup.get(me));
+        match (&spec.user, parent.and_then(|d| d.spec.user)) {
+            (None, inherited) => spec.user = inherited,
+            (Some(asked), inherited) if Some(asked) != inherited.as_ref() => {
+                return Err(ApiError::forbidden(format!(
+                    "user: a sub-agent runs as its orchestrator's user, not {asked:?}"
+                )));
+            }
+            _ => {}
+        }
+    } else {
+        caller.allow(Operation::SpawnAgent)?;
+    }
+    let root = spec
+        .user
+        .as_deref()
+        .is_some_and(|u| qm_runtime::agents::is_root_user(u));
+    if root {
+        caller.allow(Operation::RunAsRoot)?;
+    }
+    let by = qm_runtime::agents::Requester {
+        admin: caller.principal().role == qm_runtime::tokens::Role::Admin,
+        uid: caller.peer_uid(),
+    };
+    let mut doc = sup.create(spec, None, by).await?;
+    if !caller.sees_secrets() {
+        doc.spec.redact();
+    }
     let status = if doc.state == "pending" {
         StatusCode::ACCEPTED
     } else {
@@ -68,17 +108,64 @@ pub(crate) async fn create_agent(
 }
 
 #[utoipa::path(get, path = "/v1/agents", tag = "agents", responses((status = 200, body = AgentList)))]
-pub(crate) async fn list_agents(State(app): State<App>) -> ApiResult {
-    let items = supervisor(&app)?.list();
+pub(crate) async fn list_agents(State(app): State<App>, caller: Caller) -> ApiResult {
+    caller.allow(Operation::List)?;
+    let mut items = supervisor(&app)?.list();
+    items.retain(|d| caller.sees(&d.name));
+    if !caller.sees_secrets() {
+        for d in &mut items {
+            d.spec.redact();
+        }
+    }
     Ok(json(StatusCode::OK, to_json(&AgentList { items })))
 }
 
 #[utoipa::path(get, path = "/v1/agents/{id}", tag = "agents", responses((status = 200, body = AgentDoc), (status = 404, body = Problem, content_type = "application/problem+json")))]
-pub(crate) async fn get_agent(State(app): State<App>, Path(id): Path<String>) -> ApiResult {
-    let doc = supervisor(&app)?
+pub(crate) async fn get_agent(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    owned(&caller, Operation::ReadAgent, &id)?;
+    let mut doc = supervisor(&app)?
         .get(&id)
         .ok_or_else(|| not_found("agent", &id))?;
+    if !caller.sees_secrets() {
+        doc.spec.redact();
+    }
     Ok(json(StatusCode::OK, to_json(&doc)))
+}
+
+/// A fleet whose members would run as uid 0 is an admin's to make.
+fn root_template(caller: &Caller, spec: &FleetSpec) -> Result<(), ApiError> {
+    if spec
+        .template
+        .user
+        .as_deref()
+        .is_some_and(qm_runtime::agents::is_root_user)
+    {
+        caller.allow(Operation::RunAsRoot)?;
+    }
+    Ok(())
+}
+
+/// A fleet as `caller` may see it.
+fn fleet_shown(caller: &Caller, mut doc: FleetDoc) -> FleetDoc {
+    if !caller.sees_secrets() {
+        doc.template.redact();
+    }
+    doc
+}
+
+/// `op` on agent `id`'s resources: an agent token's own (or its sub-agents'), else 404.
+fn owned(caller: &Caller, op: Operation, id: &str) -> Result<(), ApiError> {
+    if caller.needs_owner(op) {
+        caller
+            .allow_for(op, id, None)
+            .map_err(|e| if e.0.status == 404 { not_found("agent", id) } else { e })
+    } else {
+        caller.allow(op)
+    }
 }
 
 fn grace(q: &BTreeMap<String, String>) -> Result<Option<Duration>, ApiError> {
@@ -98,16 +185,21 @@ fn grace(q: &BTreeMap<String, String>) -> Result<Option<Duration>, ApiError> {
     responses((status = 200, body = AgentDoc), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn stop_agent(
     State(app): State<App>,
+    caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> ApiResult {
+    owned(&caller, Operation::StopAgent, &id)?;
     if let Some(k) = q.keys().find(|k| k.as_str() != "grace_s") {
         return Err(ApiError::field(
             k,
             "unknown query parameter (known: grace_s)",
         ));
     }
-    let doc = supervisor(&app)?.stop(&id, grace(&q)?).await?;
+    let mut doc = supervisor(&app)?.stop(&id, grace(&q)?).await?;
+    if !caller.sees_secrets() {
+        doc.spec.redact();
+    }
     Ok(json(StatusCode::OK, to_json(&doc)))
 }
 
@@ -116,9 +208,11 @@ pub(crate) async fn stop_agent(
     responses((status = 200, body = qm_proto::LogsDoc), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn agent_logs(
     State(app): State<App>,
+    caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> ApiResult {
+    owned(&caller, Operation::ReadAgent, &id)?;
     if let Some(k) = q.keys().find(|k| k.as_str() != "tail") {
         return Err(ApiError::field(k, "unknown query parameter (known: tail)"));
     }
@@ -140,7 +234,12 @@ pub(crate) async fn agent_logs(
 }
 
 #[utoipa::path(post, path = "/v1/agents/{id}/heartbeat", tag = "agents", responses((status = 200, description = "recorded"), (status = 404, body = Problem, content_type = "application/problem+json")))]
-pub(crate) async fn agent_heartbeat(State(app): State<App>, Path(id): Path<String>) -> ApiResult {
+pub(crate) async fn agent_heartbeat(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    owned(&caller, Operation::AgentHeartbeat, &id)?;
     if supervisor(&app)?.heartbeat(&id) {
         Ok(json(StatusCode::OK, "{}".to_owned()))
     } else {
@@ -149,8 +248,14 @@ pub(crate) async fn agent_heartbeat(State(app): State<App>, Path(id): Path<Strin
 }
 
 #[utoipa::path(get, path = "/v1/fleets", tag = "fleets", responses((status = 200, body = FleetList)))]
-pub(crate) async fn list_fleets(State(app): State<App>) -> ApiResult {
-    let items = supervisor(&app)?.fleets();
+pub(crate) async fn list_fleets(State(app): State<App>, caller: Caller) -> ApiResult {
+    caller.allow(Operation::ReadCluster)?;
+    let mut items = supervisor(&app)?.fleets();
+    if !caller.sees_secrets() {
+        for f in &mut items {
+            f.template.redact();
+        }
+    }
     Ok(json(StatusCode::OK, to_json(&FleetList { items })))
 }
 
@@ -158,19 +263,31 @@ pub(crate) async fn list_fleets(State(app): State<App>) -> ApiResult {
     responses((status = 201, body = FleetDoc), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn create_fleet(
     State(app): State<App>,
+    caller: Caller,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
+    caller.allow(Operation::WriteCluster)?;
     let spec: FleetSpec = decode(&body(&headers, raw)?)?;
+    root_template(&caller, &spec)?;
     let doc = supervisor(&app)?.put_fleet(spec, true).await?;
+    let doc = fleet_shown(&caller, doc);
     Ok(json(StatusCode::CREATED, to_json(&doc)))
 }
 
 #[utoipa::path(get, path = "/v1/fleets/{name}", tag = "fleets", responses((status = 200, body = FleetDoc), (status = 404, body = Problem, content_type = "application/problem+json")))]
-pub(crate) async fn get_fleet(State(app): State<App>, Path(name): Path<String>) -> ApiResult {
-    let doc = supervisor(&app)?
+pub(crate) async fn get_fleet(
+    State(app): State<App>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult {
+    caller.allow(Operation::ReadCluster)?;
+    let mut doc = supervisor(&app)?
         .fleet(&name)
         .ok_or_else(|| not_found("fleet", &name))?;
+    if !caller.sees_secrets() {
+        doc.template.redact();
+    }
     Ok(json(StatusCode::OK, to_json(&doc)))
 }
 
@@ -178,11 +295,14 @@ pub(crate) async fn get_fleet(State(app): State<App>, Path(name): Path<String>) 
     responses((status = 200, body = FleetDoc), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn update_fleet(
     State(app): State<App>,
+    caller: Caller,
     Path(name): Path<String>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
+    caller.allow(Operation::WriteCluster)?;
     let spec: FleetSpec = decode(&body(&headers, raw)?)?;
+    root_template(&caller, &spec)?;
     if spec.name != name {
         return Err(ApiError::field(
             "name",
@@ -190,12 +310,19 @@ pub(crate) async fn update_fleet(
         ));
     }
     let doc = supervisor(&app)?.put_fleet(spec, false).await?;
+    let doc = fleet_shown(&caller, doc);
     Ok(json(StatusCode::OK, to_json(&doc)))
 }
 
 #[utoipa::path(delete, path = "/v1/fleets/{name}", tag = "fleets", responses((status = 200, body = FleetDoc), (status = 404, body = Problem, content_type = "application/problem+json")))]
-pub(crate) async fn delete_fleet(State(app): State<App>, Path(name): Path<String>) -> ApiResult {
+pub(crate) async fn delete_fleet(
+    State(app): State<App>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult {
+    caller.allow(Operation::WriteCluster)?;
     let doc = supervisor(&app)?.delete_fleet(&name).await?;
+    let doc = fleet_shown(&caller, doc);
     Ok(json(StatusCode::OK, to_json(&doc)))
 }
 
@@ -203,11 +330,14 @@ pub(crate) async fn delete_fleet(State(app): State<App>, Path(name): Path<String
     responses((status = 200, body = FleetDoc), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn push_metric(
     State(app): State<App>,
+    caller: Caller,
     Path(name): Path<String>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
+    caller.allow(Operation::WriteCluster)?;
     let push: MetricPush = decode(&body(&headers, raw)?)?;
     let doc = supervisor(&app)?.push_metric(&name, push.value)?;
+    let doc = fleet_shown(&caller, doc);
     Ok(json(StatusCode::OK, to_json(&doc)))
 }

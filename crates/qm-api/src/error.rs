@@ -35,6 +35,16 @@ impl ApiError {
         }])
     }
 
+    /// 401 `unauthorized` (with `WWW-Authenticate: Bearer`).
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+    }
+
+    /// 403 `forbidden`.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", detail)
+    }
+
     /// `not_found`.
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", detail)
@@ -97,6 +107,7 @@ impl From<qm_runtime::agents::AgentError> for ApiError {
             qm_runtime::agents::AgentError::Spawn(d) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "spawn_failed", d)
             }
+            qm_runtime::agents::AgentError::Forbidden(d) => Self::forbidden(d),
         }
     }
 }
@@ -111,6 +122,12 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"qm\""),
+            );
+        }
         if let Some(s) = self.0.retry_after_s
             && let Ok(v) = HeaderValue::from_str(&s.to_string())
         {

@@ -44,9 +44,11 @@ struct Feed {
 
 pub(crate) async fn events(
     State(engine): State<Engine>,
+    caller: crate::Caller,
     headers: HeaderMap,
     q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
+    caller.allow(crate::auth::Operation::ReadCluster)?;
     let Query(q) = q.map_err(|e| ApiError::field("since", e.body_text()))?;
     let last = headers
         .get("last-event-id")

@@ -4,6 +4,7 @@
 //! ([`ApiError`]).
 
 mod agents;
+pub mod auth;
 mod error;
 mod events;
 pub mod mcp;
@@ -11,8 +12,10 @@ pub mod metrics;
 mod monitoring;
 mod openapi;
 mod routes;
+mod security;
 
 pub use agents::App;
+pub use auth::{AuthConfig, AuthMode, Caller};
 pub use error::ApiError;
 pub use routes::router;
 

@@ -19,6 +19,7 @@ use qm_runtime::monitor::history::Query as HistoryQuery;
 use qm_runtime::monitor::{Monitor, alert_doc};
 use qm_sys::metric::Kind;
 
+use crate::auth::{Caller, Operation};
 use crate::error::ApiError;
 use crate::routes::json;
 
@@ -83,8 +84,10 @@ fn seconds(field: &str, text: &str, max: f64) -> Result<f64, ApiError> {
     responses((status = 200, body = MetricsSnapshotDoc)))]
 pub(crate) async fn snapshot(
     State(engine): State<Engine>,
+    caller: Caller,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> ApiResult {
+    caller.allow(Operation::ReadCluster)?;
     only(&params, &["name"])?;
     let latest = monitor(&engine)?.latest();
     let prefix = params.get("name").map_or("", String::as_str);
@@ -116,8 +119,10 @@ pub(crate) async fn snapshot(
     responses((status = 200, body = SeriesListDoc)))]
 pub(crate) async fn series(
     State(engine): State<Engine>,
+    caller: Caller,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> ApiResult {
+    caller.allow(Operation::ReadCluster)?;
     only(&params, &[])?;
     let (names, stats, memory_bytes) = monitor(&engine)?.series();
     let doc = SeriesListDoc {
@@ -148,8 +153,26 @@ const MAX_RANGE_S: f64 = 366.0 * 86_400.0;
     responses((status = 200, body = QueryDoc), (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn query(
     State(engine): State<Engine>,
+    caller: Caller,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> ApiResult {
+    if caller.needs_owner(Operation::ReadAgentMetrics) {
+        // An agent token reads its own series: the query must match on its agent label.
+        let agent = params
+            .get("match")
+            .into_iter()
+            .flat_map(|m| m.split(','))
+            .find_map(|kv| kv.trim().strip_prefix("agent="))
+            .ok_or_else(|| {
+                ApiError::forbidden("an agent token queries its own series: add match=agent=NAME")
+            })?;
+        caller.allow_for(Operation::ReadAgentMetrics, agent, None)?;
+    } else {
+        caller.allow(Operation::ReadAgentMetrics)?;
+        if !params.get("match").is_some_and(|m| m.contains("agent=")) {
+            caller.allow(Operation::ReadCluster)?;
+        }
+    }
     only(
         &params,
         &["name", "match", "since_s", "from", "to", "step_s"],
@@ -215,8 +238,10 @@ pub(crate) async fn query(
     responses((status = 200, body = AlertList)))]
 pub(crate) async fn alerts(
     State(engine): State<Engine>,
+    caller: Caller,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> ApiResult {
+    caller.allow(Operation::ReadCluster)?;
     only(&params, &["state"])?;
     let state = params.get("state").map(String::as_str);
     if let Some(s) = state
@@ -238,7 +263,8 @@ pub(crate) async fn alerts(
 
 #[utoipa::path(get, path = "/v1/pressure", tag = "pressure",
     responses((status = 200, body = qm_proto::PressureDoc), (status = 503, body = Problem, content_type = "application/problem+json")))]
-pub(crate) async fn pressure(State(engine): State<Engine>) -> ApiResult {
+pub(crate) async fn pressure(State(engine): State<Engine>, caller: Caller) -> ApiResult {
+    caller.allow(Operation::ReadNode)?;
     let m = monitor(&engine)?;
     let stats = m.responder();
     let report = m.latest().pressure.clone().ok_or_else(|| {

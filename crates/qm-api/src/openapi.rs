@@ -50,10 +50,61 @@ use crate::{agents, monitoring, routes};
         agents::delete_fleet,
         agents::push_metric,
         crate::mcp::mcp_endpoint,
+        crate::security::create_token,
+        crate::security::list_tokens,
+        crate::security::revoke_token,
+        crate::security::audit,
     ),
-    components(schemas(qm_proto::EventDoc))
+    components(schemas(qm_proto::EventDoc)),
+    modifiers(&BearerAuth)
 )]
 struct ApiDoc;
+
+/// Every operation takes a bearer token: the scheme, the requirement, and the 401 and 403
+/// answers on each operation.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+        use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        doc.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
+        let problem = || {
+            ContentBuilder::new()
+                .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Problem"))))
+                .build()
+        };
+        for item in doc.paths.paths.values_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                for (status, what) in [
+                    ("401", "no valid bearer token (unauthorized)"),
+                    ("403", "the token's role does not allow this (forbidden)"),
+                ] {
+                    op.responses.responses.entry(status.to_owned()).or_insert_with(|| {
+                        RefOr::T(
+                            ResponseBuilder::new()
+                                .description(what)
+                                .content("application/problem+json", problem())
+                                .build(),
+                        )
+                    });
+                }
+            }
+        }
+    }
+}
 
 /// The document as JSON text.
 pub(crate) fn document() -> String {

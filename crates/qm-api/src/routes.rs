@@ -22,14 +22,21 @@ use qm_store::AllocationFilter;
 use serde::Deserialize;
 
 use crate::MAX_BODY;
+use crate::auth::{Caller, Operation};
 use crate::error::ApiError;
 
 type ApiResult = Result<Response, ApiError>;
 
 /// The API v1 router over `engine`, with the agent and fleet routes when `agents` is given,
 /// and the MCP server at `/mcp`, whose tools call the other routes in process.
-pub fn router(engine: Engine, agents: Option<qm_runtime::agents::Supervisor>) -> Router {
+pub fn router(
+    engine: Engine,
+    agents: Option<qm_runtime::agents::Supervisor>,
+    auth: crate::AuthConfig,
+) -> Router {
     let closing = engine.clone();
+    let gate = crate::auth::Gate::new(engine.clone(), auth);
+    let layer = axum::middleware::from_fn_with_state(gate, crate::auth::gate);
     let api = api_router(engine, agents);
     // MCP sessions end with the event feeds, when the daemon shuts down.
     let closed = Box::pin(async move {
@@ -39,8 +46,9 @@ pub fn router(engine: Engine, agents: Option<qm_runtime::agents::Supervisor>) ->
             Err(tokio::sync::broadcast::error::RecvError::Closed)
         ) {}
     });
-    let mcp = crate::mcp::http_service(api.clone(), Some(closed));
-    api.route_service("/mcp", mcp)
+    // The tools' calls pass the gate as any request does, with the caller's token.
+    let mcp = crate::mcp::http_service(api.clone().layer(layer.clone()), Some(closed));
+    api.route_service("/mcp", mcp).layer(layer)
 }
 
 fn api_router(engine: Engine, agents: Option<qm_runtime::agents::Supervisor>) -> Router {
@@ -51,8 +59,14 @@ fn api_router(engine: Engine, agents: Option<qm_runtime::agents::Supervisor>) ->
         .route("/metrics", get(metrics))
         .route(
             "/openapi.json",
-            get(|| async { json(StatusCode::OK, crate::openapi::document()) }),
+            get(|c: Caller| async move {
+                c.allow(Operation::ReadDocs)?;
+                Ok::<_, ApiError>(json(StatusCode::OK, crate::openapi::document()))
+            }),
         )
+        .route("/v1/tokens", get(crate::security::list_tokens).post(crate::security::create_token))
+        .route("/v1/tokens/{id}", axum::routing::delete(crate::security::revoke_token))
+        .route("/v1/audit", get(crate::security::audit))
         .route("/v1/events", get(crate::events::events))
         .route("/v1/metrics", get(crate::monitoring::snapshot))
         .route("/v1/metrics/series", get(crate::monitoring::series))
@@ -155,13 +169,45 @@ pub(crate) fn body(
     Ok(body)
 }
 
+/// `op` on allocation `id`, for callers whose right depends on whose it is (an agent token):
+/// the allocation is looked up (live, else stored) and a foreign or unknown one is 404.
+async fn authorize_allocation(
+    engine: &Engine,
+    caller: &Caller,
+    op: Operation,
+    id: AllocId,
+) -> Result<(), ApiError> {
+    if !caller.needs_owner(op) {
+        return caller.allow(op);
+    }
+    let doc = match engine.get(id).await? {
+        Lookup::Live(doc) => Some(*doc),
+        Lookup::NotLive => engine.stored(id).await?,
+    };
+    let doc = doc.ok_or_else(|| ApiError::not_found(format!("no allocation {id}")))?;
+    caller
+        .allow_for(op, &doc.agent, Some(&doc.pool))
+        .map_err(|e| {
+            if e.0.status == 404 {
+                ApiError::not_found(format!("no allocation {id}"))
+            } else {
+                e
+            }
+        })
+}
+
 fn alloc_id(id: &str) -> Result<AllocId, ApiError> {
     id.parse()
         .map_err(|_| ApiError::not_found(format!("no allocation {id:?}")))
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
-pub(crate) async fn metrics(State(engine): State<Engine>, headers: HeaderMap) -> ApiResult {
+pub(crate) async fn metrics(
+    State(engine): State<Engine>,
+    caller: Caller,
+    headers: HeaderMap,
+) -> ApiResult {
+    caller.allow(Operation::ReadCluster)?;
     let snapshot = engine.metrics().await?;
     let fmt = crate::metrics::Format::from_accept(
         headers
@@ -182,11 +228,23 @@ pub(crate) async fn metrics(State(engine): State<Engine>, headers: HeaderMap) ->
 }
 
 #[utoipa::path(get, path = "/v1/state", tag = "state", responses((status = 200, body = StateDoc)))]
-pub(crate) async fn export_state(State(app): State<crate::agents::App>) -> ApiResult {
+pub(crate) async fn export_state(
+    State(app): State<crate::agents::App>,
+    caller: Caller,
+) -> ApiResult {
+    caller.allow(Operation::ExportState)?;
     let mut doc = app.engine.export().await?;
     if let Some(sup) = &app.agents {
         doc.agents = sup.list();
         doc.fleets = sup.fleets();
+    }
+    if !caller.sees_secrets() {
+        for a in &mut doc.agents {
+            a.spec.redact();
+        }
+        for f in &mut doc.fleets {
+            f.template.redact();
+        }
     }
     Ok(json(StatusCode::OK, to_json(&doc)))
 }
@@ -194,22 +252,26 @@ pub(crate) async fn export_state(State(app): State<crate::agents::App>) -> ApiRe
 #[utoipa::path(post, path = "/v1/state", tag = "state", request_body = StateDoc, responses((status = 200, body = StateDoc), (status = 422, description = "invalid fields", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn import_state(
     State(engine): State<Engine>,
+    caller: Caller,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
+    caller.allow(Operation::ImportState)?;
     let doc: qm_proto::StateDoc = decode(&body(&headers, raw)?)?;
     let now = engine.import(doc).await?;
     Ok(json(StatusCode::OK, to_json(&now)))
 }
 
 #[utoipa::path(get, path = "/v1/node", tag = "nodes", responses((status = 200, body = NodeDoc)))]
-pub(crate) async fn local_node(State(engine): State<Engine>) -> ApiResult {
+pub(crate) async fn local_node(State(engine): State<Engine>, caller: Caller) -> ApiResult {
+    caller.allow(Operation::ReadNode)?;
     let doc = engine.local_node().await?;
     Ok(json(StatusCode::OK, to_json(&doc)))
 }
 
 #[utoipa::path(get, path = "/v1/nodes", tag = "nodes", responses((status = 200, body = NodeList)))]
-pub(crate) async fn nodes(State(engine): State<Engine>) -> ApiResult {
+pub(crate) async fn nodes(State(engine): State<Engine>, caller: Caller) -> ApiResult {
+    caller.allow(Operation::ReadNode)?;
     let items = engine.nodes().await?;
     Ok(json(StatusCode::OK, to_json(&NodeList { items })))
 }
@@ -217,9 +279,11 @@ pub(crate) async fn nodes(State(engine): State<Engine>) -> ApiResult {
 #[utoipa::path(post, path = "/v1/nodes", tag = "nodes", request_body = NodeRegistration, responses((status = 201, body = NodeDoc), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 422, description = "invalid fields", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn register_node(
     State(engine): State<Engine>,
+    caller: Caller,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
+    caller.allow(Operation::WriteCluster)?;
     let reg: NodeRegistration = decode(&body(&headers, raw)?)?;
     let (spec, ttl) = reg.into_spec(engine.catalog()).map_err(ApiError::invalid)?;
     let doc = engine.register_node(spec, ttl).await?;
@@ -235,28 +299,41 @@ pub(crate) struct ForceQuery {
 #[utoipa::path(delete, path = "/v1/nodes/{name}", tag = "nodes", params(("name" = String, Path), ("force" = Option<bool>, Query)), responses((status = 200, body = NodeDoc), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn delete_node(
     State(engine): State<Engine>,
+    caller: Caller,
     Path(name): Path<String>,
     q: Result<Query<ForceQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
+    caller.allow(Operation::WriteCluster)?;
     let Query(q) = q.map_err(|e| ApiError::field("force", e.body_text()))?;
     let doc = engine.delete_node(name, q.force).await?;
     Ok(json(StatusCode::OK, to_json(&doc)))
 }
 
 #[utoipa::path(put, path = "/v1/nodes/{name}/heartbeat", tag = "nodes", params(("name" = String, Path)), responses((status = 200, body = NodeDoc), (status = 404, body = Problem, content_type = "application/problem+json")))]
-pub(crate) async fn heartbeat(State(engine): State<Engine>, Path(name): Path<String>) -> ApiResult {
+pub(crate) async fn heartbeat(
+    State(engine): State<Engine>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult {
+    caller.allow(Operation::WriteCluster)?;
     let doc = engine.heartbeat(name).await?;
     Ok(json(StatusCode::OK, to_json(&doc)))
 }
 
 #[utoipa::path(get, path = "/v1/pools", tag = "pools", responses((status = 200, body = PoolList)))]
-pub(crate) async fn pools(State(engine): State<Engine>) -> ApiResult {
+pub(crate) async fn pools(State(engine): State<Engine>, caller: Caller) -> ApiResult {
+    caller.allow(Operation::ReadNode)?;
     let items = engine.pools().await?;
     Ok(json(StatusCode::OK, to_json(&PoolList { items })))
 }
 
 #[utoipa::path(get, path = "/v1/pools/{name}", tag = "pools", params(("name" = String, Path)), responses((status = 200, body = PoolDoc), (status = 404, body = Problem, content_type = "application/problem+json")))]
-pub(crate) async fn pool(State(engine): State<Engine>, Path(name): Path<String>) -> ApiResult {
+pub(crate) async fn pool(
+    State(engine): State<Engine>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult {
+    caller.allow(Operation::ReadNode)?;
     let doc = engine
         .pools()
         .await?
@@ -269,9 +346,11 @@ pub(crate) async fn pool(State(engine): State<Engine>, Path(name): Path<String>)
 #[utoipa::path(post, path = "/v1/pools", tag = "pools", request_body = PoolWrite, responses((status = 201, body = PoolDoc), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 422, description = "invalid fields", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn create_pool(
     State(engine): State<Engine>,
+    caller: Caller,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
+    caller.allow(Operation::WriteCluster)?;
     let mut write: PoolWrite = decode(&body(&headers, raw)?)?;
     let name = write
         .name
@@ -287,10 +366,12 @@ pub(crate) async fn create_pool(
 #[utoipa::path(put, path = "/v1/pools/{name}", tag = "pools", params(("name" = String, Path)), request_body = PoolWrite, responses((status = 200, body = PoolDoc), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 422, description = "invalid fields", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn update_pool(
     State(engine): State<Engine>,
+    caller: Caller,
     Path(name): Path<String>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
+    caller.allow(Operation::WriteCluster)?;
     let mut write: PoolWrite = decode(&body(&headers, raw)?)?;
     if let Some(n) = write.name.take()
         && n != name
@@ -310,8 +391,10 @@ pub(crate) async fn update_pool(
 #[utoipa::path(delete, path = "/v1/pools/{name}", tag = "pools", params(("name" = String, Path)), responses((status = 200, body = PoolDoc), (status = 409, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn delete_pool(
     State(engine): State<Engine>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult {
+    caller.allow(Operation::WriteCluster)?;
     let doc = engine.delete_pool(name).await?;
     Ok(json(StatusCode::OK, to_json(&doc)))
 }
@@ -326,12 +409,29 @@ pub(crate) struct CreateQuery {
 #[utoipa::path(post, path = "/v1/allocations", tag = "allocations", request_body = AllocationRequest, params(("dry_run" = Option<bool>, Query), ("Idempotency-Key" = Option<String>, Header)), responses((status = 201, description = "granted", body = AllocationDoc), (status = 202, description = "queued", body = AllocationDoc), (status = 409, description = "insufficient resources", body = Problem, content_type = "application/problem+json"), (status = 422, description = "invalid fields", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn create_allocation(
     State(engine): State<Engine>,
+    caller: Caller,
     q: Result<Query<CreateQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let Query(q) = q.map_err(|e| ApiError::field("dry_run", e.body_text()))?;
-    let req: AllocationRequest = decode(&body(&headers, raw)?)?;
+    let mut req: AllocationRequest = decode(&body(&headers, raw)?)?;
+    if q.dry_run {
+        // A dry run changes nothing: whoever may read the node may ask what would fit.
+        caller.allow(Operation::ReadNode)?;
+    } else if caller.needs_owner(Operation::CreateAllocation) {
+        // An agent held to a pool asks in that pool unless it names one.
+        if req.pool.is_none() {
+            req.pool.clone_from(&caller.principal().pool);
+        }
+        caller.allow_for(
+            Operation::CreateAllocation,
+            &req.agent,
+            req.pool.as_deref(),
+        )?;
+    } else {
+        caller.allow(Operation::CreateAllocation)?;
+    }
     let req = req
         .into_request(engine.catalog())
         .map_err(ApiError::invalid)?;
@@ -371,9 +471,30 @@ pub(crate) struct ListQuery {
 #[utoipa::path(get, path = "/v1/allocations", tag = "allocations", params(("agent" = Option<String>, Query), ("pool" = Option<String>, Query), ("state" = Option<String>, Query), ("node" = Option<String>, Query), ("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query)), responses((status = 200, body = AllocationList)))]
 pub(crate) async fn list_allocations(
     State(engine): State<Engine>,
+    caller: Caller,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
-    let Query(q) = q.map_err(|e| ApiError::field("query", e.body_text()))?;
+    caller.allow(Operation::List)?;
+    let Query(mut q) = q.map_err(|e| ApiError::field("query", e.body_text()))?;
+    // An agent token lists its own (and, with spawn, its sub-agents'): an exact filter when
+    // that is all it may see, else the page filtered.
+    let p = caller.principal();
+    if let Some(me) = &p.agent {
+        match &q.agent {
+            Some(a) if !caller.sees(a) => {
+                return Ok(json(
+                    StatusCode::OK,
+                    to_json(&AllocationList {
+                        items: Vec::new(),
+                        next_cursor: None,
+                    }),
+                ));
+            }
+            Some(_) => {}
+            None if !p.spawn => q.agent = Some(me.clone()),
+            None => {}
+        }
+    }
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::field(
@@ -393,12 +514,14 @@ pub(crate) async fn list_allocations(
         state: q.state,
         node: q.node,
     };
-    let items = engine.list(filter, after, limit).await?;
-    let next_cursor = (items.len() == limit)
+    let mut items = engine.list(filter, after, limit).await?;
+    let full = items.len() == limit;
+    let last = items.last().map(|d| d.id.clone());
+    items.retain(|d| caller.sees(&d.agent));
+    let next_cursor = full
         .then(|| {
-            items
-                .last()
-                .and_then(|d| d.id.parse::<AllocId>().ok())
+            last.as_deref()
+                .and_then(|id| id.parse::<AllocId>().ok())
                 .map(|id| id.seq().to_string())
         })
         .flatten();
@@ -417,11 +540,13 @@ pub(crate) struct WaitQuery {
 #[utoipa::path(get, path = "/v1/allocations/{id}", tag = "allocations", params(("id" = String, Path), ("wait" = Option<f64>, Query, description = "long-poll up to this many seconds while queued")), responses((status = 200, body = AllocationDoc), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn get_allocation(
     State(engine): State<Engine>,
+    caller: Caller,
     Path(id): Path<String>,
     q: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     let Query(q) = q.map_err(|e| ApiError::field("wait", e.body_text()))?;
     let id = alloc_id(&id)?;
+    authorize_allocation(&engine, &caller, Operation::ReadAllocation, id).await?;
     if let Some(w) = q.wait {
         if !w.is_finite() || !(0.0..=300.0).contains(&w) {
             return Err(ApiError::field(
@@ -446,9 +571,11 @@ pub(crate) async fn get_allocation(
 #[utoipa::path(delete, path = "/v1/allocations/{id}", tag = "allocations", params(("id" = String, Path)), responses((status = 200, body = AllocationDoc), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn release_allocation(
     State(engine): State<Engine>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult {
     let id = alloc_id(&id)?;
+    authorize_allocation(&engine, &caller, Operation::ReleaseAllocation, id).await?;
     let doc = match engine.release(id).await? {
         Some(doc) => doc,
         None => engine
@@ -462,11 +589,13 @@ pub(crate) async fn release_allocation(
 #[utoipa::path(post, path = "/v1/allocations/{id}/renew", tag = "allocations", params(("id" = String, Path)), request_body = RenewRequest, responses((status = 200, body = AllocationDoc), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn renew_allocation(
     State(engine): State<Engine>,
+    caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let id = alloc_id(&id)?;
+    authorize_allocation(&engine, &caller, Operation::RenewAllocation, id).await?;
     let raw = raw.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

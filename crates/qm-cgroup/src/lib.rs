@@ -32,7 +32,7 @@ pub use limits::{
     weight_from_shares,
 };
 pub use name::GroupName;
-pub use spawn::{SpawnOptions, hold_pipe, spawn};
+pub use spawn::{Identity, SpawnOptions, hold_pipe, spawn};
 pub use v1::V1Driver;
 pub use v2::V2Driver;
 

@@ -2,9 +2,12 @@
 //! few system calls that put the child in its cgroups, set its `oom_score_adj`, give it a
 //! session of its own and, when asked, hold it until the parent lets it go ([`hold_pipe`]), so
 //! no instruction of the program runs outside the group or before the parent has adopted it.
+//! It can also drop the child to another user (no supplementary groups, then the gid, then
+//! the uid) and set `no_new_privs`, after it has joined its groups.
 //! Everything is opened, formatted and allocated in the parent; the child only makes
-//! async-signal-safe system calls (`write`, `open`, `setsid`, `getdents`, `fcntl`, `close`,
-//! `read`). This is the only `unsafe` of the workspace.
+//! async-signal-safe system calls (`write`, `open`, `setsid`, `setgroups`, `setresgid`,
+//! `setresuid`, `prctl`, `getdents`, `fcntl`, `close`, `read`). This is the only `unsafe` of
+//! the workspace.
 //!
 //! Holding needs one trick. `Command::spawn` returns only once the child has exec'd: it waits
 //! for end of file on a close-on-exec channel to the child. A child held before exec would
@@ -46,10 +49,22 @@ pub struct SpawnOptions {
     /// `setsid()` in the child, so it leads a new session and process group (do not also set
     /// `Command::process_group`: a group leader cannot start a session).
     pub new_session: bool,
+    /// Run the program as this user, with no supplementary groups (set in the child once it
+    /// is in its groups, which stay the parent's to change).
+    pub identity: Option<Identity>,
+    /// Set `PR_SET_NO_NEW_PRIVS`: no setuid bit or file capability raises the program.
+    pub no_new_privs: bool,
     /// The read end of a [`hold_pipe`]: the child, once in its groups, blocks reading it until
     /// the parent writes a byte or every write end is closed, then runs the program. [`spawn`]
     /// returns while the child waits.
     pub hold: Option<OwnedFd>,
+}
+
+/// A user and group to run as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// A pipe to hold a child with: `(read end, for SpawnOptions::hold; write end, for the
@@ -79,6 +94,20 @@ pub fn spawn(cmd: &mut Command, opts: &SpawnOptions) -> io::Result<Child> {
         }
         if setup.new_session {
             rustix::process::setsid()?;
+        }
+        if let Some(id) = setup.identity {
+            // groups first, then the gid, then the uid: each later step gives up the right
+            // the earlier ones need
+            if setup.root {
+                rustix::thread::set_thread_groups(&[])?;
+            }
+            let gid = rustix::process::Gid::from_raw(id.gid);
+            rustix::thread::set_thread_res_gid(gid, gid, gid)?;
+            let uid = rustix::process::Uid::from_raw(id.uid);
+            rustix::thread::set_thread_res_uid(uid, uid, uid)?;
+        }
+        if setup.no_new_privs {
+            rustix::thread::set_no_new_privs(true)?;
         }
         if let Some(hold) = &setup.hold {
             close_inherited(hold.as_raw_fd())?;
@@ -145,6 +174,10 @@ struct ChildSetup {
     procs: Vec<OwnedFd>,
     oom_score_adj: Option<Vec<u8>>,
     new_session: bool,
+    identity: Option<Identity>,
+    /// The parent runs as root (only root may drop supplementary groups).
+    root: bool,
+    no_new_privs: bool,
     hold: Option<OwnedFd>,
 }
 
@@ -169,6 +202,9 @@ impl ChildSetup {
             procs,
             oom_score_adj: opts.oom_score_adj.map(|adj| adj.to_string().into_bytes()),
             new_session: opts.new_session,
+            identity: opts.identity,
+            root: rustix::process::geteuid().is_root(),
+            no_new_privs: opts.no_new_privs,
             hold: opts.hold.as_ref().map(OwnedFd::try_clone).transpose()?,
         })
     }

@@ -1,6 +1,8 @@
 //! A typed, blocking client for quartermaster's HTTP API v1, for the CLI and for programs that
 //! drive the daemon. Errors tell "the daemon refused" (with its problem document) from "the
-//! daemon cannot be reached", which the CLI maps to its exit codes.
+//! daemon cannot be reached", which the CLI maps to its exit codes. `https://` daemons are
+//! spoken to with rustls (ring): trusting Mozilla's roots, or only the CA certificates given
+//! to [`Client::with_ca_pem`].
 
 mod lease;
 
@@ -23,9 +25,24 @@ pub enum ClientError {
     /// The daemon answered with a problem.
     #[error("{}", .0.detail)]
     Refused(Box<Problem>),
+    /// The daemon's TLS certificate does not verify against the trusted roots (unknown CA,
+    /// wrong name, expired).
+    #[error("the daemon at {base} has a certificate this client does not trust: {reason}")]
+    Untrusted { base: String, reason: String },
     /// The daemon's answer is not what this client expects.
     #[error("unexpected answer from the daemon: {0}")]
     Unexpected(String),
+}
+
+/// Why a PEM file of CA certificates cannot be trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// The PEM text does not parse.
+    #[error("not PEM: {0}")]
+    Pem(String),
+    /// The PEM text holds no `CERTIFICATE` block.
+    #[error("no certificate in it")]
+    NoCertificate,
 }
 
 /// An answer to a request for an allocation.
@@ -48,11 +65,42 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client of the daemon at `base` (`http://127.0.0.1:7070`).
+    /// A client of the daemon at `base` (`http://127.0.0.1:7070`); an `https://` daemon must
+    /// have a certificate from one of Mozilla's root CAs.
     pub fn new(base: &str, token: Option<&str>) -> Self {
+        Self::with_roots(base, token, ureq::tls::RootCerts::WebPki)
+    }
+
+    /// A client of the daemon at `base` that trusts only the CA certificates in `ca_pem` (PEM
+    /// text, one or more `CERTIFICATE` blocks; other blocks are ignored) for `https://`.
+    pub fn with_ca_pem(base: &str, token: Option<&str>, ca_pem: &[u8]) -> Result<Self, CaError> {
+        let mut certs = Vec::new();
+        for item in ureq::tls::parse_pem(ca_pem) {
+            if let ureq::tls::PemItem::Certificate(c) =
+                item.map_err(|e| CaError::Pem(e.to_string()))?
+            {
+                certs.push(c);
+            }
+        }
+        if certs.is_empty() {
+            return Err(CaError::NoCertificate);
+        }
+        Ok(Self::with_roots(
+            base,
+            token,
+            ureq::tls::RootCerts::from(certs),
+        ))
+    }
+
+    fn with_roots(base: &str, token: Option<&str>, roots: ureq::tls::RootCerts) -> Self {
+        let tls = ureq::tls::TlsConfig::builder()
+            .provider(ureq::tls::TlsProvider::Rustls)
+            .root_certs(roots)
+            .build();
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(5)))
+            .tls_config(tls)
             .build()
             .new_agent();
         Self {
@@ -67,6 +115,12 @@ impl Client {
     }
 
     fn unreachable(&self, e: &ureq::Error) -> ClientError {
+        if let Some(cert) = certificate_error(e) {
+            return ClientError::Untrusted {
+                base: self.base.clone(),
+                reason: cert.to_string(),
+            };
+        }
         ClientError::Unreachable {
             base: self.base.clone(),
             reason: e.to_string(),
@@ -346,6 +400,17 @@ impl Client {
     pub fn release(&self, id: &str) -> Result<AllocationDoc, ClientError> {
         self.delete(&format!("/v1/allocations/{id}"))
     }
+}
+
+/// The TLS error behind a failed handshake, if `e` happened because the server's certificate
+/// did not verify.
+fn certificate_error(e: &ureq::Error) -> Option<&rustls::Error> {
+    let tls = match e {
+        ureq::Error::Rustls(r) => r,
+        ureq::Error::Io(io) => io.get_ref()?.downcast_ref::<rustls::Error>()?,
+        _ => return None,
+    };
+    matches!(tls, rustls::Error::InvalidCertificate(_)).then_some(tls)
 }
 
 fn decode<T: DeserializeOwned>(v: Value) -> Result<T, ClientError> {

@@ -78,6 +78,27 @@ pub struct AgentSpec {
     /// Seconds between SIGTERM and SIGKILL when stopped (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_s: Option<f64>,
+    /// The user (name or uid) a spawned agent runs as (default: `[agents] user`, `nobody`);
+    /// uid 0 only for an admin's request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The agent's own token may spawn sub-agents `<name>.<suffix>` (an orchestrator).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spawn: bool,
+}
+
+/// What stands in for a redacted secret.
+pub const REDACTED: &str = "<redacted>";
+
+impl AgentSpec {
+    /// Hides the values of `env` (its names stay), for callers who may not see secrets.
+    pub fn redact(&mut self) {
+        if let Some(env) = &mut self.env {
+            for v in env.values_mut() {
+                REDACTED.clone_into(v);
+            }
+        }
+    }
 }
 
 /// A name as agents and fleets take it: 1..=128 of `[A-Za-z0-9._-]`, not `.` or `..`.

@@ -13,7 +13,7 @@ mod types;
 
 pub use agents::{
     AgentDoc, AgentList, AgentSpec, AutoscaleWire, FleetDoc, FleetList, FleetSpec, HealthWire,
-    LogsDoc, MetricPush, valid_name,
+    LogsDoc, MetricPush, REDACTED, valid_name,
 };
 pub use decode::{DecodeError, decode};
 pub use monitor::{
@@ -24,7 +24,7 @@ pub use problem::{FieldProblem, Problem};
 pub use resources::{WireResources, parse_resources, render_resources};
 pub use security::{
     ActorDoc, AuditDoc, AuditEntryDoc, AuditList, ROLES, TokenCreated, TokenDoc, TokenList,
-    TokenRequest,
+    StoredToken, TokenRequest,
 };
 pub use time::{format_rfc3339, parse_rfc3339};
 pub use types::{

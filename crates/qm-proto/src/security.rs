@@ -192,3 +192,14 @@ pub struct AuditList {
     /// Pass as `since` for the entries after these; null at the end.
     pub next_since: Option<i64>,
 }
+
+/// A token's stored record: its hash, never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredToken {
+    #[serde(flatten)]
+    pub doc: TokenDoc,
+    /// SHA-256 of the whole token (hex).
+    pub sha256: String,
+    pub created_ms: u64,
+    pub expires_ms: Option<u64>,
+}

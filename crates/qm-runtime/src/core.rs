@@ -47,6 +47,8 @@ pub(crate) struct Core {
     local_spec: NodeSpec,
     retention: Duration,
     last_prune: Instant,
+    /// The audit entry of the request whose command runs now; its first commit takes it.
+    pub(crate) audit: Option<Arc<crate::audit::Pending>>,
 }
 
 fn now() -> Timestamp {
@@ -110,6 +112,7 @@ impl Core {
             local_spec: NodeSpec::new(&config.node_name, config.capacity.clone()),
             retention: config.retention,
             last_prune: Instant::now(),
+            audit: None,
         };
         let mut spec = NodeSpec::new(&config.node_name, config.capacity.clone());
         spec.allocatable = config.allocatable.clone();
@@ -327,9 +330,20 @@ impl Core {
     ) {
         let events = std::mem::take(&mut self.pending);
         let hub = Arc::clone(&self.hub);
+        let mut batch = Batch { ops };
+        // A change carries its request's audit entry; a barrier (no change) does not.
+        let audit = match &self.audit {
+            Some(p) if !batch.is_empty() && crate::audit::attach_from(p, &mut batch) => {
+                Some(Arc::clone(p))
+            }
+            _ => None,
+        };
         self.store.commit(
-            Batch { ops },
+            batch,
             Box::new(move |r| {
+                if let Some(p) = audit {
+                    p.committed(r.is_ok());
+                }
                 if r.is_ok() && !events.is_empty() {
                     hub.publish(events);
                 }
@@ -405,6 +419,9 @@ impl Core {
             }
             Decision::Queued { .. } => (202, Vec::new()),
         };
+        if let Some(p) = &self.audit {
+            p.answer(status);
+        }
         let replay = Replay {
             status,
             id: Some(doc.id.clone()),

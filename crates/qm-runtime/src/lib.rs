@@ -4,11 +4,13 @@
 //! holds, heartbeat deadlines) tick on the same thread. The HTTP layer talks to [`Engine`].
 
 pub mod agents;
+pub mod audit;
 mod core;
 pub mod events;
 pub mod metrics;
 pub mod monitor;
 mod persist;
+pub mod tokens;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -51,6 +53,9 @@ pub struct EngineConfig {
     pub retention: Duration,
     /// The monitor (host and agent metrics, history, alerts); None runs without one.
     pub monitor: Option<monitor::MonitorConfig>,
+    /// SHA-256 of the bootstrap admin token (the admin token file's content); None accepts
+    /// only the tokens in the store.
+    pub admin_token_sha256: Option<[u8; 32]>,
 }
 
 /// Wall-clock time in unix milliseconds (history, alerts, agents' timestamps).
@@ -147,6 +152,7 @@ struct Inner {
     catalog: ResourceCatalog,
     hub: Arc<events::EventHub>,
     monitor: Option<monitor::Monitor>,
+    tokens: tokens::Tokens,
 }
 
 impl std::fmt::Debug for Msg {
@@ -202,6 +208,7 @@ impl Engine {
                 )
             })
             .transpose()?;
+        let tokens = tokens::Tokens::load(store.clone(), config.admin_token_sha256)?;
         let (tx, rx) = mpsc::channel::<Msg>();
         let tick = config.tick;
         thread::Builder::new()
@@ -215,8 +222,14 @@ impl Engine {
                 catalog: config.catalog,
                 hub,
                 monitor,
+                tokens,
             }),
         })
+    }
+
+    /// The API tokens.
+    pub fn tokens(&self) -> &tokens::Tokens {
+        &self.inner.tokens
     }
 
     /// The resource names requests may use.
@@ -254,7 +267,12 @@ impl Engine {
         f: impl FnOnce(&mut Core, oneshot::Sender<R>) + Send + 'static,
     ) -> Result<R, EngineError> {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |core| f(core, tx));
+        let audit = audit::current();
+        let job: Job = Box::new(move |core| {
+            core.audit = audit;
+            f(core, tx);
+            core.audit = None;
+        });
         self.inner
             .tx
             .lock()

@@ -145,8 +145,6 @@ pub struct Loaded {
     pub agents: Vec<(String, bool, String)>,
     /// `(name, body)` in name order.
     pub fleets: Vec<(String, String)>,
-    /// API tokens: `(id, body)` in id order.
-    pub tokens: Vec<(String, String)>,
     pub meta: BTreeMap<String, String>,
 }
 
@@ -312,9 +310,7 @@ impl Store {
                     .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0, r.get(2)?)))?
                     .collect::<rusqlite::Result<_>>()?;
                 let fleets = pairs("SELECT name, body FROM fleets ORDER BY name")?;
-                let tokens = pairs("SELECT id, body FROM tokens ORDER BY id")?;
                 Ok(Loaded {
-                    tokens,
                     nodes,
                     pools,
                     live_allocations,
@@ -373,6 +369,17 @@ impl Store {
                 .optional()
             },
             "reading an idempotency key",
+        )
+    }
+
+    /// API token records: `(id, body)` in id order.
+    pub fn tokens(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(
+            |c| {
+                let mut st = c.prepare("SELECT id, body FROM tokens ORDER BY id")?;
+                st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+            },
+            "reading the tokens",
         )
     }
 

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod host;
 pub mod metric;
+pub mod peer;
 pub mod probe;
 pub mod process;
 pub mod rate;

@@ -496,7 +496,9 @@ fn settle(
 ) -> Result<Outcome, Failure> {
     let result = match r {
         Ok(s) => Ok(s),
-        Err(e @ ClientError::Unreachable { .. }) => return Err(e.into()),
+        Err(e @ (ClientError::Unreachable { .. } | ClientError::Untrusted { .. })) => {
+            return Err(e.into());
+        }
         Err(e) => Err(Failure::from(e)),
     };
     Ok(Outcome {

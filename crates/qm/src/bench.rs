@@ -61,6 +61,7 @@ fn target(server: &str) -> Option<(String, String)> {
 /// requests rather than on itself.
 struct Conn {
     stream: tokio::io::BufStream<tokio::net::TcpStream>,
+    /// The Host header's value, and the Authorization header line when there is a token.
     host: String,
 }
 
@@ -202,6 +203,7 @@ async fn client(
 
 pub(crate) fn bench(
     server: &str,
+    token: Option<&str>,
     args: &BenchArgs,
     out: &mut impl Write,
 ) -> Result<(), crate::client::Failure> {
@@ -211,12 +213,16 @@ pub(crate) fn bench(
             message: "--clients must be positive and --duration 0 to 3600 seconds".to_owned(),
         });
     }
-    let Some((addr, host)) = target(server) else {
+    let Some((addr, mut host)) = target(server) else {
         return Err(crate::client::Failure {
             code: 2,
             message: format!("--server {server:?}: qm bench speaks plain http://host:port"),
         });
     };
+    // the token rides on the Host header's line, so each request carries it
+    if let Some(t) = token {
+        host = format!("{host}\r\nAuthorization: Bearer {t}");
+    }
     let shared = Arc::new(Shared::default());
     let Shared {
         stop,

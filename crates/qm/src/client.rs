@@ -93,13 +93,19 @@ pub(crate) struct Failure {
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let code = match &e {
-            ClientError::Unreachable { .. } => 3,
+            ClientError::Unreachable { .. } | ClientError::Untrusted { .. } => 3,
             ClientError::Refused(p) if p.status == 422 || p.status == 400 => 2,
             _ => 1,
         };
+        let hint = match &e {
+            ClientError::Untrusted { .. } => {
+                "; pass the CA certificate that signed it with --cacert FILE (or QM_CACERT)"
+            }
+            _ => "",
+        };
         Self {
             code,
-            message: e.to_string(),
+            message: format!("{e}{hint}"),
         }
     }
 }
@@ -460,29 +466,42 @@ pub(crate) fn nodes(c: &Client, json_out: bool, out: &mut impl Write) -> Result<
     Ok(())
 }
 
+/// `qm export`: the state document as JSON, or age-encrypted (armored) to `encrypt_to`.
 pub(crate) fn export(
     c: &Client,
     file: Option<&std::path::Path>,
+    encrypt_to: &[String],
     out: &mut impl Write,
 ) -> Result<(), Failure> {
-    let doc = c.export()?;
+    let recipients = crate::encryption::recipients(encrypt_to)?;
+    let mut doc = c.export()?.into_bytes();
+    doc.push(b'\n');
+    if !recipients.is_empty() {
+        doc = crate::encryption::encrypt(&doc, &recipients)?;
+    }
     match file {
-        Some(path) => std::fs::write(path, doc + "\n").map_err(|e| Failure {
+        Some(path) => std::fs::write(path, doc).map_err(|e| Failure {
             code: 1,
             message: format!("cannot write {}: {e}", path.display()),
         }),
         None => {
-            writeln!(out, "{doc}")?;
+            out.write_all(&doc)?;
             Ok(())
         }
     }
 }
 
-pub(crate) fn import(c: &Client, file: &std::path::Path) -> Result<(), Failure> {
-    let doc = std::fs::read_to_string(file).map_err(|e| Failure {
+/// `qm import`: a state document, decrypted with `identity` when it is an age file.
+pub(crate) fn import(
+    c: &Client,
+    file: &std::path::Path,
+    identity: Option<&std::path::Path>,
+) -> Result<(), Failure> {
+    let bytes = std::fs::read(file).map_err(|e| Failure {
         code: 2,
         message: format!("cannot read {}: {e}", file.display()),
     })?;
+    let doc = crate::encryption::open(bytes, file, identity)?;
     c.import(&doc)?;
     Ok(())
 }

@@ -131,6 +131,7 @@ pub(crate) fn exec(c: &Client, a: &ExecArgs) -> Result<u8, Failure> {
         oom_score_adj: None,
         new_session: false,
         hold: Some(hold_read),
+        ..qm_cgroup::SpawnOptions::default()
     };
     let mut child = match qm_cgroup::spawn(&mut cmd, &opts) {
         Ok(child) => child,

@@ -14,11 +14,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod agents_cli;
 mod bench;
 mod client;
+mod encryption;
 mod exec;
 mod mcp;
 mod monitoring;
 mod notify;
+mod security_cli;
 mod serve;
+mod tls;
+mod token_file;
 
 /// quartermaster: a resource manager for fleets of AI agents.
 ///
@@ -34,6 +38,10 @@ struct Cli {
     /// Bearer token for the daemon [env: QM_TOKEN]
     #[arg(long, global = true, value_name = "TOKEN")]
     token: Option<String>,
+    /// PEM file of the CA certificate(s) to trust for an https:// server, instead of Mozilla's
+    /// roots [env: QM_CACERT]
+    #[arg(long, global = true, value_name = "FILE")]
+    cacert: Option<std::path::PathBuf>,
     /// Output format
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -74,11 +82,19 @@ enum Cmd {
         /// Write to this file instead of stdout
         #[arg(long, short = 'f', value_name = "FILE")]
         file: Option<std::path::PathBuf>,
+        /// Encrypt to this age X25519 recipient (age1...; repeatable): the output is an
+        /// ASCII-armored age file instead of JSON
+        #[arg(long, value_name = "RECIPIENT")]
+        encrypt_to: Vec<String>,
     },
     /// Replace the whole state with an exported document (all or nothing)
     Import {
         /// The file `qm export` wrote
         file: std::path::PathBuf,
+        /// The age identity file (AGE-SECRET-KEY-1... lines, as age-keygen writes) to decrypt
+        /// an encrypted export with
+        #[arg(long, value_name = "FILE")]
+        identity: Option<std::path::PathBuf>,
     },
     /// Wait for admission, run CMD inside the allocation's limits, release at exit, exit with
     /// CMD's code
@@ -95,6 +111,12 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// List the allocation strategies `--strategy` accepts
     Strategies,
+    /// Create, list and revoke API tokens (admin)
+    #[command(subcommand)]
+    Tokens(security_cli::TokensCmd),
+    /// The audit log: list entries (admin), or verify its hash chain offline
+    #[command(subcommand)]
+    Audit(security_cli::AuditCmd),
 }
 
 /// Where client commands will reach the daemon: the flag, else the environment, else the
@@ -103,6 +125,7 @@ enum Cmd {
 struct Endpoint {
     server: String,
     token: Option<String>,
+    cacert: Option<std::path::PathBuf>,
 }
 
 fn endpoint(cli: &Cli, env: impl Fn(&str) -> Option<String>) -> Endpoint {
@@ -113,14 +136,39 @@ fn endpoint(cli: &Cli, env: impl Fn(&str) -> Option<String>) -> Endpoint {
             .or_else(|| env("QM_SERVER"))
             .unwrap_or_else(|| "http://127.0.0.1:7070".to_owned()),
         token: cli.token.clone().or_else(|| env("QM_TOKEN")),
+        cacert: cli
+            .cacert
+            .clone()
+            .or_else(|| env("QM_CACERT").map(Into::into)),
     }
+}
+
+/// The client of the endpoint's daemon: trusting the CA certificates of `--cacert` when
+/// given. A CA file that cannot be read or holds no certificate is a usage error.
+fn connect(endpoint: &Endpoint) -> Result<qm_client::Client, client::Failure> {
+    let (server, token) = (&endpoint.server, endpoint.token.as_deref());
+    let Some(path) = &endpoint.cacert else {
+        return Ok(qm_client::Client::new(server, token));
+    };
+    let usage = |reason: String| client::Failure {
+        code: 2,
+        message: format!("--cacert {}: {reason}", path.display()),
+    };
+    let pem = std::fs::read(path).map_err(|e| usage(format!("cannot read it: {e}")))?;
+    qm_client::Client::with_ca_pem(server, token, &pem).map_err(|e| usage(e.to_string()))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let endpoint = endpoint(&cli, |k| std::env::var(k).ok());
+    let mut endpoint = endpoint(&cli, |k| std::env::var(k).ok());
+    if endpoint.token.is_none() && !matches!(cli.command, Cmd::Serve(_)) {
+        // a daemon on this host left a pointer to its admin token file: use it if readable
+        endpoint.token = token_file::discover(&endpoint.server);
+    }
     let json_out = cli.output == Output::Json;
-    let client = || qm_client::Client::new(&endpoint.server, endpoint.token.as_deref());
+    // Only client commands build a client, so only they read --cacert; a bad one ends the
+    // process before anything is printed.
+    let client = || connect(&endpoint).unwrap_or_else(|f| std::process::exit(finish_code(f)));
     if matches!(cli.command, Cmd::Mcp) {
         // stdout is the protocol's: it must not stay locked here
         return finish(mcp::mcp(client()));
@@ -149,11 +197,20 @@ fn main() -> ExitCode {
         Cmd::Metrics(cmd) => monitoring::metrics(&client(), cmd, json_out, out),
         Cmd::Alerts(args) => monitoring::alerts(&client(), &args, json_out, out),
         Cmd::Mcp => mcp::mcp(client()),
-        Cmd::Bench(args) => bench::bench(&endpoint.server, &args, out),
-        Cmd::Export { file } => client::export(&client(), file.as_deref(), out),
-        Cmd::Import { file } => client::import(&client(), &file),
+        Cmd::Bench(args) => bench::bench(&endpoint.server, endpoint.token.as_deref(), &args, out),
+        Cmd::Tokens(cmd) => security_cli::tokens(&client(), cmd, json_out, out),
+        Cmd::Audit(cmd) => security_cli::audit(|| connect(&endpoint), cmd, json_out, out),
+        Cmd::Export { file, encrypt_to } => {
+            client::export(&client(), file.as_deref(), &encrypt_to, out)
+        }
+        Cmd::Import { file, identity } => client::import(&client(), &file, identity.as_deref()),
     };
     finish(result)
+}
+
+fn finish_code(f: client::Failure) -> i32 {
+    eprintln!("qm: {}", f.message);
+    i32::from(f.code)
 }
 
 fn finish(result: Result<(), client::Failure>) -> ExitCode {

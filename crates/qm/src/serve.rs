@@ -37,6 +37,23 @@ pub(crate) struct ServeArgs {
     /// The allocation strategy [default: priority]
     #[arg(long, value_name = "NAME")]
     strategy: Option<String>,
+    /// The admin token: read from this file, or written there (0600) when it does not exist
+    /// [default: <data-dir>/admin.token]
+    #[arg(long, value_name = "PATH")]
+    admin_token_file: Option<PathBuf>,
+    /// `tokens` (default) or `none`: every caller is the admin (loopback only, for demos)
+    #[arg(long, value_name = "MODE")]
+    auth: Option<String>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key)
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Allow plain HTTP on a non-loopback --listen address (tokens and state cross the network
+    /// unencrypted)
+    #[arg(long)]
+    insecure: bool,
 }
 
 /// The config file. Unknown keys are refused.
@@ -48,6 +65,11 @@ struct FileConfig {
     node_name: Option<String>,
     capacity: Option<String>,
     strategy: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    insecure: Option<bool>,
+    #[serde(default)]
+    auth: AuthFile,
     #[serde(default)]
     reserve: Reserve,
     #[serde(default)]
@@ -213,6 +235,8 @@ struct AgentsFile {
     cgroup_parent: Option<String>,
     /// Each log file is kept under this many bytes (default 10 MiB).
     log_max_bytes: Option<u64>,
+    /// The user spawned agents run as unless their spec says (default `nobody`).
+    user: Option<String>,
     /// Restart backoff: first delay, cap, and the healthy run that resets it.
     backoff_initial_s: Option<f64>,
     backoff_max_s: Option<f64>,
@@ -300,6 +324,17 @@ struct QueueConfig {
     reserve_after_s: Option<u64>,
 }
 
+/// `[auth]`: how callers authenticate.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthFile {
+    /// `tokens` (default) or `none`.
+    mode: Option<String>,
+    admin_token_file: Option<PathBuf>,
+    /// Serve `/metrics` without a token (for a Prometheus that cannot send one).
+    public_metrics: Option<bool>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ResourcesConfig {
@@ -311,7 +346,15 @@ struct ResourcesConfig {
 #[derive(Debug)]
 pub(crate) struct Settings {
     pub(crate) listen: SocketAddr,
+    /// HTTPS when set, from `--tls-cert` and `--tls-key`.
+    pub(crate) tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// Plain HTTP on a non-loopback address, allowed by `--insecure`.
+    pub(crate) insecure: bool,
     pub(crate) engine: EngineConfig,
+    /// How callers authenticate.
+    pub(crate) auth: qm_api::AuthConfig,
+    /// The bootstrap admin token's file.
+    pub(crate) admin_token_file: PathBuf,
     pub(crate) notify: crate::notify::NotifyConfig,
     pub(crate) agents: Option<SupervisorConfig>,
 }
@@ -332,6 +375,10 @@ fn agents_config(file: AgentsFile, data_dir: &Path) -> anyhow::Result<Option<Sup
             bail!("agents.cgroup_parent: {v:?} is not 1..128 of [A-Za-z0-9._-]");
         }
         c.cgroup_parent = v;
+    }
+    if let Some(v) = file.user {
+        qm_runtime::agents::resolve_user(&v).map_err(|e| anyhow::anyhow!("agents.user: {e}"))?;
+        c.user = v;
     }
     if let Some(v) = file.log_max_bytes {
         if v < 4096 {
@@ -537,6 +584,38 @@ impl Settings {
         let listen: SocketAddr = listen
             .parse()
             .with_context(|| format!("listen: {listen:?} is not an address like 127.0.0.1:7070"))?;
+        let tls = match (
+            args.tls_cert.clone().or(file.tls_cert),
+            args.tls_key.clone().or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(crate::tls::server_config(&cert, &key)?),
+            (Some(_), None) => bail!("--tls-cert needs --tls-key (the certificate's private key)"),
+            (None, Some(_)) => bail!("--tls-key needs --tls-cert (the certificate it signs for)"),
+            (None, None) => None,
+        };
+        let insecure = tls.is_none() && !listen.ip().is_loopback();
+        if insecure && !(args.insecure || file.insecure.unwrap_or(false)) {
+            bail!(
+                "listen: {listen} is not a loopback address; serve TLS (--tls-cert/--tls-key) or pass --insecure"
+            );
+        }
+        let auth_mode = match args.auth.clone().or(file.auth.mode.clone()).as_deref() {
+            None | Some("tokens") => qm_api::AuthMode::Tokens,
+            Some("none") if listen.ip().is_loopback() => qm_api::AuthMode::None,
+            Some("none") => bail!(
+                "auth: none is for loopback demos only; {listen} is not a loopback address"
+            ),
+            Some(other) => bail!("auth: {other:?} is not tokens or none"),
+        };
+        let auth = qm_api::AuthConfig {
+            mode: auth_mode,
+            public_metrics: file.auth.public_metrics.unwrap_or(false),
+            ..qm_api::AuthConfig::default()
+        };
+        let admin_token_file_flag = args
+            .admin_token_file
+            .clone()
+            .or(file.auth.admin_token_file.clone());
         let strategy = args
             .strategy
             .clone()
@@ -601,6 +680,7 @@ impl Settings {
             tick: Duration::from_millis(250),
             retention: Duration::from_secs(file.state.retention_s.unwrap_or(7 * 86_400)),
             monitor: None,
+            admin_token_sha256: None,
         };
         let pressure = thresholds(&file.pressure)?;
         let (psi, probe, responder) = pressure_settings(&file.pressure)?;
@@ -613,8 +693,14 @@ impl Settings {
         });
         let agents = agents_config(file.agents, &engine.data_dir)?
             .map(|a| SupervisorConfig { responder, ..a });
+        let admin_token_file =
+            admin_token_file_flag.unwrap_or_else(|| engine.data_dir.join("admin.token"));
         Ok(Self {
+            auth,
+            admin_token_file,
             listen,
+            tls,
+            insecure,
             engine: EngineConfig { monitor, ..engine },
             notify,
             agents,
@@ -624,7 +710,7 @@ impl Settings {
 
 /// Runs the daemon until a signal.
 pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
-    let settings = Settings::resolve(args)?;
+    let mut settings = Settings::resolve(args)?;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("QM_LOG")
@@ -642,6 +728,12 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         )
         .build()
         .context("cannot start the async runtime")?;
+    let admin = crate::token_file::bootstrap(&settings.admin_token_file)?;
+    settings.engine.admin_token_sha256 = Some(qm_runtime::tokens::digest(&admin));
+    drop(admin);
+    if settings.auth.mode == qm_api::AuthMode::None {
+        tracing::warn!("AUTH IS OFF (--auth none): every local process is the admin of this daemon; use it for demos only");
+    }
     runtime.block_on(async move {
         let engine_config = settings.engine.clone();
         let engine = tokio::task::spawn_blocking(move || Engine::start(engine_config))
@@ -651,10 +743,23 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let addr = listener.local_addr().context("no local address")?;
-        tracing::info!(%addr, node = %settings.engine.node_name, data_dir = %settings.engine.data_dir.display(), "serving API v1");
+        tracing::info!(%addr, tls = settings.tls.is_some(), node = %settings.engine.node_name, data_dir = %settings.engine.data_dir.display(), "serving API v1");
+        if settings.insecure {
+            tracing::warn!(%addr, "INSECURE: plain HTTP on a non-loopback address (--insecure): tokens and state cross the network unencrypted; serve TLS with --tls-cert/--tls-key");
+        }
         // Tests and scripts read this line to learn the port.
         println!("listening on {addr}");
         crate::notify::start(&settings.notify, &engine);
+        let pointer = crate::token_file::publish(addr.port(), &settings.admin_token_file);
+        let scheme = if settings.tls.is_some() { "https" } else { "http" };
+        let reach = if addr.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        } else {
+            addr
+        };
+        if let Some(a) = &mut settings.agents {
+            a.server_url = Some(format!("{scheme}://{reach}"));
+        }
         let agents = match settings.agents.clone() {
             Some(c) => Some(
                 Supervisor::start(engine.clone(), c)
@@ -663,14 +768,29 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             ),
             None => None,
         };
-        let app = qm_api::router(engine.clone(), agents);
+        let app = qm_api::router(engine.clone(), agents, settings.auth);
         let closing = engine.clone();
         let shutdown = async move {
             shutdown_signal().await;
             // Open event streams would otherwise keep the server from finishing.
             closing.close_events();
         };
-        axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("server failed")?;
+        match settings.tls.clone() {
+            None => {
+                axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            Some(tls) => {
+                let listener = crate::tls::TlsListener::new(listener, tls)
+                    .context("cannot serve TLS")?;
+                axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+            }
+        }
+        .context("server failed")?;
+        if let Some(p) = &pointer {
+            crate::token_file::unpublish(p, &settings.admin_token_file);
+        }
         tracing::info!("shutting down: flushing state");
         engine.shutdown().await;
         Ok(())

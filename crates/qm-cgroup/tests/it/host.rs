@@ -93,6 +93,7 @@ fn a_group_from_create_to_remove() {
         oom_score_adj: Some(500),
         new_session: true,
         hold: None,
+        ..SpawnOptions::default()
     };
     let mut child = spawn(Command::new("sh").args(["-c", "sleep 30"]), &opts).unwrap();
     let pid = pid_of(&child);

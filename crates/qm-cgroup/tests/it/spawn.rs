@@ -103,3 +103,38 @@ fn a_procs_file_that_cannot_be_opened_names_itself() {
         "{err}"
     );
 }
+
+#[test]
+fn a_child_runs_as_the_user_asked_with_no_groups_and_no_new_privileges() {
+    if !rustix::process::geteuid().is_root() {
+        println!("skipped: switching users needs root");
+        return;
+    }
+    let opts = SpawnOptions {
+        identity: Some(qm_cgroup::Identity {
+            uid: 65534,
+            gid: 65534,
+        }),
+        no_new_privs: true,
+        ..SpawnOptions::default()
+    };
+    let out = spawn(
+        Command::new("sh")
+            .args([
+                "-c",
+                "id -u; id -g; id -G; grep NoNewPrivs /proc/self/status",
+            ])
+            .stdout(std::process::Stdio::piped()),
+        &opts,
+    )
+    .unwrap()
+    .wait_with_output()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        ["65534", "65534", "65534", "NoNewPrivs:\t1"],
+        "{text}"
+    );
+}

@@ -80,11 +80,14 @@ impl Supervisor {
         self.commit(batch).await
     }
 
-    pub(super) async fn commit(&self, batch: Batch) -> Result<(), AgentError> {
+    pub(super) async fn commit(&self, mut batch: Batch) -> Result<(), AgentError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
+        crate::audit::attach(&mut batch);
+        let marked = crate::audit::on_commit();
         self.engine().store().commit(
             batch,
             Box::new(move |r| {
+                marked(r.is_ok());
                 let _ = tx.send(r);
             }),
         );
@@ -422,7 +425,7 @@ impl Supervisor {
                 {
                     f.next_index = next;
                 }
-                if let Err(error) = self.create(spec, Some(name.to_owned())).await {
+                if let Err(error) = self.create(spec, Some(name.to_owned()), super::Requester::daemon()).await {
                     tracing::warn!(%error, fleet = name, "cannot add a member");
                     break;
                 }

@@ -8,6 +8,7 @@
 //! or recorded as ended. Fleets (`fleets.rs`) keep N agents from a template.
 
 mod fleets;
+mod identity;
 pub mod logic;
 mod probe;
 mod responder;
@@ -31,6 +32,7 @@ use logic::health::{HealthState, ProbeResult};
 use run::Logs;
 
 pub use fleets::FleetError;
+pub use identity::{Requester, User, is_root_user, may_adopt, process_uid, resolve_user};
 pub use responder::ResponderConfig;
 
 /// How the supervisor runs.
@@ -50,6 +52,10 @@ pub struct SupervisorConfig {
     pub tick: Duration,
     /// What the pressure responder does.
     pub responder: ResponderConfig,
+    /// The user spawned agents run as unless their spec names one (when the daemon is root).
+    pub user: String,
+    /// The daemon's URL as agents reach it (`QM_SERVER` in their environment).
+    pub server_url: Option<String>,
 }
 
 impl SupervisorConfig {
@@ -64,6 +70,8 @@ impl SupervisorConfig {
             backoff: BackoffConfig::default(),
             tick: Duration::from_millis(200),
             responder: ResponderConfig::default(),
+            user: "nobody".to_owned(),
+            server_url: None,
         }
     }
 }
@@ -78,6 +86,9 @@ pub enum AgentError {
     /// A process could not be started or adopted.
     #[error("{0}")]
     Spawn(String),
+    /// Only an admin may do this (adopt another user's process, run as uid 0).
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 /// One agent.
@@ -248,11 +259,15 @@ impl Supervisor {
             return Ok(());
         }
         let mut batch = Batch::default();
+        let mut ended_names = Vec::new();
         for d in docs {
             let live = matches!(
                 d.state.as_str(),
                 "pending" | "starting" | "running" | "backoff"
             );
+            if !live {
+                ended_names.push(d.name.clone());
+            }
             let ended = d
                 .ended_at
                 .as_deref()
@@ -265,7 +280,12 @@ impl Supervisor {
                 body: qm_proto::to_json(&d),
             });
         }
-        self.commit(batch).await
+        self.commit(batch).await?;
+        // an agent that ended holds no token any more
+        for name in ended_names {
+            self.engine().tokens().revoke_managed(&name).await;
+        }
+        Ok(())
     }
 
     fn publish(&self, kind: &str, doc: &AgentDoc, reason: Option<String>) {
@@ -345,15 +365,30 @@ impl Supervisor {
         &self,
         spec: AgentSpec,
         fleet: Option<String>,
+        by: Requester,
     ) -> Result<AgentDoc, AgentError> {
         let mut problems = spec.problems("");
-        if let Some(pid) = spec.pid
-            && run::start_ticks(pid).is_none()
-        {
-            problems.push(FieldProblem::new(
-                "pid",
-                format!("no running process {pid}"),
-            ));
+        if let Some(pid) = spec.pid {
+            match may_adopt(pid, by) {
+                Ok(()) if run::start_ticks(pid).is_none() => problems.push(FieldProblem::new(
+                    "pid",
+                    format!("no running process {pid}"),
+                )),
+                Ok(()) => {}
+                Err((true, why)) => return Err(AgentError::Forbidden(format!("pid: {why}"))),
+                Err((false, why)) => problems.push(FieldProblem::new("pid", why)),
+            }
+        }
+        if let Some(u) = &spec.user {
+            match resolve_user(u) {
+                Ok(user) if user.uid == 0 && !by.admin => {
+                    return Err(AgentError::Forbidden(format!(
+                        "user: only an admin may run an agent as uid 0 ({u:?})"
+                    )));
+                }
+                Ok(_) => {}
+                Err(why) => problems.push(FieldProblem::new("user", why)),
+            }
         }
         if let Some(cwd) = &spec.cwd
             && !std::path::Path::new(cwd).is_dir()
@@ -587,8 +622,19 @@ impl Supervisor {
 
     /// Spawns (or adopts) the agent `id` now that its allocation is granted, and persists.
     async fn launch(&self, id: &str) -> Result<(), AgentError> {
-        let Some(alloc) = self.get(id).and_then(|d| d.allocation) else {
+        let Some(current) = self.get(id) else {
             return Ok(());
+        };
+        let Some(alloc) = current.allocation.clone() else {
+            return Ok(());
+        };
+        // a spawned agent's identity: its own token, minted (durably) for this run
+        let token = if current.spec.pid.is_none()
+            && matches!(current.state.as_str(), "pending" | "backoff")
+        {
+            self.mint_token(&current).await
+        } else {
+            None
         };
         let prepared = self
             .inner
@@ -651,14 +697,28 @@ impl Supervisor {
                 Some(_) => Err("an adopted process cannot be restarted".to_owned()),
                 None => {
                     let argv = a.doc.spec.command.clone().unwrap_or_default();
+                    let mut env = a.doc.spec.env.clone().unwrap_or_default();
+                    env.insert("QM_AGENT".to_owned(), id.to_owned());
+                    if let Some(url) = &self.inner.config.server_url {
+                        env.insert("QM_SERVER".to_owned(), url.clone());
+                    }
+                    if let Some(t) = &token {
+                        env.insert("QM_TOKEN".to_owned(), t.clone());
+                    }
+                    let identity = self.identity_of(&a.doc.spec);
                     let launch = run::Launch {
                         argv: &argv,
-                        env: a.doc.spec.env.as_ref(),
+                        env: &env,
                         cwd: a.doc.spec.cwd.as_deref(),
                         cgroup_procs: procs,
                         oom_score_adj: adj,
+                        identity: identity.as_ref().ok().copied().flatten(),
                     };
-                    match run::spawn(&launch, &self.logs(id)) {
+                    let spawned = match identity {
+                        Ok(_) => run::spawn(&launch, &self.logs(id)),
+                        Err(why) => Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, why)),
+                    };
+                    match spawned {
                         Ok(child) => {
                             let pid = child.id();
                             a.child = Some(child);
@@ -709,6 +769,50 @@ impl Supervisor {
             self.publish(kind, &doc, None);
         }
         Ok(())
+    }
+
+    /// A fresh agent token for `doc`'s run (the previous run's revoked), or None when the
+    /// store cannot record one (the agent then runs without).
+    async fn mint_token(&self, doc: &AgentDoc) -> Option<String> {
+        let tokens = self.engine().tokens();
+        tokens.revoke_managed(&doc.name).await;
+        let req = qm_proto::TokenRequest {
+            name: format!("agent:{}", doc.name),
+            role: "agent".to_owned(),
+            agent: Some(doc.name.clone()),
+            pool: doc.spec.pool.clone(),
+            spawn: doc.spec.spawn,
+            ttl_s: None,
+        };
+        match tokens.create(&req, true).await {
+            Ok(created) => Some(created.token),
+            Err(error) => {
+                tracing::warn!(%error, agent = %doc.name, "cannot mint the agent's token");
+                None
+            }
+        }
+    }
+
+    /// The user a spawned agent runs as: its spec's, else the configured default, when the
+    /// daemon is root; otherwise the daemon's own (and a spec naming another is an error).
+    fn identity_of(&self, spec: &AgentSpec) -> Result<Option<qm_cgroup::Identity>, String> {
+        let root = rustix::process::geteuid().is_root();
+        let asked = spec.user.as_deref();
+        if !root {
+            let me = rustix::process::geteuid().as_raw();
+            return match asked.map(resolve_user).transpose()? {
+                Some(u) if u.uid != me => Err(format!(
+                    "user: the daemon runs as uid {me} and cannot start agents as uid {}",
+                    u.uid
+                )),
+                _ => Ok(None),
+            };
+        }
+        let user = resolve_user(asked.unwrap_or(&self.inner.config.user))?;
+        Ok(Some(qm_cgroup::Identity {
+            uid: user.uid,
+            gid: user.gid,
+        }))
     }
 
     fn track(&self, a: &Agent) {

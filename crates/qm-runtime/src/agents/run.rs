@@ -177,10 +177,12 @@ impl Logs {
 #[derive(Debug)]
 pub(crate) struct Launch<'a> {
     pub(crate) argv: &'a [String],
-    pub(crate) env: Option<&'a std::collections::BTreeMap<String, String>>,
+    pub(crate) env: &'a std::collections::BTreeMap<String, String>,
     pub(crate) cwd: Option<&'a str>,
     pub(crate) cgroup_procs: Vec<PathBuf>,
     pub(crate) oom_score_adj: Option<i32>,
+    /// The user to run as (None: the daemon's).
+    pub(crate) identity: Option<qm_cgroup::Identity>,
 }
 
 /// Spawns `launch` in its own session, its output appended to `logs`, inside its cgroup.
@@ -197,9 +199,7 @@ pub(crate) fn spawn(launch: &Launch<'_>, logs: &Logs) -> io::Result<Child> {
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err));
-        if let Some(env) = launch.env {
-            cmd.envs(env);
-        }
+        cmd.envs(launch.env);
         if let Some(cwd) = launch.cwd {
             cmd.current_dir(cwd);
         }
@@ -209,6 +209,8 @@ pub(crate) fn spawn(launch: &Launch<'_>, logs: &Logs) -> io::Result<Child> {
         cgroup_procs: launch.cgroup_procs.clone(),
         oom_score_adj: launch.oom_score_adj,
         new_session: true,
+        identity: launch.identity,
+        no_new_privs: true,
         hold: None,
     };
     match qm_cgroup::spawn(&mut command()?, &opts) {

@@ -39,6 +39,9 @@ pub(crate) struct Daemon {
     pub(crate) base: String,
     dir: PathBuf,
     agent: ureq::Agent,
+    /// The admin token the daemon wrote to its data dir (what every test acts as unless it
+    /// says otherwise).
+    pub(crate) token: String,
 }
 
 /// An HTTP answer: status and JSON body (Null when empty or not JSON).
@@ -81,12 +84,58 @@ impl Daemon {
             .http_status_as_error(false)
             .build()
             .new_agent();
+        let token = std::fs::read_to_string(dir.join("admin.token"))
+            .map(|t| t.trim().to_owned())
+            .unwrap_or_default();
         Self {
             child,
             base: format!("http://{addr}"),
             dir: dir.to_owned(),
             agent,
+            token,
         }
+    }
+
+    /// The `Authorization` header value for the admin token.
+    pub(crate) fn bearer(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+
+    /// A request as `token` (None: no Authorization header): method, path, JSON body.
+    pub(crate) fn call_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Answer {
+        let url = format!("{}{path}", self.base);
+        let auth = token.map(|t| format!("Bearer {t}"));
+        macro_rules! with_auth {
+            ($req:expr) => {{
+                let mut req = $req;
+                if let Some(a) = &auth {
+                    req = req.header("authorization", a);
+                }
+                req
+            }};
+        }
+        let resp = match method {
+            "GET" => with_auth!(self.agent.get(&url)).call(),
+            "DELETE" => with_auth!(self.agent.delete(&url)).call(),
+            "POST" | "PUT" => {
+                let req = if method == "POST" {
+                    self.agent.post(&url)
+                } else {
+                    self.agent.put(&url)
+                };
+                with_auth!(req)
+                    .header("content-type", "application/json")
+                    .send(body.unwrap_or("{}").as_bytes())
+            }
+            other => panic!("method {other}"),
+        };
+        Self::answer(resp)
     }
 
     /// Its data dir.
@@ -127,7 +176,12 @@ impl Daemon {
     }
 
     pub(crate) fn get(&self, path: &str) -> Answer {
-        Self::answer(self.agent.get(&format!("{}{path}", self.base)).call())
+        Self::answer(
+            self.agent
+                .get(&format!("{}{path}", self.base))
+                .header("authorization", &self.bearer())
+                .call(),
+        )
     }
 
     /// GETs a text body.
@@ -135,6 +189,7 @@ impl Daemon {
         let mut resp = self
             .agent
             .get(&format!("{}{path}", self.base))
+            .header("authorization", &self.bearer())
             .call()
             .expect("the daemon answers");
         let status = resp.status().as_u16();
@@ -142,7 +197,12 @@ impl Daemon {
     }
 
     pub(crate) fn delete(&self, path: &str) -> Answer {
-        Self::answer(self.agent.delete(&format!("{}{path}", self.base)).call())
+        Self::answer(
+            self.agent
+                .delete(&format!("{}{path}", self.base))
+                .header("authorization", &self.bearer())
+                .call(),
+        )
     }
 
     /// POSTs JSON text.
@@ -168,6 +228,7 @@ impl Daemon {
         if !ctype.is_empty() {
             req = req.header("content-type", ctype);
         }
+        req = req.header("authorization", &self.bearer());
         for (k, v) in headers {
             req = req.header(*k, *v);
         }

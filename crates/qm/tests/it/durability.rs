@@ -13,10 +13,12 @@ fn acknowledged_writes_survive_kill_9() {
     let d = Daemon::start(&dir, &["--capacity", "cpu=1000,memory=1000Gi"]);
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
     let base = d.base.clone();
+    let bearer = d.bearer();
     let writers: Vec<_> = (0..8)
         .map(|w| {
             let acked = Arc::clone(&acked);
             let base = base.clone();
+            let bearer = bearer.clone();
             thread::spawn(move || {
                 let agent = ureq::Agent::config_builder()
                     .http_status_as_error(false)
@@ -30,6 +32,7 @@ fn acknowledged_writes_survive_kill_9() {
                     let Ok(mut resp) = agent
                         .post(&format!("{base}/v1/allocations"))
                         .header("content-type", "application/json")
+                        .header("authorization", &bearer)
                         .send(body.as_bytes())
                     else {
                         return;

@@ -10,6 +10,7 @@ use crate::daemon::{Daemon, temp_dir};
 /// Reads SSE events (type, id, data) from `url` until `want` of them arrived or 5 s passed.
 pub(crate) fn read_events(
     url: String,
+    bearer: String,
     want: usize,
 ) -> mpsc::Receiver<Vec<(String, String, String)>> {
     let (tx, rx) = mpsc::channel();
@@ -19,7 +20,7 @@ pub(crate) fn read_events(
             .build()
             .new_agent();
         let mut got = Vec::new();
-        if let Ok(mut resp) = agent.get(&url).call() {
+        if let Ok(mut resp) = agent.get(&url).header("authorization", &bearer).call() {
             let reader = BufReader::new(resp.body_mut().as_reader());
             let (mut kind, mut id) = (String::new(), String::new());
             for line in reader.lines() {
@@ -44,7 +45,7 @@ pub(crate) fn read_events(
 #[test]
 fn events_stream_live_and_resume_after_an_id() {
     let d = Daemon::start(&temp_dir("events"), &["--capacity", "cpu=1,memory=1Gi"]);
-    let live = read_events(format!("{}/v1/events", d.base), 4);
+    let live = read_events(format!("{}/v1/events", d.base), d.bearer(), 4);
     thread::sleep(Duration::from_millis(300));
     let a = d.post(
         "/v1/allocations",
@@ -73,7 +74,7 @@ fn events_stream_live_and_resume_after_an_id() {
     assert!(q.status == 202);
     // Resume after the grant: the queue, the release and the queued one's grant follow.
     let after = got[1].1.clone();
-    let resumed = read_events(format!("{}/v1/events?since={after}", d.base), 3)
+    let resumed = read_events(format!("{}/v1/events?since={after}", d.base), d.bearer(), 3)
         .recv_timeout(Duration::from_secs(10))
         .expect("events");
     let kinds: Vec<&str> = resumed.iter().map(|(k, _, _)| k.as_str()).collect();
@@ -93,7 +94,7 @@ fn events_stream_live_and_resume_after_an_id() {
         .collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
     // A client still streaming does not hold up a graceful stop.
-    let _open = read_events(format!("{}/v1/events", d.base), 1000);
+    let _open = read_events(format!("{}/v1/events", d.base), d.bearer(), 1000);
     thread::sleep(Duration::from_millis(200));
     d.stop();
 }

@@ -13,3 +13,4 @@ mod mcp;
 mod metrics;
 mod monitoring;
 mod state;
+mod transport;

@@ -60,25 +60,35 @@ impl Called {
 }
 
 impl Session {
-    fn http(base: &str) -> Self {
+    /// A session over streamable HTTP with `token`, or the error initializing it.
+    fn try_http(base: &str, token: Option<&str>) -> Result<Self, String> {
         let rt = runtime();
-        let client = rt
-            .block_on(async {
-                let transport = StreamableHttpClientTransport::from_uri(format!("{base}/mcp"));
-                ClientConfig::default().serve(transport).await
-            })
-            .expect("initialize over HTTP");
-        Self {
+        let client = rt.block_on(async {
+            let mut config = rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"));
+            if let Some(t) = token {
+                config = config.auth_header(t);
+            }
+            let transport = StreamableHttpClientTransport::from_config(config);
+            ClientConfig::default().serve(transport).await
+        });
+        let client = client.map_err(|e| e.to_string())?;
+        Ok(Self {
             rt,
             client: Some(client),
-        }
+        })
     }
 
-    fn stdio(base: &str) -> Self {
+    fn http(base: &str, token: &str) -> Self {
+        Self::try_http(base, Some(token)).expect("initialize over HTTP")
+    }
+
+    fn stdio(base: &str, token: &str) -> Self {
         let rt = runtime();
         let client = rt.block_on(async {
             let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_qm"));
-            cmd.args(["--server", base, "mcp"]).env("QM_LOG", "error");
+            cmd.args(["--server", base, "mcp"])
+                .env("QM_LOG", "error")
+                .env("QM_TOKEN", token);
             let transport = TokioChildProcess::new(cmd).expect("start qm mcp");
             ClientConfig::default()
                 .serve(transport)
@@ -417,7 +427,7 @@ fn exercise(s: &Session, d: &Daemon, tag: &str) {
 fn mcp_over_streamable_http_at_the_daemon() {
     let dir = temp_dir("mcp-http");
     let d = start(&dir);
-    let s = Session::http(&d.base);
+    let s = Session::http(&d.base, &d.token);
     exercise(&s, &d, "http");
     // an open session does not hold up a graceful shutdown
     d.stop();
@@ -428,7 +438,7 @@ fn mcp_over_streamable_http_at_the_daemon() {
 fn mcp_over_stdio_through_qm_mcp() {
     let dir = temp_dir("mcp-stdio");
     let d = start(&dir);
-    let s = Session::stdio(&d.base);
+    let s = Session::stdio(&d.base, &d.token);
     exercise(&s, &d, "stdio");
     drop(s);
     d.stop();
@@ -436,9 +446,47 @@ fn mcp_over_stdio_through_qm_mcp() {
 
 #[test]
 fn qm_mcp_reports_an_unreachable_daemon_as_a_tool_error() {
-    let s = Session::stdio("http://127.0.0.1:9");
+    let s = Session::stdio("http://127.0.0.1:9", "qm_none_0");
     let (text, problem) = s.fails("node_status", json!({}));
     assert!(text.contains("cannot reach"), "{text}");
     assert_eq!(problem["code"], "unreachable");
     assert!(s.read("qm://node").is_err());
+}
+
+#[test]
+fn mcp_needs_a_token_and_its_tools_act_with_the_callers_rights() {
+    let dir = temp_dir("mcp-auth");
+    let d = start(&dir);
+    let refused = Session::try_http(&d.base, None);
+    assert!(refused.is_err(), "an MCP session opened without a token");
+    let bad = Session::try_http(&d.base, Some("qm_0000_0000"));
+    assert!(bad.is_err(), "an MCP session opened with a made-up token");
+    // an agent token: may allocate for itself, not for another agent
+    let made = d.post(
+        "/v1/tokens",
+        r#"{"name":"coder","role":"agent","agent":"mcp-coder"}"#,
+    );
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    let token = made.body["token"].as_str().expect("token").to_owned();
+    let s = Session::http(&d.base, &token);
+    let own = s.ok(
+        "allocate",
+        json!({"agent": "mcp-coder", "cpu": "10m", "memory": "1Mi"}),
+    );
+    assert_eq!(own["state"], "granted", "{own}");
+    let (text, problem) = s.fails(
+        "allocate",
+        json!({"agent": "someone-else", "cpu": "10m", "memory": "1Mi"}),
+    );
+    assert_eq!(problem["code"], "forbidden", "{text}");
+    // its list holds its own allocation only
+    d.post(
+        "/v1/allocations",
+        r#"{"agent":"neighbour","resources":{"cpu":"10m","memory":"1Mi"}}"#,
+    );
+    let listed = s.ok("list_allocations", json!({}));
+    let text = listed.to_string();
+    assert!(text.contains("mcp-coder") && !text.contains("neighbour"), "{text}");
+    drop(s);
+    d.stop();
 }

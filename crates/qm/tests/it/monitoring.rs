@@ -134,6 +134,8 @@ fn host_metrics_history_usage_and_exports() {
             "-i",
             "-H",
             "Accept: application/openmetrics-text; version=1.0.0",
+            "-H",
+            &format!("Authorization: {}", d.bearer()),
         ])
         .arg(format!("{}/metrics", d.base))
         .output();
