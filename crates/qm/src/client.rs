@@ -101,6 +101,9 @@ impl From<ClientError> for Failure {
             ClientError::Untrusted { .. } => {
                 "; pass the CA certificate that signed it with --cacert FILE (or QM_CACERT)"
             }
+            ClientError::Refused(p) if p.status == 401 => {
+                "; pass --token or set QM_TOKEN (the daemon writes its admin token to <data-dir>/admin.token)"
+            }
             _ => "",
         };
         Self {

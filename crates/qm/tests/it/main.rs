@@ -12,5 +12,6 @@ mod events;
 mod mcp;
 mod metrics;
 mod monitoring;
+mod security;
 mod state;
 mod transport;

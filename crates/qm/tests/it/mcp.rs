@@ -473,7 +473,7 @@ fn mcp_needs_a_token_and_its_tools_act_with_the_callers_rights() {
         "allocate",
         json!({"agent": "mcp-coder", "cpu": "10m", "memory": "1Mi"}),
     );
-    assert_eq!(own["state"], "granted", "{own}");
+    assert_eq!(own["allocation"]["state"], "granted", "{own}");
     let (text, problem) = s.fails(
         "allocate",
         json!({"agent": "someone-else", "cpu": "10m", "memory": "1Mi"}),

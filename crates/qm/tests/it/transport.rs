@@ -4,11 +4,12 @@
 //! and `qm import --identity` round-trip the state through age, and refuse a missing or wrong
 //! identity naming the flag.
 
-use std::io::{BufRead as _, BufReader};
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use age::secrecy::ExposeSecret as _;
+use serde_json::json;
 
 use crate::daemon::{Daemon, temp_dir};
 
@@ -36,22 +37,15 @@ fn certificates(name: &str) -> (String, String, String) {
     (ca.pem(), cert.pem(), key.serialize_pem())
 }
 
-/// The admin token the daemon wrote into its data dir, once authentication is on.
-fn token(d: &Daemon) -> Option<String> {
-    std::fs::read_to_string(d.dir_of().join("admin.token"))
-        .ok()
-        .map(|t| t.trim().to_owned())
-}
-
-/// `qm` with `args`, speaking to `d` with its admin token (if it has one).
+/// `qm` with `args`, speaking to `d` with its admin token.
 fn qm(d: &Daemon, args: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_qm"));
-    c.args(args).env_remove("QM_CACERT").env_remove("QM_SERVER");
-    match token(d) {
-        Some(t) => c.env("QM_TOKEN", t),
-        None => c.env_remove("QM_TOKEN"),
-    };
-    c.output().expect("run qm")
+    Command::new(env!("CARGO_BIN_EXE_qm"))
+        .args(args)
+        .env_remove("QM_CACERT")
+        .env_remove("QM_SERVER")
+        .env("QM_TOKEN", &d.token)
+        .output()
+        .expect("run qm")
 }
 
 fn text(o: &Output) -> (i32, String, String) {
@@ -90,6 +84,43 @@ fn serve(dir: &Path, flags: &[&str]) -> Result<(String, String), (i32, String)> 
         Some(addr) => Ok((addr, stderr)),
         None => Err((out.status.code().unwrap_or(-1), stderr)),
     }
+}
+
+/// `qm mcp` with `args` before `mcp`: the answer to `tools/call node_status` (JSON-RPC over
+/// stdio, one message a line).
+fn mcp_node_status(d: &Daemon, args: &[&str]) -> serde_json::Value {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qm"))
+        .args(args)
+        .arg("mcp")
+        .env("QM_LOG", "error")
+        .env("QM_TOKEN", &d.token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start qm mcp");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let messages = [
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-03-26", "capabilities": {},
+            "clientInfo": {"name": "transport-test", "version": "0"}}}),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "node_status", "arguments": {}}}),
+    ];
+    let mut called = serde_json::Value::Null;
+    for message in messages {
+        writeln!(stdin, "{message}").expect("write to qm mcp");
+        if message["id"].is_null() {
+            continue;
+        }
+        let line = lines.next().expect("an answer").expect("read qm mcp");
+        called = serde_json::from_str(&line).expect("json-rpc");
+        assert!(called["result"].is_object(), "{called}");
+    }
+    drop(stdin);
+    let _ = child.wait();
+    called
 }
 
 #[test]
@@ -131,10 +162,20 @@ fn https_needs_the_ca_that_signed_the_daemon() {
     let o = Command::new(env!("CARGO_BIN_EXE_qm"))
         .args(["--server", &https, "-o", "json", "nodes"])
         .env("QM_CACERT", path("ca.pem"))
-        .envs(token(&d).map(|t| ("QM_TOKEN", t)))
+        .env("QM_TOKEN", &d.token)
         .output()
         .expect("run qm");
     assert_eq!(text(&o).0, 0, "{}", text(&o).2);
+    // qm mcp speaks to the daemon through the same client
+    let called = mcp_node_status(&d, &["--server", &https, "--cacert", &path("ca.pem")]);
+    assert_eq!(called["result"]["isError"], false, "{called}");
+    assert_eq!(
+        called["result"]["structuredContent"]["node"]["name"], "test-node",
+        "{called}"
+    );
+    let called = mcp_node_status(&d, &["--server", &https]);
+    assert_eq!(called["result"]["isError"], true, "{called}");
+    assert!(called.to_string().contains("certificate"), "{called}");
     // Mozilla's roots, or another CA: the certificate is not trusted, exit 3, and the message
     // says what to pass
     for extra in [&[][..], &["--cacert", &path("other-ca.pem")][..]] {
@@ -313,8 +354,8 @@ fn an_encrypted_export_imports_back_with_its_identity_only() {
     // empty the state, then bring it back
     let empty = files.join("empty.json");
     let mut cleared = before.clone();
-    cleared["pools"] = serde_json::json!([]);
-    cleared["allocations"] = serde_json::json!([]);
+    cleared["pools"] = json!([]);
+    cleared["allocations"] = json!([]);
     std::fs::write(&empty, cleared.to_string()).expect("write");
     let empty_s = empty.display().to_string();
     let identity_s = identity.display().to_string();
