@@ -327,6 +327,7 @@ mod tests {
             ReadAgent          AAAAA       AAAAA       AAAAA       ?ANAN       ?AAAN
             StopAgent          AAAAA       AAAAA       DDDDD       ?ANAN       ?AAAN
             AgentHeartbeat     AAAAA       AAAAA       DDDDD       ?ANAN       ?AAAN
+            ReadAgentMetrics   AAAAA       AAAAA       AAAAA       ?ANAN       ?AAAN
             ExportState        AAAAA       AAAAA       AAAAA       DDDDD       DDDDD
             ImportState        AAAAA       DDDDD       DDDDD       DDDDD       DDDDD
             ManageTokens       AAAAA       DDDDD       DDDDD       DDDDD       DDDDD
