@@ -10,9 +10,9 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRef, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use qm_proto::FleetDoc;
 #[allow(unused_imports, reason = "the OpenAPI annotations name these types")]
 use qm_proto::{AgentDoc, Problem};
-use qm_proto::FleetDoc;
 use qm_proto::{AgentList, AgentSpec, FleetList, FleetSpec, MetricPush, decode, to_json};
 use qm_runtime::Engine;
 use qm_runtime::agents::Supervisor;
@@ -87,7 +87,7 @@ pub(crate) async fn create_agent(
     let root = spec
         .user
         .as_deref()
-        .is_some_and(|u| qm_runtime::agents::is_root_user(u));
+        .is_some_and(qm_runtime::agents::is_root_user);
     if root {
         caller.allow(Operation::RunAsRoot)?;
     }
@@ -160,9 +160,13 @@ fn fleet_shown(caller: &Caller, mut doc: FleetDoc) -> FleetDoc {
 /// `op` on agent `id`'s resources: an agent token's own (or its sub-agents'), else 404.
 fn owned(caller: &Caller, op: Operation, id: &str) -> Result<(), ApiError> {
     if caller.needs_owner(op) {
-        caller
-            .allow_for(op, id, None)
-            .map_err(|e| if e.0.status == 404 { not_found("agent", id) } else { e })
+        caller.allow_for(op, id, None).map_err(|e| {
+            if e.0.status == 404 {
+                not_found("agent", id)
+            } else {
+                e
+            }
+        })
     } else {
         caller.allow(op)
     }

@@ -66,17 +66,24 @@ struct BearerAuth;
 
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
         use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
         let components = doc.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
-        doc.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
+        doc.security = Some(vec![SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
         let problem = || {
             ContentBuilder::new()
-                .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Problem"))))
+                .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                    "Problem",
+                ))))
                 .build()
         };
         for item in doc.paths.paths.values_mut() {
@@ -92,14 +99,17 @@ impl utoipa::Modify for BearerAuth {
                     ("401", "no valid bearer token (unauthorized)"),
                     ("403", "the token's role does not allow this (forbidden)"),
                 ] {
-                    op.responses.responses.entry(status.to_owned()).or_insert_with(|| {
-                        RefOr::T(
-                            ResponseBuilder::new()
-                                .description(what)
-                                .content("application/problem+json", problem())
-                                .build(),
-                        )
-                    });
+                    op.responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| {
+                            RefOr::T(
+                                ResponseBuilder::new()
+                                    .description(what)
+                                    .content("application/problem+json", problem())
+                                    .build(),
+                            )
+                        });
                 }
             }
         }

@@ -64,8 +64,14 @@ fn api_router(engine: Engine, agents: Option<qm_runtime::agents::Supervisor>) ->
                 Ok::<_, ApiError>(json(StatusCode::OK, crate::openapi::document()))
             }),
         )
-        .route("/v1/tokens", get(crate::security::list_tokens).post(crate::security::create_token))
-        .route("/v1/tokens/{id}", axum::routing::delete(crate::security::revoke_token))
+        .route(
+            "/v1/tokens",
+            get(crate::security::list_tokens).post(crate::security::create_token),
+        )
+        .route(
+            "/v1/tokens/{id}",
+            axum::routing::delete(crate::security::revoke_token),
+        )
         .route("/v1/audit", get(crate::security::audit))
         .route("/v1/events", get(crate::events::events))
         .route("/v1/metrics", get(crate::monitoring::snapshot))
@@ -424,11 +430,7 @@ pub(crate) async fn create_allocation(
         if req.pool.is_none() {
             req.pool.clone_from(&caller.principal().pool);
         }
-        caller.allow_for(
-            Operation::CreateAllocation,
-            &req.agent,
-            req.pool.as_deref(),
-        )?;
+        caller.allow_for(Operation::CreateAllocation, &req.agent, req.pool.as_deref())?;
     } else {
         caller.allow(Operation::CreateAllocation)?;
     }

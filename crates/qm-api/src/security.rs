@@ -8,9 +8,9 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use qm_proto::{AuditDoc, AuditList, TokenList, TokenRequest, decode, to_json};
 #[allow(unused_imports, reason = "the OpenAPI annotations name these types")]
 use qm_proto::{Problem, TokenCreated, TokenDoc};
-use qm_proto::{AuditDoc, AuditList, TokenList, TokenRequest, decode, to_json};
 use qm_runtime::Engine;
 
 use crate::auth::{Caller, Operation};
@@ -79,16 +79,18 @@ pub(crate) async fn audit(
 ) -> ApiResult {
     caller.allow(Operation::ReadAudit)?;
     if let Some(k) = q.keys().find(|k| !matches!(k.as_str(), "since" | "limit")) {
-        return Err(ApiError::field(k, "unknown query parameter (known: since, limit)"));
+        return Err(ApiError::field(
+            k,
+            "unknown query parameter (known: since, limit)",
+        ));
     }
-    let since = match q.get("since") {
-        Some(s) => s
-            .parse::<i64>()
-            .ok()
-            .filter(|n| *n >= 0)
-            .ok_or_else(|| ApiError::field("since", format!("{s:?} is not a sequence number")))?,
-        None => 0,
-    };
+    let since =
+        match q.get("since") {
+            Some(s) => s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                ApiError::field("since", format!("{s:?} is not a sequence number"))
+            })?,
+            None => 0,
+        };
     let limit = match q.get("limit") {
         Some(l) => l
             .parse::<usize>()
@@ -112,6 +114,13 @@ pub(crate) async fn audit(
             hash: r.hash,
         })
         .collect();
-    let next_since = if full { items.last().map(|d| d.seq) } else { None };
-    Ok(json(StatusCode::OK, to_json(&AuditList { items, next_since })))
+    let next_since = if full {
+        items.last().map(|d| d.seq)
+    } else {
+        None
+    };
+    Ok(json(
+        StatusCode::OK,
+        to_json(&AuditList { items, next_since }),
+    ))
 }

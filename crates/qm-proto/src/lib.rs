@@ -23,8 +23,8 @@ pub use monitor::{
 pub use problem::{FieldProblem, Problem};
 pub use resources::{WireResources, parse_resources, render_resources};
 pub use security::{
-    ActorDoc, AuditDoc, AuditEntryDoc, AuditList, ROLES, TokenCreated, TokenDoc, TokenList,
-    StoredToken, TokenRequest,
+    ActorDoc, AuditDoc, AuditEntryDoc, AuditList, ROLES, StoredToken, TokenCreated, TokenDoc,
+    TokenList, TokenRequest,
 };
 pub use time::{format_rfc3339, parse_rfc3339};
 pub use types::{

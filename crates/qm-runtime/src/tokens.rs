@@ -305,7 +305,9 @@ impl Tokens {
             .read()
             .map(|m| {
                 m.values()
-                    .filter(|e| e.stored.doc.managed && e.stored.doc.agent.as_deref() == Some(agent))
+                    .filter(|e| {
+                        e.stored.doc.managed && e.stored.doc.agent.as_deref() == Some(agent)
+                    })
                     .map(|e| e.stored.doc.id.clone())
                     .collect()
             })

@@ -95,8 +95,10 @@ pub(crate) fn append(
 ) -> rusqlite::Result<()> {
     let seq = head.seq + 1;
     let hash = entry_hash(&head.hash, seq, at_ms, body);
-    tx.prepare_cached("INSERT INTO audit (seq, at_ms, body, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5)")?
-        .execute(params![seq, at_ms, body, head.hash, hash])?;
+    tx.prepare_cached(
+        "INSERT INTO audit (seq, at_ms, body, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![seq, at_ms, body, head.hash, hash])?;
     tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
         .execute(params![HEAD_KEY, format!("{seq}:{hash}")])?;
     *head = Head { seq, hash };
@@ -104,7 +106,11 @@ pub(crate) fn append(
 }
 
 /// Entries after `after_seq`, oldest first, at most `limit`.
-pub(crate) fn list(conn: &Connection, after_seq: i64, limit: i64) -> rusqlite::Result<Vec<AuditRow>> {
+pub(crate) fn list(
+    conn: &Connection,
+    after_seq: i64,
+    limit: i64,
+) -> rusqlite::Result<Vec<AuditRow>> {
     let mut st = conn.prepare_cached(
         "SELECT seq, at_ms, body, prev, hash FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2",
     )?;

@@ -386,7 +386,10 @@ impl Store {
     /// Audit entries after `after_seq` (0: from the start), oldest first, at most `limit`.
     pub fn audit(&self, after_seq: i64, limit: usize) -> Result<Vec<AuditRow>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.read(|c| audit::list(c, after_seq, limit), "reading the audit log")
+        self.read(
+            |c| audit::list(c, after_seq, limit),
+            "reading the audit log",
+        )
     }
 
     /// What the writer has done so far.

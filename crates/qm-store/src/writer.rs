@@ -150,7 +150,10 @@ fn apply<'a>(
 /// The writer has no logger of its own; a chain it cannot read starts from genesis, and
 /// `qm audit verify` reports the break.
 fn report_head_error(path: &Path, e: &rusqlite::Error) {
-    eprintln!("qm-store: cannot read the audit chain's head in {}: {e}", path.display());
+    eprintln!(
+        "qm-store: cannot read the audit chain's head in {}: {e}",
+        path.display()
+    );
 }
 
 fn apply_op(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<()> {

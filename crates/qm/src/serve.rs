@@ -602,9 +602,9 @@ impl Settings {
         let auth_mode = match args.auth.clone().or(file.auth.mode.clone()).as_deref() {
             None | Some("tokens") => qm_api::AuthMode::Tokens,
             Some("none") if listen.ip().is_loopback() => qm_api::AuthMode::None,
-            Some("none") => bail!(
-                "auth: none is for loopback demos only; {listen} is not a loopback address"
-            ),
+            Some("none") => {
+                bail!("auth: none is for loopback demos only; {listen} is not a loopback address")
+            }
             Some(other) => bail!("auth: {other:?} is not tokens or none"),
         };
         let auth = qm_api::AuthConfig {
@@ -732,7 +732,9 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     settings.engine.admin_token_sha256 = Some(qm_runtime::tokens::digest(&admin));
     drop(admin);
     if settings.auth.mode == qm_api::AuthMode::None {
-        tracing::warn!("AUTH IS OFF (--auth none): every local process is the admin of this daemon; use it for demos only");
+        tracing::warn!(
+            "AUTH IS OFF (--auth none): every local process is the admin of this daemon; use it for demos only"
+        );
     }
     runtime.block_on(async move {
         let engine_config = settings.engine.clone();

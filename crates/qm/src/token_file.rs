@@ -32,8 +32,9 @@ pub(crate) fn bootstrap(path: &Path) -> anyhow::Result<String> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("admin token file: cannot create {}", dir.display()))?;
+                std::fs::create_dir_all(dir).with_context(|| {
+                    format!("admin token file: cannot create {}", dir.display())
+                })?;
             }
             let secret = qm_runtime::tokens::random_hex(32)
                 .map_err(|e| anyhow::anyhow!("admin token: {e}"))?;
@@ -50,7 +51,9 @@ pub(crate) fn bootstrap(path: &Path) -> anyhow::Result<String> {
             tracing::info!(path = %path.display(), "wrote a new admin token");
             Ok(token)
         }
-        Err(e) => Err(e).with_context(|| format!("admin token file: cannot read {}", path.display())),
+        Err(e) => {
+            Err(e).with_context(|| format!("admin token file: cannot read {}", path.display()))
+        }
     }
 }
 
@@ -101,7 +104,9 @@ pub(crate) fn publish(port: u16, token_file: &Path) -> Option<PathBuf> {
 /// Removes `pointer` if it still names `token_file` (another daemon may have taken the port).
 pub(crate) fn unpublish(pointer: &Path, token_file: &Path) {
     let ours = std::fs::canonicalize(token_file).ok();
-    let named = std::fs::read_to_string(pointer).ok().map(|s| PathBuf::from(s.trim()));
+    let named = std::fs::read_to_string(pointer)
+        .ok()
+        .map(|s| PathBuf::from(s.trim()));
     if ours.is_some() && ours == named {
         let _ = std::fs::remove_file(pointer);
     }
@@ -116,8 +121,7 @@ pub(crate) fn discover(server: &str) -> Option<String> {
         .or_else(|| server.strip_prefix("https://"))?;
     let authority = rest.split('/').next()?;
     let (host, port) = authority.rsplit_once(':')?;
-    let local = matches!(host, "127.0.0.1" | "localhost" | "[::1]")
-        || host.starts_with("127.");
+    let local = matches!(host, "127.0.0.1" | "localhost" | "[::1]") || host.starts_with("127.");
     if !local {
         return None;
     }
@@ -138,7 +142,9 @@ pub(crate) fn discover(server: &str) -> Option<String> {
             return Some(token);
         }
     }
-    (port == 7070).then(|| read(Path::new("qm-data/admin.token"))).flatten()
+    (port == 7070)
+        .then(|| read(Path::new("qm-data/admin.token")))
+        .flatten()
 }
 
 #[cfg(test)]
@@ -151,12 +157,20 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("sub/admin.token");
         let made = bootstrap(&path).unwrap();
-        assert!(made.starts_with("qm_bootstrap_") && made.len() == 13 + 64, "{made}");
+        assert!(
+            made.starts_with("qm_bootstrap_") && made.len() == 13 + 64,
+            "{made}"
+        );
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(bootstrap(&path).unwrap(), made);
         std::fs::write(&path, "short\n").unwrap();
-        assert!(bootstrap(&path).unwrap_err().to_string().contains("at least 16"));
+        assert!(
+            bootstrap(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("at least 16")
+        );
         std::fs::write(&path, "a-token-shared-by-the-cluster\n").unwrap();
         assert_eq!(bootstrap(&path).unwrap(), "a-token-shared-by-the-cluster");
         let _ = std::fs::remove_dir_all(&dir);

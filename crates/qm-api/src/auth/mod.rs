@@ -162,8 +162,16 @@ impl Caller {
     }
 
     /// Allowed to perform `op` on agent `agent`'s resource (in `pool`).
-    pub fn allow_for(&self, op: Operation, agent: &str, pool: Option<&str>) -> Result<(), ApiError> {
-        self.refuse(op, policy::decide(&self.0, op, Owner::Agent { agent, pool }))
+    pub fn allow_for(
+        &self,
+        op: Operation,
+        agent: &str,
+        pool: Option<&str>,
+    ) -> Result<(), ApiError> {
+        self.refuse(
+            op,
+            policy::decide(&self.0, op, Owner::Agent { agent, pool }),
+        )
     }
 
     /// An agent token's view: Some(predicate) over agent names when lists must be scoped.
@@ -212,7 +220,11 @@ fn usual_status(m: &Method, path: &str) -> u16 {
         path,
         "/v1/allocations" | "/v1/pools" | "/v1/nodes" | "/v1/agents" | "/v1/fleets" | "/v1/tokens"
     );
-    if *m == Method::POST && collection { 201 } else { 200 }
+    if *m == Method::POST && collection {
+        201
+    } else {
+        200
+    }
 }
 
 fn actor(req: &Request, p: Option<&Principal>) -> ActorDoc {
@@ -238,10 +250,7 @@ fn actor(req: &Request, p: Option<&Principal>) -> ActorDoc {
 pub(crate) async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
     let path = path.as_str();
-    if path == "/healthz"
-        || path == "/readyz"
-        || (g.config.public_metrics && path == "/metrics")
-    {
+    if path == "/healthz" || path == "/readyz" || (g.config.public_metrics && path == "/metrics") {
         return next.run(req).await;
     }
     let method = req.method().clone();

@@ -425,7 +425,10 @@ impl Supervisor {
                 {
                     f.next_index = next;
                 }
-                if let Err(error) = self.create(spec, Some(name.to_owned()), super::Requester::daemon()).await {
+                if let Err(error) = self
+                    .create(spec, Some(name.to_owned()), super::Requester::daemon())
+                    .await
+                {
                     tracing::warn!(%error, fleet = name, "cannot add a member");
                     break;
                 }

@@ -128,11 +128,15 @@ pub fn may_adopt(pid: u32, by: Requester) -> Result<(), (bool, String)> {
         (Some(o), Some(me)) if o == me => Ok(()),
         (Some(o), Some(me)) => Err((
             true,
-            format!("process {pid} belongs to uid {o}, not to the caller (uid {me}); only an admin may adopt it"),
+            format!(
+                "process {pid} belongs to uid {o}, not to the caller (uid {me}); only an admin may adopt it"
+            ),
         )),
         _ => Err((
             true,
-            format!("process {pid}: the caller's uid is unknown (not a loopback connection); only an admin may adopt it"),
+            format!(
+                "process {pid}: the caller's uid is unknown (not a loopback connection); only an admin may adopt it"
+            ),
         )),
     }
 }
@@ -174,7 +178,10 @@ mod tests {
         let admin = Requester::daemon();
         assert!(matches!(may_adopt(1, admin), Err((false, _))));
         assert!(matches!(may_adopt(2, admin), Err((false, _))));
-        assert!(matches!(may_adopt(std::process::id(), admin), Err((false, _))));
+        assert!(matches!(
+            may_adopt(std::process::id(), admin),
+            Err((false, _))
+        ));
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()

@@ -716,7 +716,10 @@ impl Supervisor {
                     };
                     let spawned = match identity {
                         Ok(_) => run::spawn(&launch, &self.logs(id)),
-                        Err(why) => Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, why)),
+                        Err(why) => Err(std::io::Error::new(
+                            std::io::ErrorKind::PermissionDenied,
+                            why,
+                        )),
                     };
                     match spawned {
                         Ok(child) => {

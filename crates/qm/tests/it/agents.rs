@@ -684,9 +684,10 @@ fn at_critical_the_victim_goes_at_once_and_the_others_above_request_are_throttle
         (soft_limit() > 1 << 60).then_some(())
     });
     // and both steps were published
-    let events = crate::events::read_events(format!("{}/v1/events?since=0", d.base), d.bearer(), 10_000)
-        .recv()
-        .expect("events");
+    let events =
+        crate::events::read_events(format!("{}/v1/events?since=0", d.base), d.bearer(), 10_000)
+            .recv()
+            .expect("events");
     let of = |kind: &str| {
         events
             .iter()

@@ -486,7 +486,10 @@ fn mcp_needs_a_token_and_its_tools_act_with_the_callers_rights() {
     );
     let listed = s.ok("list_allocations", json!({}));
     let text = listed.to_string();
-    assert!(text.contains("mcp-coder") && !text.contains("neighbour"), "{text}");
+    assert!(
+        text.contains("mcp-coder") && !text.contains("neighbour"),
+        "{text}"
+    );
     drop(s);
     d.stop();
 }

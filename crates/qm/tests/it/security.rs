@@ -52,7 +52,11 @@ fn every_route_in_the_openapi_document_needs_a_token() {
             let m = method.to_uppercase();
             let body = (m == "POST" || m == "PUT").then_some("{}");
             let a = d.call_as(None, &m, &concrete, body);
-            assert_eq!(a.status, 401, "{m} {path} answered {} without a token", a.status);
+            assert_eq!(
+                a.status, 401,
+                "{m} {path} answered {} without a token",
+                a.status
+            );
             assert_eq!(a.body["code"], "unauthorized", "{m} {path}");
             let bad = d.call_as(Some("qm_0123_made-up"), &m, &concrete, body);
             assert_eq!(bad.status, 401, "{m} {path} with a made-up token");
@@ -60,7 +64,13 @@ fn every_route_in_the_openapi_document_needs_a_token() {
         }
     }
     assert!(checked >= 40, "only {checked} operations in the document");
-    for path in ["/docs/", "/openapi.json", "/metrics", "/v1/events", "/no-such-route"] {
+    for path in [
+        "/docs/",
+        "/openapi.json",
+        "/metrics",
+        "/v1/events",
+        "/no-such-route",
+    ] {
         assert_eq!(d.call_as(None, "GET", path, None).status, 401, "{path}");
     }
     // the challenge names the scheme
@@ -71,7 +81,9 @@ fn every_route_in_the_openapi_document_needs_a_token() {
         .call()
         .expect("answer");
     assert_eq!(
-        resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()),
+        resp.headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
         Some("Bearer realm=\"qm\"")
     );
     for open in ["/healthz", "/readyz"] {
@@ -98,9 +110,18 @@ fn an_unprivileged_local_user_gets_nothing() {
     };
     // the exploit: one curl that made the daemon run `id` as root
     let o = as_nobody(&[
-        "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST",
-        "-H", "content-type: application/json",
-        "-d", r#"{"name":"pwn","command":["id"],"resources":{}}"#,
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"name":"pwn","command":["id"],"resources":{}}"#,
         &format!("{}/v1/agents", d.base),
     ]);
     assert_eq!(String::from_utf8_lossy(&o.stdout), "401");
@@ -116,7 +137,10 @@ fn an_unprivileged_local_user_gets_nothing() {
     if as_nobody(&[qm_bin, "--version"]).status.success() {
         let o = as_nobody(&[qm_bin, "--server", &d.base, "agents", "ls"]);
         assert!(!o.status.success());
-        assert!(String::from_utf8_lossy(&o.stderr).contains("QM_TOKEN"), "{o:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("QM_TOKEN"),
+            "{o:?}"
+        );
     }
     assert_eq!(d.get("/v1/agents").body["items"], Value::Array(Vec::new()));
     // the refusal is audited, naming the local user
@@ -136,7 +160,9 @@ fn an_unprivileged_local_user_gets_nothing() {
 fn an_agent_token_is_held_to_its_own() {
     let d = Daemon::start(&temp_dir("scope"), &["--capacity", "cpu=4,memory=4Gi"]);
     let (_, a1) = token(&d, r#"{"name":"a1","role":"agent","agent":"a1"}"#);
-    let small = |agent: &str| format!(r#"{{"agent":"{agent}","resources":{{"cpu":"10m","memory":"1Mi"}}}}"#);
+    let small = |agent: &str| {
+        format!(r#"{{"agent":"{agent}","resources":{{"cpu":"10m","memory":"1Mi"}}}}"#)
+    };
     let own = d.call_as(Some(&a1), "POST", "/v1/allocations", Some(&small("a1")));
     assert_eq!(own.status, 201, "{:?}", own.body);
     let other = d.call_as(Some(&a1), "POST", "/v1/allocations", Some(&small("a2")));
@@ -155,7 +181,10 @@ fn an_agent_token_is_held_to_its_own() {
         let a = d.call_as(Some(&a1), m, &path, body);
         assert_eq!(a.status, 404, "{m} {path}: {:?}", a.body);
     }
-    assert_eq!(d.get(&format!("/v1/allocations/{id}")).body["state"], "granted");
+    assert_eq!(
+        d.get(&format!("/v1/allocations/{id}")).body["state"],
+        "granted"
+    );
     let listed = d.call_as(Some(&a1), "GET", "/v1/allocations", None);
     let agents: Vec<&str> = listed.body["items"]
         .as_array()
@@ -173,15 +202,27 @@ fn an_agent_token_is_held_to_its_own() {
         ("GET", "/v1/state", None),
         ("GET", "/v1/events", None),
         ("GET", "/v1/metrics", None),
-        ("POST", "/v1/agents", Some(r#"{"name":"a1.w","command":["true"],"resources":{}}"#)),
-        ("POST", "/v1/agents", Some(r#"{"name":"x","pid":1,"resources":{}}"#)),
+        (
+            "POST",
+            "/v1/agents",
+            Some(r#"{"name":"a1.w","command":["true"],"resources":{}}"#),
+        ),
+        (
+            "POST",
+            "/v1/agents",
+            Some(r#"{"name":"x","pid":1,"resources":{}}"#),
+        ),
     ] {
         let a = d.call_as(Some(&a1), m, path, body);
         assert_eq!(a.status, 403, "{m} {path}: {:?}", a.body);
     }
     // what every agent may read
     for path in ["/v1/node", "/v1/nodes", "/v1/pools"] {
-        assert_eq!(d.call_as(Some(&a1), "GET", path, None).status, 200, "{path}");
+        assert_eq!(
+            d.call_as(Some(&a1), "GET", path, None).status,
+            200,
+            "{path}"
+        );
     }
     let fit = d.call_as(
         Some(&a1),
@@ -192,16 +233,30 @@ fn an_agent_token_is_held_to_its_own() {
     assert_eq!(fit.status, 201, "{:?}", fit.body);
     // an observer reads and changes nothing
     let (_, obs) = token(&d, r#"{"name":"watcher","role":"observer"}"#);
-    assert_eq!(d.call_as(Some(&obs), "GET", "/v1/allocations", None).status, 200);
     assert_eq!(
-        d.call_as(Some(&obs), "DELETE", &format!("/v1/allocations/{id}"), None).status,
+        d.call_as(Some(&obs), "GET", "/v1/allocations", None).status,
+        200
+    );
+    assert_eq!(
+        d.call_as(Some(&obs), "DELETE", &format!("/v1/allocations/{id}"), None)
+            .status,
         403
     );
     // an operator runs the cluster but holds no keys
     let (_, op) = token(&d, r#"{"name":"ops","role":"operator"}"#);
-    assert_eq!(d.call_as(Some(&op), "POST", "/v1/pools", Some(r#"{"name":"p"}"#)).status, 201);
     assert_eq!(
-        d.call_as(Some(&op), "POST", "/v1/tokens", Some(r#"{"name":"x","role":"admin"}"#)).status,
+        d.call_as(Some(&op), "POST", "/v1/pools", Some(r#"{"name":"p"}"#))
+            .status,
+        201
+    );
+    assert_eq!(
+        d.call_as(
+            Some(&op),
+            "POST",
+            "/v1/tokens",
+            Some(r#"{"name":"x","role":"admin"}"#)
+        )
+        .status,
         403
     );
     d.stop();
@@ -241,7 +296,9 @@ fn the_cli_finds_the_admin_token_and_manages_tokens() {
     let d = Daemon::start(&temp_dir("cli-tokens"), &["--capacity", "cpu=2,memory=1Gi"]);
     let o = qm(&["--server", &d.base, "status"]);
     assert!(o.status.success(), "{o:?}");
-    let o = qm(&["--server", &d.base, "tokens", "create", "ci", "--role", "observer"]);
+    let o = qm(&[
+        "--server", &d.base, "tokens", "create", "ci", "--role", "observer",
+    ]);
     assert!(o.status.success(), "{o:?}");
     let secret = String::from_utf8_lossy(&o.stdout).trim().to_owned();
     assert!(secret.starts_with("qm_"), "{secret}");
@@ -277,7 +334,12 @@ fn agent_daemon(tag: &str) -> Daemon {
     .expect("config");
     Daemon::start(
         &dir.join("data"),
-        &["--config", config.to_str().expect("utf-8"), "--capacity", "cpu=4,memory=4Gi"],
+        &[
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--capacity",
+            "cpu=4,memory=4Gi",
+        ],
     )
 }
 
@@ -322,11 +384,20 @@ fn a_spawned_agent_runs_as_nobody_with_a_token_for_itself_alone() {
             .iter()
             .filter_map(|v| v.as_str().map(str::to_owned))
             .collect();
-        lines.iter().any(|l| l.starts_with("token:")).then_some(lines)
+        lines
+            .iter()
+            .any(|l| l.starts_with("token:"))
+            .then_some(lines)
     });
     let text = logs.join("\n");
     assert_eq!(&logs[..3], ["65534", "65534", "NoNewPrivs:\t1"], "{text}");
-    for want in ["self:200", "other:404", "spawn:403", "limit:denied", "escape:denied"] {
+    for want in [
+        "self:200",
+        "other:404",
+        "spawn:403",
+        "limit:denied",
+        "escape:denied",
+    ] {
         assert!(logs.iter().any(|l| l == want), "{want} missing:\n{text}");
     }
     let agent_token = logs
@@ -339,7 +410,10 @@ fn a_spawned_agent_runs_as_nobody_with_a_token_for_itself_alone() {
     let (_, op) = token(&d, r#"{"name":"ops","role":"operator"}"#);
     let seen = d.call_as(Some(&op), "GET", "/v1/agents/prober", None);
     assert_eq!(seen.body["spec"]["env"]["SECRET_KEY"], "<redacted>");
-    assert_eq!(d.get("/v1/agents/prober").body["spec"]["env"]["SECRET_KEY"], "hunter2");
+    assert_eq!(
+        d.get("/v1/agents/prober").body["spec"]["env"]["SECRET_KEY"],
+        "hunter2"
+    );
     // no token is kept in plaintext anywhere under the data dir, but the admin token file
     let (_, api_token) = token(&d, r#"{"name":"kept","role":"observer"}"#);
     let data = d.dir_of();
@@ -347,7 +421,12 @@ fn a_spawned_agent_runs_as_nobody_with_a_token_for_itself_alone() {
     let mut scanned = 0;
     while let Some(p) = files.pop() {
         if p.is_dir() {
-            files.extend(std::fs::read_dir(&p).expect("dir").flatten().map(|e| e.path()));
+            files.extend(
+                std::fs::read_dir(&p)
+                    .expect("dir")
+                    .flatten()
+                    .map(|e| e.path()),
+            );
             continue;
         }
         if p.ends_with("admin.token") || p.to_string_lossy().contains("/logs/") {
@@ -356,22 +435,36 @@ fn a_spawned_agent_runs_as_nobody_with_a_token_for_itself_alone() {
         let bytes = std::fs::read(&p).unwrap_or_default();
         let text = String::from_utf8_lossy(&bytes);
         for secret in [&agent_token, &api_token, &d.token] {
-            assert!(!text.contains(secret.as_str()), "a token in plaintext in {}", p.display());
+            assert!(
+                !text.contains(secret.as_str()),
+                "a token in plaintext in {}",
+                p.display()
+            );
         }
         scanned += 1;
     }
     assert!(scanned >= 2, "scanned {scanned} files");
     // the agent's token ends with it
-    assert_eq!(d.call_as(Some(&agent_token), "GET", "/v1/agents/prober", None).status, 200);
+    assert_eq!(
+        d.call_as(Some(&agent_token), "GET", "/v1/agents/prober", None)
+            .status,
+        200
+    );
     assert_eq!(d.delete("/v1/agents/prober?grace_s=1").status, 200);
     assert_eq!(d.delete("/v1/agents/bystander?grace_s=1").status, 200);
     eventually("the agent's token revoked", 10, || {
-        (d.call_as(Some(&agent_token), "GET", "/v1/agents/prober", None).status == 401)
+        (d.call_as(Some(&agent_token), "GET", "/v1/agents/prober", None)
+            .status
+            == 401)
             .then_some(())
     });
     // uid 0 is an admin's alone
     let root_spec = r#"{"name":"r","command":["true"],"user":"root","resources":{}}"#;
-    assert_eq!(d.call_as(Some(&op), "POST", "/v1/agents", Some(root_spec)).status, 403);
+    assert_eq!(
+        d.call_as(Some(&op), "POST", "/v1/agents", Some(root_spec))
+            .status,
+        403
+    );
     d.stop();
 }
 
@@ -381,13 +474,23 @@ fn an_orchestrator_spawns_its_swarm_and_nothing_else() {
         return;
     }
     let d = agent_daemon("sec-swarm");
-    let (_, orch) = token(&d, r#"{"name":"orch","role":"agent","agent":"orch","spawn":true}"#);
+    let (_, orch) = token(
+        &d,
+        r#"{"name":"orch","role":"agent","agent":"orch","spawn":true}"#,
+    );
     let sub = |name: &str, extra: &str| {
-        format!(r#"{{"name":"{name}","command":["sleep","30"],"resources":{{"cpu":"10m","memory":"8Mi"}}{extra}}}"#)
+        format!(
+            r#"{{"name":"{name}","command":["sleep","30"],"resources":{{"cpu":"10m","memory":"8Mi"}}{extra}}}"#
+        )
     };
     let w1 = d.call_as(Some(&orch), "POST", "/v1/agents", Some(&sub("orch.w1", "")));
     assert_eq!(w1.status, 201, "{:?}", w1.body);
-    for (name, extra) in [("other", ""), ("orch", ""), ("orchestra", ""), ("orch.w2", r#","user":"root""#)] {
+    for (name, extra) in [
+        ("other", ""),
+        ("orch", ""),
+        ("orchestra", ""),
+        ("orch.w2", r#","user":"root""#),
+    ] {
         let a = d.call_as(Some(&orch), "POST", "/v1/agents", Some(&sub(name, extra)));
         assert_eq!(a.status, 403, "{name}: {:?}", a.body);
     }
@@ -400,7 +503,8 @@ fn an_orchestrator_spawns_its_swarm_and_nothing_else() {
         .collect();
     assert_eq!(names, ["orch.w1"]);
     assert_eq!(
-        d.call_as(Some(&orch), "DELETE", "/v1/agents/orch.w1?grace_s=1", None).status,
+        d.call_as(Some(&orch), "DELETE", "/v1/agents/orch.w1?grace_s=1", None)
+            .status,
         200
     );
     d.stop();
@@ -423,11 +527,20 @@ fn init_the_daemon_and_strangers_processes_are_never_adopted() {
     }
     // a process of another user: not an operator's to take
     let mut stranger = Command::new("setpriv")
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "sleep", "30"])
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "sleep",
+            "30",
+        ])
         .spawn()
         .expect("setpriv");
     let (_, op) = token(&d, r#"{"name":"ops","role":"operator"}"#);
-    let body = format!(r#"{{"name":"stranger","pid":{},"resources":{{}}}}"#, stranger.id());
+    let body = format!(
+        r#"{{"name":"stranger","pid":{},"resources":{{}}}}"#,
+        stranger.id()
+    );
     eventually("the stranger runs as nobody", 5, || {
         std::fs::read_to_string(format!("/proc/{}/status", stranger.id()))
             .ok()
@@ -435,7 +548,11 @@ fn init_the_daemon_and_strangers_processes_are_never_adopted() {
     });
     let a = d.call_as(Some(&op), "POST", "/v1/agents", Some(&body));
     assert_eq!(a.status, 403, "{:?}", a.body);
-    assert!(a.body["detail"].as_str().unwrap_or("").starts_with("pid"), "{:?}", a.body);
+    assert!(
+        a.body["detail"].as_str().unwrap_or("").starts_with("pid"),
+        "{:?}",
+        a.body
+    );
     assert_eq!(d.get("/v1/agents/stranger").status, 404);
     let _ = stranger.kill();
     let _ = stranger.wait();
@@ -452,8 +569,14 @@ fn the_audit_chain_verifies_until_a_row_is_edited() {
     assert_eq!(granted.status, 201);
     let id = granted.body["id"].as_str().expect("id").to_owned();
     assert_eq!(d.delete(&format!("/v1/allocations/{id}")).status, 200);
-    assert_eq!(d.post("/v1/pools", r#"{"name":"p","weight":-1}"#).status, 422);
-    assert_eq!(d.call_as(None, "DELETE", "/v1/pools/default", None).status, 401);
+    assert_eq!(
+        d.post("/v1/pools", r#"{"name":"p","weight":-1}"#).status,
+        422
+    );
+    assert_eq!(
+        d.call_as(None, "DELETE", "/v1/pools/default", None).status,
+        401
+    );
     let log = d.get("/v1/audit");
     let items = log.body["items"].as_array().expect("items").clone();
     let rows: Vec<(String, String, u64)> = items
@@ -474,7 +597,8 @@ fn the_audit_chain_verifies_until_a_row_is_edited() {
     ];
     for (m, p, s) in &want {
         assert!(
-            rows.iter().any(|(rm, rp, rs)| rm == m && rp == p && rs == s),
+            rows.iter()
+                .any(|(rm, rp, rs)| rm == m && rp == p && rs == s),
             "{m} {p} {s} not in {rows:?}"
         );
     }
@@ -486,10 +610,20 @@ fn the_audit_chain_verifies_until_a_row_is_edited() {
     }
     let dir = d.dir_of();
     d.stop();
-    let verify = || qm(&["audit", "verify", "--data-dir", dir.to_str().expect("utf-8")]);
+    let verify = || {
+        qm(&[
+            "audit",
+            "verify",
+            "--data-dir",
+            dir.to_str().expect("utf-8"),
+        ])
+    };
     let o = verify();
     assert!(o.status.success(), "{o:?}");
-    assert!(String::from_utf8_lossy(&o.stdout).contains("verified"), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("verified"),
+        "{o:?}"
+    );
     let edited = Command::new("sqlite3")
         .arg(dir.join("qm.db"))
         .arg("UPDATE audit SET body = replace(body, '\"status\":201', '\"status\":200') WHERE seq = 1")
@@ -508,11 +642,20 @@ fn the_audit_chain_verifies_until_a_row_is_edited() {
 fn auth_none_is_for_loopback_only() {
     let dir = temp_dir("auth-none");
     let o = qm(&[
-        "serve", "--listen", "0.0.0.0:0", "--insecure", "--auth", "none", "--data-dir",
+        "serve",
+        "--listen",
+        "0.0.0.0:0",
+        "--insecure",
+        "--auth",
+        "none",
+        "--data-dir",
         dir.to_str().expect("utf-8"),
     ]);
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("loopback"), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("loopback"),
+        "{o:?}"
+    );
     let d = Daemon::start(&dir, &["--auth", "none", "--capacity", "cpu=1,memory=1Gi"]);
     assert_eq!(d.call_as(None, "GET", "/v1/node", None).status, 200);
     d.stop();
