@@ -54,6 +54,7 @@ use crate::{agents, monitoring, routes};
         crate::security::list_tokens,
         crate::security::revoke_token,
         crate::security::audit,
+        crate::security::whoami,
     ),
     components(schemas(qm_proto::EventDoc)),
     modifiers(&BearerAuth)

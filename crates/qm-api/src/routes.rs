@@ -73,6 +73,7 @@ fn api_router(engine: Engine, agents: Option<qm_runtime::agents::Supervisor>) ->
             axum::routing::delete(crate::security::revoke_token),
         )
         .route("/v1/audit", get(crate::security::audit))
+        .route("/v1/whoami", get(crate::security::whoami))
         .route("/v1/events", get(crate::events::events))
         .route("/v1/metrics", get(crate::monitoring::snapshot))
         .route("/v1/metrics/series", get(crate::monitoring::series))

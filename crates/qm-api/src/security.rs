@@ -65,6 +65,29 @@ pub(crate) async fn revoke_token(
     Ok(json(StatusCode::OK, to_json(&doc)))
 }
 
+#[utoipa::path(get, path = "/v1/whoami", tag = "security",
+    responses((status = 200, description = "the caller's identity", body = qm_proto::WhoAmI),
+        (status = 401, body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn whoami(caller: Caller) -> ApiResult {
+    caller.allow(Operation::ReadDocs)?;
+    let p = caller.principal();
+    let doc = qm_proto::WhoAmI {
+        token_id: p.token_id.clone(),
+        name: p.name.clone(),
+        role: p.role.as_str().to_owned(),
+        agent: p.agent.clone(),
+        pool: p.pool.clone(),
+        spawn: p.spawn,
+        auth: if p.token_id == crate::auth::ANONYMOUS {
+            "none"
+        } else {
+            "tokens"
+        }
+        .to_owned(),
+    };
+    Ok(json(StatusCode::OK, to_json(&doc)))
+}
+
 #[utoipa::path(get, path = "/v1/audit", tag = "security",
     params(("since" = Option<i64>, Query, description = "entries after this sequence number"),
         ("limit" = Option<usize>, Query, description = "at most this many (default 100, at most 1000)")),

@@ -24,7 +24,7 @@ pub use problem::{FieldProblem, Problem};
 pub use resources::{WireResources, parse_resources, render_resources};
 pub use security::{
     ActorDoc, AuditDoc, AuditEntryDoc, AuditList, ROLES, StoredToken, TokenCreated, TokenDoc,
-    TokenList, TokenRequest,
+    TokenList, TokenRequest, WhoAmI,
 };
 pub use time::{format_rfc3339, parse_rfc3339};
 pub use types::{

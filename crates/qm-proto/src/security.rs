@@ -203,3 +203,19 @@ pub struct StoredToken {
     pub created_ms: u64,
     pub expires_ms: Option<u64>,
 }
+
+/// `GET /v1/whoami`: the caller's identity, as the daemon sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WhoAmI {
+    pub token_id: String,
+    pub name: String,
+    pub role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    #[serde(default)]
+    pub spawn: bool,
+    /// `tokens`, or `none` when the daemon runs without authentication (`--auth none`).
+    pub auth: String,
+}

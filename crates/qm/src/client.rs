@@ -156,13 +156,29 @@ pub(crate) fn status(c: &Client, json_out: bool, out: &mut impl Write) -> Result
     let queued = c.allocations("state=queued", 1000)?.len();
     // a daemon without a monitor has no pressure to show
     let pressure = c.pressure().ok();
+    let me: Option<qm_proto::WhoAmI> = c
+        .request("GET", "/v1/whoami", None)
+        .ok()
+        .and_then(|(_, v)| serde_json::from_value(v).ok());
     if json_out {
         writeln!(
             out,
             "{}",
-            json!({ "node": node, "pools": pools, "granted": live, "queued": queued, "pressure": pressure })
+            json!({ "node": node, "pools": pools, "granted": live, "queued": queued, "pressure": pressure, "whoami": me })
         )?;
         return Ok(());
+    }
+    match &me {
+        Some(m) if m.auth == "none" => writeln!(
+            out,
+            "auth        OFF: this daemon runs with --auth none, every local process is its admin"
+        )?,
+        Some(m) => writeln!(
+            out,
+            "auth        {} (token {}, role {})",
+            m.name, m.token_id, m.role
+        )?,
+        None => {}
     }
     let fmt = |m: &std::collections::BTreeMap<String, String>| {
         m.iter()

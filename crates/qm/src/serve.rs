@@ -333,6 +333,10 @@ struct AuthFile {
     admin_token_file: Option<PathBuf>,
     /// Serve `/metrics` without a token (for a Prometheus that cannot send one).
     public_metrics: Option<bool>,
+    /// Refused requests recorded in the audit log per second on average, and in a burst;
+    /// the rest are counted on the next entry recorded.
+    audit_refused_per_s: Option<f64>,
+    audit_refused_burst: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -607,10 +611,27 @@ impl Settings {
             }
             Some(other) => bail!("auth: {other:?} is not tokens or none"),
         };
+        let defaults = qm_api::AuthConfig::default();
+        let rate = |field: &str, v: Option<f64>, default: f64| -> anyhow::Result<f64> {
+            match v {
+                None => Ok(default),
+                Some(r) if r.is_finite() && r >= 1.0 && r <= 1e6 => Ok(r),
+                Some(r) => bail!("auth.{field}: {r} is not a number in [1, 1000000]"),
+            }
+        };
         let auth = qm_api::AuthConfig {
             mode: auth_mode,
             public_metrics: file.auth.public_metrics.unwrap_or(false),
-            ..qm_api::AuthConfig::default()
+            refused_per_s: rate(
+                "audit_refused_per_s",
+                file.auth.audit_refused_per_s,
+                defaults.refused_per_s,
+            )?,
+            refused_burst: rate(
+                "audit_refused_burst",
+                file.auth.audit_refused_burst,
+                defaults.refused_burst,
+            )?,
         };
         let admin_token_file_flag = args
             .admin_token_file
@@ -784,9 +805,14 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                     .await
             }
             Some(tls) => {
+                use axum::serve::ListenerExt;
+                // tapped (doing nothing) so axum hands each request its peer's address
                 let listener = crate::tls::TlsListener::new(listener, tls)
-                    .context("cannot serve TLS")?;
-                axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+                    .context("cannot serve TLS")?
+                    .tap_io(|_| {});
+                axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                    .with_graceful_shutdown(shutdown)
+                    .await
             }
         }
         .context("server failed")?;

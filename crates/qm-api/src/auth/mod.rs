@@ -30,6 +30,9 @@ pub use policy::{Decision, Operation, Owner};
 
 use crate::error::ApiError;
 
+/// The token id of every caller of a daemon without authentication.
+pub const ANONYMOUS: &str = "anonymous";
+
 /// How the daemon authenticates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
@@ -68,6 +71,8 @@ pub(crate) struct Gate {
     engine: Engine,
     config: AuthConfig,
     anonymous: Arc<Principal>,
+    /// Who reads `/metrics` without a token when it is public: an observer.
+    public: Arc<Principal>,
     refused: Arc<Bucket>,
 }
 
@@ -77,7 +82,11 @@ impl Gate {
             engine,
             refused: Arc::new(Bucket::new(config.refused_per_s, config.refused_burst)),
             config,
-            anonymous: Arc::new(Principal::admin("anonymous", "auth-none")),
+            anonymous: Arc::new(Principal::admin(ANONYMOUS, "auth-none")),
+            public: Arc::new(Principal {
+                role: Role::Observer,
+                ..Principal::admin("public", "public-metrics")
+            }),
         }
     }
 }
@@ -250,7 +259,13 @@ fn actor(req: &Request, p: Option<&Principal>) -> ActorDoc {
 pub(crate) async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
     let path = path.as_str();
-    if path == "/healthz" || path == "/readyz" || (g.config.public_metrics && path == "/metrics") {
+    if path == "/healthz" || path == "/readyz" {
+        return next.run(req).await;
+    }
+    if g.config.public_metrics && path == "/metrics" && bearer(req.headers()).is_none() {
+        let mut req = req;
+        req.extensions_mut()
+            .insert(Caller(Arc::clone(&g.public), None));
         return next.run(req).await;
     }
     let method = req.method().clone();

@@ -273,9 +273,9 @@ fn revoked_and_expired_tokens_fail_at_once() {
     assert_eq!(d.delete(&format!("/v1/tokens/{id}")).status, 200);
     assert_eq!(d.call_as(Some(&t), "GET", "/v1/node", None).status, 401);
     assert_eq!(d.delete(&format!("/v1/tokens/{id}")).status, 404);
-    let (_, brief) = token(&d, r#"{"name":"brief","role":"observer","ttl_s":0.5}"#);
+    let (_, brief) = token(&d, r#"{"name":"brief","role":"observer","ttl_s":1.5}"#);
     assert_eq!(d.call_as(Some(&brief), "GET", "/v1/node", None).status, 200);
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    std::thread::sleep(std::time::Duration::from_millis(1800));
     assert_eq!(d.call_as(Some(&brief), "GET", "/v1/node", None).status, 401);
     // bad requests name the field
     let bad = d.post("/v1/tokens", r#"{"name":"x","role":"root"}"#);
@@ -658,5 +658,74 @@ fn auth_none_is_for_loopback_only() {
     );
     let d = Daemon::start(&dir, &["--auth", "none", "--capacity", "cpu=1,memory=1Gi"]);
     assert_eq!(d.call_as(None, "GET", "/v1/node", None).status, 200);
+    let o = qm(&["--server", &d.base, "status"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("auth        OFF"),
+        "{o:?}"
+    );
+    d.stop();
+}
+
+#[test]
+fn a_flood_of_refused_requests_costs_a_bounded_number_of_audit_rows() {
+    let dir = temp_dir("flood");
+    let config = dir.join("qm.toml");
+    std::fs::write(
+        &config,
+        "[auth]\naudit_refused_per_s = 1\naudit_refused_burst = 20\npublic_metrics = true\n",
+    )
+    .expect("config");
+    let d = Daemon::start(
+        &dir.join("data"),
+        &[
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--capacity",
+            "cpu=1,memory=1Gi",
+        ],
+    );
+    // public metrics: Prometheus scrapes without a token, nothing else is open
+    assert_eq!(d.call_as(None, "GET", "/metrics", None).status, 200);
+    assert_eq!(d.call_as(None, "GET", "/v1/node", None).status, 401);
+    let started = std::time::Instant::now();
+    for _ in 0..300 {
+        assert_eq!(
+            d.call_as(None, "DELETE", "/v1/pools/default", None).status,
+            401
+        );
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let count = || {
+        d.get("/v1/audit?limit=1000").body["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter(|e| e["status"] == 401)
+            .count()
+    };
+    let recorded = eventually("the refusals recorded", 5, || {
+        let n = count();
+        (n >= 20).then_some(n)
+    });
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let bound = 20 + elapsed.ceil() as usize + 1;
+    assert!(
+        recorded <= bound,
+        "{recorded} rows for 301 refusals (bound {bound})"
+    );
+    // once the bucket refills, the next refusal says how many went unrecorded
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(d.call_as(None, "GET", "/v1/pools", None).status, 401);
+    let last = eventually("the summary entry", 5, || {
+        let items = d.get("/v1/audit?limit=1000").body["items"].clone();
+        items
+            .as_array()?
+            .iter()
+            .rev()
+            .find(|e| e["path"] == "/v1/pools" && e["status"] == 401)
+            .cloned()
+    });
+    let suppressed = last["suppressed"].as_u64().unwrap_or(0);
+    assert!(suppressed >= 250, "{last}");
     d.stop();
 }
