@@ -235,7 +235,8 @@ struct AgentsFile {
     cgroup_parent: Option<String>,
     /// Each log file is kept under this many bytes (default 10 MiB).
     log_max_bytes: Option<u64>,
-    /// The user spawned agents run as unless their spec says (default `nobody`).
+    /// The user spawned agents run as unless their spec says: `dynamic` (default, a uid of
+    /// its own per agent) or a user of this host.
     user: Option<String>,
     /// Restart backoff: first delay, cap, and the healthy run that resets it.
     backoff_initial_s: Option<f64>,
@@ -381,7 +382,8 @@ fn agents_config(file: AgentsFile, data_dir: &Path) -> anyhow::Result<Option<Sup
         c.cgroup_parent = v;
     }
     if let Some(v) = file.user {
-        qm_runtime::agents::resolve_user(&v).map_err(|e| anyhow::anyhow!("agents.user: {e}"))?;
+        qm_runtime::agents::valid_default_user(&v)
+            .map_err(|e| anyhow::anyhow!("agents.user: {e}"))?;
         c.user = v;
     }
     if let Some(v) = file.log_max_bytes {

@@ -5,6 +5,41 @@
 
 use std::path::Path;
 
+/// `[agents] user` for a uid of its own per agent (systemd's `DynamicUser` range).
+pub const DYNAMIC: &str = "dynamic";
+
+/// The uids dynamic agents get, as systemd hands out to `DynamicUser` services.
+pub const DYNAMIC_UIDS: std::ops::RangeInclusive<u32> = 61184..=65519;
+
+/// The lowest uid of the dynamic range that no live agent holds, none being created holds,
+/// and `/etc/passwd` does not name.
+pub(crate) fn free_uid(
+    used: &std::collections::BTreeSet<u32>,
+    pending: &std::collections::BTreeSet<u32>,
+) -> Option<u32> {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let named: std::collections::BTreeSet<u32> = passwd
+        .lines()
+        .filter_map(|l| l.split(':').nth(2)?.parse().ok())
+        .collect();
+    DYNAMIC_UIDS
+        .into_iter()
+        .find(|u| !used.contains(u) && !pending.contains(u) && !named.contains(u))
+}
+
+/// A dynamic uid held for an agent being created; let go when dropped.
+#[derive(Debug)]
+pub(crate) struct HeldUid {
+    pub(crate) uid: u32,
+    pub(crate) supervisor: super::Supervisor,
+}
+
+impl Drop for HeldUid {
+    fn drop(&mut self) {
+        self.supervisor.release_uid(self.uid);
+    }
+}
+
 /// Who asked for an agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Requester {
@@ -59,6 +94,14 @@ pub(crate) fn resolve_user_in(root: &Path, user: &str) -> Result<User, String> {
 /// [`resolve_user_in`] on this host.
 pub fn resolve_user(user: &str) -> Result<User, String> {
     resolve_user_in(Path::new("/"), user)
+}
+
+/// Whether `user` may be `[agents] user`: a user of this host, or `dynamic`.
+pub fn valid_default_user(user: &str) -> Result<(), String> {
+    if user == DYNAMIC {
+        return Ok(());
+    }
+    resolve_user(user).map(|_| ())
 }
 
 /// Whether `user` means uid 0.
@@ -144,6 +187,19 @@ pub fn may_adopt(pid: u32, by: Requester) -> Result<(), (bool, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dynamic_uids_skip_the_taken_and_the_named() {
+        let first = *DYNAMIC_UIDS.start();
+        let none = std::collections::BTreeSet::new();
+        let taken: std::collections::BTreeSet<u32> = [first, first + 1].into();
+        let pending: std::collections::BTreeSet<u32> = [first + 2].into();
+        let got = free_uid(&taken, &pending).expect("a free uid");
+        assert!(got >= first + 3 && DYNAMIC_UIDS.contains(&got), "{got}");
+        assert!(free_uid(&none, &none).is_some_and(|u| DYNAMIC_UIDS.contains(&u)));
+        let all: std::collections::BTreeSet<u32> = DYNAMIC_UIDS.collect();
+        assert_eq!(free_uid(&all, &none), None);
+    }
 
     #[test]
     fn users_by_name_and_uid() {

@@ -32,7 +32,10 @@ use logic::health::{HealthState, ProbeResult};
 use run::Logs;
 
 pub use fleets::FleetError;
-pub use identity::{Requester, User, is_root_user, may_adopt, process_uid, resolve_user};
+pub use identity::{
+    DYNAMIC, DYNAMIC_UIDS, Requester, User, is_root_user, may_adopt, process_uid, resolve_user,
+    valid_default_user,
+};
 pub use responder::ResponderConfig;
 
 /// How the supervisor runs.
@@ -52,7 +55,8 @@ pub struct SupervisorConfig {
     pub tick: Duration,
     /// What the pressure responder does.
     pub responder: ResponderConfig,
-    /// The user spawned agents run as unless their spec names one (when the daemon is root).
+    /// The user spawned agents run as unless their spec names one (when the daemon is root):
+    /// `dynamic` (the default) gives each agent a uid of its own from [`DYNAMIC_UIDS`].
     pub user: String,
     /// The daemon's URL as agents reach it (`QM_SERVER` in their environment).
     pub server_url: Option<String>,
@@ -70,7 +74,7 @@ impl SupervisorConfig {
             backoff: BackoffConfig::default(),
             tick: Duration::from_millis(200),
             responder: ResponderConfig::default(),
-            user: "nobody".to_owned(),
+            user: identity::DYNAMIC.to_owned(),
             server_url: None,
         }
     }
@@ -152,6 +156,8 @@ struct Inner {
     generations: std::sync::atomic::AtomicU64,
     last_rotation: std::sync::atomic::AtomicU64,
     responder: Mutex<responder::ResponderState>,
+    /// Dynamic uids handed to agents being created, not yet in `agents`.
+    uids_pending: Mutex<std::collections::BTreeSet<u32>>,
 }
 
 impl std::fmt::Debug for Notice {
@@ -196,6 +202,7 @@ impl Supervisor {
                 generations: std::sync::atomic::AtomicU64::new(1_000_000),
                 last_rotation: std::sync::atomic::AtomicU64::new(0),
                 responder: Mutex::new(responder::ResponderState::default()),
+                uids_pending: Mutex::new(std::collections::BTreeSet::new()),
             }),
         };
         if let (Some(d), Some(m)) = (&sup.inner.driver, sup.engine().monitor()) {
@@ -421,6 +428,19 @@ impl Supervisor {
         if !problems.is_empty() {
             return Err(EngineError::Invalid(problems).into());
         }
+        // an agent of its own uid, so no other agent can read its token or signal it
+        let mut spec = spec;
+        let _uid = if spec.pid.is_none()
+            && spec.user.is_none()
+            && self.inner.config.user == identity::DYNAMIC
+            && rustix::process::geteuid().is_root()
+        {
+            let held = self.allocate_uid()?;
+            spec.user = Some(held.uid.to_string());
+            Some(held)
+        } else {
+            None
+        };
         {
             let agents = self.inner.agents.lock().map_err(|_| EngineError::Stopped)?;
             if agents.get(&spec.name).is_some_and(Agent::live) {
@@ -796,11 +816,52 @@ impl Supervisor {
         }
     }
 
+    /// A free dynamic uid (none of a live agent's, none `/etc/passwd` names), held until the
+    /// returned guard drops (by then the agent is in the table, or was refused).
+    fn allocate_uid(&self) -> Result<identity::HeldUid, AgentError> {
+        let mut pending = self
+            .inner
+            .uids_pending
+            .lock()
+            .map_err(|_| EngineError::Stopped)?;
+        let used: std::collections::BTreeSet<u32> = {
+            let agents = self.inner.agents.lock().map_err(|_| EngineError::Stopped)?;
+            agents
+                .values()
+                .filter(|a| a.live())
+                .filter_map(|a| a.doc.spec.user.as_deref()?.parse().ok())
+                .collect()
+        };
+        let uid = identity::free_uid(&used, &pending).ok_or_else(|| {
+            EngineError::Conflict(format!(
+                "every dynamic uid ({}..={}) is taken by a live agent",
+                identity::DYNAMIC_UIDS.start(),
+                identity::DYNAMIC_UIDS.end()
+            ))
+        })?;
+        pending.insert(uid);
+        Ok(identity::HeldUid {
+            uid,
+            supervisor: self.clone(),
+        })
+    }
+
+    fn release_uid(&self, uid: u32) {
+        if let Ok(mut p) = self.inner.uids_pending.lock() {
+            p.remove(&uid);
+        }
+    }
+
     /// The user a spawned agent runs as: its spec's, else the configured default, when the
     /// daemon is root; otherwise the daemon's own (and a spec naming another is an error).
     fn identity_of(&self, spec: &AgentSpec) -> Result<Option<qm_cgroup::Identity>, String> {
         let root = rustix::process::geteuid().is_root();
         let asked = spec.user.as_deref();
+        // an agent made before dynamic uids, or adopted, falls back to nobody
+        let default = match self.inner.config.user.as_str() {
+            identity::DYNAMIC => "nobody",
+            other => other,
+        };
         if !root {
             let me = rustix::process::geteuid().as_raw();
             return match asked.map(resolve_user).transpose()? {
@@ -811,7 +872,7 @@ impl Supervisor {
                 _ => Ok(None),
             };
         }
-        let user = resolve_user(asked.unwrap_or(&self.inner.config.user))?;
+        let user = resolve_user(asked.unwrap_or(default))?;
         Ok(Some(qm_cgroup::Identity {
             uid: user.uid,
             gid: user.gid,

@@ -1,7 +1,7 @@
 //! The trust model end to end against the real daemon: every route but health needs a token,
 //! an unprivileged local user gets nothing (the `nobody` exploit), an agent token is held to
-//! its own resources, spawned agents run as `nobody` with their own token and cannot lift
-//! their limits, init and the daemon are never adopted, revoked and expired tokens fail at
+//! its own resources, spawned agents run as a uid of their own with their own token and cannot
+//! lift their limits or read their neighbours' tokens, init and the daemon are never adopted, revoked and expired tokens fail at
 //! once, no token is kept in plaintext, and the audit chain verifies until a row is edited.
 
 use std::path::Path;
@@ -354,12 +354,14 @@ if [ -n "$cg" ]; then f=/sys/fs/cgroup/memory$cg/memory.limit_in_bytes; p=/sys/f
 else cg=$(grep -E '^0::' /proc/self/cgroup | cut -d: -f3); f=/sys/fs/cgroup$cg/memory.max; p=/sys/fs/cgroup/cgroup.procs; fi
 if (echo 1099511627776 > "$f") 2>/dev/null; then echo limit:written; else echo limit:denied; fi
 if (echo $$ > "$p") 2>/dev/null; then echo escape:moved; else echo escape:denied; fi
+if cat /proc/$BYSTANDER/environ >/dev/null 2>&1; then echo environ:read; else echo environ:denied; fi
+if kill -0 $BYSTANDER 2>/dev/null; then echo signal:sent; else echo signal:denied; fi
 echo "token:$QM_TOKEN"
 exec sleep 60
 "#;
 
 #[test]
-fn a_spawned_agent_runs_as_nobody_with_a_token_for_itself_alone() {
+fn a_spawned_agent_runs_as_a_user_of_its_own_with_a_token_for_itself_alone() {
     if !agents_host() {
         return;
     }
@@ -369,10 +371,15 @@ fn a_spawned_agent_runs_as_nobody_with_a_token_for_itself_alone() {
         r#"{"name":"bystander","command":["sleep","60"],"resources":{"cpu":"10m","memory":"16Mi"}}"#,
     );
     assert_eq!(bystander.status, 201, "{:?}", bystander.body);
+    let bystander_pid = bystander.body["pid"].as_u64().expect("pid");
+    let bystander_uid = bystander.body["spec"]["user"]
+        .as_str()
+        .and_then(|u| u.parse::<u32>().ok())
+        .expect("a dynamic uid");
     let spec = serde_json::json!({
         "name": "prober",
         "command": ["sh", "-c", PROBE],
-        "env": {"SECRET_KEY": "hunter2"},
+        "env": {"SECRET_KEY": "hunter2", "BYSTANDER": bystander_pid.to_string()},
         "resources": {"cpu": "10m", "memory": "32Mi"},
     });
     let made = d.post("/v1/agents", &spec.to_string());
@@ -390,13 +397,22 @@ fn a_spawned_agent_runs_as_nobody_with_a_token_for_itself_alone() {
             .then_some(lines)
     });
     let text = logs.join("\n");
-    assert_eq!(&logs[..3], ["65534", "65534", "NoNewPrivs:\t1"], "{text}");
+    // a uid of its own, from the dynamic range, with its own group and no other
+    let uid: u32 = logs[0].parse().expect("uid");
+    assert!(
+        (61184..=65519).contains(&uid) && uid != bystander_uid,
+        "{text}"
+    );
+    assert_eq!(logs[1], logs[0], "{text}");
+    assert_eq!(logs[2], "NoNewPrivs:\t1", "{text}");
     for want in [
         "self:200",
         "other:404",
         "spawn:403",
         "limit:denied",
         "escape:denied",
+        "environ:denied",
+        "signal:denied",
     ] {
         assert!(logs.iter().any(|l| l == want), "{want} missing:\n{text}");
     }
