@@ -34,6 +34,9 @@ printf "[agents]\ncgroup_parent = \"qm-bench\"\n${QM_BENCH_EXTRA:-}" > "$work/qm
   --capacity cpu=100000,memory=100000Gi > "$work/out" 2> "$work/err" &
 qm_pid=$!
 sleep 2
+# every request carries the admin token the daemon wrote (curl reads $CURL_HOME/.curlrc)
+printf 'header = "Authorization: Bearer %s"\n' "$(cat "$work/data/admin.token")" > "$work/.curlrc"
+export CURL_HOME="$work"
 echo "== spawning $n agents, one request at a time"
 for i in $(seq "$n"); do
   curl -s -o /dev/null -w '%{time_total}\n' -X POST -H 'content-type: application/json' \

@@ -22,7 +22,8 @@ trap 'kill $qm_pid $ne_pid 2>/dev/null || true; rm -rf "$work"' EXIT
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 
-printf '[monitor]\ninterval_s = 1\n' > "$work/qm.toml"
+# /metrics without a token, as node-exporter serves it
+printf '[monitor]\ninterval_s = 1\n[auth]\npublic_metrics = true\n' > "$work/qm.toml"
 "$qm" serve --listen 127.0.0.1:17070 --data-dir "$work/data" --config "$work/qm.toml" \
   > "$work/qm.out" 2> "$work/qm.err" &
 qm_pid=$!

@@ -62,7 +62,15 @@ start_qm() { # CONFIG CAPACITY
   "$qm" serve --listen 127.0.0.1:$port --data-dir "$work/data" --config "$work/qm.toml" \
     ${2:+--capacity "$2"} > "$work/out" 2> "$work/err" &
   qm_pid=$!
-  for _ in $(seq 100); do grep -q listening "$work/out" 2>/dev/null && return; sleep 0.1; done
+  for _ in $(seq 100); do
+    if grep -q listening "$work/out" 2>/dev/null; then
+      # every request carries the admin token the daemon wrote (curl reads $CURL_HOME/.curlrc)
+      printf 'header = "Authorization: Bearer %s"\n' "$(cat "$work/data/admin.token")" > "$work/.curlrc"
+      export CURL_HOME="$work"
+      return
+    fi
+    sleep 0.1
+  done
   echo "qm did not start" >&2; cat "$work/err" >&2; exit 1
 }
 stop_qm() {

@@ -71,6 +71,9 @@ pub(crate) async fn create_agent(
             spec.pool.clone_from(&p.pool);
         }
         caller.allow_for(Operation::SpawnAgent, &spec.name, spec.pool.as_deref())?;
+        if let Ok(r) = spec.allocation_request().into_request(app.engine.catalog()) {
+            within_cap(priority_cap(&app, &caller), r.priority)?;
+        }
         let parent = p.agent.as_deref().and_then(|me| sup.get(me));
         match (&spec.user, parent.and_then(|d| d.spec.user)) {
             (None, inherited) => spec.user = inherited,
@@ -134,6 +137,38 @@ pub(crate) async fn get_agent(
         doc.spec.redact();
     }
     Ok(json(StatusCode::OK, to_json(&doc)))
+}
+
+/// The highest priority an agent token may ask for: its agent's own (from its record, the
+/// default class `normal` when it has none). None for the other roles.
+pub(crate) fn priority_cap(app: &App, caller: &Caller) -> Option<qm_core::Priority> {
+    let me = caller.principal().agent.as_deref()?;
+    let own = app
+        .agents
+        .as_ref()
+        .and_then(|sup| sup.get(me))
+        .and_then(|d| {
+            d.spec
+                .allocation_request()
+                .into_request(app.engine.catalog())
+                .ok()
+        })
+        .map_or_else(qm_core::Priority::default, |r| r.priority);
+    Some(own)
+}
+
+/// Refuses a priority above `cap`: an agent may not preempt its neighbours by asking for more
+/// than its own.
+pub(crate) fn within_cap(
+    cap: Option<qm_core::Priority>,
+    asked: qm_core::Priority,
+) -> Result<(), ApiError> {
+    match cap {
+        Some(cap) if asked > cap => Err(ApiError::forbidden(format!(
+            "priority: an agent token may ask for at most its own priority ({cap}), not {asked}"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// A fleet whose members would run as uid 0 is an admin's to make.

@@ -415,7 +415,7 @@ pub(crate) struct CreateQuery {
 
 #[utoipa::path(post, path = "/v1/allocations", tag = "allocations", request_body = AllocationRequest, params(("dry_run" = Option<bool>, Query), ("Idempotency-Key" = Option<String>, Header)), responses((status = 201, description = "granted", body = AllocationDoc), (status = 202, description = "queued", body = AllocationDoc), (status = 409, description = "insufficient resources", body = Problem, content_type = "application/problem+json"), (status = 422, description = "invalid fields", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn create_allocation(
-    State(engine): State<Engine>,
+    State(app): State<crate::agents::App>,
     caller: Caller,
     q: Result<Query<CreateQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
@@ -435,9 +435,13 @@ pub(crate) async fn create_allocation(
     } else {
         caller.allow(Operation::CreateAllocation)?;
     }
+    let engine = &app.engine;
     let req = req
         .into_request(engine.catalog())
         .map_err(ApiError::invalid)?;
+    if !q.dry_run {
+        crate::agents::within_cap(crate::agents::priority_cap(&app, &caller), req.priority)?;
+    }
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => match v.to_str() {

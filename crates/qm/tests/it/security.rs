@@ -165,6 +165,18 @@ fn an_agent_token_is_held_to_its_own() {
     };
     let own = d.call_as(Some(&a1), "POST", "/v1/allocations", Some(&small("a1")));
     assert_eq!(own.status, 201, "{:?}", own.body);
+    // no preempting the neighbours: at most its own priority (normal, without a record)
+    let greedy = r#"{"agent":"a1","priority":900,"resources":{"cpu":"10m","memory":"1Mi"}}"#;
+    let a = d.call_as(Some(&a1), "POST", "/v1/allocations", Some(greedy));
+    assert_eq!(a.status, 403, "{:?}", a.body);
+    assert!(
+        a.body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("priority"),
+        "{:?}",
+        a.body
+    );
     let other = d.call_as(Some(&a1), "POST", "/v1/allocations", Some(&small("a2")));
     assert_eq!(other.status, 403, "{:?}", other.body);
     assert_eq!(other.body["code"], "forbidden");
@@ -506,6 +518,7 @@ fn an_orchestrator_spawns_its_swarm_and_nothing_else() {
         ("orch", ""),
         ("orchestra", ""),
         ("orch.w2", r#","user":"root""#),
+        ("orch.w3", r#","priority_class":"critical""#),
     ] {
         let a = d.call_as(Some(&orch), "POST", "/v1/agents", Some(&sub(name, extra)));
         assert_eq!(a.status, 403, "{name}: {:?}", a.body);
