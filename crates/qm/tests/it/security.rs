@@ -144,15 +144,16 @@ fn an_unprivileged_local_user_gets_nothing() {
     }
     assert_eq!(d.get("/v1/agents").body["items"], Value::Array(Vec::new()));
     // the refusal is audited, naming the local user
-    let audit = d.get("/v1/audit?limit=1000");
-    let refused: Vec<&Value> = audit.body["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .filter(|e| e["status"] == 401 && e["path"] == "/v1/agents")
-        .collect();
-    assert!(!refused.is_empty(), "{:?}", audit.body);
-    assert_eq!(refused[0]["actor"]["peer_uid"], 65534, "{:?}", refused[0]);
+    // (a refusal is recorded just after its answer)
+    let refused = eventually("the refusal in the audit log", 5, || {
+        let audit = d.get("/v1/audit?limit=1000");
+        audit.body["items"]
+            .as_array()?
+            .iter()
+            .find(|e| e["status"] == 401 && e["path"] == "/v1/agents")
+            .cloned()
+    });
+    assert_eq!(refused["actor"]["peer_uid"], 65534, "{refused:?}");
     d.stop();
 }
 
@@ -606,8 +607,12 @@ fn the_audit_chain_verifies_until_a_row_is_edited() {
         d.call_as(None, "DELETE", "/v1/pools/default", None).status,
         401
     );
-    let log = d.get("/v1/audit");
-    let items = log.body["items"].as_array().expect("items").clone();
+    // (a refusal is recorded just after its answer)
+    let items = eventually("the refusal in the audit log", 5, || {
+        let log = d.get("/v1/audit");
+        let items = log.body["items"].as_array()?.clone();
+        items.iter().any(|e| e["status"] == 401).then_some(items)
+    });
     let rows: Vec<(String, String, u64)> = items
         .iter()
         .map(|e| {
@@ -637,6 +642,21 @@ fn the_audit_chain_verifies_until_a_row_is_edited() {
     for w in items.windows(2) {
         assert_eq!(w[1]["prev"], w[0]["hash"]);
     }
+    let o = qm(&["--server", &d.base, "audit", "ls"]);
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        table.lines().any(|l| l.contains("admin-token-file")
+            && l.contains("/v1/allocations")
+            && l.ends_with("201")),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("(no token)") && l.ends_with("401")),
+        "{table}"
+    );
     let dir = d.dir_of();
     d.stop();
     let verify = || {
