@@ -445,7 +445,10 @@ pub(crate) async fn create_allocation(
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => match v.to_str() {
-            Ok(k) if !k.is_empty() && k.len() <= 256 => Some(k.to_owned()),
+            // a key is the caller's: another token's request with the same key is its own
+            Ok(k) if !k.is_empty() && k.len() <= 256 => {
+                Some(format!("{}/{k}", caller.principal().token_id))
+            }
             _ => {
                 return Err(ApiError::field(
                     "Idempotency-Key",

@@ -279,14 +279,14 @@ pub(crate) async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Res
     };
     let Some(principal) = principal else {
         let given = bearer(req.headers()).is_some();
-        let entry = AuditEntryDoc {
+        // the entry (and the peer's uid, read from /proc) only when the bucket takes it
+        record_refused(&g, || AuditEntryDoc {
             actor: actor(&req, None),
             method: method.to_string(),
             path: target,
             status: 401,
             ..AuditEntryDoc::default()
-        };
-        record_refused(&g, entry);
+        });
         return ApiError::unauthorized(if given {
             "the bearer token is unknown, expired or revoked"
         } else {
@@ -296,9 +296,19 @@ pub(crate) async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Res
     };
     let audit_write = audited_write(&method, path);
     let (mut req, digest) = if audit_write {
+        let who = actor(&req, Some(&principal));
         match digest_body(req).await {
             Ok(r) => r,
-            Err(resp) => return *resp,
+            Err(resp) => {
+                record_refused(&g, || AuditEntryDoc {
+                    actor: who,
+                    method: method.to_string(),
+                    path: target,
+                    status: resp.status().as_u16(),
+                    ..AuditEntryDoc::default()
+                });
+                return *resp;
+            }
         }
     } else {
         (req, None)
@@ -324,7 +334,7 @@ pub(crate) async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Res
         if let Some(mut entry) = pending.entry() {
             entry.status = status.as_u16();
             if refused {
-                record_refused(&g, entry);
+                record_refused(&g, || entry);
             } else if audit_write {
                 record(&g.engine, &entry);
             }
@@ -356,8 +366,10 @@ async fn digest_body(req: Request) -> Result<(Request, Option<String>), Box<Resp
     Ok((Request::from_parts(parts, Body::from(bytes)), digest))
 }
 
-fn record_refused(g: &Gate, mut entry: AuditEntryDoc) {
+/// Records a refusal if the bucket lets it (`entry` is made only then).
+fn record_refused(g: &Gate, entry: impl FnOnce() -> AuditEntryDoc) {
     if let Some(suppressed) = g.refused.admit() {
+        let mut entry = entry();
         entry.suppressed = suppressed;
         record(&g.engine, &entry);
     }

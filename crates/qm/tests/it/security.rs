@@ -198,6 +198,24 @@ fn an_agent_token_is_held_to_its_own() {
         d.get(&format!("/v1/allocations/{id}")).body["state"],
         "granted"
     );
+    // an idempotency key is the caller's own: the same key from another token is a new request
+    let with_key = |token: &str, body: &str| -> Value {
+        let mut resp = ureq::post(&format!("{}/v1/allocations", d.base))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .header("authorization", &format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", "shared-key")
+            .send(body.as_bytes())
+            .expect("answer");
+        serde_json::from_str(&resp.body_mut().read_to_string().unwrap_or_default())
+            .unwrap_or(Value::Null)
+    };
+    let first = with_key(&d.token, &small("a2"));
+    let mine = with_key(&a1, &small("a1"));
+    assert_eq!(first["agent"], "a2", "{first}");
+    assert_eq!(mine["agent"], "a1", "{mine}");
     let listed = d.call_as(Some(&a1), "GET", "/v1/allocations", None);
     let agents: Vec<&str> = listed.body["items"]
         .as_array()
@@ -205,7 +223,7 @@ fn an_agent_token_is_held_to_its_own() {
         .iter()
         .filter_map(|a| a["agent"].as_str())
         .collect();
-    assert_eq!(agents, ["a1"]);
+    assert_eq!(agents, ["a1", "a1"], "its two, none of a2's");
     let filtered = d.call_as(Some(&a1), "GET", "/v1/allocations?agent=a2", None);
     assert_eq!(filtered.body["items"], Value::Array(Vec::new()));
     for (m, path, body) in [
