@@ -16,7 +16,7 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use qm_proto::{ActorDoc, AuditEntryDoc};
@@ -213,6 +213,15 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Whether a request says it carries a body.
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}
+
 fn is_write(m: &Method) -> bool {
     !matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
 }
@@ -287,12 +296,18 @@ pub(crate) async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Res
             status: 401,
             ..AuditEntryDoc::default()
         });
-        return ApiError::unauthorized(if given {
+        let mut resp = ApiError::unauthorized(if given {
             "the bearer token is unknown, expired or revoked"
         } else {
             "a bearer token is required (Authorization: Bearer <token>)"
         })
         .into_response();
+        // its body is never read: the connection cannot carry another request
+        if has_body(req.headers()) {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return resp;
     };
     let audit_write = audited_write(&method, path);
     let (mut req, digest) = if audit_write {
@@ -307,7 +322,11 @@ pub(crate) async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Res
                     status: resp.status().as_u16(),
                     ..AuditEntryDoc::default()
                 });
-                return *resp;
+                let mut resp = *resp;
+                // the rest of its body is unread: the connection cannot carry another request
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return resp;
             }
         }
     } else {
