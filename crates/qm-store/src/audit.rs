@@ -86,7 +86,8 @@ pub(crate) fn head(conn: &Connection) -> rusqlite::Result<Head> {
         .unwrap_or_default())
 }
 
-/// Appends an entry after `head` and moves `head` on.
+/// Appends an entry after `head` and moves `head` on; the caller records the head once the
+/// transaction's entries are in ([`record_head`]).
 pub(crate) fn append(
     tx: &rusqlite::Transaction<'_>,
     head: &mut Head,
@@ -99,9 +100,14 @@ pub(crate) fn append(
         "INSERT INTO audit (seq, at_ms, body, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
     .execute(params![seq, at_ms, body, head.hash, hash])?;
-    tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
-        .execute(params![HEAD_KEY, format!("{seq}:{hash}")])?;
     *head = Head { seq, hash };
+    Ok(())
+}
+
+/// Records `head` as the chain's end (once per transaction, after its last entry).
+pub(crate) fn record_head(tx: &rusqlite::Transaction<'_>, head: &Head) -> rusqlite::Result<()> {
+    tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
+        .execute(params![HEAD_KEY, format!("{}:{}", head.seq, head.hash)])?;
     Ok(())
 }
 

@@ -232,3 +232,66 @@ fn agents_and_fleets_survive_a_reopen_and_ended_agents_are_pruned() {
     assert_eq!(loaded.agents.len(), 1, "the ended agent was pruned");
     assert!(loaded.fleets.is_empty());
 }
+
+fn entry(n: i64) -> Op {
+    Op::Audit {
+        at_ms: 1_000 + n,
+        body: format!("{{\"n\":{n}}}"),
+    }
+}
+
+#[test]
+fn the_audit_chain_links_entries_and_a_failed_batch_leaves_no_link() {
+    let d = dir("audit");
+    let store = Store::open(&d).unwrap();
+    store
+        .commit_wait(batch(vec![Op::PutAllocation(alloc(1, "a", "granted")), entry(1)]))
+        .unwrap();
+    // three batches at once, the middle one failing: its entry is not in the chain and the
+    // next entry links to the one before it
+    let mut clash = alloc(9, "x", "granted");
+    clash.state = String::new();
+    let (tx, rx) = mpsc::channel();
+    for ops in [
+        vec![entry(2)],
+        vec![entry(3), Op::PutAllocation(clash)],
+        vec![entry(4)],
+    ] {
+        let tx = tx.clone();
+        store.commit(batch(ops), Box::new(move |r| tx.send(r.is_ok()).unwrap()));
+    }
+    let oks: Vec<bool> = (0..3).map(|_| rx.recv().unwrap()).collect();
+    assert_eq!(oks, [true, false, true]);
+    let rows = store.audit(0, 100).unwrap();
+    let bodies: Vec<&str> = rows.iter().map(|r| r.body.as_str()).collect();
+    assert_eq!(bodies, [r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":4}"#]);
+    assert_eq!(rows[0].prev, audit::GENESIS);
+    for w in rows.windows(2) {
+        assert_eq!(w[1].prev, w[0].hash);
+        assert_eq!(w[1].seq, w[0].seq + 1);
+    }
+    assert_eq!(store.audit(2, 100).unwrap().len(), 1, "after seq 2");
+    store.close().unwrap();
+    // reopened, the chain goes on from its head
+    let store = Store::open(&d).unwrap();
+    store.commit_wait(batch(vec![entry(5)])).unwrap();
+    store.close().unwrap();
+    let v = audit::verify(&d).unwrap();
+    assert_eq!((v.entries, v.head_seq), (4, 4));
+    // an edited body, and a removed tail, are found offline
+    let conn = Connection::open(d.join("qm.db")).unwrap();
+    conn.execute("UPDATE audit SET body = '{\"n\":22}' WHERE seq = 2", [])
+        .unwrap();
+    let e = audit::verify(&d).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "audit entry 2 does not verify: its content does not match its hash (it was edited)"
+    );
+    conn.execute("UPDATE audit SET body = '{\"n\":2}' WHERE seq = 2", [])
+        .unwrap();
+    assert!(audit::verify(&d).is_ok());
+    conn.execute("DELETE FROM audit WHERE seq = 4", []).unwrap();
+    let e = audit::verify(&d).unwrap_err().to_string();
+    assert!(e.starts_with("audit entry 4 does not verify: the log ends at entry 3"), "{e}");
+    std::fs::remove_dir_all(&d).unwrap();
+}

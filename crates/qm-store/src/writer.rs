@@ -137,6 +137,9 @@ fn apply<'a>(
             apply_op(&tx, op).map_err(sqlite("writing", path))?;
         }
     }
+    if chain.seq != head.seq {
+        audit::record_head(&tx, &chain).map_err(sqlite("writing the audit log", path))?;
+    }
     for (key, value) in meta {
         tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")
             .and_then(|mut st| st.execute(params![key, value]))
