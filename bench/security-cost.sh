@@ -7,6 +7,7 @@
 # Rounds alternate the variants so drift on the machine hits them alike; each prints its line.
 #
 #   bash bench/security-cost.sh [DURATION_S] [ROUNDS] [BASELINE_QM]   (defaults 10, 3, none)
+#   QM_BENCH_FLAGS="" bash bench/security-cost.sh ...    grants only, none released
 #
 # Needs: a release build (cargo build --release -p qm). For a baseline binary:
 #   git worktree add /tmp/qm-base 09c7804 && (cd /tmp/qm-base && cargo build --release -p qm)
@@ -15,6 +16,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-10}
 rounds=${2:-3}
 base=${3:-}
+flags=${QM_BENCH_FLAGS---release}
 qm=target/release/qm
 [ -x "$qm" ] || { echo "build first: cargo build --release -p qm" >&2; exit 2; }
 work=$(mktemp -d)
@@ -27,14 +29,15 @@ run() { # NAME BINARY [SERVE FLAGS...]
   local name=$1 bin=$2; shift 2
   rm -rf "$work/data"
   "$bin" serve --listen 127.0.0.1:$port --data-dir "$work/data" --node-name bench \
-    --capacity cpu=100000,memory=100000Gi "$@" > "$work/out" 2> "$work/err" &
+    --capacity cpu=100000000,memory=100000000Gi "$@" > "$work/out" 2> "$work/err" &
   pid=$!
   for _ in $(seq 100); do grep -q listening "$work/out" 2>/dev/null && break; sleep 0.1; done
   local token=()
   [ "$name" = tokens ] && token=(--token "$(cat "$work/data/admin.token")")
   local line
+  # shellcheck disable=SC2086
   line=$(env -u QM_TOKEN "$qm" --server http://127.0.0.1:$port "${token[@]}" bench -c 64 \
-    -d "$secs" --release 2>/dev/null | head -1)
+    -d "$secs" $flags 2>/dev/null | head -1)
   if [ "$name" = tokens ]; then
     local rows
     rows=$(sqlite3 "$work/data/qm.db" 'SELECT count(*) FROM audit' 2>/dev/null || echo '?')
@@ -43,7 +46,7 @@ run() { # NAME BINARY [SERVE FLAGS...]
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
   printf '%-9s %s\n' "$name" "$line"
 }
-echo "== $rounds rounds of ${secs}s, 64 clients, each allocation released"
+echo "== $rounds rounds of ${secs}s, 64 clients, qm bench ${flags:-(grants only)}"
 for r in $(seq "$rounds"); do
   run tokens "$qm"
   run none "$qm" --auth none

@@ -130,11 +130,16 @@ pub(crate) async fn audit(
     let full = rows.len() == limit;
     let items: Vec<AuditDoc> = rows
         .into_iter()
-        .map(|r| AuditDoc {
-            seq: r.seq,
-            entry: qm_proto::from_json(&r.body).unwrap_or_default(),
-            prev: r.prev,
-            hash: r.hash,
+        .map(|r| {
+            let mut entry: qm_proto::AuditEntryDoc =
+                qm_proto::from_json(&r.body).unwrap_or_default();
+            entry.at = qm_proto::format_rfc3339(u64::try_from(r.at_ms).unwrap_or(0));
+            AuditDoc {
+                seq: r.seq,
+                entry,
+                prev: r.prev,
+                hash: r.hash,
+            }
         })
         .collect();
     let next_since = if full {

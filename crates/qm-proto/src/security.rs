@@ -154,6 +154,8 @@ pub struct ActorDoc {
 /// One audit entry, as stored (the chain covers this JSON) and served.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntryDoc {
+    /// When (the stored entry leaves it out: its time is the row's, which the chain covers).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub at: String,
     pub actor: ActorDoc,
     pub method: String,

@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 
-use qm_proto::{AuditEntryDoc, format_rfc3339};
+use qm_proto::AuditEntryDoc;
 use qm_store::{Batch, Op};
 
 use crate::unix_ms;
@@ -75,16 +75,12 @@ impl Pending {
     }
 }
 
-/// The store operation that appends `entry` (stamped now if it has no time).
+/// The store operation that appends `entry`, stamped now (the time is the row's, not the
+/// body's).
 pub fn entry_op(entry: &AuditEntryDoc) -> Op {
-    let at_ms = unix_ms();
-    let mut entry = entry.clone();
-    if entry.at.is_empty() {
-        entry.at = format_rfc3339(at_ms);
-    }
     Op::Audit {
-        at_ms: i64::try_from(at_ms).unwrap_or(i64::MAX),
-        body: qm_proto::to_json(&entry),
+        at_ms: i64::try_from(unix_ms()).unwrap_or(i64::MAX),
+        body: qm_proto::to_json(entry),
     }
 }
 

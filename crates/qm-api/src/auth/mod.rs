@@ -260,7 +260,11 @@ fn actor(req: &Request, p: Option<&Principal>) -> ActorDoc {
         } else {
             None
         },
-        peer: peer.map(|a| a.to_string()),
+        peer: if p.is_none() {
+            peer.map(|a| a.to_string())
+        } else {
+            None
+        },
     }
 }
 
