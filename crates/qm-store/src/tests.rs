@@ -245,7 +245,10 @@ fn the_audit_chain_links_entries_and_a_failed_batch_leaves_no_link() {
     let d = dir("audit");
     let store = Store::open(&d).unwrap();
     store
-        .commit_wait(batch(vec![Op::PutAllocation(alloc(1, "a", "granted")), entry(1)]))
+        .commit_wait(batch(vec![
+            Op::PutAllocation(alloc(1, "a", "granted")),
+            entry(1),
+        ]))
         .unwrap();
     // three batches at once, the middle one failing: its entry is not in the chain and the
     // next entry links to the one before it
@@ -292,6 +295,9 @@ fn the_audit_chain_links_entries_and_a_failed_batch_leaves_no_link() {
     assert!(audit::verify(&d).is_ok());
     conn.execute("DELETE FROM audit WHERE seq = 4", []).unwrap();
     let e = audit::verify(&d).unwrap_err().to_string();
-    assert!(e.starts_with("audit entry 4 does not verify: the log ends at entry 3"), "{e}");
+    assert!(
+        e.starts_with("audit entry 4 does not verify: the log ends at entry 3"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&d).unwrap();
 }
