@@ -617,7 +617,7 @@ impl Settings {
         let rate = |field: &str, v: Option<f64>, default: f64| -> anyhow::Result<f64> {
             match v {
                 None => Ok(default),
-                Some(r) if r.is_finite() && r >= 1.0 && r <= 1e6 => Ok(r),
+                Some(r) if (1.0..=1e6).contains(&r) => Ok(r),
                 Some(r) => bail!("auth.{field}: {r} is not a number in [1, 1000000]"),
             }
         };
