@@ -162,24 +162,23 @@ pub(crate) fn exec(c: &Client, a: &ExecArgs) -> Result<u8, Failure> {
     drop(w);
     let done = Arc::new(AtomicBool::new(false));
     forward_signals(child.id(), Arc::clone(&done));
+    // the renewer wakes every third of the lease, or at once when told to stop (a dropped
+    // sender), so a short command does not wait out a sleep
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let renewer = {
-        let done = Arc::clone(&done);
         let c = c.clone();
         let id = id.clone();
         std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                for _ in 0..50 {
-                    if done.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_secs_f64(LEASE_S / 3.0 / 50.0));
-                }
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(Duration::from_secs_f64(LEASE_S / 3.0))
+            {
                 let _ = c.renew(&id, LEASE_S);
             }
         })
     };
     let status = child.wait();
     done.store(true, Ordering::Relaxed);
+    drop(stop);
     let _ = renewer.join();
     let _ = c.release(&id);
     let status = status.map_err(|e| refused(format!("lost the child: {e}")))?;
