@@ -233,7 +233,7 @@ impl Ledger {
             }
             Err(shortfall) if queue => {
                 self.state.next_seq += 1;
-                self.enqueue(alloc);
+                self.enqueue(now, alloc);
                 Ok(Submitted {
                     id: Some(id),
                     decision: Decision::Queued { shortfall },
@@ -292,9 +292,7 @@ impl Ledger {
             .allocs
             .get_mut(id)
             .ok_or(LiveError::NotLive(id))?;
-        if alloc.state != AllocState::Granted {
-            return Err(LiveError::NotGranted(id));
-        }
+        // a queued request renews the lease on its place in the queue
         let ttl = ttl_ms.or(alloc.ttl_ms()).ok_or(LiveError::NoLease(id))?;
         let expires = now.plus_millis(ttl);
         let old = alloc.expires_at.replace(expires);
@@ -482,11 +480,17 @@ impl Ledger {
         }
     }
 
-    fn enqueue(&mut self, alloc: Allocation) {
+    /// Queues `alloc`; one with a lease holds its place only while the lease is renewed (a
+    /// waiter that went away does not keep a queued request, to be granted to no one).
+    fn enqueue(&mut self, now: Timestamp, mut alloc: Allocation) {
         let id = alloc.id;
         let key = queue_key(&alloc);
         if let Some(pool) = self.pool_mut(alloc.pool) {
             pool.queue.insert(key, id);
+        }
+        alloc.expires_at = alloc.ttl_ms().map(|t| now.plus_millis(t));
+        if let Some(at) = alloc.expires_at {
+            self.state.expiry.insert((at, id));
         }
         self.state.allocs.insert(alloc);
         self.state.n_queued += 1;
@@ -518,6 +522,10 @@ impl Ledger {
         alloc.state = AllocState::Granted;
         alloc.node = Some(node);
         alloc.granted_at = Some(now);
+        // the queue lease (if any) gives way to the grant's, which runs from now
+        if let Some(queued_until) = alloc.expires_at {
+            self.state.expiry.remove(&(queued_until, id));
+        }
         alloc.expires_at = alloc.ttl_ms().map(|t| now.plus_millis(t));
         alloc.grant_seq = grant_seq;
         let (pool_idx, qkey, vkey) = (alloc.pool, queue_key(alloc), victim_key(alloc));
@@ -587,6 +595,9 @@ impl Ledger {
             }
             _ => {
                 self.state.n_queued -= 1;
+                if let Some(at) = alloc.expires_at {
+                    self.state.expiry.remove(&(at, id));
+                }
                 let qkey = queue_key(&alloc);
                 if let Some(pool) = self.pool_mut(alloc.pool) {
                     pool.queue.remove(&qkey);

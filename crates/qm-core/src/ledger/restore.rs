@@ -204,6 +204,9 @@ impl Ledger {
             if let Some(p) = self.pool_mut(pool) {
                 p.queue.insert(qkey, id);
             }
+            if let Some(at) = expires {
+                self.state.expiry.insert((at, id));
+            }
             return Ok(());
         }
         if let Some(n) = node.and_then(|n| self.node_mut(n)) {

@@ -296,3 +296,50 @@ fn pools_cannot_be_deleted_while_in_use() {
     });
     assert_eq!(l.state().pool_name(ended.unwrap().pool()), "p");
 }
+
+#[test]
+fn a_queued_request_with_a_lease_holds_its_place_only_while_renewed() {
+    let mut l = Ledger::new(Box::new(FirstFit), LedgerConfig::default());
+    l.register_node(t(0), NodeSpec::new("n", Resources::new(2000, 8 * GI)))
+        .unwrap();
+    let full = granted(&mut l, req("full", 2000, 500));
+    let leased = |agent: &str| {
+        let mut r = req(agent, 1000, 500);
+        r.queue = true;
+        r.ttl_ms = Some(10_000);
+        r
+    };
+    let kept = l.submit(t(1), leased("kept")).unwrap().id.unwrap();
+    let gone = l.submit(t(1), leased("gone")).unwrap().id.unwrap();
+    assert_eq!(l.state().alloc(kept).unwrap().expires_at(), Some(t(11)));
+    // the waiter of `kept` renews, `gone`'s went away
+    assert_eq!(l.renew(t(8), kept, None), Ok(t(18)));
+    assert_eq!(l.expire(t(12)), 1);
+    assert!(
+        l.state().alloc(gone).is_none(),
+        "a lapsed queued request leaves the queue"
+    );
+    assert_eq!(l.state().alloc(kept).unwrap().state(), AllocState::Queued);
+    assert_eq!(l.state().n_queued(), 1);
+    // granted, its lease runs from the grant; the queue lease is gone from the timers
+    l.release(t(13), full);
+    let k = l.state().alloc(kept).unwrap();
+    assert_eq!(k.state(), AllocState::Granted);
+    assert_eq!(k.expires_at(), Some(t(23)));
+    assert_eq!(
+        l.expire(t(19)),
+        0,
+        "the old queue lease does not end the grant"
+    );
+    assert_eq!(l.state().alloc(kept).unwrap().state(), AllocState::Granted);
+    assert_eq!(l.expire(t(23)), 1);
+    // a queued request without a lease waits as long as it takes
+    let blocker = granted(&mut l, req("blocker", 2000, 500));
+    let mut patient = req("patient", 1000, 500);
+    patient.queue = true;
+    let p = l.submit(t(24), patient).unwrap().id.unwrap();
+    assert_eq!(l.expire(t(100_000)), 0);
+    assert_eq!(l.state().alloc(p).unwrap().state(), AllocState::Queued);
+    assert_eq!(l.renew(t(100_000), p, None), Err(LiveError::NoLease(p)));
+    let _ = blocker;
+}

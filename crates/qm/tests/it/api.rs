@@ -536,3 +536,42 @@ fn a_reported_node_that_misses_its_heartbeat_loses_its_grants() {
     assert_eq!(again.status, 201);
     d.stop();
 }
+
+#[test]
+fn a_queued_request_on_a_lease_waits_only_while_its_waiter_renews() {
+    let d = Daemon::start(
+        &temp_dir("queue-lease"),
+        &["--capacity", "cpu=1,memory=1Gi"],
+    );
+    let full = d.post("/v1/allocations", &alloc("full", "1", json!({})));
+    assert_eq!(full.status, 201);
+    let waiter = |agent: &str| alloc(agent, "500m", json!({"queue": true, "ttl_s": 1.5}));
+    let kept = d.post("/v1/allocations", &waiter("kept"));
+    let gone = d.post("/v1/allocations", &waiter("gone"));
+    assert_eq!((kept.status, gone.status), (202, 202));
+    let (kept, gone) = (id(&kept), id(&gone));
+    // only `kept` is renewed (as `qm exec` does while it waits)
+    for _ in 0..6 {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let r = d.post(&format!("/v1/allocations/{kept}/renew"), "{}");
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    assert_eq!(
+        d.get(&format!("/v1/allocations/{gone}")).body["state"],
+        "expired"
+    );
+    assert_eq!(
+        d.get(&format!("/v1/allocations/{kept}")).body["state"],
+        "queued"
+    );
+    // freed capacity goes to the one still waited for
+    assert_eq!(
+        d.delete(&format!("/v1/allocations/{}", id(&full))).status,
+        200
+    );
+    assert_eq!(
+        d.get(&format!("/v1/allocations/{kept}")).body["state"],
+        "granted"
+    );
+    d.stop();
+}
