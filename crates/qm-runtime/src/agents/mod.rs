@@ -158,6 +158,22 @@ struct Inner {
     responder: Mutex<responder::ResponderState>,
     /// Dynamic uids handed to agents being created, not yet in `agents`.
     uids_pending: Mutex<std::collections::BTreeSet<u32>>,
+    /// Names of agents being created (admission in flight), claimed by one request each.
+    creating: Mutex<std::collections::BTreeSet<String>>,
+}
+
+/// A name claimed for an agent being created; let go when the create is done, either way.
+struct NameClaim {
+    supervisor: Supervisor,
+    name: String,
+}
+
+impl Drop for NameClaim {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.supervisor.inner.creating.lock() {
+            c.remove(&self.name);
+        }
+    }
 }
 
 impl std::fmt::Debug for Notice {
@@ -203,6 +219,7 @@ impl Supervisor {
                 last_rotation: std::sync::atomic::AtomicU64::new(0),
                 responder: Mutex::new(responder::ResponderState::default()),
                 uids_pending: Mutex::new(std::collections::BTreeSet::new()),
+                creating: Mutex::new(std::collections::BTreeSet::new()),
             }),
         };
         if let (Some(d), Some(m)) = (&sup.inner.driver, sup.engine().monitor()) {
@@ -441,6 +458,8 @@ impl Supervisor {
         } else {
             None
         };
+        // one name, one agent: the name is claimed here, before anything is made for it, and
+        // a concurrent create of the same name is refused until this one is done
         {
             let agents = self.inner.agents.lock().map_err(|_| EngineError::Stopped)?;
             if agents.get(&spec.name).is_some_and(Agent::live) {
@@ -450,7 +469,23 @@ impl Supervisor {
                 ))
                 .into());
             }
+            let mut creating = self
+                .inner
+                .creating
+                .lock()
+                .map_err(|_| EngineError::Stopped)?;
+            if !creating.insert(spec.name.clone()) {
+                return Err(EngineError::Conflict(format!(
+                    "agent {:?} is being created by another request",
+                    spec.name
+                ))
+                .into());
+            }
         }
+        let _claim = NameClaim {
+            supervisor: self.clone(),
+            name: spec.name.clone(),
+        };
         // under an existing allocation (qm exec) the allocation's own resources confine it,
         // read at launch
         let confinement = request

@@ -702,3 +702,52 @@ fn at_critical_the_victim_goes_at_once_and_the_others_above_request_are_throttle
     }
     d.stop();
 }
+
+#[test]
+fn twenty_creates_of_one_name_make_one_agent() {
+    if !can_confine() {
+        return;
+    }
+    let dir = temp_dir("one-name");
+    let config = dir.join("qm.toml");
+    std::fs::write(&config, "[agents]\ncgroup_parent = \"qm-it-one-name\"\n").expect("config");
+    let d = Daemon::start(
+        &dir.join("data"),
+        &[
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--capacity",
+            "cpu=4,memory=4Gi",
+        ],
+    );
+    let marker = format!("{}.{}", 29, std::process::id());
+    let body = format!(
+        r#"{{"name":"twin","command":["sleep","{marker}"],"resources":{{"cpu":"10m","memory":"8Mi"}}}}"#
+    );
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..20)
+            .map(|_| s.spawn(|| d.post("/v1/agents", &body).status))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let created = statuses.iter().filter(|s| **s == 201).count();
+    let refused = statuses.iter().filter(|s| **s == 409).count();
+    assert_eq!((created, refused), (1, 19), "{statuses:?}");
+    let running = Command::new("pgrep")
+        .args(["-fc", &format!("^sleep {marker}$")])
+        .output()
+        .expect("pgrep");
+    assert_eq!(String::from_utf8_lossy(&running.stdout).trim(), "1");
+    let live = d.get("/v1/allocations?agent=twin&state=granted");
+    assert_eq!(
+        live.body["items"].as_array().map(Vec::len),
+        Some(1),
+        "{:?}",
+        live.body
+    );
+    assert_eq!(d.delete("/v1/agents/twin?grace_s=1").status, 200);
+    d.stop();
+}
