@@ -735,19 +735,23 @@ fn twenty_creates_of_one_name_make_one_agent() {
     });
     let created = statuses.iter().filter(|s| **s == 201).count();
     let refused = statuses.iter().filter(|s| **s == 409).count();
-    assert_eq!((created, refused), (1, 19), "{statuses:?}");
     let running = Command::new("pgrep")
         .args(["-fc", &format!("^sleep {marker}$")])
         .output()
         .expect("pgrep");
-    assert_eq!(String::from_utf8_lossy(&running.stdout).trim(), "1");
     let live = d.get("/v1/allocations?agent=twin&state=granted");
+    // stop what was started before judging, so a failure leaves no process behind
+    let _ = d.delete("/v1/agents/twin?grace_s=1");
+    let _ = Command::new("pkill")
+        .args(["-f", &format!("^sleep {marker}$")])
+        .status();
+    assert_eq!((created, refused), (1, 19), "{statuses:?}");
+    assert_eq!(String::from_utf8_lossy(&running.stdout).trim(), "1");
     assert_eq!(
         live.body["items"].as_array().map(Vec::len),
         Some(1),
         "{:?}",
         live.body
     );
-    assert_eq!(d.delete("/v1/agents/twin?grace_s=1").status, 200);
     d.stop();
 }
