@@ -11,7 +11,7 @@ use std::process::{Command, ExitCode, ExitStatus};
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  ci     fmt --check, clippy -D warnings on all targets, every test, tidy
+  ci     fmt --check, clippy -D warnings on all targets, every test, the nvml build, tidy
   tidy   every .rs file under crates/ opens with a //! paragraph";
 
 fn main() -> ExitCode {
@@ -46,7 +46,7 @@ fn root() -> PathBuf {
 }
 
 fn ci() -> ExitCode {
-    let steps: [(&str, &[&str]); 3] = [
+    let steps: [(&str, &[&str]); 4] = [
         ("fmt", &["fmt", "--all", "--", "--check"]),
         (
             "clippy",
@@ -61,6 +61,11 @@ fn ci() -> ExitCode {
             ],
         ),
         ("test", &["test", "--workspace", "--locked"]),
+        // the README offers GPUs through NVML: that build must keep compiling
+        (
+            "nvml",
+            &["check", "-p", "qm", "--features", "nvml", "--locked"],
+        ),
     ];
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     for (name, args) in steps {
