@@ -18,7 +18,7 @@ pub use ledger::{
     AllocationRecord, Decision, Event, Ledger, LedgerConfig, LiveError, NodeError, PoolError,
     RestoreError, Shortfall, ShortfallReason, Snapshot, State, SubmitError, Submitted,
 };
-pub use node::{Node, NodeSpec, Pool, PoolSpec};
+pub use node::{NODE_LABEL, Node, NodeSpec, Pool, PoolSpec};
 pub use policy::{Placement, Policy, Preemption, QueueRank};
 pub use priority::{Priority, PriorityClass, Qos};
 pub use resources::{ResourceCatalog, ResourceError, ResourceId, Resources};

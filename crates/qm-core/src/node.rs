@@ -1,6 +1,9 @@
 //! Nodes (machines whose capacity the ledger hands out) and pools (tenants' shares): their specs
 //! as a client writes them, checked, and the state the ledger keeps for each.
 
+/// The label every node carries with its own name, so a request can ask for one node.
+pub const NODE_LABEL: &str = "qm.dev/node";
+
 use std::collections::BTreeMap;
 
 use crate::allocation::{FieldError, Labels, ValidationErrors, check_labels, check_name};

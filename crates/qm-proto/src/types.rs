@@ -306,6 +306,9 @@ impl NodeRegistration {
             }
         }
         spec.labels = self.labels.unwrap_or_default();
+        spec.labels
+            .entry(qm_core::NODE_LABEL.to_owned())
+            .or_insert_with(|| self.name.clone());
         let ttl = match self
             .heartbeat_ttl_s
             .map(|t| ttl_ms("heartbeat_ttl_s", t))

@@ -117,6 +117,8 @@ impl Core {
         let mut spec = NodeSpec::new(&config.node_name, config.capacity.clone());
         spec.allocatable = config.allocatable.clone();
         spec.labels = config.labels.clone();
+        spec.labels
+            .insert(qm_core::NODE_LABEL.to_owned(), config.node_name.clone());
         spec.validate()
             .map_err(|e| StartError::Node(e.to_string()))?;
         let exists = core

@@ -153,6 +153,8 @@ struct Inner {
     hub: Arc<events::EventHub>,
     monitor: Option<monitor::Monitor>,
     tokens: tokens::Tokens,
+    /// The local node's name.
+    node_name: String,
 }
 
 impl std::fmt::Debug for Msg {
@@ -223,8 +225,14 @@ impl Engine {
                 hub,
                 monitor,
                 tokens,
+                node_name: config.node_name.clone(),
             }),
         })
+    }
+
+    /// The local node's name (agents started here are placed on it).
+    pub fn node_name(&self) -> &str {
+        &self.inner.node_name
     }
 
     /// The API tokens.

@@ -88,11 +88,14 @@ pub(crate) fn exec(c: &Client, a: &ExecArgs) -> Result<u8, Failure> {
             resources.insert(k.to_owned(), Value::String(v.clone()));
         }
     }
+    // the allocation is on the daemon's own node: the command runs here
+    let node = c.node()?.name;
     let mut body = json!({
         "agent": name,
         "resources": resources,
         "ttl_s": LEASE_S,
         "queue": true,
+        "node_selector": { qm_core::NODE_LABEL: node },
     });
     if let Some(p) = a.priority {
         body["priority"] = json!(p);

@@ -436,7 +436,14 @@ impl Supervisor {
             .allocation_request()
             .into_request(self.engine().catalog());
         let request = match request {
-            Ok(r) => Some(r),
+            // a process started (or adopted) here is charged to this host, never another node
+            Ok(mut r) => {
+                r.node_selector.insert(
+                    qm_core::NODE_LABEL.to_owned(),
+                    self.engine().node_name().to_owned(),
+                );
+                Some(r)
+            }
             Err(p) => {
                 problems.extend(p);
                 None
@@ -591,6 +598,18 @@ impl Supervisor {
                     )])
                 })?;
                 match self.engine().get(parsed).await? {
+                    Lookup::Live(doc)
+                        if doc.state == "granted"
+                            && doc.node.as_deref() != Some(self.engine().node_name()) =>
+                    {
+                        Err(EngineError::Conflict(format!(
+                            "allocation {id} is on node {:?}, not on this host ({:?}): a process \
+                             here cannot be charged to it",
+                            doc.node.as_deref().unwrap_or("none"),
+                            self.engine().node_name()
+                        ))
+                        .into())
+                    }
                     Lookup::Live(doc) if doc.state == "granted" => Ok((id.clone(), true)),
                     _ => {
                         Err(EngineError::Conflict(format!("allocation {id} is not granted")).into())

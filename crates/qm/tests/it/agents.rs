@@ -755,3 +755,54 @@ fn twenty_creates_of_one_name_make_one_agent() {
     );
     d.stop();
 }
+
+#[test]
+fn an_agent_started_here_is_charged_to_this_node_never_a_reported_one() {
+    if !can_confine() {
+        return;
+    }
+    let dir = temp_dir("local-node");
+    let config = dir.join("qm.toml");
+    std::fs::write(&config, "[agents]\ncgroup_parent = \"qm-it-local-node\"\n").expect("config");
+    let d = Daemon::start(
+        &dir.join("data"),
+        &[
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--capacity",
+            "cpu=1,memory=1Gi",
+            "--strategy",
+            "spread",
+        ],
+    );
+    // a far emptier node elsewhere, which spread would prefer
+    let big = d.post(
+        "/v1/nodes",
+        r#"{"name":"elsewhere","capacity":{"cpu":"64","memory":"256Gi"}}"#,
+    );
+    assert_eq!(big.status, 201, "{:?}", big.body);
+    assert_eq!(big.body["labels"]["qm.dev/node"], "elsewhere");
+    let here = d.post(
+        "/v1/agents",
+        r#"{"name":"here","command":["sleep","30"],"resources":{"cpu":"500m","memory":"64Mi"}}"#,
+    );
+    let too_big = d.post(
+        "/v1/agents",
+        r#"{"name":"too-big","command":["sleep","30"],"resources":{"cpu":"2","memory":"64Mi"}}"#,
+    );
+    let placed = |name: &str| {
+        let a = agent(&d, name);
+        let alloc = a["allocation"].as_str().unwrap_or("").to_owned();
+        d.get(&format!("/v1/allocations/{alloc}")).body
+    };
+    let here_alloc = placed("here");
+    let big_alloc = placed("too-big");
+    let _ = d.delete("/v1/agents/here?grace_s=1");
+    let _ = d.delete("/v1/agents/too-big?grace_s=1");
+    assert_eq!(here.status, 201, "{:?}", here.body);
+    assert_eq!(here_alloc["node"], "test-node", "{here_alloc}");
+    // what does not fit here waits for this node rather than going elsewhere
+    assert_eq!(too_big.status, 202, "{:?}", too_big.body);
+    assert_eq!(big_alloc["state"], "queued", "{big_alloc}");
+    d.stop();
+}
