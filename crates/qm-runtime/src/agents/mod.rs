@@ -1405,7 +1405,13 @@ impl Supervisor {
                     .inner
                     .generations
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                restarts: Restarts::new(self.inner.config.backoff.clone(), policy),
+                // the count goes on where the last daemon left it
+                restarts: Restarts::resume(
+                    self.inner.config.backoff.clone(),
+                    policy,
+                    doc.restarts,
+                    doc.crash_loop,
+                ),
                 policy,
                 health_spec,
                 health: None,

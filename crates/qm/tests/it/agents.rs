@@ -219,7 +219,7 @@ fn agents_outlive_the_daemon_and_are_re_adopted() {
 
 #[test]
 fn failures_restart_with_backoff_and_missed_heartbeats_restart() {
-    let (d, _) = start("restart");
+    let (d, dir) = start("restart");
     let a = d.post(
         "/v1/agents",
         &json!({
@@ -236,6 +236,23 @@ fn failures_restart_with_backoff_and_missed_heartbeats_restart() {
         (a["restarts"].as_u64() >= Some(3)).then_some(a)
     });
     assert_eq!(looping["exit_code"].as_i64().unwrap_or(3), 3);
+    // the count survives a restart of the daemon and goes on from there
+    let before = agent(&d, "crasher")["restarts"].as_u64().unwrap_or(0);
+    d.stop();
+    let d = Daemon::start(
+        &dir.join("data"),
+        &[
+            "--config",
+            dir.join("qm.toml").to_str().expect("utf-8"),
+            "--capacity",
+            "cpu=4,memory=4Gi",
+        ],
+    );
+    assert!(agent(&d, "crasher")["restarts"].as_u64() >= Some(before));
+    eventually("a restart counted after the daemon's", 20, || {
+        let a = agent(&d, "crasher");
+        (a["restarts"].as_u64() > Some(before)).then_some(a)
+    });
     let logs = d.get("/v1/agents/crasher/logs?tail=2").body;
     assert_eq!(logs["stdout"][1], "started", "{logs}");
     assert_eq!(d.delete("/v1/agents/crasher").status, 200);

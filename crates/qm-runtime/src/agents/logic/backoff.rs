@@ -189,6 +189,28 @@ impl Restarts {
         }
     }
 
+    /// Bookkeeping carried over from an earlier daemon: `total` restarts so far, and whether
+    /// the agent was crash looping (it then keeps the backoff step of a loop).
+    pub fn resume(
+        config: BackoffConfig,
+        policy: RestartPolicy,
+        total: u32,
+        crash_loop: bool,
+    ) -> Self {
+        let streak = if crash_loop {
+            config.crash_loop_after
+        } else {
+            0
+        };
+        Self {
+            policy,
+            config,
+            total,
+            attempt: streak,
+            short_streak: streak,
+        }
+    }
+
     /// The policy.
     pub fn policy(&self) -> RestartPolicy {
         self.policy

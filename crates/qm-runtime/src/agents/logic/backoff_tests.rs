@@ -239,3 +239,17 @@ fn validate_names_fields() {
         )]
     );
 }
+
+#[test]
+fn a_resumed_count_goes_on_where_it_was() {
+    let config = BackoffConfig::default();
+    let mut r = Restarts::resume(config.clone(), RestartPolicy::Always, 7, false);
+    assert_eq!(r.restarts(), 7);
+    assert!(!r.crash_looping());
+    let d = r.on_exit(10_000_000, ExitKind::Failure, 9_999_000);
+    assert!(matches!(d, Decision::Restart { .. }), "{d:?}");
+    assert_eq!(r.restarts(), 8);
+    let looping = Restarts::resume(config.clone(), RestartPolicy::Always, 12, true);
+    assert!(looping.crash_looping());
+    assert_eq!(looping.attempt(), config.crash_loop_after);
+}
