@@ -251,7 +251,9 @@ fn failures_restart_with_backoff_and_missed_heartbeats_restart() {
     assert!(agent(&d, "crasher")["restarts"].as_u64() >= Some(before));
     eventually("a restart counted after the daemon's", 20, || {
         let a = agent(&d, "crasher");
-        (a["restarts"].as_u64() > Some(before)).then_some(a)
+        let now = a["restarts"].as_u64().unwrap_or(0);
+        assert!(now >= before, "the count fell from {before} to {now}");
+        (now > before).then_some(a)
     });
     let logs = d.get("/v1/agents/crasher/logs?tail=2").body;
     assert_eq!(logs["stdout"][1], "started", "{logs}");
