@@ -77,11 +77,24 @@ impl From<EngineError> for ApiError {
             }
             EngineError::Store(d) => {
                 tracing::error!(error = %d, "store failure");
-                Self::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    format!("the change could not be made durable: {d}"),
-                )
+                let mut p = Problem::new(
+                    503,
+                    "storage_unavailable",
+                    format!("the change could not be made durable, and was not made: {d}"),
+                );
+                p.retry_after_s = Some(5);
+                Self(Box::new(p))
+            }
+            EngineError::StorageFull(d) => {
+                let mut p = Problem::new(
+                    507,
+                    "storage_full",
+                    format!(
+                        "the disk is full: the change was not made ({d}); writes resume once space returns"
+                    ),
+                );
+                p.retry_after_s = Some(5);
+                Self(Box::new(p))
             }
             EngineError::Stopped => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,

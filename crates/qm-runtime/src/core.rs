@@ -22,6 +22,10 @@ use crate::metrics::{Counters, NodeAmounts, Outcome, Snapshot};
 use crate::persist;
 use crate::{EngineConfig, EngineError, Lookup, Msg, StartError};
 
+mod recover;
+
+pub(crate) use recover::StoreHealth;
+
 /// Where a node came from and how it stays alive.
 #[derive(Debug, Clone)]
 struct NodeMeta {
@@ -49,6 +53,11 @@ pub(crate) struct Core {
     last_prune: Instant,
     /// The audit entry of the request whose command runs now; its first commit takes it.
     pub(crate) audit: Option<Arc<crate::audit::Pending>>,
+    /// What commits report: a failed change (memory to re-read), a full or failing disk.
+    health: Arc<StoreHealth>,
+    last_probe: Instant,
+    /// The local node's registration, when the disk was full at start (redone once it is not).
+    local_pending: Option<NodeSpec>,
 }
 
 fn now() -> Timestamp {
@@ -66,7 +75,7 @@ fn field(field: &str, message: impl Into<String>) -> EngineError {
 }
 
 fn store_err(e: qm_store::StoreError) -> EngineError {
-    EngineError::Store(e.to_string())
+    e.into()
 }
 
 impl Core {
@@ -113,6 +122,9 @@ impl Core {
             retention: config.retention,
             last_prune: Instant::now(),
             audit: None,
+            health: Arc::new(StoreHealth::default()),
+            last_probe: Instant::now(),
+            local_pending: None,
         };
         let mut spec = NodeSpec::new(&config.node_name, config.capacity.clone());
         spec.allocatable = config.allocatable.clone();
@@ -121,42 +133,16 @@ impl Core {
             .insert(qm_core::NODE_LABEL.to_owned(), config.node_name.clone());
         spec.validate()
             .map_err(|e| StartError::Node(e.to_string()))?;
-        let exists = core
-            .ledger
-            .state()
-            .node_by_name(&config.node_name)
-            .is_some();
-        let result = if exists {
-            core.ledger
-                .update_node(t, spec)
-                .and_then(|()| core.ledger.set_node_ready(t, &config.node_name, true))
-        } else {
-            core.ledger.register_node(t, spec).map(|_| ())
-        };
-        match result {
-            Ok(()) => {}
-            Err(NodeError::BelowAllocated { missing, .. }) => tracing::warn!(
-                node = %config.node_name,
-                missing = ?missing,
-                "the local node's new capacity is below what it has handed out; keeping the stored capacity"
-            ),
-            Err(e) => return Err(StartError::Node(e.to_string())),
+        let (expired, granted, batch) = core.register_local(t, spec.clone())?;
+        if let Err(e) = core.store.commit_wait(batch) {
+            // a disk that cannot take the start's changes: serve what is stored, refuse
+            // writes, and register the node once a write goes through again
+            tracing::error!(error = %e, "cannot record the start (the disk is full or failing): serving reads, refusing writes until a write succeeds");
+            core.health.failed(&e);
+            core.resync();
+            core.local_pending = Some(spec);
+            return Ok(core);
         }
-        core.nodes.insert(
-            config.node_name.clone(),
-            NodeMeta {
-                kind: "local".to_owned(),
-                heartbeat_ttl_ms: None,
-                last_heartbeat: t,
-            },
-        );
-        let expired = core.ledger.expire(t);
-        let granted = core.ledger.drain(t);
-        let mut batch = Batch::default();
-        for op in core.changes(&[&config.node_name]) {
-            batch.ops.push(op);
-        }
-        store_commit_wait(&core.store, batch)?;
         let events = std::mem::take(&mut core.pending);
         core.hub.publish(events);
         tracing::info!(
@@ -170,11 +156,60 @@ impl Core {
         Ok(core)
     }
 
+    /// Registers (or updates and readies) the local node, expires what lapsed and drains the
+    /// queues: what the daemon does at start. Answers the counts and the batch recording it.
+    fn register_local(
+        &mut self,
+        t: Timestamp,
+        spec: NodeSpec,
+    ) -> Result<(usize, usize, Batch), StartError> {
+        let name = spec.name.clone();
+        let exists = self.ledger.state().node_by_name(&name).is_some();
+        let result = if exists {
+            self.ledger
+                .update_node(t, spec)
+                .and_then(|()| self.ledger.set_node_ready(t, &name, true))
+        } else {
+            self.ledger.register_node(t, spec).map(|_| ())
+        };
+        match result {
+            Ok(()) => {}
+            Err(NodeError::BelowAllocated { missing, .. }) => tracing::warn!(
+                node = %name,
+                missing = ?missing,
+                "the local node's new capacity is below what it has handed out; keeping the stored capacity"
+            ),
+            Err(e) => return Err(StartError::Node(e.to_string())),
+        }
+        self.nodes.insert(
+            name.clone(),
+            NodeMeta {
+                kind: "local".to_owned(),
+                heartbeat_ttl_ms: None,
+                last_heartbeat: t,
+            },
+        );
+        let expired = self.ledger.expire(t);
+        let granted = self.ledger.drain(t);
+        let mut batch = Batch::default();
+        for op in self.changes(&[&name]) {
+            batch.ops.push(op);
+        }
+        Ok((expired, granted, batch))
+    }
+
     pub(crate) fn run(mut self, rx: &mpsc::Receiver<Msg>, tick: Duration) {
         let mut last_tick = Instant::now();
         loop {
             match rx.recv_timeout(tick) {
-                Ok(Msg::Job(job)) => job(&mut self),
+                Ok(Msg::Job(job)) => {
+                    // an answer to a failed write went out before its caller could retry:
+                    // memory is re-read before the next command, so a retry sees the disk
+                    if self.health.take_diverged() {
+                        self.resync();
+                    }
+                    job(&mut self);
+                }
                 Ok(Msg::Stop(done)) => {
                     let _ = self.store.commit_wait(Batch::default());
                     let _ = done.send(());
@@ -187,11 +222,20 @@ impl Core {
                 last_tick = Instant::now();
                 self.tick();
             }
+            // a change that did not commit left memory ahead of the disk: re-read it
+            if self.health.take_diverged() {
+                self.resync();
+            }
         }
     }
 
-    /// Lease expiry, holds for waiting requests, heartbeat deadlines.
+    /// Lease expiry, holds for waiting requests, heartbeat deadlines; while the disk refuses
+    /// writes, only a probe for when it takes them again.
     fn tick(&mut self) {
+        if self.health.degraded() {
+            self.probe();
+            return;
+        }
         let t = now();
         if self.last_prune.elapsed() >= Duration::from_secs(600) {
             self.last_prune = Instant::now();
@@ -237,11 +281,15 @@ impl Core {
             let ops = self.changes(&names);
             let events = std::mem::take(&mut self.pending);
             let hub = Arc::clone(&self.hub);
+            let health = Arc::clone(&self.health);
             self.store.commit(
                 Batch { ops },
                 Box::new(move |r| match r {
                     Ok(()) => hub.publish(events),
-                    Err(e) => tracing::error!(%e, "cannot persist timer changes"),
+                    Err(e) => {
+                        tracing::error!(%e, "cannot persist timer changes");
+                        health.failed(&e);
+                    }
                 }),
             );
         }
@@ -332,6 +380,7 @@ impl Core {
     ) {
         let events = std::mem::take(&mut self.pending);
         let hub = Arc::clone(&self.hub);
+        let health = Arc::clone(&self.health);
         let mut batch = Batch { ops };
         // A change carries its request's audit entry; a barrier (no change) does not.
         let audit = match &self.audit {
@@ -345,6 +394,9 @@ impl Core {
             Box::new(move |r| {
                 if let Some(p) = audit {
                     p.committed(r.is_ok());
+                }
+                if let Err(e) = &r {
+                    health.failed(e);
                 }
                 if r.is_ok() && !events.is_empty() {
                     hub.publish(events);
@@ -387,6 +439,10 @@ impl Core {
         let t = now();
         if dry_run {
             let _ = tx.send(self.dry_run(t, req));
+            return;
+        }
+        if let Some(e) = self.refuse_write() {
+            let _ = tx.send(Err(e));
             return;
         }
         let started = Instant::now();
@@ -556,6 +612,10 @@ impl Core {
         id: AllocId,
         tx: oneshot::Sender<Result<Option<AllocationDoc>, EngineError>>,
     ) {
+        if let Some(e) = self.refuse_write() {
+            let _ = tx.send(Err(e));
+            return;
+        }
         let t = now();
         if self.ledger.release(t, id).is_none() {
             // Not live: answer once earlier writes are durable, so the store has its end.
@@ -572,6 +632,10 @@ impl Core {
         reason: &str,
         tx: oneshot::Sender<Result<Option<AllocationDoc>, EngineError>>,
     ) {
+        if let Some(e) = self.refuse_write() {
+            let _ = tx.send(Err(e));
+            return;
+        }
         let t = now();
         if self.ledger.evict(t, id, reason).is_err() {
             // not live (or only queued): nothing to evict
@@ -588,6 +652,10 @@ impl Core {
         ttl_ms: Option<u64>,
         tx: oneshot::Sender<Result<AllocationDoc, EngineError>>,
     ) {
+        if let Some(e) = self.refuse_write() {
+            let _ = tx.send(Err(e));
+            return;
+        }
         let t = now();
         match self.ledger.renew(t, id, ttl_ms) {
             Ok(_) => {
@@ -699,6 +767,10 @@ impl Core {
         doc: &StateDoc,
         tx: oneshot::Sender<Result<StateDoc, EngineError>>,
     ) {
+        if let Some(e) = self.refuse_write() {
+            let _ = tx.send(Err(e));
+            return;
+        }
         let invalid = |m: String| {
             EngineError::Invalid(vec![FieldProblem {
                 field: "state".to_owned(),
@@ -796,6 +868,10 @@ impl Core {
         ttl_ms: Option<u64>,
         tx: oneshot::Sender<Result<NodeDoc, EngineError>>,
     ) {
+        if let Some(e) = self.refuse_write() {
+            let _ = tx.send(Err(e));
+            return;
+        }
         let t = now();
         let name = spec.name.clone();
         match self.ledger.register_node(t, spec) {
@@ -833,6 +909,10 @@ impl Core {
         force: bool,
         tx: oneshot::Sender<Result<NodeDoc, EngineError>>,
     ) {
+        if let Some(e) = self.refuse_write() {
+            let _ = tx.send(Err(e));
+            return;
+        }
         if name == self.local {
             let _ = tx.send(Err(EngineError::Conflict(
                 "the local node cannot be removed".to_owned(),
@@ -866,6 +946,10 @@ impl Core {
         name: &str,
         tx: oneshot::Sender<Result<NodeDoc, EngineError>>,
     ) {
+        if let Some(e) = self.refuse_write() {
+            let _ = tx.send(Err(e));
+            return;
+        }
         let t = now();
         let Some(meta) = self.nodes.get_mut(name) else {
             let _ = tx.send(Err(EngineError::NotFound(format!(
@@ -906,6 +990,10 @@ impl Core {
         create: bool,
         tx: oneshot::Sender<Result<PoolDoc, EngineError>>,
     ) {
+        if let Some(e) = self.refuse_write() {
+            let _ = tx.send(Err(e));
+            return;
+        }
         let name = spec.name.clone();
         let result = if create {
             self.ledger.create_pool(spec).map(|_| ())
@@ -938,6 +1026,10 @@ impl Core {
         name: &str,
         tx: oneshot::Sender<Result<PoolDoc, EngineError>>,
     ) {
+        if let Some(e) = self.refuse_write() {
+            let _ = tx.send(Err(e));
+            return;
+        }
         let st = self.ledger.state();
         let Some((_, p)) = st.pool_by_name(name) else {
             let _ = tx.send(Err(EngineError::NotFound(format!(
@@ -989,8 +1081,4 @@ fn pool_error(e: PoolError) -> EngineError {
         PoolError::Unknown(n) => EngineError::NotFound(format!("no pool named {n:?}")),
         other => EngineError::Conflict(other.to_string()),
     }
-}
-
-fn store_commit_wait(store: &Store, batch: Batch) -> Result<(), StartError> {
-    store.commit_wait(batch).map_err(StartError::Store)
 }

@@ -115,12 +115,26 @@ pub enum EngineError {
     /// The store failed: the change is not durable and was not acknowledged.
     #[error("storage failed: {0}")]
     Store(String),
+    /// The disk is full: the change is not durable, not acknowledged, and not in memory;
+    /// writes resume by themselves once space returns.
+    #[error("storage is full: {0}")]
+    StorageFull(String),
     /// The engine stopped.
     #[error("the engine is stopped")]
     Stopped,
     /// Pressure closed admission (all of it when critical, best-effort work when warning).
     #[error("{detail}")]
     AdmissionPaused { detail: String, retry_after_s: u64 },
+}
+
+impl From<qm_store::StoreError> for EngineError {
+    fn from(e: qm_store::StoreError) -> Self {
+        if e.is_full() {
+            Self::StorageFull(e.to_string())
+        } else {
+            Self::Store(e.to_string())
+        }
+    }
 }
 
 /// What a read of an allocation found.

@@ -332,7 +332,7 @@ async fn commit(store: &Store, batch: Batch) -> Result<(), EngineError> {
     );
     rx.await
         .map_err(|_| EngineError::Stopped)?
-        .map_err(|e| EngineError::Store(e.to_string()))
+        .map_err(EngineError::from)
 }
 
 #[cfg(test)]

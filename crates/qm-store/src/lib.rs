@@ -158,6 +158,13 @@ pub enum StoreError {
         path: PathBuf,
         message: String,
     },
+    /// The disk (or the file system's quota) is full: nothing of the batch was written.
+    #[error("{what} ({path}): the disk is full: {message}")]
+    Full {
+        what: &'static str,
+        path: PathBuf,
+        message: String,
+    },
     /// The data dir could not be created.
     #[error("cannot create data dir {path}: {message}")]
     Dir { path: PathBuf, message: String },
@@ -170,10 +177,29 @@ pub(crate) fn sqlite<'a>(
     what: &'static str,
     path: &'a Path,
 ) -> impl Fn(rusqlite::Error) -> StoreError + 'a {
-    move |e| StoreError::Sqlite {
-        what,
-        path: path.to_owned(),
-        message: e.to_string(),
+    move |e| {
+        let full = matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DiskFull))
+            || e.to_string().contains("No space left");
+        let message = e.to_string();
+        if full {
+            return StoreError::Full {
+                what,
+                path: path.to_owned(),
+                message,
+            };
+        }
+        StoreError::Sqlite {
+            what,
+            path: path.to_owned(),
+            message,
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether the disk is full (the write may succeed once space returns).
+    pub fn is_full(&self) -> bool {
+        matches!(self, Self::Full { .. })
     }
 }
 

@@ -405,8 +405,15 @@ fn record(engine: &Engine, entry: &AuditEntryDoc) {
     engine.store().commit(
         batch,
         Box::new(|r| {
+            // once a minute at most: a full disk fails every one of them
+            static LAST_WARNED_S: AtomicU64 = AtomicU64::new(0);
             if let Err(e) = r {
-                tracing::warn!(%e, "cannot record an audit entry");
+                let now = qm_runtime::unix_ms() / 1000;
+                if now.saturating_sub(LAST_WARNED_S.swap(now, Ordering::Relaxed)) >= 60 {
+                    tracing::warn!(%e, "cannot record an audit entry");
+                } else {
+                    LAST_WARNED_S.store(now, Ordering::Relaxed);
+                }
             }
         }),
     );

@@ -93,7 +93,7 @@ impl Supervisor {
         );
         rx.await
             .map_err(|_| EngineError::Stopped)?
-            .map_err(|e| EngineError::Store(e.to_string()))?;
+            .map_err(EngineError::from)?;
         Ok(())
     }
 

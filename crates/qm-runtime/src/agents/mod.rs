@@ -1480,8 +1480,9 @@ impl Supervisor {
                 }
                 None => false,
             };
-            if granted {
-                self.launch(&id).await?;
+            // a launch that cannot be recorded (a full disk) does not keep the daemon down
+            if granted && let Err(error) = self.launch(&id).await {
+                tracing::warn!(%error, agent = %id, "cannot launch a pending agent at start");
             }
         }
         self.restore_fleets(&loaded.fleets);

@@ -14,4 +14,5 @@ mod metrics;
 mod monitoring;
 mod security;
 mod state;
+mod storage;
 mod transport;
