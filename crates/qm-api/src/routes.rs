@@ -316,14 +316,34 @@ pub(crate) async fn delete_node(
     Ok(json(StatusCode::OK, to_json(&doc)))
 }
 
-#[utoipa::path(put, path = "/v1/nodes/{name}/heartbeat", tag = "nodes", params(("name" = String, Path)), responses((status = 200, body = NodeDoc), (status = 404, body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(put, path = "/v1/nodes/{name}/heartbeat", tag = "nodes", params(("name" = String, Path)), request_body = qm_proto::NodeHeartbeat, responses((status = 200, body = NodeDoc), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 422, description = "invalid fields", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn heartbeat(
     State(engine): State<Engine>,
     caller: Caller,
     Path(name): Path<String>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     caller.allow(Operation::WriteCluster)?;
-    let doc = engine.heartbeat(name).await?;
+    let raw = raw.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "body too large",
+        )
+    })?;
+    let beat: qm_proto::NodeHeartbeat = if raw.is_empty() {
+        qm_proto::NodeHeartbeat::default()
+    } else {
+        decode(&body(&headers, Ok(raw))?)?
+    };
+    let usage = beat
+        .usage
+        .as_ref()
+        .map(|u| qm_proto::parse_resources(engine.catalog(), "usage", u))
+        .transpose()
+        .map_err(|e| ApiError::invalid(vec![e]))?;
+    let doc = engine.heartbeat(name, usage).await?;
     Ok(json(StatusCode::OK, to_json(&doc)))
 }
 

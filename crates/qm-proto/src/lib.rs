@@ -28,7 +28,7 @@ pub use security::{
 };
 pub use time::{format_rfc3339, parse_rfc3339};
 pub use types::{
-    AllocationDoc, AllocationList, AllocationRequest, EventDoc, NodeDoc, NodeList,
+    AllocationDoc, AllocationList, AllocationRequest, EventDoc, NodeDoc, NodeHeartbeat, NodeList,
     NodeRegistration, PoolDoc, PoolList, PoolWrite, RenewRequest, Replay, STATE_VERSION, StateDoc,
     Stored, StoredNode, allocation_reply, dry_run_reply, from_json, to_json, to_value,
 };

@@ -120,6 +120,16 @@ impl AllocationRequest {
     }
 }
 
+/// `PUT /v1/nodes/{name}/heartbeat`: a reported node's sign of life, with what it uses.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeHeartbeat {
+    /// What the node's own workloads use now (shown as the node's `usage`).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub usage: Option<WireResources>,
+}
+
 /// `POST /v1/allocations/{id}/renew`.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -32,6 +32,8 @@ struct NodeMeta {
     kind: String,
     heartbeat_ttl_ms: Option<u64>,
     last_heartbeat: Timestamp,
+    /// What a reported node said it uses, with its last heartbeat.
+    usage: Option<std::collections::BTreeMap<String, String>>,
 }
 
 pub(crate) struct Core {
@@ -101,6 +103,7 @@ impl Core {
                         kind,
                         heartbeat_ttl_ms: ttl,
                         last_heartbeat: t,
+                        usage: None,
                     },
                 )
             })
@@ -187,6 +190,7 @@ impl Core {
                 kind: "local".to_owned(),
                 heartbeat_ttl_ms: None,
                 last_heartbeat: t,
+                usage: None,
             },
         );
         let expired = self.ledger.expire(t);
@@ -345,8 +349,13 @@ impl Core {
 
     fn node_doc(&self, name: &str) -> Option<NodeDoc> {
         let (_, node) = self.ledger.state().node_by_name(name)?;
-        let kind = self.nodes.get(name).map_or("reported", |m| m.kind.as_str());
-        Some(NodeDoc::of(node, kind, &self.catalog))
+        let meta = self.nodes.get(name);
+        let kind = meta.map_or("reported", |m| m.kind.as_str());
+        let mut doc = NodeDoc::of(node, kind, &self.catalog);
+        if let Some(usage) = meta.and_then(|m| m.usage.clone()) {
+            doc.usage = Some(usage);
+        }
+        Some(doc)
     }
 
     fn node_op(&self, name: &str) -> Option<Op> {
@@ -810,6 +819,7 @@ impl Core {
                         kind,
                         heartbeat_ttl_ms: ttl,
                         last_heartbeat: t,
+                        usage: None,
                     },
                 )
             })
@@ -820,6 +830,7 @@ impl Core {
                 kind: "local".to_owned(),
                 heartbeat_ttl_ms: None,
                 last_heartbeat: t,
+                usage: None,
             },
         );
         for (_, ws) in self.watchers.drain() {
@@ -882,6 +893,7 @@ impl Core {
                         kind: "reported".to_owned(),
                         heartbeat_ttl_ms: ttl_ms,
                         last_heartbeat: t,
+                        usage: None,
                     },
                 );
                 let ops = self.changes(&[&name]);
@@ -944,13 +956,21 @@ impl Core {
     pub(crate) fn heartbeat(
         &mut self,
         name: &str,
+        usage: Option<qm_core::Resources>,
         tx: oneshot::Sender<Result<NodeDoc, EngineError>>,
     ) {
-        if let Some(e) = self.refuse_write() {
+        let t = now();
+        let ready = self
+            .ledger
+            .state()
+            .node_by_name(name)
+            .is_some_and(|(_, n)| n.ready());
+        // a node coming back is a change to record; a sign of life alone is not
+        if !ready && let Some(e) = self.refuse_write() {
             let _ = tx.send(Err(e));
             return;
         }
-        let t = now();
+        let catalog = self.catalog.clone();
         let Some(meta) = self.nodes.get_mut(name) else {
             let _ = tx.send(Err(EngineError::NotFound(format!(
                 "no node named {name:?}"
@@ -958,11 +978,9 @@ impl Core {
             return;
         };
         meta.last_heartbeat = t;
-        let ready = self
-            .ledger
-            .state()
-            .node_by_name(name)
-            .is_some_and(|(_, n)| n.ready());
+        if let Some(u) = &usage {
+            meta.usage = Some(qm_proto::render_resources(&catalog, u));
+        }
         if !ready {
             let _ = self.ledger.set_node_ready(t, name, true);
         }

@@ -496,8 +496,14 @@ impl Engine {
     }
 
     /// A reported node's heartbeat.
-    pub async fn heartbeat(&self, name: String) -> Result<NodeDoc, EngineError> {
-        self.call(move |core, tx| core.heartbeat(&name, tx)).await?
+    /// A reported node's heartbeat, with what it says it uses.
+    pub async fn heartbeat(
+        &self,
+        name: String,
+        usage: Option<qm_core::Resources>,
+    ) -> Result<NodeDoc, EngineError> {
+        self.call(move |core, tx| core.heartbeat(&name, usage, tx))
+            .await?
     }
 
     /// Every pool.

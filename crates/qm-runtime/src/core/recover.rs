@@ -103,6 +103,7 @@ impl Core {
                 let old = std::mem::take(&mut self.nodes);
                 for (name, kind, ttl) in kinds {
                     let last = old.get(&name).map_or(t, |m| m.last_heartbeat);
+                    let usage = old.get(&name).and_then(|m| m.usage.clone());
                     let kind = if name == self.local {
                         "local".to_owned()
                     } else {
@@ -114,6 +115,7 @@ impl Core {
                             kind,
                             heartbeat_ttl_ms: ttl,
                             last_heartbeat: last,
+                            usage,
                         },
                     );
                 }

@@ -534,6 +534,34 @@ fn a_reported_node_that_misses_its_heartbeat_loses_its_grants() {
         r#"{"agent": "remote", "resources": {"cpu": 2}, "node_selector": {"site": "edge"}}"#,
     );
     assert_eq!(again.status, 201);
+    // a heartbeat says what the node uses: shown as its usage, in canonical quantities
+    let beat = d.send(
+        "PUT",
+        "/v1/nodes/edge/heartbeat",
+        "application/json",
+        br#"{"usage": {"cpu": "1500m", "memory": 1073741824}}"#,
+        &[],
+    );
+    assert_eq!(beat.status, 200, "{:?}", beat.body);
+    assert_eq!(beat.body["usage"], json!({"cpu": "1500m", "memory": "1Gi"}));
+    let listed = d.get("/v1/nodes").body["items"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["name"] == "edge").cloned())
+        .unwrap_or_default();
+    assert_eq!(listed["usage"]["cpu"], "1500m");
+    let bad = d.send(
+        "PUT",
+        "/v1/nodes/edge/heartbeat",
+        "application/json",
+        br#"{"usage": {"cpu": "-1"}}"#,
+        &[],
+    );
+    assert_eq!(bad.status, 422, "{:?}", bad.body);
+    assert_eq!(
+        bad.body["errors"][0]["field"], "usage.cpu",
+        "{:?}",
+        bad.body
+    );
     d.stop();
 }
 
