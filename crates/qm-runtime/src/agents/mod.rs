@@ -499,6 +499,23 @@ impl Supervisor {
             .as_ref()
             .filter(|_| spec.allocation.is_none())
             .map(|r| self.confinement_of(r));
+        // never share a group with a stranger: processes of an earlier agent of this name (it
+        // outlived a daemon that lost track of it) would live under this agent's limits
+        let strangers = self
+            .cg(&spec.name, |d, g| d.procs(g).unwrap_or_default())
+            .unwrap_or_default();
+        if !strangers.is_empty() {
+            let group = self
+                .cg(&spec.name, |d, g| d.relative_path(g))
+                .unwrap_or_default();
+            return Err(EngineError::Conflict(format!(
+                "cgroup {} still holds processes {strangers:?} of an earlier agent named {:?}; \
+                 stop them, or choose another name",
+                group.display(),
+                spec.name
+            ))
+            .into());
+        }
         // the cgroup is made while the ledger decides (a spawn's admission is mostly its
         // fsync); removed again if the request is refused
         let precreate = match (&confinement, spec.pid, &spec.allocation) {

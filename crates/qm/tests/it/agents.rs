@@ -825,3 +825,56 @@ fn an_agent_started_here_is_charged_to_this_node_never_a_reported_one() {
     assert_eq!(big_alloc["state"], "queued", "{big_alloc}");
     d.stop();
 }
+
+#[test]
+fn a_new_agent_never_shares_a_cgroup_with_a_stranger() {
+    if !can_confine() {
+        return;
+    }
+    let dir = temp_dir("stranger");
+    let config = dir.join("qm.toml");
+    std::fs::write(&config, "[agents]\ncgroup_parent = \"qm-it-stranger\"\n").expect("config");
+    let flags = [
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--capacity",
+        "cpu=4,memory=4Gi",
+    ];
+    let first = Daemon::start(&dir.join("a"), &flags);
+    let a = first.post(
+        "/v1/agents",
+        r#"{"name":"steady","command":["sleep","60"],"resources":{"cpu":"10m","memory":"16Mi"}}"#,
+    );
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    let pid = a.body["pid"].as_u64().expect("pid");
+    // the daemon dies and a new one starts with no memory of it (another data dir)
+    first.kill9();
+    let second = Daemon::start(&dir.join("b"), &flags);
+    let b = second.post(
+        "/v1/agents",
+        r#"{"name":"steady","command":["sleep","60"],"resources":{"cpu":"10m","memory":"16Mi"}}"#,
+    );
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    assert_eq!(b.status, 409, "{:?}", b.body);
+    let detail = b.body["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.contains("qm-it-stranger/steady") && detail.contains(&pid.to_string()),
+        "{detail}"
+    );
+    assert_eq!(
+        second.get("/v1/agents/steady").status,
+        404,
+        "nothing left behind"
+    );
+    // once the stranger is gone, the name is free again
+    let c = eventually("the group to empty", 10, || {
+        let c = second.post(
+            "/v1/agents",
+            r#"{"name":"steady","command":["sleep","60"],"resources":{"cpu":"10m","memory":"16Mi"}}"#,
+        );
+        (c.status == 201).then_some(c)
+    });
+    assert!(c.body["pid"].as_u64().is_some());
+    assert_eq!(second.delete("/v1/agents/steady?grace_s=1").status, 200);
+    second.stop();
+}
