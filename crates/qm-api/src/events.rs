@@ -42,6 +42,9 @@ struct Feed {
     live: broadcast::Receiver<Arc<EventDoc>>,
 }
 
+#[utoipa::path(get, path = "/v1/events", tag = "events",
+    params(("since" = Option<u64>, Query, description = "resume after this event id (or send Last-Event-ID)")),
+    responses((status = 200, description = "server-sent events, one per change: `event:` the type, `id:` the event id, `data:` the event as JSON", content_type = "text/event-stream", body = qm_proto::EventDoc)))]
 pub(crate) async fn events(
     State(engine): State<Engine>,
     caller: crate::Caller,

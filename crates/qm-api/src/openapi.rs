@@ -55,6 +55,7 @@ use crate::{agents, monitoring, routes};
         crate::security::revoke_token,
         crate::security::audit,
         crate::security::whoami,
+        crate::events::events,
     ),
     components(schemas(qm_proto::EventDoc)),
     modifiers(&BearerAuth)
@@ -89,17 +90,56 @@ impl utoipa::Modify for BearerAuth {
         };
         for item in doc.paths.paths.values_mut() {
             let ops = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
+                (false, &mut item.get),
+                (true, &mut item.put),
+                (true, &mut item.post),
+                (true, &mut item.delete),
+                (true, &mut item.patch),
             ];
-            for op in ops.into_iter().flatten() {
-                for (status, what) in [
+            for (write, op) in ops {
+                let Some(op) = op else { continue };
+                let body = op.request_body.is_some();
+                let query = op.parameters.as_ref().is_some_and(|ps| {
+                    ps.iter().any(|p| {
+                        matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Query)
+                    })
+                });
+                let path_params = op.parameters.as_ref().is_some_and(|ps| {
+                    ps.iter()
+                        .any(|p| matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Path))
+                });
+                let mut answers = vec![
                     ("401", "no valid bearer token (unauthorized)"),
                     ("403", "the token's role does not allow this (forbidden)"),
-                ] {
+                    (
+                        "503",
+                        "admission paused by pressure, storage unavailable, or a part of the daemon that is off",
+                    ),
+                ];
+                if body {
+                    answers.extend([
+                        ("400", "the body is not JSON (malformed_json)"),
+                        ("413", "the body is over the limit (payload_too_large)"),
+                        (
+                            "415",
+                            "the body is not application/json (unsupported_media_type)",
+                        ),
+                        ("422", "invalid fields (validation_failed), each named"),
+                    ]);
+                }
+                if write {
+                    answers.push((
+                        "507",
+                        "the disk is full (storage_full): nothing was changed",
+                    ));
+                }
+                if query {
+                    answers.push(("422", "invalid fields (validation_failed), each named"));
+                }
+                if path_params {
+                    answers.push(("404", "no such resource (not_found)"));
+                }
+                for (status, what) in answers {
                     op.responses
                         .responses
                         .entry(status.to_owned())
