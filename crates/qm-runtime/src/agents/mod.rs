@@ -168,6 +168,37 @@ struct NameClaim {
     name: String,
 }
 
+/// What a launch decided under the lock, for the part that runs off it.
+struct RunPlan {
+    /// The cgroup made while the ledger decided, if any.
+    group: Option<qm_cgroup::Group>,
+    generation: u64,
+    restarted: bool,
+    spec: AgentSpec,
+    limits: qm_cgroup::Limits,
+    adj: Option<i32>,
+    token: Option<String>,
+}
+
+/// What the part off the lock made.
+struct StartedRun {
+    cgroup: Option<String>,
+    oom_before: u64,
+    child: Option<std::process::Child>,
+    pid: Result<u32, String>,
+}
+
+impl StartedRun {
+    fn failed(reason: String) -> Self {
+        Self {
+            cgroup: None,
+            oom_before: 0,
+            child: None,
+            pid: Err(reason),
+        }
+    }
+}
+
 impl Drop for NameClaim {
     fn drop(&mut self) {
         if let Ok(mut c) = self.supervisor.inner.creating.lock() {
@@ -737,125 +768,95 @@ impl Supervisor {
             Some(c) => c,
             None => self.confinement(&alloc).await,
         };
-        let event = {
+        // 1. claim the run under the lock (nothing slow there): the agent reads `starting`,
+        // so a second launch (the grant's event after `create` launched it) finds it taken
+        let plan = {
             let mut agents = self.inner.agents.lock().map_err(|_| EngineError::Stopped)?;
             let Some(a) = agents.get_mut(id) else {
                 return Ok(());
             };
-            // only a pending agent (admitted) or one backing off is launched; a second call
-            // (the grant's event after `create` launched it) finds it running
             if !matches!(a.doc.state.as_str(), "pending" | "backoff") || a.stopping.is_some() {
                 return Ok(());
             }
             a.confinement = Some((limits, adj, qos.clone()));
             a.doc.qos = Some(qos);
-            let made = match a.group.take() {
-                Some(g) => Some(Ok(g)),
-                None => self.cg(id, |d, g| d.create(g, &limits)),
-            };
-            let (group, procs) = match made {
-                Some(Ok(group)) => (
-                    Some(group.relative_path().to_string_lossy().into_owned()),
-                    group.procs_files().to_vec(),
-                ),
-                Some(Err(error)) => {
-                    tracing::warn!(%error, agent = id, "no cgroup for the agent");
-                    (None, Vec::new())
-                }
-                None => (None, Vec::new()),
-            };
-            a.doc.cgroup.clone_from(&group);
-            a.oom_before = self.oom_kills(id);
-            let restarted = a.started_ms != 0;
             // generations are unique across agents, so a timer of an earlier agent of the same
             // name never matches a new one
             a.generation = self
                 .inner
                 .generations
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let pid = match a.doc.spec.pid {
-                Some(pid) if !restarted => {
-                    // adopt: the process and its descendants join the cgroup where permitted
-                    if group.is_some() {
-                        for p in std::iter::once(pid).chain(run::descendants(pid)) {
-                            if let Some(Err(error)) = self.cg(id, |d, g| d.add_process(g, p)) {
-                                tracing::warn!(%error, agent = id, pid = p, "cannot move into the cgroup");
-                            }
-                        }
-                    }
-                    Ok(pid)
-                }
-                Some(_) => Err("an adopted process cannot be restarted".to_owned()),
-                None => {
-                    let argv = a.doc.spec.command.clone().unwrap_or_default();
-                    let mut env = a.doc.spec.env.clone().unwrap_or_default();
-                    env.insert("QM_AGENT".to_owned(), id.to_owned());
-                    if let Some(url) = &self.inner.config.server_url {
-                        env.insert("QM_SERVER".to_owned(), url.clone());
-                    }
-                    if let Some(t) = &token {
-                        env.insert("QM_TOKEN".to_owned(), t.clone());
-                    }
-                    let identity = self.identity_of(&a.doc.spec);
-                    let launch = run::Launch {
-                        argv: &argv,
-                        env: &env,
-                        cwd: a.doc.spec.cwd.as_deref(),
-                        cgroup_procs: procs,
-                        oom_score_adj: adj,
-                        identity: identity.as_ref().ok().copied().flatten(),
-                    };
-                    let spawned = match identity {
-                        Ok(_) => run::spawn(&launch, &self.logs(id)),
-                        Err(why) => Err(std::io::Error::new(
-                            std::io::ErrorKind::PermissionDenied,
-                            why,
-                        )),
-                    };
-                    match spawned {
-                        Ok(child) => {
-                            let pid = child.id();
-                            a.child = Some(child);
-                            Ok(pid)
-                        }
-                        Err(e) => Err(format!("cannot start {:?}: {e}", argv.first())),
-                    }
-                }
-            };
-            let now = now_ms();
-            match pid {
-                Ok(pid) => {
-                    a.doc.pid = Some(pid);
-                    a.doc.start_ticks = run::start_ticks(pid);
-                    a.doc.state = "running".to_owned();
-                    a.doc.reason = None;
-                    a.doc.exit_code = None;
-                    a.doc.signal = None;
-                    a.doc.oom_killed = false;
-                    a.doc.started_at = Some(format_rfc3339(now));
-                    a.doc.ended_at = None;
-                    a.doc.next_restart_at = None;
-                    a.started_ms = now;
-                    a.restart_at = None;
-                    a.health = a.health_spec.clone().map(HealthState::new);
-                    if let Some(h) = &mut a.health {
-                        h.started(now);
-                    }
-                    self.watch(id, pid, a.doc.start_ticks, a.generation);
-                    self.track(a);
-                    Some(if restarted {
-                        "agent.restarted"
-                    } else {
-                        "agent.started"
-                    })
-                }
-                Err(reason) => {
-                    a.doc.state = "failed".to_owned();
-                    a.doc.reason = Some(reason);
-                    a.doc.ended_at = Some(format_rfc3339(now));
-                    None
-                }
+            a.doc.state = "starting".to_owned();
+            RunPlan {
+                group: a.group.take(),
+                generation: a.generation,
+                restarted: a.started_ms != 0,
+                spec: a.doc.spec.clone(),
+                limits,
+                adj,
+                token,
             }
+        };
+        // 2. the slow part (the cgroup, /proc, the fork) off the lock and the async workers
+        let (generation, restarted) = (plan.generation, plan.restarted);
+        let me = self.clone();
+        let owned = id.to_owned();
+        let mut run = tokio::task::spawn_blocking(move || me.start_run(&owned, plan))
+            .await
+            .unwrap_or_else(|e| StartedRun::failed(format!("the start did not finish: {e}")));
+        // 3. record it, unless the agent was stopped (or replaced) meanwhile
+        let recorded: Option<Option<&'static str>> = {
+            let mut agents = self.inner.agents.lock().map_err(|_| EngineError::Stopped)?;
+            let current = agents.get_mut(id).filter(|a| {
+                a.generation == generation && a.doc.state == "starting" && a.stopping.is_none()
+            });
+            if let Some(a) = current {
+                a.doc.cgroup.clone_from(&run.cgroup);
+                a.oom_before = run.oom_before;
+                a.child = run.child.take();
+                let now = now_ms();
+                let event = match run.pid.clone() {
+                    Ok(pid) => {
+                        a.doc.pid = Some(pid);
+                        a.doc.start_ticks = run::start_ticks(pid);
+                        a.doc.state = "running".to_owned();
+                        a.doc.reason = None;
+                        a.doc.exit_code = None;
+                        a.doc.signal = None;
+                        a.doc.oom_killed = false;
+                        a.doc.started_at = Some(format_rfc3339(now));
+                        a.doc.ended_at = None;
+                        a.doc.next_restart_at = None;
+                        a.started_ms = now;
+                        a.restart_at = None;
+                        a.health = a.health_spec.clone().map(HealthState::new);
+                        if let Some(h) = &mut a.health {
+                            h.started(now);
+                        }
+                        self.watch(id, pid, a.doc.start_ticks, a.generation);
+                        self.track(a);
+                        Some(if restarted {
+                            "agent.restarted"
+                        } else {
+                            "agent.started"
+                        })
+                    }
+                    Err(reason) => {
+                        a.doc.state = "failed".to_owned();
+                        a.doc.reason = Some(reason);
+                        a.doc.ended_at = Some(format_rfc3339(now));
+                        None
+                    }
+                };
+                Some(event)
+            } else {
+                None
+            }
+        };
+        let Some(event) = recorded else {
+            // stopped while starting: what was just started goes too
+            self.abandon(run).await;
+            return Ok(());
         };
         let doc = self.get(id).ok_or(EngineError::Stopped)?;
         self.persist(vec![doc.clone()]).await?;
@@ -863,6 +864,96 @@ impl Supervisor {
             self.publish(kind, &doc, None);
         }
         Ok(())
+    }
+
+    /// Kills what a launch started for an agent stopped meanwhile.
+    async fn abandon(&self, mut run: StartedRun) {
+        if let Some(mut child) = run.child.take() {
+            if let Ok(pid) = run.pid {
+                run::signal_group(pid, Signal::KILL);
+            }
+            let _ = child.kill();
+            let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+        }
+    }
+
+    /// Makes the run [`RunPlan`] describes: the cgroup (unless made already), then the
+    /// adopted process moved in, or the program spawned inside it. Blocking: the caller runs
+    /// it off the async workers, and never under the agents' lock.
+    fn start_run(&self, id: &str, plan: RunPlan) -> StartedRun {
+        let made = match plan.group {
+            Some(g) => Some(Ok(g)),
+            None => self.cg(id, |d, g| d.create(g, &plan.limits)),
+        };
+        let (cgroup, procs) = match made {
+            Some(Ok(group)) => (
+                Some(group.relative_path().to_string_lossy().into_owned()),
+                group.procs_files().to_vec(),
+            ),
+            Some(Err(error)) => {
+                tracing::warn!(%error, agent = id, "no cgroup for the agent");
+                (None, Vec::new())
+            }
+            None => (None, Vec::new()),
+        };
+        let oom_before = self.oom_kills(id);
+        let (child, pid) = match plan.spec.pid {
+            Some(pid) if !plan.restarted => {
+                // adopt: the process and its descendants join the cgroup where permitted
+                if cgroup.is_some() {
+                    for p in std::iter::once(pid).chain(run::descendants(pid)) {
+                        if let Some(Err(error)) = self.cg(id, |d, g| d.add_process(g, p)) {
+                            tracing::warn!(%error, agent = id, pid = p, "cannot move into the cgroup");
+                        }
+                    }
+                }
+                (None, Ok(pid))
+            }
+            Some(_) => (
+                None,
+                Err("an adopted process cannot be restarted".to_owned()),
+            ),
+            None => {
+                let argv = plan.spec.command.clone().unwrap_or_default();
+                let mut env = plan.spec.env.clone().unwrap_or_default();
+                env.insert("QM_AGENT".to_owned(), id.to_owned());
+                if let Some(url) = &self.inner.config.server_url {
+                    env.insert("QM_SERVER".to_owned(), url.clone());
+                }
+                if let Some(t) = &plan.token {
+                    env.insert("QM_TOKEN".to_owned(), t.clone());
+                }
+                let identity = self.identity_of(&plan.spec);
+                let launch = run::Launch {
+                    argv: &argv,
+                    env: &env,
+                    cwd: plan.spec.cwd.as_deref(),
+                    cgroup_procs: procs,
+                    oom_score_adj: plan.adj,
+                    identity: identity.as_ref().ok().copied().flatten(),
+                };
+                let spawned = match identity {
+                    Ok(_) => run::spawn(&launch, &self.logs(id)),
+                    Err(why) => Err(std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        why,
+                    )),
+                };
+                match spawned {
+                    Ok(child) => {
+                        let pid = child.id();
+                        (Some(child), Ok(pid))
+                    }
+                    Err(e) => (None, Err(format!("cannot start {:?}: {e}", argv.first()))),
+                }
+            }
+        };
+        StartedRun {
+            cgroup,
+            oom_before,
+            child,
+            pid,
+        }
     }
 
     /// A fresh agent token for `doc`'s run (the previous run's revoked), or None when the

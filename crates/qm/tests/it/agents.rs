@@ -874,7 +874,13 @@ fn a_new_agent_never_shares_a_cgroup_with_a_stranger() {
         );
         (c.status == 201).then_some(c)
     });
-    assert!(c.body["pid"].as_u64().is_some());
+    let c_pid = c.body["pid"].as_u64().expect("pid");
     assert_eq!(second.delete("/v1/agents/steady?grace_s=1").status, 200);
+    eventually("the agent stopped", 10, || {
+        (second.get("/v1/agents/steady").body["state"] == "stopped").then_some(())
+    });
+    let _ = Command::new("kill")
+        .args(["-9", &c_pid.to_string()])
+        .status();
     second.stop();
 }
