@@ -143,7 +143,7 @@ const MAX_RANGE_S: f64 = 366.0 * 86_400.0;
 
 #[utoipa::path(get, path = "/v1/metrics/query", tag = "metrics",
     params(
-        ("name" = String, Query, description = "the series name, e.g. qm_host_memory_used_bytes"),
+        ("name" = String, Query, min_length = 1, description = "the series name, e.g. qm_host_memory_used_bytes"),
         ("match" = Option<String>, Query, description = "label matchers, `label=value,label2=value2`"),
         ("since_s" = Option<f64>, Query, description = "from this many seconds ago (default 900)"),
         ("from" = Option<String>, Query, description = "RFC 3339 start (instead of since_s)"),
@@ -234,7 +234,7 @@ pub(crate) async fn query(
 }
 
 #[utoipa::path(get, path = "/v1/alerts", tag = "alerts",
-    params(("state" = Option<String>, Query, description = "pending, firing or resolved")),
+    params(("state" = Option<String>, Query, pattern = "^(pending|firing|resolved)$", description = "pending, firing or resolved")),
     responses((status = 200, body = AlertList)))]
 pub(crate) async fn alerts(
     State(engine): State<Engine>,

@@ -498,7 +498,7 @@ pub(crate) struct ListQuery {
     cursor: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/allocations", tag = "allocations", params(("agent" = Option<String>, Query), ("pool" = Option<String>, Query), ("state" = Option<String>, Query), ("node" = Option<String>, Query), ("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query)), responses((status = 200, body = AllocationList)))]
+#[utoipa::path(get, path = "/v1/allocations", tag = "allocations", params(("agent" = Option<String>, Query), ("pool" = Option<String>, Query), ("state" = Option<String>, Query), ("node" = Option<String>, Query), ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000), ("cursor" = Option<String>, Query)), responses((status = 200, body = AllocationList)))]
 pub(crate) async fn list_allocations(
     State(engine): State<Engine>,
     caller: Caller,

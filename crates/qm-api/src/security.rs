@@ -89,8 +89,8 @@ pub(crate) async fn whoami(caller: Caller) -> ApiResult {
 }
 
 #[utoipa::path(get, path = "/v1/audit", tag = "security",
-    params(("since" = Option<i64>, Query, description = "entries after this sequence number"),
-        ("limit" = Option<usize>, Query, description = "at most this many (default 100, at most 1000)")),
+    params(("since" = Option<i64>, Query, minimum = 0, description = "entries after this sequence number"),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "at most this many (default 100, at most 1000)")),
     responses((status = 200, body = AuditList),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),

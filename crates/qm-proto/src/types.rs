@@ -39,6 +39,7 @@ fn ttl_ms(field: &str, ttl_s: f64) -> Result<u64, FieldProblem> {
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AllocationRequest {
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")]
     pub agent: String,
     #[schema(value_type = Object)]
     pub resources: WireResources,
@@ -286,6 +287,7 @@ pub struct AllocationList {
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeRegistration {
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")]
     pub name: String,
     #[schema(value_type = Object)]
     pub capacity: WireResources,
@@ -387,9 +389,12 @@ pub struct NodeList {
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolWrite {
+    /// Required to create a pool (`POST`); when given to `PUT`, the path's name.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]+$")]
     pub name: Option<String>,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000)]
     pub weight: Option<i64>,
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
