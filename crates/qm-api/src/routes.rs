@@ -258,14 +258,21 @@ pub(crate) async fn export_state(
 
 #[utoipa::path(post, path = "/v1/state", tag = "state", request_body = StateDoc, responses((status = 200, body = StateDoc), (status = 422, description = "invalid fields", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn import_state(
-    State(engine): State<Engine>,
+    State(app): State<crate::agents::App>,
     caller: Caller,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     caller.allow(Operation::ImportState)?;
     let doc: qm_proto::StateDoc = decode(&body(&headers, raw)?)?;
-    let now = engine.import(doc).await?;
+    let (agents, fleets) = (doc.agents.clone(), doc.fleets.clone());
+    let mut now = app.engine.import(doc).await?;
+    // then the agents and fleets, as `qm apply` would bring them
+    if let Some(sup) = &app.agents
+        && !(agents.is_empty() && fleets.is_empty())
+    {
+        now.imported = Some(sup.import(&agents, &fleets).await);
+    }
     Ok(json(StatusCode::OK, to_json(&now)))
 }
 

@@ -670,12 +670,36 @@ pub struct StateDoc {
     pub nodes: Vec<StoredNode>,
     pub pools: Vec<PoolDoc>,
     pub allocations: Vec<Stored>,
-    /// The agents, as `GET /v1/agents` shows them. Informational: an import leaves agents
-    /// (running processes) and fleets as they are.
+    /// The agents, as `GET /v1/agents` shows them. An import starts the live ones that do
+    /// not run here yet (as `qm apply` would) and says which it left and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub agents: Vec<crate::AgentDoc>,
+    /// The fleets: an import creates or updates them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fleets: Vec<crate::FleetDoc>,
+    /// In the answer to `POST /v1/state`: what the import did with agents and fleets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported: Option<ImportReport>,
+}
+
+/// What `POST /v1/state` did with the document's agents and fleets.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportReport {
+    /// Agents started here.
+    pub started: Vec<String>,
+    /// Fleets created or updated (they start their own members).
+    pub fleets: Vec<String>,
+    /// Agents not started, with why.
+    pub left: Vec<LeftAgent>,
+}
+
+/// An agent an import did not start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeftAgent {
+    pub name: String,
+    pub reason: String,
 }
 
 /// The version of [`StateDoc`] this build reads and writes.

@@ -767,6 +767,7 @@ impl Core {
                 .collect(),
             agents: Vec::new(),
             fleets: Vec::new(),
+            imported: None,
         }
     }
 

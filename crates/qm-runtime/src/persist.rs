@@ -119,6 +119,7 @@ pub(crate) fn snapshot(
         allocations,
         agents: Vec::new(),
         fleets: Vec::new(),
+        imported: None,
     };
     snapshot_of(&doc, catalog)
 }

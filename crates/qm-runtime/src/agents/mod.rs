@@ -9,6 +9,7 @@
 
 mod fleets;
 mod identity;
+mod import;
 pub mod logic;
 mod probe;
 mod responder;

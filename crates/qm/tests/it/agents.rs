@@ -884,3 +884,111 @@ fn a_new_agent_never_shares_a_cgroup_with_a_stranger() {
         .status();
     second.stop();
 }
+
+#[test]
+fn a_state_import_starts_agents_and_fleets_as_apply_would() {
+    if !can_confine() {
+        return;
+    }
+    let dir = temp_dir("import-agents");
+    let daemon = |tag: &str| {
+        let config = dir.join(format!("{tag}.toml"));
+        std::fs::write(
+            &config,
+            format!("[agents]\ncgroup_parent = \"qm-it-import-{tag}\"\n"),
+        )
+        .expect("config");
+        Daemon::start(
+            &dir.join(tag),
+            &[
+                "--config",
+                config.to_str().expect("utf-8"),
+                "--capacity",
+                "cpu=4,memory=4Gi",
+            ],
+        )
+    };
+    let a = daemon("a");
+    let w = a.post(
+        "/v1/agents",
+        r#"{"name":"worker","command":["sleep","60"],"env":{"K":"v"},"resources":{"cpu":"100m","memory":"32Mi"}}"#,
+    );
+    assert_eq!(w.status, 201, "{:?}", w.body);
+    let f = a.post(
+        "/v1/fleets",
+        r#"{"name":"crew","replicas":1,"template":{"name":"crew","command":["sleep","60"],"resources":{"cpu":"100m","memory":"32Mi"}}}"#,
+    );
+    assert_eq!(f.status, 201, "{:?}", f.body);
+    eventually("the crew's member running", 10, || {
+        let list = a.get("/v1/agents").body;
+        let n = list["items"]
+            .as_array()?
+            .iter()
+            .filter(|m| m["fleet"] == "crew" && m["state"] == "running")
+            .count();
+        (n == 1).then_some(())
+    });
+    let exported = a.get("/v1/state").body;
+    // the first host lets them go
+    assert_eq!(a.delete("/v1/fleets/crew").status, 200);
+    assert_eq!(a.delete("/v1/agents/worker?grace_s=1").status, 200);
+    eventually("the first host's agents stopped", 15, || {
+        let list = a.get("/v1/agents").body;
+        list["items"]
+            .as_array()?
+            .iter()
+            .all(|m| {
+                !matches!(
+                    m["state"].as_str(),
+                    Some("running" | "pending" | "starting")
+                )
+            })
+            .then_some(())
+    });
+    a.stop();
+    let b = daemon("b");
+    let imported = b.post("/v1/state", &exported.to_string());
+    assert_eq!(imported.status, 200, "{:?}", imported.body);
+    let report = &imported.body["imported"];
+    assert_eq!(report["started"], serde_json::json!(["worker"]), "{report}");
+    assert_eq!(report["fleets"], serde_json::json!(["crew"]), "{report}");
+    let left = report["left"].as_array().expect("left");
+    assert!(
+        left.iter()
+            .any(|l| l["reason"].as_str().unwrap_or("").contains("fleet")),
+        "{report}"
+    );
+    let worker = eventually("the worker running on the second host", 10, || {
+        let w = agent(&b, "worker");
+        (w["state"] == "running").then_some(w)
+    });
+    assert_eq!(worker["spec"]["env"]["K"], "v");
+    assert_eq!(
+        worker["allocation"], w.body["allocation"],
+        "its imported allocation is its own again"
+    );
+    eventually("the crew's member on the second host", 10, || {
+        let list = b.get("/v1/agents").body;
+        list["items"]
+            .as_array()?
+            .iter()
+            .any(|m| m["fleet"] == "crew" && m["state"] == "running")
+            .then_some(())
+    });
+    assert_eq!(b.delete("/v1/fleets/crew").status, 200);
+    assert_eq!(b.delete("/v1/agents/worker?grace_s=1").status, 200);
+    eventually("the second host's agents stopped", 15, || {
+        let list = b.get("/v1/agents").body;
+        list["items"]
+            .as_array()?
+            .iter()
+            .all(|m| {
+                !matches!(
+                    m["state"].as_str(),
+                    Some("running" | "pending" | "starting")
+                )
+            })
+            .then_some(())
+    });
+    b.stop();
+}
