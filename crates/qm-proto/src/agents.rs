@@ -269,6 +269,10 @@ pub struct AgentDoc {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub oom_killed: bool,
+    /// OOM kills in the agent's group during this run (any of its processes, not only the
+    /// main one, which `oom_killed` is about).
+    #[serde(default)]
+    pub oom_kills: u64,
     /// `unknown`, `healthy`, `unhealthy`.
     pub health: String,
     /// Why it is in its state, in words.

@@ -825,6 +825,7 @@ impl Supervisor {
                         a.doc.exit_code = None;
                         a.doc.signal = None;
                         a.doc.oom_killed = false;
+                        a.doc.oom_kills = 0;
                         a.doc.started_at = Some(format_rfc3339(now));
                         a.doc.ended_at = None;
                         a.doc.next_restart_at = None;
@@ -1338,6 +1339,9 @@ impl Supervisor {
                 tracing::warn!(%error, agent = %id, "restart failed");
             }
         }
+        if rotate {
+            self.check_oom_kills().await;
+        }
         for (id, spec, transition) in probes {
             match (spec, transition) {
                 (Some(spec), _) => {
@@ -1353,6 +1357,65 @@ impl Supervisor {
         }
         self.respond().await;
         self.reconcile_fleets().await;
+    }
+
+    /// Reports OOM kills in running agents' groups (a child killed while the agent runs on),
+    /// read off the lock: each new one is counted on the agent and published.
+    async fn check_oom_kills(&self) {
+        let running: Vec<(String, u64)> = match self.inner.agents.lock() {
+            Ok(agents) => agents
+                .values()
+                .filter(|a| a.doc.state == "running" && a.doc.cgroup.is_some())
+                .map(|a| (a.doc.id.clone(), a.generation))
+                .collect(),
+            Err(_) => return,
+        };
+        if running.is_empty() {
+            return;
+        }
+        let me = self.clone();
+        let counts = tokio::task::spawn_blocking(move || {
+            running
+                .into_iter()
+                .map(|(id, g)| {
+                    let n = me.oom_kills(&id);
+                    (id, g, n)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let mut changed = Vec::new();
+        if let Ok(mut agents) = self.inner.agents.lock() {
+            for (id, generation, n) in counts {
+                let Some(a) = agents.get_mut(&id) else {
+                    continue;
+                };
+                let seen = a.oom_before.saturating_add(a.doc.oom_kills);
+                if a.generation == generation && n > seen {
+                    a.doc.oom_kills = n.saturating_sub(a.oom_before);
+                    changed.push(a.doc.clone());
+                }
+            }
+        }
+        if changed.is_empty() {
+            return;
+        }
+        if let Err(error) = self.persist(changed.clone()).await {
+            tracing::warn!(%error, "cannot record OOM kills");
+            return;
+        }
+        for doc in &changed {
+            tracing::warn!(agent = %doc.id, oom_kills = doc.oom_kills, "a process of the agent was OOM-killed");
+            self.publish(
+                "agent.oom_killed",
+                doc,
+                Some(format!(
+                    "{} OOM kill(s) in its group during this run",
+                    doc.oom_kills
+                )),
+            );
+        }
     }
 
     async fn on_probe(&self, id: &str, result: ProbeResult) {

@@ -992,3 +992,53 @@ fn a_state_import_starts_agents_and_fleets_as_apply_would() {
     });
     b.stop();
 }
+
+#[test]
+fn an_oom_kill_of_a_child_is_reported_on_its_agent() {
+    if !can_confine() {
+        return;
+    }
+    let dir = temp_dir("oom-child");
+    let config = dir.join("qm.toml");
+    std::fs::write(&config, "[agents]\ncgroup_parent = \"qm-it-oom-child\"\n").expect("config");
+    let d = Daemon::start(
+        &dir.join("data"),
+        &[
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--capacity",
+            "cpu=4,memory=4Gi",
+        ],
+    );
+    let events =
+        crate::events::read_events(format!("{}/v1/events?since=0", d.base), d.bearer(), 10_000);
+    let a = d.post(
+        "/v1/agents",
+        &json!({
+            "name": "parent",
+            "command": ["sh", "-c", "python3 -c 'b = bytearray(256 * 1024 * 1024)'; echo survived; exec sleep 60"],
+            "resources": { "cpu": "100m", "memory": "64Mi" },
+            "limits": { "memory": "64Mi" },
+            "restart": "never",
+        })
+        .to_string(),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let reported = eventually("the child's OOM kill on the agent", 20, || {
+        let a = agent(&d, "parent");
+        (a["oom_kills"].as_u64() >= Some(1)).then_some(a)
+    });
+    let _ = d.delete("/v1/agents/parent?grace_s=1");
+    // the agent itself runs on: its main process was not the one killed
+    assert_eq!(reported["state"], "running", "{reported}");
+    assert_eq!(reported["oom_killed"], false, "{reported}");
+    let seen = events
+        .recv_timeout(Duration::from_secs(8))
+        .unwrap_or_default();
+    assert!(
+        seen.iter()
+            .any(|(kind, _, data)| kind == "agent.oom_killed" && data.contains("parent")),
+        "{seen:?}"
+    );
+    d.stop();
+}
