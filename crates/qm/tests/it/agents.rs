@@ -1010,8 +1010,6 @@ fn an_oom_kill_of_a_child_is_reported_on_its_agent() {
             "cpu=4,memory=4Gi",
         ],
     );
-    let events =
-        crate::events::read_events(format!("{}/v1/events?since=0", d.base), d.bearer(), 10_000);
     let a = d.post(
         "/v1/agents",
         &json!({
@@ -1028,6 +1026,9 @@ fn an_oom_kill_of_a_child_is_reported_on_its_agent() {
         let a = agent(&d, "parent");
         (a["oom_kills"].as_u64() >= Some(1)).then_some(a)
     });
+    // (the backlog since 0 holds the event, published before the count was readable)
+    let events =
+        crate::events::read_events(format!("{}/v1/events?since=0", d.base), d.bearer(), 10_000);
     let _ = d.delete("/v1/agents/parent?grace_s=1");
     // the agent itself runs on: its main process was not the one killed
     assert_eq!(reported["state"], "running", "{reported}");
