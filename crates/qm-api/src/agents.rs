@@ -71,6 +71,12 @@ pub(crate) async fn create_agent(
             spec.pool.clone_from(&p.pool);
         }
         caller.allow_for(Operation::SpawnAgent, &spec.name, spec.pool.as_deref())?;
+        // charged to a new allocation of its own, never to one it names (another's)
+        if spec.allocation.is_some() {
+            return Err(ApiError::forbidden(
+                "allocation: an agent token's sub-agents get allocations of their own",
+            ));
+        }
         if let Ok(r) = spec.allocation_request().into_request(app.engine.catalog()) {
             within_cap(priority_cap(&app, &caller), r.priority)?;
         }

@@ -538,6 +538,7 @@ fn an_orchestrator_spawns_its_swarm_and_nothing_else() {
         ("orchestra", ""),
         ("orch.w2", r#","user":"root""#),
         ("orch.w3", r#","priority_class":"critical""#),
+        ("orch.w4", r#","allocation":"1000000""#),
     ] {
         let a = d.call_as(Some(&orch), "POST", "/v1/agents", Some(&sub(name, extra)));
         assert_eq!(a.status, 403, "{name}: {:?}", a.body);
