@@ -751,14 +751,6 @@ impl Supervisor {
         let Some(alloc) = current.allocation.clone() else {
             return Ok(());
         };
-        // a spawned agent's identity: its own token, minted (durably) for this run
-        let token = if current.spec.pid.is_none()
-            && matches!(current.state.as_str(), "pending" | "backoff")
-        {
-            self.mint_token(&current).await
-        } else {
-            None
-        };
         let prepared = self
             .inner
             .agents
@@ -771,33 +763,51 @@ impl Supervisor {
         };
         // 1. claim the run under the lock (nothing slow there): the agent reads `starting`,
         // so a second launch (the grant's event after `create` launched it) finds it taken
-        let plan = {
+        let claimed: Option<RunPlan> = {
             let mut agents = self.inner.agents.lock().map_err(|_| EngineError::Stopped)?;
             let Some(a) = agents.get_mut(id) else {
                 return Ok(());
             };
-            if !matches!(a.doc.state.as_str(), "pending" | "backoff") || a.stopping.is_some() {
-                return Ok(());
-            }
-            a.confinement = Some((limits, adj, qos.clone()));
-            a.doc.qos = Some(qos);
-            // generations are unique across agents, so a timer of an earlier agent of the same
-            // name never matches a new one
-            a.generation = self
-                .inner
-                .generations
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            a.doc.state = "starting".to_owned();
-            RunPlan {
-                group: a.group.take(),
-                generation: a.generation,
-                restarted: a.started_ms != 0,
-                spec: a.doc.spec.clone(),
-                limits,
-                adj,
-                token,
+            let busy = a.doc.state == "starting";
+            if busy
+                || !matches!(a.doc.state.as_str(), "pending" | "backoff")
+                || a.stopping.is_some()
+            {
+                if !busy {
+                    return Ok(());
+                }
+                None
+            } else {
+                a.confinement = Some((limits, adj, qos.clone()));
+                a.doc.qos = Some(qos);
+                // generations are unique across agents, so a timer of an earlier agent of the same
+                // name never matches a new one
+                a.generation = self
+                    .inner
+                    .generations
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                a.doc.state = "starting".to_owned();
+                Some(RunPlan {
+                    group: a.group.take(),
+                    generation: a.generation,
+                    restarted: a.started_ms != 0,
+                    spec: a.doc.spec.clone(),
+                    limits,
+                    adj,
+                    token: None,
+                })
             }
         };
+        let Some(mut plan) = claimed else {
+            // another launch has it: its caller (say, the create) answers once it is done
+            self.until_started(id).await;
+            return Ok(());
+        };
+        // a spawned agent's identity: its own token, minted (durably) for this run by the one
+        // launch that claimed it (the previous run's revoked)
+        if plan.spec.pid.is_none() {
+            plan.token = self.mint_token(&current).await;
+        }
         // 2. the slow part (the cgroup, /proc, the fork) off the lock and the async workers
         let (generation, restarted) = (plan.generation, plan.restarted);
         let me = self.clone();
@@ -856,8 +866,9 @@ impl Supervisor {
             }
         };
         let Some(event) = recorded else {
-            // stopped while starting: what was just started goes too
+            // stopped while starting: what was just started goes too, and its token
             self.abandon(run).await;
+            self.engine().tokens().revoke_managed(id).await;
             return Ok(());
         };
         let doc = self.get(id).ok_or(EngineError::Stopped)?;
@@ -866,6 +877,16 @@ impl Supervisor {
             self.publish(kind, &doc, None);
         }
         Ok(())
+    }
+
+    /// Waits (a few seconds at most) while another launch of `id` is in flight.
+    async fn until_started(&self, id: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline
+            && self.get(id).is_some_and(|d| d.state == "starting")
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     /// Kills what a launch started for an agent stopped meanwhile.
