@@ -203,6 +203,25 @@ async fn authorize_allocation(
         })
 }
 
+/// A body that may be left out (its default then), else JSON as [`body`] takes it.
+fn optional_body<T: serde::de::DeserializeOwned + Default>(
+    headers: &HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let raw = raw.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "body too large",
+        )
+    })?;
+    if raw.is_empty() {
+        Ok(T::default())
+    } else {
+        Ok(decode(&body(headers, Ok(raw))?)?)
+    }
+}
+
 fn alloc_id(id: &str) -> Result<AllocId, ApiError> {
     id.parse()
         .map_err(|_| ApiError::not_found(format!("no allocation {id:?}")))
@@ -332,18 +351,7 @@ pub(crate) async fn heartbeat(
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     caller.allow(Operation::WriteCluster)?;
-    let raw = raw.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "body too large",
-        )
-    })?;
-    let beat: qm_proto::NodeHeartbeat = if raw.is_empty() {
-        qm_proto::NodeHeartbeat::default()
-    } else {
-        decode(&body(&headers, Ok(raw))?)?
-    };
+    let beat: qm_proto::NodeHeartbeat = optional_body(&headers, raw)?;
     let usage = beat
         .usage
         .as_ref()
@@ -633,18 +641,7 @@ pub(crate) async fn renew_allocation(
 ) -> ApiResult {
     let id = alloc_id(&id)?;
     authorize_allocation(&engine, &caller, Operation::RenewAllocation, id).await?;
-    let raw = raw.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "body too large",
-        )
-    })?;
-    let req: RenewRequest = if raw.is_empty() {
-        RenewRequest::default()
-    } else {
-        decode(&body(&headers, Ok(raw))?)?
-    };
+    let req: RenewRequest = optional_body(&headers, raw)?;
     let ttl = req.ttl_ms().map_err(|e| ApiError::invalid(vec![e]))?;
     let doc = engine.renew(id, ttl).await?;
     Ok(json(StatusCode::OK, to_json(&doc)))

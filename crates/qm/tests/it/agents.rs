@@ -727,18 +727,7 @@ fn twenty_creates_of_one_name_make_one_agent() {
     if !can_confine() {
         return;
     }
-    let dir = temp_dir("one-name");
-    let config = dir.join("qm.toml");
-    std::fs::write(&config, "[agents]\ncgroup_parent = \"qm-it-one-name\"\n").expect("config");
-    let d = Daemon::start(
-        &dir.join("data"),
-        &[
-            "--config",
-            config.to_str().expect("utf-8"),
-            "--capacity",
-            "cpu=4,memory=4Gi",
-        ],
-    );
+    let d = Daemon::with_agents("one-name", "cpu=4,memory=4Gi", &[]);
     let marker = format!("{}.{}", 29, std::process::id());
     let body = format!(
         r#"{{"name":"twin","command":["sleep","{marker}"],"resources":{{"cpu":"10m","memory":"8Mi"}}}}"#
@@ -780,20 +769,7 @@ fn an_agent_started_here_is_charged_to_this_node_never_a_reported_one() {
     if !can_confine() {
         return;
     }
-    let dir = temp_dir("local-node");
-    let config = dir.join("qm.toml");
-    std::fs::write(&config, "[agents]\ncgroup_parent = \"qm-it-local-node\"\n").expect("config");
-    let d = Daemon::start(
-        &dir.join("data"),
-        &[
-            "--config",
-            config.to_str().expect("utf-8"),
-            "--capacity",
-            "cpu=1,memory=1Gi",
-            "--strategy",
-            "spread",
-        ],
-    );
+    let d = Daemon::with_agents("local-node", "cpu=1,memory=1Gi", &["--strategy", "spread"]);
     // a far emptier node elsewhere, which spread would prefer
     let big = d.post(
         "/v1/nodes",
@@ -998,18 +974,7 @@ fn an_oom_kill_of_a_child_is_reported_on_its_agent() {
     if !can_confine() {
         return;
     }
-    let dir = temp_dir("oom-child");
-    let config = dir.join("qm.toml");
-    std::fs::write(&config, "[agents]\ncgroup_parent = \"qm-it-oom-child\"\n").expect("config");
-    let d = Daemon::start(
-        &dir.join("data"),
-        &[
-            "--config",
-            config.to_str().expect("utf-8"),
-            "--capacity",
-            "cpu=4,memory=4Gi",
-        ],
-    );
+    let d = Daemon::with_agents("oom-child", "cpu=4,memory=4Gi", &[]);
     let a = d.post(
         "/v1/agents",
         &json!({

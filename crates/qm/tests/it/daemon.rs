@@ -138,6 +138,26 @@ impl Daemon {
         Self::answer(resp)
     }
 
+    /// A daemon whose agents live under a cgroup parent of the test's own (`qm-it-<tag>`),
+    /// with the local node's `capacity` and `extra` flags.
+    pub(crate) fn with_agents(tag: &str, capacity: &str, extra: &[&str]) -> Self {
+        let dir = temp_dir(tag);
+        let config = dir.join("qm.toml");
+        std::fs::write(
+            &config,
+            format!("[agents]\ncgroup_parent = \"qm-it-{tag}\"\nbackoff_initial_s = 0.2\n"),
+        )
+        .expect("config");
+        let mut flags = vec![
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--capacity",
+            capacity,
+        ];
+        flags.extend_from_slice(extra);
+        Self::start(&dir.join("data"), &flags)
+    }
+
     /// Its data dir.
     pub(crate) fn dir_of(&self) -> PathBuf {
         self.dir.clone()

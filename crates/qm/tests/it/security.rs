@@ -356,22 +356,7 @@ fn agents_host() -> bool {
 }
 
 fn agent_daemon(tag: &str) -> Daemon {
-    let dir = temp_dir(tag);
-    let config = dir.join("qm.toml");
-    std::fs::write(
-        &config,
-        format!("[agents]\ncgroup_parent = \"qm-it-{tag}\"\nbackoff_initial_s = 0.2\n"),
-    )
-    .expect("config");
-    Daemon::start(
-        &dir.join("data"),
-        &[
-            "--config",
-            config.to_str().expect("utf-8"),
-            "--capacity",
-            "cpu=4,memory=4Gi",
-        ],
-    )
+    Daemon::with_agents(tag, "cpu=4,memory=4Gi", &[])
 }
 
 const PROBE: &str = r#"
