@@ -30,7 +30,7 @@ tokio::task_local! {
 
 impl Pending {
     /// An entry for `entry`'s request; `status` is the answer a committed change gives unless
-    /// [`set_status`] says otherwise.
+    /// the command says otherwise ([`Pending::answer`]).
     pub fn new(entry: AuditEntryDoc, status: u16) -> Arc<Self> {
         Arc::new(Self {
             entry: Mutex::new(entry),
@@ -92,11 +92,6 @@ pub async fn scope<F: Future>(pending: Arc<Pending>, f: F) -> F::Output {
 /// The current request's entry, if any (to carry onto the engine thread).
 pub fn current() -> Option<Arc<Pending>> {
     CURRENT.try_with(Arc::clone).ok()
-}
-
-/// Sets the status the current request's committed entry records.
-pub fn set_status(status: u16) {
-    let _ = CURRENT.try_with(|p| p.answer(status));
 }
 
 /// Adds the current request's entry to `batch` if no batch has taken it yet.
