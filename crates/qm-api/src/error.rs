@@ -75,26 +75,30 @@ impl From<EngineError> for ApiError {
                 p.shortfall = Some(shortfall);
                 Self(Box::new(p))
             }
-            EngineError::Store(d) => {
-                tracing::error!(error = %d, "store failure");
-                let mut p = Problem::new(
-                    503,
-                    "storage_unavailable",
-                    format!("the change could not be made durable, and was not made: {d}"),
-                );
-                p.retry_after_s = Some(5);
-                Self(Box::new(p))
-            }
-            EngineError::StorageFull(d) => {
+            EngineError::Store(e) if e.is_full() => {
                 let mut p = Problem::new(
                     507,
                     "storage_full",
                     format!(
-                        "the disk is full: the change was not made ({d}); writes resume once space returns"
+                        "the disk is full: the change was not made ({e}); writes resume once space returns"
                     ),
                 );
                 p.retry_after_s = Some(5);
                 Self(Box::new(p))
+            }
+            EngineError::Store(e) => {
+                tracing::error!(error = %e, "store failure");
+                let mut p = Problem::new(
+                    503,
+                    "storage_unavailable",
+                    format!("the change could not be made durable, and was not made: {e}"),
+                );
+                p.retry_after_s = Some(5);
+                Self(Box::new(p))
+            }
+            EngineError::Internal(d) => {
+                tracing::error!(error = %d, "internal failure");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", d)
             }
             EngineError::Stopped => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -112,29 +112,21 @@ pub enum EngineError {
         detail: String,
         shortfall: BTreeMap<String, String>,
     },
-    /// The store failed: the change is not durable and was not acknowledged.
+    /// The store failed (a full disk among the causes, [`qm_store::StoreError::is_full`]):
+    /// the change is not durable, not acknowledged, and not in memory; writes resume by
+    /// themselves once the store takes them again.
     #[error("storage failed: {0}")]
-    Store(String),
-    /// The disk is full: the change is not durable, not acknowledged, and not in memory;
-    /// writes resume by themselves once space returns.
-    #[error("storage is full: {0}")]
-    StorageFull(String),
+    Store(#[from] qm_store::StoreError),
+    /// Something in the daemon itself failed (a task that did not finish, a stored record
+    /// that cannot be read, no randomness).
+    #[error("{0}")]
+    Internal(String),
     /// The engine stopped.
     #[error("the engine is stopped")]
     Stopped,
     /// Pressure closed admission (all of it when critical, best-effort work when warning).
     #[error("{detail}")]
     AdmissionPaused { detail: String, retry_after_s: u64 },
-}
-
-impl From<qm_store::StoreError> for EngineError {
-    fn from(e: qm_store::StoreError) -> Self {
-        if e.is_full() {
-            Self::StorageFull(e.to_string())
-        } else {
-            Self::Store(e.to_string())
-        }
-    }
 }
 
 /// What a read of an allocation found.
@@ -371,8 +363,8 @@ impl Engine {
         let rows =
             tokio::task::spawn_blocking(move || store.allocations(&filter, after_seq, limit))
                 .await
-                .map_err(|e| EngineError::Store(e.to_string()))?
-                .map_err(|e| EngineError::Store(e.to_string()))?;
+                .map_err(|e| EngineError::Internal(format!("a store read did not finish: {e}")))?
+                .map_err(EngineError::from)?;
         rows.iter().map(|r| persist::doc_of_row(&r.body)).collect()
     }
 
@@ -382,8 +374,8 @@ impl Engine {
         let seq = i64::try_from(id.seq()).unwrap_or(i64::MAX);
         let row = tokio::task::spawn_blocking(move || store.allocation(seq))
             .await
-            .map_err(|e| EngineError::Store(e.to_string()))?
-            .map_err(|e| EngineError::Store(e.to_string()))?;
+            .map_err(|e| EngineError::Internal(format!("a store read did not finish: {e}")))?
+            .map_err(EngineError::from)?;
         // The seq is the key; the slot half of the id must match too.
         row.filter(|r| r.id == id.to_string())
             .map(|r| persist::doc_of_row(&r.body))

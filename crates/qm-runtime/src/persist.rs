@@ -84,7 +84,7 @@ pub(crate) fn ops_for(
 pub(crate) fn doc_of_row(body: &str) -> Result<AllocationDoc, EngineError> {
     from_json::<Stored>(body)
         .map(|s| s.doc)
-        .map_err(|e| EngineError::Store(format!("a stored allocation is unreadable: {e}")))
+        .map_err(|e| EngineError::Internal(format!("a stored allocation is unreadable: {e}")))
 }
 
 /// A stored node's name, kind and heartbeat ttl.

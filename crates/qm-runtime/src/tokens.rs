@@ -113,7 +113,7 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
 pub fn random_hex(n: usize) -> Result<String, EngineError> {
     let mut buf = vec![0_u8; n];
     getrandom::fill(&mut buf)
-        .map_err(|e| EngineError::Store(format!("no randomness from the kernel: {e}")))?;
+        .map_err(|e| EngineError::Internal(format!("no randomness from the kernel: {e}")))?;
     Ok(qm_store::audit::hex(&buf))
 }
 

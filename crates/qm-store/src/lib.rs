@@ -149,7 +149,7 @@ pub struct Loaded {
 }
 
 /// Why a store operation failed.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// SQLite refused or failed; `what` says what was being done.
     #[error("{what} ({path}): {message}")]

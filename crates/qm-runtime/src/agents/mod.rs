@@ -1572,8 +1572,8 @@ impl Supervisor {
         let store = self.engine().store().clone();
         let loaded = tokio::task::spawn_blocking(move || store.load())
             .await
-            .map_err(|e| EngineError::Store(e.to_string()))?
-            .map_err(|e| EngineError::Store(e.to_string()))?;
+            .map_err(|e| EngineError::Internal(format!("a store read did not finish: {e}")))?
+            .map_err(EngineError::from)?;
         let mut to_launch = Vec::new();
         let mut ended = Vec::new();
         for (id, _, body) in &loaded.agents {

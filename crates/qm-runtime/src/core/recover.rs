@@ -6,6 +6,7 @@
 //! second finds out when space has returned; then writes resume by themselves, and a start
 //! that could not record itself finishes.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -23,20 +24,17 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 pub(crate) struct StoreHealth {
     /// A change failed to commit: memory may hold what the disk does not.
     diverged: AtomicBool,
-    /// The disk is full: writes are refused until a probe commits.
-    full: AtomicBool,
-    /// The store failed otherwise: writes are refused until a probe commits.
-    failing: AtomicBool,
+    /// The failure that degraded the store (a full disk, or another): writes are refused
+    /// with it until a probe commits.
+    last: Mutex<Option<StoreError>>,
 }
 
 impl StoreHealth {
     /// Records a failed change.
     pub(crate) fn failed(&self, e: &StoreError) {
         self.diverged.store(true, Ordering::Release);
-        if e.is_full() {
-            self.full.store(true, Ordering::Release);
-        } else {
-            self.failing.store(true, Ordering::Release);
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some(e.clone());
         }
     }
 
@@ -47,27 +45,22 @@ impl StoreHealth {
 
     /// Whether writes are refused.
     pub(crate) fn degraded(&self) -> bool {
-        self.full.load(Ordering::Acquire) || self.failing.load(Ordering::Acquire)
+        self.last.lock().map_or(true, |l| l.is_some())
     }
 
     fn recovered(&self) {
-        self.full.store(false, Ordering::Release);
-        self.failing.store(false, Ordering::Release);
+        if let Ok(mut last) = self.last.lock() {
+            *last = None;
+        }
     }
 
-    /// The refusal of a write while degraded.
+    /// The refusal of a write while degraded: the failure that degraded the store.
     pub(crate) fn refusal(&self) -> Option<EngineError> {
-        if self.full.load(Ordering::Acquire) {
-            Some(EngineError::StorageFull(
-                "the data dir's disk is full; writes resume once space returns".to_owned(),
-            ))
-        } else if self.failing.load(Ordering::Acquire) {
-            Some(EngineError::Store(
-                "the store failed its last write; writes resume once one succeeds".to_owned(),
-            ))
-        } else {
-            None
-        }
+        self.last
+            .lock()
+            .ok()
+            .and_then(|l| l.clone())
+            .map(EngineError::Store)
     }
 }
 
@@ -131,7 +124,11 @@ impl Core {
                 // memory may be ahead of the disk: keep refusing writes until it is re-read
                 tracing::error!(%error, "cannot re-read the state after a failed write");
                 self.health.diverged.store(true, Ordering::Release);
-                self.health.failing.store(true, Ordering::Release);
+                if let Ok(mut last) = self.health.last.lock()
+                    && last.is_none()
+                {
+                    *last = Some(StoreError::Closed);
+                }
             }
         }
     }
