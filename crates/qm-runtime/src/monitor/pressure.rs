@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use qm_pressure::{AnomalyDetector, Level, LevelTracker, Thresholds, Window, forecast};
+use qm_pressure::{AnomalyDetector, Forecast, Level, LevelTracker, Thresholds, Window, forecast};
 use qm_sys::metric::Sample;
 
 /// Memory PSI levels: `some` avg10 at or above `warning_pct` is at least warning, `full` avg10
@@ -145,7 +145,11 @@ impl PressureReport {
 struct SignalState {
     name: &'static str,
     tracker: LevelTracker,
+    /// The host view's readings.
     window: Window,
+    /// The managed view's readings (agents against allocatable), apart: one regression over
+    /// two series fits neither when the worse view changes.
+    managed_window: Window,
     anomaly: AnomalyDetector,
 }
 
@@ -205,11 +209,28 @@ fn psi(samples: &[Sample], resource: &str, kind: &str) -> Option<f64> {
 }
 
 /// (utilization, used, capacity) of the worse view, or None without data.
-fn worse(host: Option<(f64, f64)>, managed: Option<(f64, f64)>) -> Option<(f64, f64, f64)> {
-    let ratio = |(used, cap): (f64, f64)| (cap > 0.0).then(|| (used / cap, used, cap));
-    match (host.and_then(ratio), managed.and_then(ratio)) {
-        (Some(h), Some(m)) => Some(if m.0 > h.0 { m } else { h }),
-        (h, m) => h.or(m),
+/// A signal's two views, host and managed, each `(utilization, used, capacity)` where known.
+#[derive(Debug, Clone, Copy)]
+struct Views {
+    host: Option<(f64, f64, f64)>,
+    managed: Option<(f64, f64, f64)>,
+}
+
+impl Views {
+    fn of(host: Option<(f64, f64)>, managed: Option<(f64, f64)>) -> Self {
+        let ratio = |(used, cap): (f64, f64)| (cap > 0.0).then(|| (used / cap, used, cap));
+        Self {
+            host: host.and_then(ratio),
+            managed: managed.and_then(ratio),
+        }
+    }
+
+    /// The view closer to its capacity: what the level and the report follow.
+    fn worse(self) -> Option<(f64, f64, f64)> {
+        match (self.host, self.managed) {
+            (Some(h), Some(m)) => Some(if m.0 > h.0 { m } else { h }),
+            (h, m) => h.or(m),
+        }
     }
 }
 
@@ -219,6 +240,7 @@ impl PressureWatch {
             name,
             tracker: LevelTracker::new(thresholds),
             window: Window::new(120.0, 240),
+            managed_window: Window::new(120.0, 240),
             anomaly: AnomalyDetector::new(60, 6.0),
         };
         PressureWatch {
@@ -251,7 +273,7 @@ impl PressureWatch {
             .zip(r.host_total)
             .map(|(u, t)| (u as f64, t as f64));
         let managed = r.managed.map(|m| (m as f64, mem_cap));
-        worse(host, managed).map(|(u, _, _)| u)
+        Views::of(host, managed).worse().map(|(u, _, _)| u)
     }
 
     /// Bytes until the probe's figures reach utilization `next`, in the tighter of the host
@@ -286,7 +308,7 @@ impl PressureWatch {
             .unwrap_or_else(|| sum(agents, "qm_agent_memory_bytes"))
             .max(0.0);
         let views = [
-            worse(
+            Views::of(
                 find(host, "qm_host_memory_used_bytes", &[]).zip(find(
                     host,
                     "qm_host_memory_total_bytes",
@@ -294,20 +316,25 @@ impl PressureWatch {
                 )),
                 managed.then_some((managed_mem, mem_cap)),
             ),
-            worse(
+            Views::of(
                 find(host, "qm_host_cpu_busy_cores", &[]).zip(find(host, "qm_host_cpus", &[])),
                 managed.then(|| (sum(agents, "qm_agent_cpu_usage_cores"), cpu_cap)),
             ),
-            host.iter()
-                .filter(|s| s.desc.name == "qm_host_filesystem_used_bytes")
-                .filter_map(|used| {
-                    let size = host.iter().find(|s| {
-                        s.desc.name == "qm_host_filesystem_size_bytes" && s.labels == used.labels
-                    })?;
-                    worse(Some((used.value, size.value)), None)
-                })
-                .max_by(|a, b| a.0.total_cmp(&b.0)),
-            worse(
+            Views {
+                host: host
+                    .iter()
+                    .filter(|s| s.desc.name == "qm_host_filesystem_used_bytes")
+                    .filter_map(|used| {
+                        let size = host.iter().find(|s| {
+                            s.desc.name == "qm_host_filesystem_size_bytes"
+                                && s.labels == used.labels
+                        })?;
+                        Views::of(Some((used.value, size.value)), None).host
+                    })
+                    .max_by(|a, b| a.0.total_cmp(&b.0)),
+                managed: None,
+            },
+            Views::of(
                 find(host, "qm_host_threads", &[]).zip(find(host, "qm_host_threads_max", &[])),
                 None,
             ),
@@ -320,8 +347,8 @@ impl PressureWatch {
         ];
         let t_s = now_ms as f64 / 1000.0;
         let mut reports = Vec::with_capacity(4);
-        for ((state, view), (some, full)) in self.signals.iter_mut().zip(views).zip(psis) {
-            let Some((utilization, used, capacity)) = view else {
+        for ((state, views), (some, full)) in self.signals.iter_mut().zip(views).zip(psis) {
+            let Some((utilization, used, capacity)) = views.worse() else {
                 continue;
             };
             let t = *state.tracker.thresholds();
@@ -331,8 +358,31 @@ impl PressureWatch {
                 utilization
             };
             state.tracker.update(now_ms, effective);
-            state.window.push(t_s, used);
-            let f = forecast(&state.window, capacity);
+            // each view's readings in a window of its own; the forecast is the view that runs
+            // out first (the managed one when a leak is the agents')
+            if let Some((_, u, _)) = views.host {
+                state.window.push(t_s, u);
+            }
+            if let Some((_, u, _)) = views.managed {
+                state.managed_window.push(t_s, u);
+            }
+            let host_f = views.host.map(|(_, _, cap)| forecast(&state.window, cap));
+            let managed_f = views
+                .managed
+                .map(|(_, _, cap)| forecast(&state.managed_window, cap));
+            let f = match (host_f, managed_f) {
+                (Some(h), Some(m)) => match (h.exhaustion_in_s, m.exhaustion_in_s) {
+                    (Some(a), Some(b)) if a < b => h,
+                    (Some(_), None) => h,
+                    (None, None) if views.host.map(|v| v.0) > views.managed.map(|v| v.0) => h,
+                    _ => m,
+                },
+                (h, m) => h.or(m).unwrap_or(Forecast {
+                    trend_per_s: 0.0,
+                    exhaustion_in_s: None,
+                    confidence: 0.0,
+                }),
+            };
             let (anomaly_score, anomaly) = state.anomaly.observe(used);
             reports.push(SignalReport {
                 name: state.name,
@@ -477,6 +527,36 @@ mod tests {
         let leaker = report.agent("leaker").unwrap();
         let eta = leaker.exhaustion_in_s.unwrap();
         assert!((eta - truth).abs() < truth * 0.1, "{eta} vs {truth}");
+    }
+
+    #[test]
+    fn a_leak_is_forecast_when_the_managed_view_overtakes_the_host_view() {
+        let gib = f64::from(1u32 << 30);
+        let mib = 1048576.0;
+        // the host is 40% used; the managed world (1 GiB) starts below that and leaks past it,
+        // so the worse view changes from the host's to the managed one half-way
+        let mut w = PressureWatch::new(Thresholds::default(), PsiThresholds::default(), (2.0, gib));
+        let host = [
+            Sample::new(&USED, 0.4 * 24.0 * gib),
+            Sample::new(&TOTAL, 24.0 * gib),
+        ];
+        let mut last = None;
+        for s in 0..60u64 {
+            let leak = 300.0 * mib + s as f64 * 10.0 * mib;
+            let agents = [Sample::with_label(&AGENT_MEM, "agent", "leaker", leak)];
+            last = Some(w.observe(s * 1000, &host, &agents, true, None).0);
+        }
+        let report = last.unwrap();
+        let memory = &report.signals[0];
+        let truth = (1024.0 - 890.0) / 10.0;
+        let eta = memory.exhaustion_in_s.expect("the node's forecast");
+        assert!((eta - truth).abs() < truth * 0.1, "{eta} vs {truth}");
+        assert!(
+            (memory.trend_per_s - 10.0 * mib).abs() < mib,
+            "{}",
+            memory.trend_per_s
+        );
+        assert!(memory.confidence > 0.4, "{}", memory.confidence);
     }
 
     #[test]
