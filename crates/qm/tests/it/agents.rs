@@ -861,6 +861,23 @@ fn a_new_agent_never_shares_a_cgroup_with_a_stranger() {
     second.stop();
 }
 
+/// Waits until none of `d`'s agents runs or is about to.
+fn all_stopped(d: &Daemon, what: &str) {
+    eventually(what, 15, || {
+        let list = d.get("/v1/agents").body;
+        list["items"]
+            .as_array()?
+            .iter()
+            .all(|m| {
+                !matches!(
+                    m["state"].as_str(),
+                    Some("running" | "pending" | "starting")
+                )
+            })
+            .then_some(())
+    });
+}
+
 #[test]
 fn a_state_import_starts_agents_and_fleets_as_apply_would() {
     if !can_confine() {
@@ -908,19 +925,7 @@ fn a_state_import_starts_agents_and_fleets_as_apply_would() {
     // the first host lets them go
     assert_eq!(a.delete("/v1/fleets/crew").status, 200);
     assert_eq!(a.delete("/v1/agents/worker?grace_s=1").status, 200);
-    eventually("the first host's agents stopped", 15, || {
-        let list = a.get("/v1/agents").body;
-        list["items"]
-            .as_array()?
-            .iter()
-            .all(|m| {
-                !matches!(
-                    m["state"].as_str(),
-                    Some("running" | "pending" | "starting")
-                )
-            })
-            .then_some(())
-    });
+    all_stopped(&a, "the first host's agents stopped");
     a.stop();
     let b = daemon("b");
     let imported = b.post("/v1/state", &exported.to_string());
@@ -953,19 +958,7 @@ fn a_state_import_starts_agents_and_fleets_as_apply_would() {
     });
     assert_eq!(b.delete("/v1/fleets/crew").status, 200);
     assert_eq!(b.delete("/v1/agents/worker?grace_s=1").status, 200);
-    eventually("the second host's agents stopped", 15, || {
-        let list = b.get("/v1/agents").body;
-        list["items"]
-            .as_array()?
-            .iter()
-            .all(|m| {
-                !matches!(
-                    m["state"].as_str(),
-                    Some("running" | "pending" | "starting")
-                )
-            })
-            .then_some(())
-    });
+    all_stopped(&b, "the second host's agents stopped");
     b.stop();
 }
 
