@@ -148,10 +148,6 @@ fn principal_of(doc: &TokenDoc) -> Principal {
     }
 }
 
-fn format_ms(ms: u64) -> String {
-    format_rfc3339(ms)
-}
-
 impl Tokens {
     /// The registry over `store`'s tokens; `admin` is the SHA-256 of the bootstrap admin token.
     pub fn load(store: Store, admin: Option<[u8; 32]>) -> Result<Self, qm_store::StoreError> {
@@ -240,8 +236,8 @@ impl Tokens {
             agent: req.agent.clone(),
             pool: req.pool.clone(),
             spawn: req.spawn,
-            created_at: format_ms(now),
-            expires_at: expires_ms.map(format_ms),
+            created_at: format_rfc3339(now),
+            expires_at: expires_ms.map(format_rfc3339),
             managed,
         };
         let stored = Stored {

@@ -1,10 +1,11 @@
 //! Authentication and the audit of requests. [`gate`] wraps every route but `/healthz` and
 //! `/readyz` (and `/metrics` when it is public): it finds the bearer token's [`Principal`]
-//! (401 `unauthorized` without one), hands it to handlers as [`Caller`], and opens the
-//! request's audit entry, which the first durable change of a write carries into its own
-//! transaction. Refused requests and writes that changed nothing are recorded afterwards,
-//! refusals through a token bucket so a flood costs a bounded number of rows. Handlers name
-//! the operation they perform; [`policy::decide`] alone decides.
+//! (401 `unauthorized` without one), hands it to handlers as [`Caller`], and for a write opens
+//! the request's audit entry, which the first durable change carries into its own
+//! transaction (a read commits nothing: its entry is made only if it is refused). Refused
+//! requests and writes that changed nothing are recorded afterwards, refusals through a token
+//! bucket so a flood costs a bounded number of rows. Handlers name the operation they
+//! perform; [`policy::decide`] alone decides.
 
 pub mod policy;
 
@@ -245,11 +246,14 @@ fn usual_status(m: &Method, path: &str) -> u16 {
     }
 }
 
-fn actor(req: &Request, p: Option<&Principal>) -> ActorDoc {
-    let peer = req
-        .extensions()
+/// The peer's address, when the listener records it.
+fn peer_of(req: &Request) -> Option<SocketAddr> {
+    req.extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
+        .map(|c| c.0)
+}
+
+fn actor(peer: Option<SocketAddr>, p: Option<&Principal>) -> ActorDoc {
     ActorDoc {
         token_id: p.map(|p| p.token_id.clone()),
         name: p.map(|p| p.name.clone()),
@@ -294,7 +298,7 @@ pub(crate) async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Res
         let given = bearer(req.headers()).is_some();
         // the entry (and the peer's uid, read from /proc) only when the bucket takes it
         record_refused(&g, || AuditEntryDoc {
-            actor: actor(&req, None),
+            actor: actor(peer_of(&req), None),
             method: method.to_string(),
             path: target,
             status: 401,
@@ -313,9 +317,28 @@ pub(crate) async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Res
         }
         return resp;
     };
+    let peer = peer_of(&req);
+    if !is_write(&method) {
+        // a read commits nothing: it needs an entry only if refused, made then
+        let mut req = req;
+        req.extensions_mut()
+            .insert(Caller(Arc::clone(&principal), peer));
+        let resp = next.run(req).await;
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            record_refused(&g, || AuditEntryDoc {
+                actor: actor(peer, Some(&principal)),
+                method: method.to_string(),
+                path: target,
+                status: status.as_u16(),
+                ..AuditEntryDoc::default()
+            });
+        }
+        return resp;
+    }
     let audit_write = audited_write(&method, path);
+    let who = actor(peer, Some(&principal));
     let (mut req, digest) = if audit_write {
-        let who = actor(&req, Some(&principal));
         match digest_body(req).await {
             Ok(r) => r,
             Err(resp) => {
@@ -337,18 +360,14 @@ pub(crate) async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Res
         (req, None)
     };
     let entry = AuditEntryDoc {
-        actor: actor(&req, Some(&principal)),
+        actor: who,
         method: method.to_string(),
-        path: target.clone(),
+        path: target,
         status: 0,
         body_sha256: digest,
         ..AuditEntryDoc::default()
     };
     let pending = Pending::new(entry, usual_status(&method, path));
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
     req.extensions_mut().insert(Caller(principal, peer));
     let resp = audit::scope(Arc::clone(&pending), next.run(req)).await;
     let status = resp.status();

@@ -17,10 +17,9 @@ pub(crate) fn free_uid(
     used: &std::collections::BTreeSet<u32>,
     pending: &std::collections::BTreeSet<u32>,
 ) -> Option<u32> {
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let named: std::collections::BTreeSet<u32> = passwd
-        .lines()
-        .filter_map(|l| l.split(':').nth(2)?.parse().ok())
+    let named: std::collections::BTreeSet<u32> = passwd_in(Path::new("/"))
+        .into_iter()
+        .map(|(_, uid, _)| uid)
         .collect();
     DYNAMIC_UIDS
         .into_iter()
@@ -66,28 +65,36 @@ pub struct User {
     pub gid: u32,
 }
 
+/// `/etc/passwd` under `root`: `(name, uid, gid)` of each entry it can read.
+fn passwd_in(root: &Path) -> Vec<(String, u32, u32)> {
+    let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
+    passwd
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?.to_owned();
+            let uid = f.nth(1)?.parse::<u32>().ok()?;
+            let gid = f.next()?.parse::<u32>().ok()?;
+            Some((name, uid, gid))
+        })
+        .collect()
+}
+
 /// `user` (a name, or a uid) as `/etc/passwd` under `root` knows it; a uid it does not list
 /// runs with the same gid.
 pub(crate) fn resolve_user_in(root: &Path, user: &str) -> Result<User, String> {
-    let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
-    let entries = passwd.lines().filter_map(|l| {
-        let mut f = l.split(':');
-        let name = f.next()?;
-        let uid = f.nth(1)?.parse::<u32>().ok()?;
-        let gid = f.next()?.parse::<u32>().ok()?;
-        Some((name, uid, gid))
-    });
+    let entries = passwd_in(root);
     if let Ok(uid) = user.parse::<u32>() {
         let gid = entries
-            .clone()
+            .iter()
             .find(|(_, u, _)| *u == uid)
-            .map_or(uid, |(_, _, g)| g);
+            .map_or(uid, |(_, _, g)| *g);
         return Ok(User { uid, gid });
     }
     entries
-        .clone()
-        .find(|(n, _, _)| *n == user)
-        .map(|(_, uid, gid)| User { uid, gid })
+        .iter()
+        .find(|(n, _, _)| n == user)
+        .map(|&(_, uid, gid)| User { uid, gid })
         .ok_or_else(|| format!("{user:?} is not a user of this host"))
 }
 
@@ -106,7 +113,7 @@ pub fn valid_default_user(user: &str) -> Result<(), String> {
 
 /// Whether `user` means uid 0.
 pub fn is_root_user(user: &str) -> bool {
-    resolve_user(user).is_ok_and(|u| u.uid == 0) || user == "root" || user == "0"
+    resolve_user(user).is_ok_and(|u| u.uid == 0)
 }
 
 /// The owner (real uid) of process `pid`.
