@@ -14,7 +14,7 @@ pub use anomaly::{
 };
 pub use level::{InvalidThresholds, Level, LevelTracker, Thresholds};
 pub use trend::{
-    Forecast, Holt, LinearFit, MIN_R2, SAWTOOTH_DROP, Window, forecast, has_cleanup_drop,
-    linear_fit,
+    Forecast, Holt, LEAK_EXTRAPOLATION, LEAK_MAX_GAP, LEAK_MIN_READINGS, LEAK_R2, LinearFit,
+    MIN_R2, SAWTOOTH_DROP, Window, forecast, has_cleanup_drop, leak_forecast, linear_fit,
 };
 pub use victim::{Candidate, LEAK_HORIZON_S, Qos, order};

@@ -264,6 +264,103 @@ pub fn forecast(window: &Window, capacity: f64) -> Forecast {
     }
 }
 
+/// Least readings a leak forecast stands on: a line fits ten readings of pure noise with
+/// R² ≥ [`LEAK_R2`] about once in 100,000 tries.
+pub const LEAK_MIN_READINGS: usize = 10;
+/// Least R² of the recent run of readings a leak forecast is made from.
+pub const LEAK_R2: f64 = 0.9;
+/// How many times the span it was seen over a line is trusted to extend at full confidence:
+/// one second of a steady leak answers for four.
+pub const LEAK_EXTRAPOLATION: f64 = 4.0;
+/// The widest gap between two readings of a run, as a share of the run's span: a line through
+/// two clusters of readings (a step seen first by sparse, then by dense readings) is no trend.
+pub const LEAK_MAX_GAP: f64 = 0.25;
+
+/// Where an agent's memory is heading, judged for acting on at once: on the longest recent
+/// run of readings (at least [`LEAK_MIN_READINGS`], no gap wider than [`LEAK_MAX_GAP`] of its
+/// span) that a line fits with R² ≥ [`LEAK_R2`], so a leak that began a moment ago is seen
+/// without the flat minute before it. Exhaustion is when the line reaches `capacity`;
+/// confidence is R² times how far the forecast reaches beyond what was seen (full up to
+/// [`LEAK_EXTRAPOLATION`] times the run's span), not a count of readings: 2 s of a 50 MiB/s
+/// leak vouch for a forecast 4 s out, not for one 60 s out. No forecast on a window with a
+/// cleanup drop (a sawtooth), on steps, on noise, on a flat or falling series.
+pub fn leak_forecast(window: &Window, capacity: f64) -> Forecast {
+    let samples = window.samples();
+    let whole = linear_fit(samples);
+    let mut out = Forecast {
+        trend_per_s: whole.map_or(0.0, |f| f.slope),
+        exhaustion_in_s: None,
+        confidence: 0.0,
+    };
+    let Some(&(last_t, last_v)) = samples.back() else {
+        return out;
+    };
+    if samples.len() < LEAK_MIN_READINGS || has_cleanup_drop(window) {
+        return out;
+    }
+    // sums over the run (newest back to `k`), centred on the newest reading
+    let (mut n, mut st, mut sv, mut stt, mut stv, mut svv) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    let mut gap: f64 = 0.0;
+    let mut newer_t = last_t;
+    let mut best: Option<(LinearFit, f64)> = None;
+    for &(t, v) in samples.iter().rev() {
+        let (dt, dv) = (t - last_t, v - last_v);
+        gap = gap.max(newer_t - t);
+        newer_t = t;
+        n += 1.0;
+        st += dt;
+        sv += dv;
+        stt += dt * dt;
+        stv += dt * dv;
+        svv += dv * dv;
+        let span = -dt;
+        if (n as usize) < LEAK_MIN_READINGS || span <= 0.0 || gap > LEAK_MAX_GAP * span {
+            continue;
+        }
+        let s_tt = stt - st * st / n;
+        let s_tv = stv - st * sv / n;
+        let s_vv = (svv - sv * sv / n).max(0.0);
+        if s_tt <= 0.0 {
+            continue;
+        }
+        let slope = s_tv / s_tt;
+        let mean_v = last_v + sv / n;
+        let r2 = if s_vv <= f64::EPSILON * mean_v.abs().max(1.0) {
+            1.0
+        } else {
+            ((s_tv * s_tv) / (s_tt * s_vv)).clamp(0.0, 1.0)
+        };
+        if r2 >= LEAK_R2 {
+            let intercept = mean_v - slope * (last_t + st / n);
+            best = Some((
+                LinearFit {
+                    slope,
+                    intercept,
+                    r2,
+                },
+                span,
+            ));
+        }
+    }
+    let Some((fit, span)) = best else {
+        return out;
+    };
+    let now = fit.at(last_t);
+    out.trend_per_s = fit.slope;
+    if fit.slope * span <= 1e-9 * now.abs().max(1.0) {
+        return out;
+    }
+    let eta = ((capacity - now) / fit.slope).max(0.0);
+    let reach = if eta > 0.0 {
+        (LEAK_EXTRAPOLATION * span / eta).min(1.0)
+    } else {
+        1.0
+    };
+    out.exhaustion_in_s = Some(eta);
+    out.confidence = (fit.r2 * reach).clamp(0.0, 1.0);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,6 +499,139 @@ mod tests {
         let f = forecast(&w, 1.0);
         assert_eq!(f.exhaustion_in_s, None);
         assert_eq!(f.trend_per_s, 0.0);
+    }
+
+    /// `f` read every `dt_s` from `from_s` to `to_s` into `w`.
+    fn read_into(w: &mut Window, f: impl Fn(f64) -> f64, from_s: f64, to_s: f64, dt_s: f64) {
+        let mut t = from_s;
+        while t <= to_s + 1e-9 {
+            assert!(w.push(t, f(t)));
+            t += dt_s;
+        }
+    }
+
+    const MIB: f64 = 1_048_576.0;
+
+    #[test]
+    fn a_fast_leak_read_at_ten_hertz_is_forecast_with_confidence_in_a_second() {
+        // 50 MiB/s from 600 MiB towards 1 GiB: one second of readings
+        let mut w = Window::new(60.0, 600);
+        read_into(&mut w, |t| 600.0 * MIB + 50.0 * MIB * t, 0.0, 1.0, 0.1);
+        let f = leak_forecast(&w, 1024.0 * MIB);
+        let truth = (1024.0 - 650.0) / 50.0;
+        let eta = f.exhaustion_in_s.expect("a forecast");
+        assert!(within(eta, truth, 0.05), "{eta} vs {truth}");
+        assert!(
+            (f.trend_per_s - 50.0 * MIB).abs() < MIB,
+            "{}",
+            f.trend_per_s
+        );
+        assert!(f.confidence > 0.5, "{}", f.confidence);
+        // the same second of readings does not vouch for a forecast far beyond it
+        let far = leak_forecast(&w, 100.0 * 1024.0 * MIB);
+        assert!(far.exhaustion_in_s.is_some());
+        assert!(far.confidence < 0.01, "{}", far.confidence);
+    }
+
+    #[test]
+    fn a_leak_that_began_a_moment_ago_is_seen_without_the_flat_minute_before_it() {
+        // read every 5 s while flat, then at 10 Hz once it leaks 10 MiB/s
+        let mut w = Window::new(60.0, 600);
+        read_into(&mut w, |_| 300.0 * MIB, 0.0, 55.0, 5.0);
+        let leak = |t: f64| 300.0 * MIB + 10.0 * MIB * (t - 56.0);
+        read_into(&mut w, leak, 56.1, 60.0, 0.1);
+        assert_eq!(
+            forecast(&w, 1024.0 * MIB).exhaustion_in_s,
+            None,
+            "the old way"
+        );
+        let f = leak_forecast(&w, 1024.0 * MIB);
+        let truth = (1024.0 - 340.0) / 10.0;
+        let eta = f.exhaustion_in_s.expect("a forecast");
+        assert!(within(eta, truth, 0.1), "{eta} vs {truth}");
+        // four seconds seen, 68 s forecast: a fair part of the way
+        assert!(
+            f.confidence > 0.15 && f.confidence < 0.4,
+            "{}",
+            f.confidence
+        );
+    }
+
+    #[test]
+    fn a_step_gives_no_leak_forecast() {
+        // sparse readings before the step, dense after it
+        let mut w = Window::new(60.0, 600);
+        read_into(&mut w, |_| 300.0 * MIB, 0.0, 55.0, 5.0);
+        for (start, end) in [(56.0, 58.0), (56.0, 60.0), (59.0, 60.0), (59.5, 60.5)] {
+            let mut w = w.clone();
+            read_into(&mut w, |_| 500.0 * MIB, start, end, 0.1);
+            let f = leak_forecast(&w, 1024.0 * MIB);
+            assert_eq!(f.exhaustion_in_s, None, "{start}..{end}");
+        }
+        // dense readings on both sides
+        for at in [1.0, 3.0, 5.0, 8.0] {
+            let mut w = Window::new(60.0, 600);
+            read_into(
+                &mut w,
+                |t| if t < at { 300.0 } else { 500.0 } * MIB,
+                0.0,
+                10.0,
+                0.1,
+            );
+            assert_eq!(
+                leak_forecast(&w, 1024.0 * MIB).exhaustion_in_s,
+                None,
+                "{at}"
+            );
+        }
+        // a staircase of small steps is a leak all the same
+        let mut w = Window::new(60.0, 600);
+        read_into(&mut w, |t| (300.0 + 20.0 * t.floor()) * MIB, 0.0, 10.0, 0.1);
+        assert!(leak_forecast(&w, 1024.0 * MIB).exhaustion_in_s.is_some());
+    }
+
+    #[test]
+    fn sawtooths_and_noise_give_no_leak_forecast() {
+        let mut w = Window::new(60.0, 600);
+        read_into(
+            &mut w,
+            |t| (500.0 + 20.0 * (t % 15.0)) * MIB,
+            0.0,
+            59.0,
+            0.1,
+        );
+        assert_eq!(leak_forecast(&w, 1024.0 * MIB).exhaustion_in_s, None);
+        let mut w = Window::new(60.0, 600);
+        read_into(
+            &mut w,
+            |t| (500.0 + t + 20.0 * (t % 15.0)) * MIB,
+            0.0,
+            59.0,
+            0.1,
+        );
+        assert_eq!(leak_forecast(&w, 4096.0 * MIB).exhaustion_in_s, None);
+        for seed in [1u64, 3, 7, 42, 1234, 99_991] {
+            let mut rng = XorShift(seed);
+            let mut w = Window::new(60.0, 600);
+            for i in 0..600 {
+                w.push(f64::from(i) / 10.0, (500.0 + 25.0 * rng.gaussish()) * MIB);
+            }
+            assert_eq!(
+                leak_forecast(&w, 1024.0 * MIB).exhaustion_in_s,
+                None,
+                "seed {seed}"
+            );
+        }
+        let mut w = Window::new(60.0, 600);
+        read_into(&mut w, |_| 700.0 * MIB, 0.0, 10.0, 0.1);
+        assert_eq!(leak_forecast(&w, 1024.0 * MIB).exhaustion_in_s, None);
+        let mut w = Window::new(60.0, 600);
+        read_into(&mut w, |t| (700.0 - t) * MIB, 0.0, 10.0, 0.1);
+        assert_eq!(leak_forecast(&w, 1024.0 * MIB).exhaustion_in_s, None);
+        // too few readings
+        let mut w = Window::new(60.0, 600);
+        read_into(&mut w, |t| (700.0 + 50.0 * t) * MIB, 0.0, 0.8, 0.1);
+        assert_eq!(leak_forecast(&w, 1024.0 * MIB).exhaustion_in_s, None);
     }
 
     #[test]

@@ -94,6 +94,76 @@ impl MemoryProbe {
     }
 }
 
+/// Reads the memory usage of each agent's cgroup (one file each, held open and re-read from
+/// offset 0): what the monitor reads ten times a second while memory is under pressure, so
+/// a leak is seen in readings a tenth of a second apart, not a collection apart.
+#[derive(Debug, Default)]
+pub struct AgentMemoryProbe {
+    agents: Vec<(String, PathBuf, Option<File>)>,
+    buf: String,
+}
+
+impl AgentMemoryProbe {
+    /// Reads `files` (agent id, memory usage file) from now on; files already open for the
+    /// same agent and path stay open.
+    pub fn set(&mut self, files: Vec<(String, PathBuf)>) {
+        let same = files.len() == self.agents.len()
+            && files
+                .iter()
+                .zip(&self.agents)
+                .all(|((id, p), (i, q, _))| id == i && p == q);
+        if same {
+            return;
+        }
+        let mut old = std::mem::take(&mut self.agents);
+        self.agents = files
+            .into_iter()
+            .map(|(id, path)| {
+                let kept = old
+                    .iter_mut()
+                    .find(|(i, p, _)| *i == id && *p == path)
+                    .and_then(|(_, _, f)| f.take());
+                (id, path, kept)
+            })
+            .collect();
+    }
+
+    /// How many agents are read.
+    pub fn len(&self) -> usize {
+        self.agents.len()
+    }
+
+    /// Whether no agent is read.
+    pub fn is_empty(&self) -> bool {
+        self.agents.is_empty()
+    }
+
+    /// Reads every agent's usage, calling `each(id, bytes)` for those that could be read (a
+    /// group that went away is skipped and its file opened afresh next time).
+    pub fn read(&mut self, mut each: impl FnMut(&str, u64)) {
+        for (id, path, file) in &mut self.agents {
+            if file.is_none() {
+                *file = File::open(&*path).ok();
+            }
+            let Some(f) = file.as_mut() else {
+                continue;
+            };
+            if !reread(f, &mut self.buf) {
+                *file = None;
+                continue;
+            }
+            if let Some(v) = self
+                .buf
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+            {
+                each(id, v);
+            }
+        }
+    }
+}
+
 /// Why a trigger could not be registered.
 #[derive(Debug, thiserror::Error)]
 pub enum TriggerError {

@@ -712,6 +712,10 @@ impl Settings {
             thresholds: pressure,
             psi,
             probe_interval: probe.unwrap_or(m.probe_interval),
+            leak: qm_runtime::monitor::pressure::LeakWatch {
+                horizon_s: responder.forecast_horizon.as_secs_f64(),
+                confidence: responder.forecast_confidence,
+            },
             ..m
         });
         let agents = agents_config(file.agents, &engine.data_dir)?

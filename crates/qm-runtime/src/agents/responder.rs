@@ -28,7 +28,7 @@ use qm_cgroup::Limits;
 use qm_pressure::{Candidate, Level, Qos};
 
 use super::{Supervisor, now_ms};
-use crate::monitor::pressure::{Eviction, PressureReport};
+use crate::monitor::pressure::{Eviction, LeakWatch, PressureReport};
 
 /// How the responder acts.
 #[derive(Debug, Clone, PartialEq)]
@@ -209,13 +209,15 @@ impl Supervisor {
         // held at critical by hysteresis is not reason enough to evict again
         let at_critical = report.signal("memory").is_some_and(|s| s.at_critical);
         let horizon = config.forecast_horizon.as_secs_f64();
+        // the same rule the monitor's fast path wakes on
+        let watch = LeakWatch {
+            horizon_s: horizon,
+            confidence: config.forecast_confidence,
+        };
         let leaker = |c: &&Candidate| {
             c.qos != Qos::Guaranteed
                 && c.above_request()
-                && report.agent(&c.id).is_some_and(|t| {
-                    t.confidence >= config.forecast_confidence
-                        && t.exhaustion_in_s.is_some_and(|e| e < horizon)
-                })
+                && report.agent(&c.id).is_some_and(|t| watch.acts_on(t))
         };
         let candidates: Vec<Candidate> = seen.iter().map(|s| s.candidate.clone()).collect();
         let chosen = match memory {

@@ -5,15 +5,18 @@
 //! group's `memory.pressure`, where the kernel accepts them) so a stall wakes it at once. When
 //! memory rises past the level the pressure watch holds, or a trigger fires, the wait ends
 //! early and the monitor collects at once: a crossing reaches the responder within one probe
-//! interval instead of one collection interval.
+//! interval instead of one collection interval. Under memory pressure it also reads each
+//! agent's group every probe interval (one file each) into the agents' forecasts, and
+//! collects at once when one becomes a leak the responder acts on: a leak that runs from
+//! warning to critical in three seconds is evicted on its forecast, at warning.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use qm_sys::probe::{MemoryProbe, MemoryReading, PsiTrigger};
+use qm_sys::probe::{AgentMemoryProbe, MemoryProbe, MemoryReading, PsiTrigger};
 
 use super::Shared;
-use super::pressure::PressureWatch;
+use super::pressure::{LeakWatch, PressureWatch};
 use qm_pressure::Level;
 
 /// A stall of this much per [`TRIGGER_WINDOW`] fires a trigger (the kernel documentation's
@@ -68,13 +71,20 @@ pub(crate) struct FastPath {
     base: Option<(u64, f64)>,
     /// The wait before the next reading, paced by the headroom.
     slice: Duration,
-    /// Probes and urgent wakes since start.
+    /// Each agent's group, read under memory pressure.
+    agents: AgentMemoryProbe,
+    /// The leaks the responder acts on, and the agent the last urgent wake was for (one
+    /// wake per leaker: the collections that follow carry its forecast).
+    leak: LeakWatch,
+    woke_for: Option<String>,
+    /// Probes, agent readings and urgent wakes since start.
     pub(crate) probes: u64,
+    pub(crate) agent_reads: u64,
     pub(crate) urgent: u64,
 }
 
 impl FastPath {
-    pub(crate) fn new(interval: Duration, proc: PathBuf) -> Self {
+    pub(crate) fn new(interval: Duration, proc: PathBuf, leak: LeakWatch) -> Self {
         FastPath {
             interval,
             probe: MemoryProbe::new(&proc, None),
@@ -85,9 +95,18 @@ impl FastPath {
             retry_at: Instant::now(),
             base: None,
             slice: interval,
+            agents: AgentMemoryProbe::default(),
+            leak,
+            woke_for: None,
             probes: 0,
+            agent_reads: 0,
             urgent: 0,
         }
+    }
+
+    /// The agents' memory files (id, path), read under memory pressure.
+    pub(crate) fn set_agents(&mut self, files: Vec<(String, PathBuf)>) {
+        self.agents.set(files);
     }
 
     /// Points the probe at the managed parent group (once the supervisor knows it).
@@ -164,7 +183,7 @@ impl FastPath {
         &mut self,
         shared: &Shared,
         deadline: Instant,
-        watch: &PressureWatch,
+        watch: &mut PressureWatch,
     ) -> Wake {
         if self.interval.is_zero() {
             return if super::Monitor::wait(shared, deadline) {
@@ -198,6 +217,10 @@ impl FastPath {
             }
             let reading = self.read();
             self.slice = self.interval;
+            if self.read_agents(watch, &reading) {
+                self.urgent += 1;
+                return Wake::Urgent;
+            }
             if let (Some(u), Some(t)) = (watch.memory_utilization(&reading), watch.thresholds()) {
                 let next = match watch.memory_level() {
                     Level::Ok => t.warning_enter,
@@ -208,10 +231,41 @@ impl FastPath {
                     self.urgent += 1;
                     return Wake::Urgent;
                 }
+                if next == t.critical_enter && !self.agents.is_empty() {
+                    // under pressure the agents are read every interval
+                    continue;
+                }
                 let headroom = watch.memory_headroom(&reading, next);
                 self.slice = Duration::from_secs_f64(headroom / ASSUMED_GROWTH_BYTES_PER_S)
                     .clamp(self.interval, MAX_SLICE.max(self.interval));
             }
+        }
+    }
+
+    /// Under memory pressure, reads every agent's group into its forecast; true when an
+    /// agent has just become a leak the responder acts on.
+    fn read_agents(&mut self, watch: &mut PressureWatch, reading: &MemoryReading) -> bool {
+        if watch.memory_level() == Level::Ok || self.agents.is_empty() {
+            self.woke_for = None;
+            return false;
+        }
+        let t_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let mut reads = 0;
+        self.agents.read(|id, bytes| {
+            reads += 1;
+            watch.observe_agent(t_s, id, bytes as f64);
+        });
+        self.agent_reads += reads;
+        let available = watch.memory_headroom(reading, 1.0);
+        match watch.leaker(available, &self.leak) {
+            Some(id) if self.woke_for.as_deref() != Some(id.as_str()) => {
+                tracing::debug!(agent = %id, "leak forecast between collections");
+                self.woke_for = Some(id);
+                true
+            }
+            _ => false,
         }
     }
 }

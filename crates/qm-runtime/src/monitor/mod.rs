@@ -51,6 +51,9 @@ pub struct MonitorConfig {
     /// The local node's allocatable cpu (cores) and memory (bytes): the managed view of
     /// pressure measures the agents against it.
     pub allocatable: (f64, f64),
+    /// The agent forecasts the responder acts on (the fast path collects at once when one
+    /// appears under pressure).
+    pub leak: pressure::LeakWatch,
 }
 
 impl Default for MonitorConfig {
@@ -65,6 +68,7 @@ impl Default for MonitorConfig {
             psi: pressure::PsiThresholds::default(),
             probe_interval: Duration::from_millis(100),
             allocatable: (0.0, 0.0),
+            leak: pressure::LeakWatch::default(),
         }
     }
 }
@@ -167,6 +171,11 @@ static TRACKED: Desc = Desc {
 static PROBES: Desc = Desc {
     name: "qm_monitor_probes_total",
     help: "Readings of the memory probe (host memory and the managed agents' parent group), in and between collections.",
+    kind: Kind::Counter,
+};
+static AGENT_PROBES: Desc = Desc {
+    name: "qm_monitor_agent_probes_total",
+    help: "Readings of an agent's memory by the probe between collections (under memory pressure, every probe interval).",
     kind: Kind::Counter,
 };
 static URGENT: Desc = Desc {
@@ -342,7 +351,11 @@ fn run(shared: &Shared, config: &MonitorConfig, mut engine: AlertEngine, hub: &E
     // agents are read every `agent_interval`; in between their last samples stand
     let mut agent_samples: Arc<Vec<Sample>> = Arc::new(Vec::new());
     let mut watch = pressure::PressureWatch::new(config.thresholds, config.psi, config.allocatable);
-    let mut fast = fast::FastPath::new(config.probe_interval, config.paths.proc.clone());
+    let mut fast = fast::FastPath::new(
+        config.probe_interval,
+        config.paths.proc.clone(),
+        config.leak,
+    );
     let mut urgent = false;
     let agent_rules = engine
         .rules()
@@ -375,6 +388,7 @@ fn run(shared: &Shared, config: &MonitorConfig, mut engine: AlertEngine, hub: &E
             let mut collected = Vec::with_capacity(agent_samples.len());
             qm_sys::agent::samples(&agents.collect(&targets, now), &mut collected);
             agent_samples = Arc::new(collected);
+            fast.set_agents(agents.memory_files(&targets));
             agent_due =
                 Some(now + config.agent_interval.max(config.interval) - config.interval / 2);
             last_ids = targets.iter().map(|t| t.id.clone()).collect();
@@ -414,6 +428,7 @@ fn run(shared: &Shared, config: &MonitorConfig, mut engine: AlertEngine, hub: &E
         samples.push(Sample::new(&COLLECTIONS, collections as f64));
         samples.push(Sample::new(&TRACKED, targets.len() as f64));
         samples.push(Sample::new(&PROBES, fast.probes as f64));
+        samples.push(Sample::new(&AGENT_PROBES, fast.agent_reads as f64));
         samples.push(Sample::new(&URGENT, fast.urgent as f64));
         samples.push(Sample::new(&TRIGGERS, fast.triggers() as f64));
         if let Ok(mut h) = shared.history.write() {
@@ -465,7 +480,7 @@ fn run(shared: &Shared, config: &MonitorConfig, mut engine: AlertEngine, hub: &E
             // a collection overran (or the machine slept): skip the missed ticks
             next = now + config.interval;
         }
-        match fast.wait(shared, next, &watch) {
+        match fast.wait(shared, next, &mut watch) {
             fast::Wake::Stop => return,
             fast::Wake::Due => urgent = false,
             fast::Wake::Urgent => urgent = true,

@@ -5,11 +5,16 @@
 //! robust anomaly score (`qm-pressure` does the arithmetic). Memory PSI raises the memory
 //! level too (`some` avg10 to warning, `full` avg10 to critical, systemd-oomd's figure). Each
 //! agent's memory has a trend of its own, and a forecast of when it would exhaust the node,
-//! which the responder (`agents::responder`) uses to pick a leaker first.
+//! which the responder (`agents::responder`) uses to pick a leaker first. An agent's forecast
+//! is made on the recent run of its readings that a line fits (`qm_pressure::leak_forecast`),
+//! and under memory pressure the fast path feeds it ten readings a second, so a leak that
+//! runs from warning to critical in three seconds is forecast in one.
 
 use std::collections::BTreeMap;
 
-use qm_pressure::{AnomalyDetector, Forecast, Level, LevelTracker, Thresholds, Window, forecast};
+use qm_pressure::{
+    AnomalyDetector, Forecast, Level, LevelTracker, Thresholds, Window, forecast, leak_forecast,
+};
 use qm_sys::metric::Sample;
 
 /// Memory PSI levels: `some` avg10 at or above `warning_pct` is at least warning, `full` avg10
@@ -29,8 +34,39 @@ impl Default for PsiThresholds {
     }
 }
 
-/// Readings of an agent's memory that give its forecast full confidence (times R²).
-const AGENT_FULL_CONFIDENCE: f64 = 10.0;
+/// How long an agent's readings are kept for its forecast, and at most how many (a minute at
+/// the fast path's ten readings a second; a reading every collection otherwise).
+const AGENT_WINDOW_S: f64 = 60.0;
+const AGENT_WINDOW_LEN: usize = 600;
+
+/// The agent forecasts the responder acts on at warning (`[pressure] forecast_horizon_s` and
+/// `forecast_confidence`): when the fast path sees one appear, it collects at once so the
+/// responder can act within a probe interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LeakWatch {
+    /// An agent forecast to use up what the node has left within this many seconds...
+    pub horizon_s: f64,
+    /// ...with at least this confidence.
+    pub confidence: f64,
+}
+
+impl Default for LeakWatch {
+    fn default() -> Self {
+        LeakWatch {
+            horizon_s: 60.0,
+            confidence: 0.7,
+        }
+    }
+}
+
+impl LeakWatch {
+    /// Whether `t` is a leak the responder acts on.
+    pub fn acts_on(&self, t: &AgentTrend) -> bool {
+        self.horizon_s > 0.0
+            && t.confidence >= self.confidence
+            && t.exhaustion_in_s.is_some_and(|e| e < self.horizon_s)
+    }
+}
 
 /// One agent's memory and where it is heading.
 #[derive(Debug, Clone, PartialEq)]
@@ -162,7 +198,7 @@ pub(crate) struct PressureWatch {
     /// The node's allocatable cpu (cores) and memory (bytes), for the managed view.
     allocatable: (f64, f64),
     psi: PsiThresholds,
-    /// Each agent's memory, read when the agents are.
+    /// Each agent's memory, read when the agents are (and by the fast path under pressure).
     agents: BTreeMap<String, Window>,
 }
 
@@ -436,7 +472,7 @@ impl PressureWatch {
             };
             self.agents
                 .entry(id.clone())
-                .or_insert_with(|| Window::new(60.0, 120))
+                .or_insert_with(|| Window::new(AGENT_WINDOW_S, AGENT_WINDOW_LEN))
                 .push(t_s, s.value);
             seen.push(id.as_str());
         }
@@ -445,7 +481,26 @@ impl PressureWatch {
             .retain(|id, _| seen.binary_search(&id.as_str()).is_ok());
     }
 
+    /// One fast-path reading of the agent `id`'s memory (its group's usage, the figure a
+    /// collection reads), `t_s` seconds after the epoch.
+    pub(crate) fn observe_agent(&mut self, t_s: f64, id: &str, bytes: f64) {
+        if let Some(w) = self.agents.get_mut(id) {
+            w.push(t_s, bytes);
+        }
+    }
+
+    /// The agent `watch` says the responder acts on, if any, with `available` bytes left on
+    /// the node (the fastest-growing first).
+    pub(crate) fn leaker(&self, available: f64, watch: &LeakWatch) -> Option<String> {
+        self.agent_trends(available)
+            .into_iter()
+            .find(|t| watch.acts_on(t))
+            .map(|t| t.id)
+    }
+
     /// Each agent's trend; its exhaustion is when it alone would use up `available` more.
+    /// The forecast is judged on the recent run of readings a line fits, and its confidence
+    /// on that fit and how far beyond the run it reaches (`qm_pressure::leak_forecast`).
     fn agent_trends(&self, available: f64) -> Vec<AgentTrend> {
         let mut out: Vec<AgentTrend> = self
             .agents
@@ -453,17 +508,13 @@ impl PressureWatch {
             .filter(|(_, w)| w.len() >= 3)
             .filter_map(|(id, w)| {
                 let now = w.samples().back()?.1;
-                let f = forecast(w, now + available);
-                // an agent's leak is judged on its fit and on how many readings back it, not
-                // on how much of the minute-long window they span: a fast leak must be caught
-                // in seconds
-                let r2 = qm_pressure::linear_fit(w.samples()).map_or(0.0, |l| l.r2);
+                let f = leak_forecast(w, now + available);
                 Some(AgentTrend {
                     id: id.clone(),
                     memory_bytes: now,
                     trend_per_s: f.trend_per_s,
                     exhaustion_in_s: f.exhaustion_in_s,
-                    confidence: (r2 * (w.len() as f64 / AGENT_FULL_CONFIDENCE)).clamp(0.0, 1.0),
+                    confidence: f.confidence,
                 })
             })
             .collect();
@@ -527,6 +578,76 @@ mod tests {
         let leaker = report.agent("leaker").unwrap();
         let eta = leaker.exhaustion_in_s.unwrap();
         assert!((eta - truth).abs() < truth * 0.1, "{eta} vs {truth}");
+    }
+
+    /// The monitor's loop in small: a collection every second (the agents read every 5 s
+    /// until memory is under pressure, then every collection) and, under pressure, the fast
+    /// path's readings ten times a second; answers when the leak watch first acted, with the
+    /// managed utilization then, and the watch.
+    fn run_world(
+        agents: &[(&str, &dyn Fn(f64) -> f64)],
+        until_s: f64,
+    ) -> (Option<(f64, String, f64)>, PressureWatch) {
+        let gib = f64::from(1u32 << 30);
+        let mut w = PressureWatch::new(Thresholds::default(), PsiThresholds::default(), (2.0, gib));
+        let host = [
+            Sample::new(&USED, 2.0 * gib),
+            Sample::new(&TOTAL, 24.0 * gib),
+        ];
+        let watch = LeakWatch::default();
+        let mut acted = None;
+        for tick in 0..=(until_s * 10.0) as u64 {
+            let t = tick as f64 / 10.0;
+            let total: f64 = agents.iter().map(|(_, f)| f(t)).sum();
+            let under = w.memory_level() > Level::Ok;
+            if tick % 10 == 0 {
+                let fresh = tick % 50 == 0 || under;
+                let samples: Vec<Sample> = agents
+                    .iter()
+                    .map(|(id, f)| Sample::with_label(&AGENT_MEM, "agent", id, f(t)))
+                    .collect();
+                w.observe(tick * 100, &host, &samples, fresh, Some(total));
+            } else if under {
+                for (id, f) in agents {
+                    w.observe_agent(t, id, f(t));
+                }
+            }
+            if acted.is_none()
+                && let Some(id) = w.leaker(gib - total, &watch)
+            {
+                acted = Some((t, id, total / gib));
+            }
+        }
+        (acted, w)
+    }
+
+    #[test]
+    fn under_pressure_a_fast_leak_is_acted_on_at_warning_and_a_step_is_not() {
+        let mib = 1048576.0;
+        let keeper = |_: f64| 300.0 * mib;
+        let stepper = |t: f64| if t < 42.5 { 100.0 } else { 130.0 } * mib;
+        // 10 MiB/s, then 50 MiB/s: warning (0.80) to critical (0.95) in 15 s, then in 3 s
+        for (rate, start) in [(10.0, 0.0), (50.0, 33.0)] {
+            let leaker = move |t: f64| (10.0 + rate * (t - start).max(0.0)) * mib;
+            let world: [(&str, &dyn Fn(f64) -> f64); 3] = [
+                ("keeper", &keeper),
+                ("stepper", &stepper),
+                ("leaker", &leaker),
+            ];
+            let (acted, w) = run_world(&world, 60.0);
+            // at warning, before critical (0.95)
+            let (at, id, utilization) = acted.expect("the leak acted on");
+            assert_eq!(id, "leaker", "{rate} MiB/s");
+            assert!(
+                (0.80..0.95).contains(&utilization),
+                "{rate} MiB/s: acted on at {utilization:.3} of the node, {at} s"
+            );
+            let trends = w.agent_trends(0.0);
+            for steady in ["keeper", "stepper"] {
+                let t = trends.iter().find(|t| t.id == steady).unwrap();
+                assert_eq!(t.exhaustion_in_s, None, "{t:?}");
+            }
+        }
     }
 
     #[test]

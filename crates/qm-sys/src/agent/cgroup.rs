@@ -140,6 +140,21 @@ impl Reader {
         }
     }
 
+    /// The memory usage file of the cgroup `rel`, relative to the mount (`None` where the
+    /// layout has no memory controller or `rel` climbs out with `..`).
+    pub(super) fn memory_file(&self, rel: &Path) -> Option<PathBuf> {
+        if rel
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        {
+            return None;
+        }
+        let mut path = PathBuf::from(self.dir(File::Memory)?);
+        path.push(rel.strip_prefix("/").unwrap_or(rel));
+        path.push(self.name(File::Memory));
+        Some(path)
+    }
+
     /// Reads `file` of the cgroup `rel` into the buffer; false when absent.
     fn read(&mut self, rel: &Path, files: &mut Files, file: File) -> bool {
         let slot = &mut files.slots[file as usize];

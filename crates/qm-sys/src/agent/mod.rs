@@ -261,6 +261,7 @@ pub struct AgentCollector {
     agents: HashMap<String, AgentState>,
     cycle: u64,
     budget: Budget,
+    cgroup_mount: PathBuf,
 }
 
 const CGROUP_SUPER_MAGIC: i128 = 0x0027_e0eb;
@@ -299,12 +300,26 @@ impl AgentCollector {
             agents: HashMap::new(),
             cycle: 0,
             budget,
+            cgroup_mount: paths.cgroup.clone(),
         }
     }
 
     /// The cgroup layout found under `paths.cgroup`.
     pub fn layout(&self) -> CgroupLayout {
         self.cgroups.layout
+    }
+
+    /// The file holding the memory usage of each target with a cgroup (`memory.current`, or
+    /// v1 `memory.usage_in_bytes`: the figure [`AgentSnapshot::memory_bytes`] reports), for
+    /// a probe that reads only that between collections.
+    pub fn memory_files(&self, targets: &[Target]) -> Vec<(String, PathBuf)> {
+        targets
+            .iter()
+            .filter_map(|t| {
+                let rel = self.cgroups.memory_file(t.cgroup.as_deref()?)?;
+                Some((t.id.clone(), self.cgroup_mount.join(rel)))
+            })
+            .collect()
     }
 
     /// How many files are kept open now (for tests and the self-metrics).

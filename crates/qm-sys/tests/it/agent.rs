@@ -11,6 +11,7 @@ use qm_sys::Paths;
 use qm_sys::agent::{
     AgentCollector, AgentSnapshot, CgroupLayout, CollectOptions, Source, Target, samples,
 };
+use qm_sys::probe::AgentMemoryProbe;
 
 /// A fixture root in the temp dir, removed on drop.
 struct Fixture {
@@ -591,6 +592,58 @@ fn v1_cgroups_are_read_from_their_controllers() {
     let s = c.collect(&t, t0 + Duration::from_secs(2)).remove(0);
     assert!(close(s.cpu_usage_cores, 0.25));
     assert!(close(s.io_read_bytes_per_second, 100.0));
+}
+
+/// The probe between collections reads each agent's memory from the same file the
+/// collector reports, on v2 and v1, and follows changes.
+#[test]
+fn the_agent_memory_probe_reads_what_the_collector_reports() {
+    let f = Fixture::new("memprobe-v2");
+    f.write("sys/fs/cgroup/cgroup.controllers", "cpu memory io pids\n");
+    v2_cgroup(&f, "qm/coder-1", 1, 0);
+    let v2 = AgentCollector::new(&f.paths());
+    let t = [
+        cg_target("coder-1", "/qm/coder-1"),
+        target("by-pid", 100),
+        cg_target("outside", "qm/../etc"),
+    ];
+    let files = v2.memory_files(&t);
+    assert_eq!(
+        files,
+        vec![(
+            "coder-1".to_owned(),
+            f.root.join("sys/fs/cgroup/qm/coder-1/memory.current")
+        )],
+        "only cgroup targets, never outside the mount"
+    );
+    let mut probe = AgentMemoryProbe::default();
+    probe.set(files.clone());
+    let read = |p: &mut AgentMemoryProbe| {
+        let mut out = Vec::new();
+        p.read(|id, v| out.push((id.to_owned(), v)));
+        out
+    };
+    assert_eq!(read(&mut probe), [("coder-1".to_owned(), 4_096_000)]);
+    f.write("sys/fs/cgroup/qm/coder-1/memory.current", "5000000\n");
+    assert_eq!(read(&mut probe), [("coder-1".to_owned(), 5_000_000)]);
+    // a group that is not there (yet, or any more) is skipped
+    probe.set(vec![(
+        "gone".to_owned(),
+        f.root.join("sys/fs/cgroup/qm/gone/memory.current"),
+    )]);
+    assert_eq!(read(&mut probe), []);
+    assert_eq!(probe.len(), 1);
+    probe.set(files);
+    assert_eq!(read(&mut probe), [("coder-1".to_owned(), 5_000_000)]);
+
+    let f = Fixture::new("memprobe-v1");
+    v1_cgroup(&f, "cpu,cpuacct", "qm/a", 1, 0);
+    let mut v1 = AgentCollector::new(&f.paths());
+    let t = [cg_target("a", "qm/a")];
+    probe.set(v1.memory_files(&t));
+    let collected = v1.collect(&t, Instant::now()).remove(0).memory_bytes;
+    assert_eq!(read(&mut probe), [("a".to_owned(), 8192)]);
+    assert_eq!(collected, Some(8192));
 }
 
 #[test]

@@ -512,13 +512,26 @@ impl Drop for Groups {
 /// a cgroup parent of its own, for the pressure scenarios; `extra` is added to `[pressure]`.
 /// Bind as `let (_groups, d)`: the daemon is dropped first, then the groups are cleared.
 fn pressure_daemon(tag: &str, dwell_s: f64, extra: &str) -> (Groups, Daemon) {
+    pressure_daemon_every(tag, 0.2, 0.2, dwell_s, extra)
+}
+
+/// [`pressure_daemon`] collecting the host every `interval_s` and the agents every
+/// `agent_interval_s`.
+fn pressure_daemon_every(
+    tag: &str,
+    interval_s: f64,
+    agent_interval_s: f64,
+    dwell_s: f64,
+    extra: &str,
+) -> (Groups, Daemon) {
     let parent = format!("qm-it-{tag}-{}", std::process::id());
     let dir = temp_dir(tag);
     let config = dir.join("qm.toml");
     std::fs::write(
         &config,
         format!(
-            "[agents]\ncgroup_parent = \"{parent}\"\n[monitor]\ninterval_s = 0.2\nagent_interval_s = 0.2\n\
+            "[agents]\ncgroup_parent = \"{parent}\"\n[monitor]\ninterval_s = {interval_s}\n\
+             agent_interval_s = {agent_interval_s}\n\
              [alerts]\ndefault_rules = false\n[pressure]\nmin_dwell_s = {dwell_s}\n{extra}"
         ),
     )
@@ -553,12 +566,21 @@ fn holder(d: &Daemon, name: &str, mib: u32, request: &str, priority: i64) {
 
 /// A low-priority agent that grows 10 MiB every 0.1 s, up to 1.2 GiB.
 fn leaker(d: &Daemon, name: &str) {
+    leaker_at(d, name, 0, 100);
+}
+
+/// A low-priority agent that takes `start_mib` at once, then grows `mib_per_s` (a tenth of it
+/// every 0.1 s) up to 1.2 GiB.
+fn leaker_at(d: &Daemon, name: &str, start_mib: u32, mib_per_s: u32) {
+    let step = mib_per_s * 1024 * 1024 / 10;
     let r = d.post(
         "/v1/agents",
         &json!({
             "name": name,
-            "command": ["python3", "-c",
-                "import time\nl = []\nwhile len(l) < 120:\n    l.append(b'x' * (10 * 1024 * 1024))\n    time.sleep(0.1)\ntime.sleep(600)"],
+            "command": ["python3", "-c", format!(
+                "import time\nl = [b'x' * ({start_mib} * 1024 * 1024)]\n\
+                 while len(l) * {step} < 1200 * 1024 * 1024:\n    l.append(b'x' * {step})\n    \
+                 time.sleep(0.1)\ntime.sleep(600)")],
             "resources": { "cpu": "100m", "memory": "64Mi" },
             "priority": 100,
             "restart": "never",
@@ -594,15 +616,17 @@ fn check_eviction(d: &Daemon, evicted: &Value, leaker: &str, keeper: &str) {
     });
 }
 
-#[test]
-fn a_leaking_low_priority_agent_is_forecast_and_evicted_before_the_node_runs_out() {
+/// A leak of `mib_per_s` from `start_mib` beside an important agent, collected at the
+/// defaults (the host every second, the agents every 5 s): the fast path's readings under
+/// pressure forecast it, and it is evicted at warning, before critical.
+fn leak_evicted_at_warning(tag: &str, start_mib: u32, mib_per_s: u32) {
     if !can_confine() {
         return;
     }
-    let (_groups, d) = pressure_daemon("evict", 0.5, "");
+    let (_groups, d) = pressure_daemon_every(tag, 1.0, 5.0, 0.5, "");
     holder(&d, "keeper-f", 300, "400Mi", 900);
     std::thread::sleep(Duration::from_secs(2));
-    leaker(&d, "leaker-f");
+    leaker_at(&d, "leaker-f", start_mib, mib_per_s);
     // the leak is forecast: /v1/pressure shows the leaker heading for exhaustion
     let mut forecast = None;
     let evicted = eventually("the leaker's eviction", 40, || {
@@ -623,18 +647,41 @@ fn a_leaking_low_priority_agent_is_forecast_and_evicted_before_the_node_runs_out
     );
     let reason = evicted["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("forecast to exhaust"), "{evicted}");
+    assert!(
+        reason.contains("under warning memory pressure"),
+        "{evicted}"
+    );
     check_eviction(&d, &evicted, "leaker-f", "keeper-f");
     let p = d.get("/v1/pressure").body;
     let r = &p["responder"];
     assert_eq!(
-        r["evictions_critical"].as_u64().unwrap_or(0)
-            + r["evictions_forecast"].as_u64().unwrap_or(0),
-        1,
-        "one eviction, no more than needed: {p}"
+        (
+            r["evictions_forecast"].as_u64(),
+            r["evictions_critical"].as_u64()
+        ),
+        (Some(1), Some(0)),
+        "one eviction, on the forecast, before critical: {p}"
+    );
+    let (_, m) = d.get_text("/metrics");
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("qm_monitor_agent_probes_total ") && !l.ends_with(" 0")),
+        "the agents were read between collections"
     );
     assert_eq!(d.delete("/v1/agents/keeper-f?grace_s=1").status, 200);
     eventually("keeper stopped", 10, || state_is(&d, "keeper-f", "stopped"));
     d.stop();
+}
+
+#[test]
+fn a_leak_of_10_mib_per_s_is_forecast_and_evicted_at_warning() {
+    leak_evicted_at_warning("leak10", 400, 10);
+}
+
+#[test]
+fn a_leak_of_50_mib_per_s_is_forecast_and_evicted_at_warning() {
+    // warning to critical in about 3 s
+    leak_evicted_at_warning("leak50", 300, 50);
 }
 
 #[test]
