@@ -44,6 +44,7 @@ fn world() -> &'static World {
             retention: Duration::from_secs(3600),
             monitor: None,
             admin_token_sha256: Some(qm_runtime::tokens::digest(&admin_token)),
+            clock: qm_runtime::clock::system(),
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

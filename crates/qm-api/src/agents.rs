@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use qm_proto::FleetDoc;
 #[allow(unused_imports, reason = "the OpenAPI annotations name these types")]
-use qm_proto::{AgentDoc, Problem};
+use qm_proto::{AgentDoc, AgentState, Problem};
 use qm_proto::{AgentList, AgentSpec, FleetList, FleetSpec, MetricPush, decode, to_json};
 use qm_runtime::Engine;
 use qm_runtime::agents::Supervisor;
@@ -108,7 +108,7 @@ pub(crate) async fn create_agent(
     if !caller.sees_secrets() {
         doc.spec.redact();
     }
-    let status = if doc.state == "pending" {
+    let status = if doc.state == AgentState::Pending {
         StatusCode::ACCEPTED
     } else {
         StatusCode::CREATED

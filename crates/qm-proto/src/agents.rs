@@ -247,6 +247,60 @@ impl AgentSpec {
     }
 }
 
+/// Where an agent is in its life.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentState {
+    /// Waiting for admission.
+    #[default]
+    Pending,
+    /// Admitted; its process is being made.
+    Starting,
+    Running,
+    /// Waiting to restart.
+    Backoff,
+    /// Ended by itself and not restarted.
+    Exited,
+    /// Could not start, or ended badly and not restarted.
+    Failed,
+    /// Stopped by the pressure responder (or its allocation preempted, expired or lost).
+    Evicted,
+    /// Stopped on request.
+    Stopped,
+}
+
+impl AgentState {
+    /// The state as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Pending => "pending",
+            AgentState::Starting => "starting",
+            AgentState::Running => "running",
+            AgentState::Backoff => "backoff",
+            AgentState::Exited => "exited",
+            AgentState::Failed => "failed",
+            AgentState::Evicted => "evicted",
+            AgentState::Stopped => "stopped",
+        }
+    }
+
+    /// Whether the agent has not ended: pending, starting, running or waiting to restart.
+    pub fn is_live(self) -> bool {
+        matches!(
+            self,
+            AgentState::Pending | AgentState::Starting | AgentState::Running | AgentState::Backoff
+        )
+    }
+}
+
+impl std::fmt::Display for AgentState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An agent as the API shows it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AgentDoc {
@@ -257,9 +311,7 @@ pub struct AgentDoc {
     /// The root process's start time in clock ticks after boot: with the pid, it identifies
     /// the process across pid reuse (a restarted daemon re-adopts by both).
     pub start_ticks: Option<u64>,
-    /// `pending` (waiting for admission), `starting`, `running`, `backoff` (waiting to
-    /// restart), `exited`, `failed`, `evicted`, `stopped`.
-    pub state: String,
+    pub state: AgentState,
     /// Spawned by quartermaster, or adopted.
     pub adopted: bool,
     pub allocation: Option<String>,

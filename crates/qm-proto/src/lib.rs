@@ -12,8 +12,8 @@ mod time;
 mod types;
 
 pub use agents::{
-    AgentDoc, AgentList, AgentSpec, AutoscaleWire, FleetDoc, FleetList, FleetSpec, HealthWire,
-    LogsDoc, MetricPush, REDACTED, valid_name,
+    AgentDoc, AgentList, AgentSpec, AgentState, AutoscaleWire, FleetDoc, FleetList, FleetSpec,
+    HealthWire, LogsDoc, MetricPush, REDACTED, valid_name,
 };
 pub use decode::{DecodeError, decode};
 pub use monitor::{

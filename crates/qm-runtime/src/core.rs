@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use qm_core::{
     AllocId, Decision, Event, Ledger, LiveError, NodeError, NodeSpec, PoolError, PoolSpec, Request,
@@ -60,13 +60,8 @@ pub(crate) struct Core {
     last_probe: Instant,
     /// The local node's registration, when the disk was full at start (redone once it is not).
     local_pending: Option<NodeSpec>,
-}
-
-fn now() -> Timestamp {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    Timestamp::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+    /// What "now" is.
+    clock: Arc<dyn crate::clock::Clock>,
 }
 
 fn field(field: &str, message: impl Into<String>) -> EngineError {
@@ -93,7 +88,7 @@ impl Core {
             .map_err(|e| StartError::Strategy(e.to_string()))?;
         let ledger = Ledger::restore(Box::new(policy), config.ledger.clone(), snapshot)
             .map_err(|e| StartError::State(e.to_string()))?;
-        let t = now();
+        let t = config.clock.now();
         let nodes = kinds
             .into_iter()
             .map(|(name, kind, ttl)| {
@@ -128,6 +123,7 @@ impl Core {
             health: Arc::new(StoreHealth::default()),
             last_probe: Instant::now(),
             local_pending: None,
+            clock: Arc::clone(&config.clock),
         };
         let mut spec = NodeSpec::new(&config.node_name, config.capacity.clone());
         spec.allocatable = config.allocatable.clone();
@@ -240,7 +236,7 @@ impl Core {
             self.probe();
             return;
         }
-        let t = now();
+        let t = self.clock.now();
         if self.last_prune.elapsed() >= Duration::from_secs(600) {
             self.last_prune = Instant::now();
             let keep_ms = u64::try_from(self.retention.as_millis()).unwrap_or(u64::MAX);
@@ -313,7 +309,7 @@ impl Core {
         want: Option<AllocId>,
     ) -> (Vec<Op>, Option<AllocationDoc>) {
         let events = self.ledger.take_events();
-        let t = now();
+        let t = self.clock.now();
         let st = self.ledger.state();
         self.pending
             .extend(events.iter().filter_map(|e| EventDoc::of(e, st, t)));
@@ -445,7 +441,7 @@ impl Core {
                 return;
             }
         }
-        let t = now();
+        let t = self.clock.now();
         if dry_run {
             let _ = tx.send(self.dry_run(t, req));
             return;
@@ -625,7 +621,7 @@ impl Core {
             let _ = tx.send(Err(e));
             return;
         }
-        let t = now();
+        let t = self.clock.now();
         if self.ledger.release(t, id).is_none() {
             // Not live: answer once earlier writes are durable, so the store has its end.
             self.commit(Vec::new(), None, tx);
@@ -645,7 +641,7 @@ impl Core {
             let _ = tx.send(Err(e));
             return;
         }
-        let t = now();
+        let t = self.clock.now();
         if self.ledger.evict(t, id, reason).is_err() {
             // not live (or only queued): nothing to evict
             self.commit(Vec::new(), None, tx);
@@ -665,7 +661,7 @@ impl Core {
             let _ = tx.send(Err(e));
             return;
         }
-        let t = now();
+        let t = self.clock.now();
         match self.ledger.renew(t, id, ttl_ms) {
             Ok(_) => {
                 let Some(alloc) = self.ledger.state().alloc(id) else {
@@ -800,7 +796,7 @@ impl Core {
                 return;
             }
         };
-        let t = now();
+        let t = self.clock.now();
         if ledger.state().node_by_name(&self.local).is_none()
             && let Err(e) = ledger.register_node(t, self.local_spec.clone())
         {
@@ -884,7 +880,7 @@ impl Core {
             let _ = tx.send(Err(e));
             return;
         }
-        let t = now();
+        let t = self.clock.now();
         let name = spec.name.clone();
         match self.ledger.register_node(t, spec) {
             Ok(_) => {
@@ -938,7 +934,7 @@ impl Core {
             ))));
             return;
         };
-        match self.ledger.remove_node(now(), name, force) {
+        match self.ledger.remove_node(self.clock.now(), name, force) {
             Ok(_) => {
                 self.nodes.remove(name);
                 let mut ops = self.changes(&[]);
@@ -960,7 +956,7 @@ impl Core {
         usage: Option<qm_core::Resources>,
         tx: oneshot::Sender<Result<NodeDoc, EngineError>>,
     ) {
-        let t = now();
+        let t = self.clock.now();
         let ready = self
             .ledger
             .state()
@@ -1017,7 +1013,7 @@ impl Core {
         let result = if create {
             self.ledger.create_pool(spec).map(|_| ())
         } else {
-            self.ledger.update_pool(now(), spec)
+            self.ledger.update_pool(self.clock.now(), spec)
         };
         match result {
             Ok(()) => {

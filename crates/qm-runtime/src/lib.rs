@@ -5,6 +5,7 @@
 
 pub mod agents;
 pub mod audit;
+pub mod clock;
 mod core;
 pub mod events;
 pub mod metrics;
@@ -56,6 +57,8 @@ pub struct EngineConfig {
     /// SHA-256 of the bootstrap admin token (the admin token file's content); None accepts
     /// only the tokens in the store.
     pub admin_token_sha256: Option<[u8; 32]>,
+    /// What "now" is for leases, heartbeats and expiry ([`clock::system`] but in tests).
+    pub clock: Arc<dyn clock::Clock>,
 }
 
 /// Wall-clock time in unix milliseconds (history, alerts, agents' timestamps).

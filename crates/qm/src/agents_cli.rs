@@ -124,10 +124,6 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     }
 }
 
-fn live(state: &str) -> bool {
-    matches!(state, "pending" | "starting" | "running" | "backoff")
-}
-
 fn dash<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
@@ -176,7 +172,7 @@ fn agent_detail(out: &mut impl Write, a: &AgentDoc) -> std::io::Result<()> {
     });
     let rows: [(&str, String); 17] = [
         ("id", a.id.clone()),
-        ("state", a.state.clone()),
+        ("state", a.state.to_string()),
         ("reason", dash(a.reason.as_ref())),
         ("pid", dash(a.pid)),
         ("adopted", a.adopted.to_string()),
@@ -275,7 +271,7 @@ fn spawn_spec(a: SpawnArgs) -> AgentSpec {
 /// Polls until the agent has ended or `within` has passed; answers its last state.
 fn wait_ended(c: &Client, mut doc: AgentDoc, within: Duration) -> Result<AgentDoc, ClientError> {
     let deadline = Instant::now() + within;
-    while live(&doc.state) && Instant::now() < deadline {
+    while doc.state.is_live() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
         doc = c.agent(&doc.id)?;
     }
@@ -325,7 +321,7 @@ pub(crate) fn agents(
             } else {
                 agents_table(out, std::slice::from_ref(&doc))?;
             }
-            if !no_wait && live(&doc.state) {
+            if !no_wait && doc.state.is_live() {
                 return Err(Failure {
                     code: 1,
                     message: format!("agent {id} has not ended yet (state {})", doc.state),
@@ -525,7 +521,7 @@ fn execute(c: &Client, plan: Plan) -> Result<Vec<Outcome>, Failure> {
         let existing = c.agents()?;
         for spec in &plan.agents {
             let r = match existing.iter().find(|a| a.name == spec.name) {
-                Some(a) if live(&a.state) => Ok(format!("unchanged ({})", a.state)),
+                Some(a) if a.state.is_live() => Ok(format!("unchanged ({})", a.state)),
                 _ => c.create_agent(spec).map(|(status, doc)| match status {
                     202 => format!("created ({})", doc.state),
                     _ => "created".to_owned(),
@@ -752,7 +748,7 @@ target = 0.5
             id: "coder-1".into(),
             name: "coder-1".into(),
             pid: Some(4242),
-            state: "running".into(),
+            state: qm_proto::AgentState::Running,
             health: "healthy".into(),
             usage: Some(BTreeMap::from([
                 ("cpu".into(), "12m".into()),
@@ -762,7 +758,7 @@ target = 0.5
         };
         let b = AgentDoc {
             id: "coder-2".into(),
-            state: "pending".into(),
+            state: qm_proto::AgentState::Pending,
             health: "unknown".into(),
             reason: Some("waiting for admission".into()),
             ..AgentDoc::default()

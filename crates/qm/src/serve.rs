@@ -704,6 +704,7 @@ impl Settings {
             retention: Duration::from_secs(file.state.retention_s.unwrap_or(7 * 86_400)),
             monitor: None,
             admin_token_sha256: None,
+            clock: qm_runtime::clock::system(),
         };
         let pressure = thresholds(&file.pressure)?;
         let (psi, probe, responder) = pressure_settings(&file.pressure)?;

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use axum::http::Method;
-use qm_proto::{AgentDoc, FleetDoc};
+use qm_proto::{AgentDoc, AgentState, FleetDoc};
 use serde_json::{Value, json};
 
 use super::args::{ListAgentsArgs, ScaleFleetArgs, SpawnAgentArgs, StopAgentArgs, Wanted};
@@ -73,7 +73,7 @@ pub(crate) async fn spawn_agent(api: &Api<'_>, a: SpawnAgentArgs) -> Result<Repl
         .send(Method::POST, "/v1/agents", Some(Value::Object(body)))
         .await?;
     let doc: AgentDoc = typed(v)?;
-    let text = if doc.state == "pending" {
+    let text = if doc.state == AgentState::Pending {
         format!(
             "agent {} is pending: it waits in the pool's queue for its allocation",
             doc.id
@@ -93,7 +93,7 @@ pub(crate) async fn list_agents(api: &Api<'_>, a: ListAgentsArgs) -> Result<Repl
         .await?
         .items
         .into_iter()
-        .filter(|d| a.state.as_ref().is_none_or(|s| &d.state == s))
+        .filter(|d| a.state.as_ref().is_none_or(|s| d.state.as_str() == s))
         .filter(|d| a.fleet.is_none() || d.fleet == a.fleet)
         .collect();
     Ok(Reply::list("agents", &items, agent_line))
@@ -114,7 +114,7 @@ pub(crate) async fn stop_agent(api: &Api<'_>, a: StopAgentArgs) -> Result<Reply,
         .unwrap_or(10.0)
         .clamp(0.0, 60.0);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs_f64(grace + 5.0);
-    while doc.state == "running" && tokio::time::Instant::now() < deadline {
+    while doc.state == AgentState::Running && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         doc = api.get(&format!("/v1/agents/{}", encode(&a.id))).await?;
     }

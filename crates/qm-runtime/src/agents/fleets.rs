@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use qm_proto::{AgentSpec, FieldProblem, FleetDoc, FleetSpec, from_json};
+use qm_proto::{AgentSpec, AgentState, FieldProblem, FleetDoc, FleetSpec, from_json};
 use qm_store::{Batch, Op};
 
 use super::logic::autoscale::{AutoscaleSpec, Autoscaler, Metric};
@@ -113,7 +113,7 @@ impl Supervisor {
             a.values()
                 .filter(|a| {
                     a.doc.fleet.as_deref() == Some(&doc.name)
-                        && a.doc.state == "running"
+                        && a.doc.state == AgentState::Running
                         && a.doc.health != "unhealthy"
                 })
                 .count() as u32
@@ -296,7 +296,9 @@ impl Supervisor {
             .lock()
             .ok()?
             .values()
-            .filter(|a| a.doc.fleet.as_deref() == Some(&f.doc.name) && a.doc.state == "running")
+            .filter(|a| {
+                a.doc.fleet.as_deref() == Some(&f.doc.name) && a.doc.state == AgentState::Running
+            })
             .map(|a| a.doc.id.clone())
             .collect();
         let values: Vec<f64> = members
@@ -373,9 +375,9 @@ impl Supervisor {
             return;
         };
         // (id, state, generation) of live members, oldest first
-        let members: Vec<(String, String, u64)> = match self.inner.agents.lock() {
+        let members: Vec<(String, AgentState, u64)> = match self.inner.agents.lock() {
             Ok(a) => {
-                let mut m: Vec<(String, String, u64)> = a
+                let mut m: Vec<(String, AgentState, u64)> = a
                     .values()
                     .filter(|a| a.live() && a.doc.fleet.as_deref() == Some(name))
                     .map(|a| {
@@ -387,7 +389,7 @@ impl Supervisor {
                             .and_then(|l| l.get(GENERATION))
                             .and_then(|g| g.parse().ok())
                             .unwrap_or(0);
-                        (a.doc.id.clone(), a.doc.state.clone(), g)
+                        (a.doc.id.clone(), a.doc.state, g)
                     })
                     .collect();
                 m.sort_by_key(|(id, _, _)| {
@@ -437,7 +439,7 @@ impl Supervisor {
             for (id, _, _) in members.iter().rev().take(members.len() - wanted) {
                 let _ = self.stop(id, None).await;
             }
-        } else if members.iter().all(|(_, s, _)| s == "running")
+        } else if members.iter().all(|(_, s, _)| *s == AgentState::Running)
             && let Some((old, _, _)) = members.iter().find(|(_, _, g)| *g < generation)
         {
             // roll: one member of an older template at a time

@@ -36,10 +36,7 @@ impl Supervisor {
                 name: a.name.clone(),
                 reason: reason.to_owned(),
             };
-            if !matches!(
-                a.state.as_str(),
-                "pending" | "starting" | "running" | "backoff"
-            ) {
+            if !a.state.is_live() {
                 report
                     .left
                     .push(left(&format!("it had ended ({})", a.state)));
@@ -57,12 +54,7 @@ impl Supervisor {
                 ));
                 continue;
             }
-            if self.get(&a.name).is_some_and(|d| {
-                matches!(
-                    d.state.as_str(),
-                    "pending" | "starting" | "running" | "backoff"
-                )
-            }) {
+            if self.get(&a.name).is_some_and(|d| d.state.is_live()) {
                 report.left.push(left("it runs here already"));
                 continue;
             }

@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use qm_cgroup::CgroupDriver;
 use qm_core::AllocId;
-use qm_proto::{AgentDoc, AgentSpec, EventDoc, FieldProblem, LogsDoc, format_rfc3339, from_json};
+use qm_proto::{
+    AgentDoc, AgentSpec, AgentState, EventDoc, FieldProblem, LogsDoc, format_rfc3339, from_json,
+};
 use qm_store::{Batch, Op};
 use rustix::process::Signal;
 use tokio::sync::mpsc;
@@ -113,7 +115,7 @@ struct Agent {
     /// OOM kills the cgroup had counted when this run started.
     oom_before: u64,
     /// Set when asked to stop: the state it ends in, and why.
-    stopping: Option<(&'static str, String)>,
+    stopping: Option<(AgentState, String)>,
     restart_at: Option<u64>,
     grace: Duration,
     /// Limits, OOM score and QoS from the agent's request (known at admission).
@@ -127,10 +129,7 @@ type Confinement = (qm_cgroup::Limits, Option<i32>, String);
 
 impl Agent {
     fn live(&self) -> bool {
-        matches!(
-            self.doc.state.as_str(),
-            "pending" | "starting" | "running" | "backoff"
-        )
+        self.doc.state.is_live()
     }
 }
 
@@ -317,10 +316,7 @@ impl Supervisor {
         let mut batch = Batch::default();
         let mut ended_names = Vec::new();
         for d in docs {
-            let live = matches!(
-                d.state.as_str(),
-                "pending" | "starting" | "running" | "backoff"
-            );
+            let live = d.state.is_live();
             if !live {
                 ended_names.push(d.name.clone());
             }
@@ -364,7 +360,7 @@ impl Supervisor {
             .map(|a| a.values().map(|a| a.doc.clone()).collect::<Vec<_>>());
         let mut docs = agents.unwrap_or_default();
         for d in &mut docs {
-            if d.state == "running" {
+            if d.state == AgentState::Running {
                 d.usage = self.usage(&d.id);
             }
         }
@@ -374,7 +370,7 @@ impl Supervisor {
     /// One agent.
     pub fn get(&self, id: &str) -> Option<AgentDoc> {
         let mut doc = self.inner.agents.lock().ok()?.get(id)?.doc.clone();
-        if doc.state == "running" {
+        if doc.state == AgentState::Running {
             doc.usage = self.usage(id);
         }
         Some(doc)
@@ -583,7 +579,7 @@ impl Supervisor {
         let doc = AgentDoc {
             id: spec.name.clone(),
             name: spec.name.clone(),
-            state: "pending".to_owned(),
+            state: AgentState::Pending,
             adopted: spec.pid.is_some(),
             allocation: Some(alloc_id.clone()),
             health: "unknown".to_owned(),
@@ -620,7 +616,7 @@ impl Supervisor {
             self.persist(vec![doc]).await?;
         }
         let doc = self.get(&id).ok_or(EngineError::Stopped)?;
-        if doc.state == "failed" {
+        if doc.state == AgentState::Failed {
             // nothing runs: give the capacity and the cgroup back
             self.release(&doc).await;
             if doc.cgroup.is_some() {
@@ -768,9 +764,9 @@ impl Supervisor {
             let Some(a) = agents.get_mut(id) else {
                 return Ok(());
             };
-            let busy = a.doc.state == "starting";
+            let busy = a.doc.state == AgentState::Starting;
             if busy
-                || !matches!(a.doc.state.as_str(), "pending" | "backoff")
+                || !matches!(a.doc.state, AgentState::Pending | AgentState::Backoff)
                 || a.stopping.is_some()
             {
                 if !busy {
@@ -786,7 +782,7 @@ impl Supervisor {
                     .inner
                     .generations
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                a.doc.state = "starting".to_owned();
+                a.doc.state = AgentState::Starting;
                 Some(RunPlan {
                     group: a.group.take(),
                     generation: a.generation,
@@ -819,7 +815,9 @@ impl Supervisor {
         let recorded: Option<Option<&'static str>> = {
             let mut agents = self.inner.agents.lock().map_err(|_| EngineError::Stopped)?;
             let current = agents.get_mut(id).filter(|a| {
-                a.generation == generation && a.doc.state == "starting" && a.stopping.is_none()
+                a.generation == generation
+                    && a.doc.state == AgentState::Starting
+                    && a.stopping.is_none()
             });
             if let Some(a) = current {
                 a.doc.cgroup.clone_from(&run.cgroup);
@@ -830,7 +828,7 @@ impl Supervisor {
                     Ok(pid) => {
                         a.doc.pid = Some(pid);
                         a.doc.start_ticks = run::start_ticks(pid);
-                        a.doc.state = "running".to_owned();
+                        a.doc.state = AgentState::Running;
                         a.doc.reason = None;
                         a.doc.exit_code = None;
                         a.doc.signal = None;
@@ -854,7 +852,7 @@ impl Supervisor {
                         })
                     }
                     Err(reason) => {
-                        a.doc.state = "failed".to_owned();
+                        a.doc.state = AgentState::Failed;
                         a.doc.reason = Some(reason);
                         a.doc.ended_at = Some(format_rfc3339(now));
                         None
@@ -883,7 +881,9 @@ impl Supervisor {
     async fn until_started(&self, id: &str) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::time::Instant::now() < deadline
-            && self.get(id).is_some_and(|d| d.state == "starting")
+            && self
+                .get(id)
+                .is_some_and(|d| d.state == AgentState::Starting)
         {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -1102,15 +1102,20 @@ impl Supervisor {
     /// period (or `grace`); it ends `stopped`, its allocation released. A pending agent's
     /// request is cancelled.
     pub async fn stop(&self, id: &str, grace: Option<Duration>) -> Result<AgentDoc, AgentError> {
-        self.stop_as(id, grace, "stopped", "stopped on request".to_owned())
-            .await
+        self.stop_as(
+            id,
+            grace,
+            AgentState::Stopped,
+            "stopped on request".to_owned(),
+        )
+        .await
     }
 
     async fn stop_as(
         &self,
         id: &str,
         grace: Option<Duration>,
-        state: &'static str,
+        state: AgentState,
         reason: String,
     ) -> Result<AgentDoc, AgentError> {
         let pending = {
@@ -1122,8 +1127,8 @@ impl Supervisor {
                 return Ok(a.doc.clone());
             }
             a.stopping = Some((state, reason.clone()));
-            match (a.doc.state.as_str(), a.doc.pid) {
-                ("running", Some(pid)) => {
+            match (a.doc.state, a.doc.pid) {
+                (AgentState::Running, Some(pid)) => {
                     run::signal_group(pid, Signal::TERM);
                     if let Some(Ok(pids)) = self.cg(id, |d, g| d.procs(g)) {
                         run::signal_each(&pids, Signal::TERM);
@@ -1152,7 +1157,7 @@ impl Supervisor {
         let pid = self.inner.agents.lock().ok().and_then(|agents| {
             agents
                 .get(id)
-                .filter(|a| a.generation == generation && a.doc.state == "running")
+                .filter(|a| a.generation == generation && a.doc.state == AgentState::Running)
                 .and_then(|a| a.doc.pid)
         });
         if let Some(pid) = pid {
@@ -1172,7 +1177,7 @@ impl Supervisor {
     async fn finish(
         &self,
         id: &str,
-        state: &str,
+        state: AgentState,
         reason: Option<String>,
         event: Option<&str>,
     ) -> Result<(), AgentError> {
@@ -1181,7 +1186,7 @@ impl Supervisor {
             let Some(a) = agents.get_mut(id) else {
                 return Ok(());
             };
-            a.doc.state = state.to_owned();
+            a.doc.state = state;
             if reason.is_some() {
                 a.doc.reason = reason.clone();
             }
@@ -1201,7 +1206,7 @@ impl Supervisor {
                 .and_then(|a| a.parse::<AllocId>().ok()),
         ) {
             // under pressure the allocation ends `evicted` too
-            ("evicted", Some(alloc))
+            (AgentState::Evicted, Some(alloc))
                 if reason.as_deref().is_some_and(|r| r.contains("pressure")) =>
             {
                 let _ = self
@@ -1242,7 +1247,7 @@ impl Supervisor {
             let Some(a) = agents.get_mut(id) else {
                 return Ok(());
             };
-            if a.generation != generation || a.doc.state != "running" {
+            if a.generation != generation || a.doc.state != AgentState::Running {
                 return Ok(());
             }
             let (code, signal) = match a.child.as_mut().map(std::process::Child::wait) {
@@ -1283,7 +1288,7 @@ impl Supervisor {
             let stopping = a.stopping.take();
             match decision {
                 Decision::Restart { at, .. } if stopping.is_none() && a.doc.spec.pid.is_none() => {
-                    a.doc.state = "backoff".to_owned();
+                    a.doc.state = AgentState::Backoff;
                     a.restart_at = Some(at);
                     a.doc.next_restart_at = Some(format_rfc3339(at));
                 }
@@ -1292,14 +1297,14 @@ impl Supervisor {
             (stopping, kind, a.doc.clone())
         };
         self.untrack(id);
-        if doc.state == "backoff" {
+        if doc.state == AgentState::Backoff {
             self.persist(vec![doc.clone()]).await?;
             self.publish("agent.exited", &doc, doc.reason.clone());
             return Ok(());
         }
         match stopping {
             Some((state, why)) => {
-                let event = if state == "evicted" {
+                let event = if state == AgentState::Evicted {
                     "agent.evicted"
                 } else {
                     "agent.exited"
@@ -1308,9 +1313,9 @@ impl Supervisor {
             }
             None => {
                 let state = if kind == ExitKind::Success {
-                    "exited"
+                    AgentState::Exited
                 } else {
-                    "failed"
+                    AgentState::Failed
                 };
                 self.finish(id, state, doc.reason.clone(), Some("agent.exited"))
                     .await
@@ -1336,10 +1341,10 @@ impl Supervisor {
         }
         if let Ok(mut agents) = self.inner.agents.lock() {
             for a in agents.values_mut() {
-                if a.doc.state == "backoff" && a.restart_at.is_some_and(|t| t <= now) {
+                if a.doc.state == AgentState::Backoff && a.restart_at.is_some_and(|t| t <= now) {
                     due.push(a.doc.id.clone());
                 }
-                if a.doc.state == "running" {
+                if a.doc.state == AgentState::Running {
                     if rotate {
                         self.logs(&a.doc.id).rotate(self.inner.config.log_max_bytes);
                     }
@@ -1386,7 +1391,7 @@ impl Supervisor {
         let running: Vec<(String, u64)> = match self.inner.agents.lock() {
             Ok(agents) => agents
                 .values()
-                .filter(|a| a.doc.state == "running" && a.doc.cgroup.is_some())
+                .filter(|a| a.doc.state == AgentState::Running && a.doc.cgroup.is_some())
                 .map(|a| (a.doc.id.clone(), a.generation))
                 .collect(),
             Err(_) => return,
@@ -1448,7 +1453,7 @@ impl Supervisor {
                 return;
             };
             a.probing = false;
-            if a.doc.state != "running" {
+            if a.doc.state != AgentState::Running {
                 return;
             }
             a.health.as_mut().and_then(|h| h.record(now_ms(), result))
@@ -1504,13 +1509,13 @@ impl Supervisor {
             agents
                 .values()
                 .find(|a| a.live() && a.doc.allocation.as_ref() == Some(alloc))
-                .map(|a| (a.doc.id.clone(), a.doc.state.clone()))
+                .map(|a| (a.doc.id.clone(), a.doc.state))
         });
         let Some((id, state)) = found else {
             return;
         };
         match e.kind.as_str() {
-            "allocation.granted" if state == "pending" => {
+            "allocation.granted" if state == AgentState::Pending => {
                 if let Err(error) = self.launch(&id).await {
                     tracing::warn!(%error, agent = %id, "launch failed");
                 }
@@ -1527,7 +1532,7 @@ impl Supervisor {
                         .map(|r| format!(": {r}"))
                         .unwrap_or_default()
                 );
-                let _ = self.stop_as(&id, None, "evicted", why).await;
+                let _ = self.stop_as(&id, None, AgentState::Evicted, why).await;
             }
             _ => {}
         }
@@ -1621,8 +1626,8 @@ impl Supervisor {
                 group: None,
                 doc,
             };
-            match a.doc.state.as_str() {
-                "running" | "starting" => match a.doc.pid {
+            match a.doc.state {
+                AgentState::Running | AgentState::Starting => match a.doc.pid {
                     Some(pid) if run::pidfd(pid, a.doc.start_ticks).is_some() => {
                         self.watch(id, pid, a.doc.start_ticks, a.generation);
                         self.track(&a);
@@ -1633,10 +1638,10 @@ impl Supervisor {
                     }
                     _ => ended.push(id.clone()),
                 },
-                "backoff" => {
+                AgentState::Backoff => {
                     a.restart_at = Some(now_ms());
                 }
-                "pending" => to_launch.push(id.clone()),
+                AgentState::Pending => to_launch.push(id.clone()),
                 _ => {}
             }
             if let Ok(mut agents) = self.inner.agents.lock() {

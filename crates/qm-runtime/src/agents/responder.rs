@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use qm_cgroup::Limits;
 use qm_pressure::{Candidate, Level, Qos};
+use qm_proto::AgentState;
 
 use super::{Supervisor, now_ms};
 use crate::monitor::pressure::{Eviction, LeakWatch, PressureReport};
@@ -111,7 +112,7 @@ impl Supervisor {
         };
         agents
             .values()
-            .filter(|a| a.doc.state == "running" && a.stopping.is_none())
+            .filter(|a| a.doc.state == AgentState::Running && a.stopping.is_none())
             .map(|a| {
                 let own = a.confinement.as_ref().map(|c| c.0);
                 let request = own.and_then(|l| l.memory_min).unwrap_or(0);
@@ -197,7 +198,10 @@ impl Supervisor {
     ) -> Option<(String, &'static str)> {
         // one victim at a time: the next is chosen once the last is gone
         let evicting = self.inner.agents.lock().ok()?.values().any(|a| {
-            a.doc.state == "running" && a.stopping.as_ref().is_some_and(|(s, _)| *s == "evicted")
+            a.doc.state == AgentState::Running
+                && a.stopping
+                    .as_ref()
+                    .is_some_and(|(s, _)| *s == AgentState::Evicted)
         });
         let mut state = self.inner.responder.lock().ok()?;
         if memory == Level::Ok
@@ -271,7 +275,12 @@ impl Supervisor {
         tracing::warn!(agent = %victim, %reason, "evicting");
         // its exit is recorded as `evicted` and published as `agent.evicted`
         let stopped = self
-            .stop_as(&victim, Some(config.grace), "evicted", reason.clone())
+            .stop_as(
+                &victim,
+                Some(config.grace),
+                AgentState::Evicted,
+                reason.clone(),
+            )
             .await;
         if stopped.is_err() {
             return None;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use qm_core::Ledger;
 use qm_store::{Batch, Op, StoreError};
 
-use super::{Core, NodeMeta, now};
+use super::{Core, NodeMeta};
 use crate::{EngineError, persist};
 
 /// How often a degraded engine tries a probe write.
@@ -92,7 +92,7 @@ impl Core {
         match rebuilt {
             Ok((ledger, kinds)) => {
                 self.ledger = ledger;
-                let t = now();
+                let t = self.clock.now();
                 let old = std::mem::take(&mut self.nodes);
                 for (name, kind, ttl) in kinds {
                     let last = old.get(&name).map_or(t, |m| m.last_heartbeat);
@@ -140,7 +140,7 @@ impl Core {
             return;
         }
         self.last_probe = Instant::now();
-        let at = now().as_millis().to_string();
+        let at = self.clock.now().as_millis().to_string();
         let ok = self
             .store
             .commit_wait(Batch {
@@ -156,7 +156,7 @@ impl Core {
         self.health.recovered();
         tracing::info!("the store takes writes again");
         if let Some(spec) = self.local_pending.take() {
-            let t = now();
+            let t = self.clock.now();
             match self.register_local(t, spec.clone()) {
                 Ok((_, _, batch)) => {
                     if let Err(e) = self.store.commit_wait(batch) {

@@ -642,7 +642,7 @@ fn leak_evicted_at_warning(tag: &str, start_mib: u32, mib_per_s: u32) {
     });
     let forecast = forecast.expect("a forecast for the leaker before its eviction");
     assert!(
-        forecast["trend_per_s"].as_f64().unwrap_or(0.0) > 10.0 * 1048576.0,
+        forecast["trend_per_s"].as_f64().unwrap_or(0.0) > 0.7 * f64::from(mib_per_s) * 1048576.0,
         "{forecast}"
     );
     let reason = evicted["reason"].as_str().unwrap_or_default();
