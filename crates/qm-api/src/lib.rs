@@ -11,6 +11,7 @@ pub mod mcp;
 pub mod metrics;
 mod monitoring;
 mod openapi;
+mod openapi_exact;
 mod routes;
 mod security;
 

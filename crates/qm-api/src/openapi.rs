@@ -157,11 +157,20 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// The document as JSON text.
-pub(crate) fn document() -> String {
-    ApiDoc::openapi()
-        .to_json()
-        .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()))
+/// The document as JSON text, made exact for a daemon with `catalog` (see
+/// `openapi_exact`); built once.
+pub(crate) fn document(catalog: &qm_core::ResourceCatalog) -> String {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| build(catalog)).clone()
+}
+
+fn build(catalog: &qm_core::ResourceCatalog) -> String {
+    let mut doc = match serde_json::to_value(ApiDoc::openapi()) {
+        Ok(v) => v,
+        Err(e) => return format!("{{\"error\":{:?}}}", e.to_string()),
+    };
+    crate::openapi_exact::tighten(&mut doc, catalog);
+    doc.to_string()
 }
 
 /// Swagger UI at `/docs`, reading the document this binary serves.
@@ -173,7 +182,8 @@ pub(crate) fn swagger_ui() -> SwaggerUi {
 mod tests {
     #[test]
     fn the_document_covers_the_routes_and_schemas() {
-        let doc: serde_json::Value = serde_json::from_str(&super::document()).unwrap();
+        let doc: serde_json::Value =
+            serde_json::from_str(&super::build(&qm_core::ResourceCatalog::default())).unwrap();
         assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
         for path in [
             "/v1/allocations",
@@ -195,6 +205,35 @@ mod tests {
             "StateDoc",
         ] {
             assert!(schemas[s].is_object(), "{s} missing");
+        }
+        // made exact: quantities of the catalog's resources, bounded; names with patterns;
+        // every path parameter declared; a name to create a pool, none to update one
+        let q = &schemas["Quantities"];
+        assert_eq!(q["additionalProperties"], false);
+        for r in ["cpu", "memory", "gpu"] {
+            assert!(q["properties"][r]["oneOf"].is_array(), "{r}: {q}");
+        }
+        assert_eq!(
+            schemas["AllocationRequest"]["properties"]["resources"]["$ref"],
+            "#/components/schemas/Quantities"
+        );
+        assert_eq!(
+            schemas["PoolCreate"]["required"],
+            serde_json::json!(["name"])
+        );
+        assert!(schemas["PoolUpdate"]["properties"]["name"].is_null());
+        for (path, method) in [
+            ("/v1/agents/{id}", "get"),
+            ("/v1/fleets/{name}", "get"),
+            ("/v1/pools/{name}", "put"),
+        ] {
+            let params = doc["paths"][path][method]["parameters"].as_array().unwrap();
+            assert!(
+                params
+                    .iter()
+                    .any(|p| p["in"] == "path" && p["required"] == true),
+                "{path}"
+            );
         }
         let post = &doc["paths"]["/v1/allocations"]["post"]["responses"];
         for status in ["201", "202", "409", "422"] {

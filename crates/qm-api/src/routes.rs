@@ -59,10 +59,13 @@ fn api_router(engine: Engine, agents: Option<qm_runtime::agents::Supervisor>) ->
         .route("/metrics", get(metrics))
         .route(
             "/openapi.json",
-            get(|c: Caller| async move {
-                c.allow(Operation::ReadDocs)?;
-                Ok::<_, ApiError>(json(StatusCode::OK, crate::openapi::document()))
-            }),
+            get(
+                |State(app): State<crate::agents::App>, c: Caller| async move {
+                    c.allow(Operation::ReadDocs)?;
+                    let doc = crate::openapi::document(app.engine.catalog());
+                    Ok::<_, ApiError>(json(StatusCode::OK, doc))
+                },
+            ),
         )
         .route(
             "/v1/tokens",

@@ -68,7 +68,8 @@ pub fn check_name(field: &str, name: &str, errors: &mut Vec<FieldError>) {
     }
 }
 
-/// Checks a label map: at most [`MAX_LABELS`] entries, keys 1 to 253 bytes, values at most 256.
+/// Checks a label map: at most [`MAX_LABELS`] entries, keys 1 to 253 characters, values at
+/// most 256, none with a control character.
 pub fn check_labels(field: &str, labels: &Labels, errors: &mut Vec<FieldError>) {
     if labels.len() > MAX_LABELS {
         errors.push(FieldError::new(
@@ -77,13 +78,13 @@ pub fn check_labels(field: &str, labels: &Labels, errors: &mut Vec<FieldError>) 
         ));
     }
     for (k, v) in labels {
-        if k.is_empty() || k.len() > 253 || k.chars().any(char::is_control) {
+        if k.is_empty() || k.chars().count() > 253 || k.chars().any(char::is_control) {
             errors.push(FieldError::new(
                 format!("{field}.{k}"),
                 "keys are 1 to 253 printable characters",
             ));
         }
-        if v.len() > 256 || v.chars().any(char::is_control) {
+        if v.chars().count() > 256 || v.chars().any(char::is_control) {
             errors.push(FieldError::new(
                 format!("{field}.{k}"),
                 "values are at most 256 printable characters",

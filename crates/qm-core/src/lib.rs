@@ -12,7 +12,9 @@ pub mod priority;
 pub mod quantity;
 pub mod resources;
 
-pub use allocation::{AllocState, Allocation, FieldError, Labels, Request, ValidationErrors};
+pub use allocation::{
+    AllocState, Allocation, FieldError, Labels, MAX_LABELS, Request, ValidationErrors,
+};
 pub use ids::{AllocId, NodeIdx, PoolIdx, Timestamp};
 pub use ledger::{
     AllocationRecord, Decision, Event, Ledger, LedgerConfig, LiveError, NodeError, PoolError,

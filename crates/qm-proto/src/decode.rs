@@ -77,3 +77,45 @@ fn strip_position(message: &str) -> String {
         None => message.to_owned(),
     }
 }
+
+/// An optional integer that may be written as a JSON number with no fraction (`163.0` is the
+/// integer 163, as JSON Schema counts it); a fraction, or a number out of `i64`'s range, is
+/// refused. For `#[serde(deserialize_with = "crate::decode::integer")]`.
+pub(crate) fn integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::Deserialize;
+    use serde::de::Error;
+    let v = Option::<serde_json::Number>::deserialize(d)?;
+    let Some(n) = v else { return Ok(None) };
+    if let Some(i) = n.as_i64() {
+        return Ok(Some(i));
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 => {
+            Ok(Some(f as i64))
+        }
+        _ => Err(D::Error::custom(format!("{n} is not an integer in range"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{AllocationRequest, PoolWrite};
+
+    #[test]
+    fn integers_may_be_written_with_a_zero_fraction_but_not_with_another() {
+        let pool: PoolWrite = crate::from_json(r#"{"name":"p","weight":163.0}"#).unwrap();
+        assert_eq!(pool.weight, Some(163));
+        let req: AllocationRequest =
+            crate::from_json(r#"{"agent":"a","resources":{},"priority":700}"#).unwrap();
+        assert_eq!(req.priority, Some(700));
+        for bad in ["163.5", "1e30", "\"7\""] {
+            let body = format!(r#"{{"weight":{bad}}}"#);
+            match super::decode::<PoolWrite>(body.as_bytes()) {
+                Err(super::DecodeError::Invalid(p)) => assert_eq!(p.field, "weight", "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        let none: PoolWrite = crate::from_json(r#"{"weight":null}"#).unwrap();
+        assert_eq!(none.weight, None);
+    }
+}

@@ -21,7 +21,7 @@ pub use monitor::{
     ResponderDoc, SampleDoc, SeriesDoc, SeriesListDoc, SeriesNameDoc, SignalDoc,
 };
 pub use problem::{FieldProblem, Problem};
-pub use resources::{WireResources, parse_resources, render_resources};
+pub use resources::{WireResources, max_quantity, parse_resources, render_resources};
 pub use security::{
     ActorDoc, AuditDoc, AuditEntryDoc, AuditList, ROLES, StoredToken, TokenCreated, TokenDoc,
     TokenList, TokenRequest, WhoAmI,

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use qm_core::quantity::Unit;
 use qm_core::{ResourceCatalog, Resources, quantity};
 use serde_json::Value;
 
@@ -10,6 +11,16 @@ use crate::problem::FieldProblem;
 
 /// A resource vector as a client writes it.
 pub type WireResources = BTreeMap<String, Value>;
+
+/// The most of one resource a request, node or pool may name, in base units: a million cores,
+/// an exbibyte, a billion of anything counted. More is an absurd quantity, refused.
+pub fn max_quantity(unit: Unit) -> u64 {
+    match unit {
+        Unit::Millicores => 1_000_000_000,
+        Unit::Bytes => 1 << 60,
+        Unit::Count => 1_000_000_000,
+    }
+}
 
 /// Parses a wire vector; errors name the field (`resources.memory`).
 pub fn parse_resources(
@@ -40,6 +51,16 @@ pub fn parse_resources(
             field: path.clone(),
             message: e.to_string(),
         })?;
+        let max = max_quantity(id.unit());
+        if amount > max {
+            return Err(FieldProblem {
+                field: path,
+                message: format!(
+                    "{text:?} is more than any node has (at most {})",
+                    quantity::format(id.unit(), max)
+                ),
+            });
+        }
         out.set(id, amount);
     }
     Ok(out)
@@ -92,7 +113,21 @@ mod tests {
             (r#"{"cpu": true}"#, "resources.cpu", "must be a quantity"),
             (r#"{"cpu": "0.0001"}"#, "resources.cpu", "finer than 1m"),
             (r#"{"memory": 1e30}"#, "resources.memory", "too large"),
+            (
+                r#"{"memory": "2Ei"}"#,
+                "resources.memory",
+                "more than any node has (at most 1Ei)",
+            ),
+            (r#"{"cpu": 1000001}"#, "resources.cpu", "at most 1000000"),
+            (r#"{"gpu": "2G"}"#, "resources.gpu", "at most 1000000000"),
         ];
+        // the most is allowed
+        let max = parse_resources(
+            &c,
+            "r",
+            &wire(r#"{"cpu": 1000000, "memory": "1Ei", "gpu": 1000000000}"#),
+        );
+        assert!(max.is_ok(), "{max:?}");
         for (json, field, message) in cases {
             let e = parse_resources(&c, "resources", &wire(json)).unwrap_err();
             assert_eq!(e.field, field, "{json}");

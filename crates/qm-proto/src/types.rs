@@ -48,7 +48,7 @@ pub struct AllocationRequest {
     pub limits: Option<WireResources>,
     #[serde(default)]
     pub pool: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::decode::integer")]
     pub priority: Option<i64>,
     #[serde(default)]
     pub priority_class: Option<String>,
@@ -393,7 +393,7 @@ pub struct PoolWrite {
     #[serde(default)]
     #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]+$")]
     pub name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::decode::integer")]
     #[schema(minimum = 1, maximum = 1000)]
     pub weight: Option<i64>,
     #[serde(default)]

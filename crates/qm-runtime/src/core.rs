@@ -683,10 +683,10 @@ impl Core {
                 ))));
             }
             Err(LiveError::NoLease(_)) => {
-                let _ = tx.send(Err(field(
-                    "ttl_s",
-                    "the allocation has no lease; give ttl_s to start one",
-                )));
+                // the request is well formed; the allocation's state refuses it
+                let _ = tx.send(Err(EngineError::Conflict(format!(
+                    "allocation {id} has no lease; give ttl_s to start one"
+                ))));
             }
             Err(LiveError::ZeroTtl) => {
                 let _ = tx.send(Err(field("ttl_s", "must be positive")));
