@@ -11,8 +11,8 @@ use axum::body::Body;
 use axum::http::Request;
 use qm_api::auth::{Operation, Owner, policy};
 use qm_api::{AuthConfig, AuthMode};
-use qm_runtime::tokens::{Principal, Role};
-use qm_runtime::{Engine, EngineConfig};
+use qm_engine::tokens::{Principal, Role};
+use qm_engine::{Engine, EngineConfig};
 use tower::ServiceExt;
 
 struct World {
@@ -43,8 +43,8 @@ fn world() -> &'static World {
             tick: Duration::from_millis(250),
             retention: Duration::from_secs(3600),
             monitor: None,
-            admin_token_sha256: Some(qm_runtime::tokens::digest(&admin_token)),
-            clock: qm_runtime::clock::system(),
+            admin_token_sha256: Some(qm_engine::tokens::digest(&admin_token)),
+            clock: qm_engine::clock::system(),
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

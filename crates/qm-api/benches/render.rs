@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use qm_api::metrics::{Format, render};
-use qm_runtime::metrics::Snapshot;
+use qm_engine::metrics::Snapshot;
 use qm_sys::Paths;
 use qm_sys::agent::{AgentCollector, Target};
 use qm_sys::host::HostCollector;

@@ -10,12 +10,12 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRef, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use qm_engine::Engine;
 use qm_proto::FleetDoc;
 #[allow(unused_imports, reason = "the OpenAPI annotations name these types")]
 use qm_proto::{AgentDoc, AgentState, Problem};
 use qm_proto::{AgentList, AgentSpec, FleetList, FleetSpec, MetricPush, decode, to_json};
-use qm_runtime::Engine;
-use qm_runtime::agents::Supervisor;
+use qm_supervisor::Supervisor;
 
 use crate::auth::{Caller, Operation};
 use crate::error::ApiError;
@@ -96,12 +96,12 @@ pub(crate) async fn create_agent(
     let root = spec
         .user
         .as_deref()
-        .is_some_and(qm_runtime::agents::is_root_user);
+        .is_some_and(qm_supervisor::is_root_user);
     if root {
         caller.allow(Operation::RunAsRoot)?;
     }
-    let by = qm_runtime::agents::Requester {
-        admin: caller.principal().role == qm_runtime::tokens::Role::Admin,
+    let by = qm_supervisor::Requester {
+        admin: caller.principal().role == qm_engine::tokens::Role::Admin,
         uid: caller.peer_uid(),
     };
     let mut doc = sup.create(spec, None, by).await?;
@@ -183,7 +183,7 @@ fn root_template(caller: &Caller, spec: &FleetSpec) -> Result<(), ApiError> {
         .template
         .user
         .as_deref()
-        .is_some_and(qm_runtime::agents::is_root_user)
+        .is_some_and(qm_supervisor::is_root_user)
     {
         caller.allow(Operation::RunAsRoot)?;
     }

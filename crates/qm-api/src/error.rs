@@ -2,8 +2,8 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use qm_engine::EngineError;
 use qm_proto::{DecodeError, FieldProblem, Problem};
-use qm_runtime::EngineError;
 
 /// An error answer.
 #[derive(Debug)]
@@ -117,14 +117,14 @@ impl From<EngineError> for ApiError {
     }
 }
 
-impl From<qm_runtime::agents::AgentError> for ApiError {
-    fn from(e: qm_runtime::agents::AgentError) -> Self {
+impl From<qm_supervisor::AgentError> for ApiError {
+    fn from(e: qm_supervisor::AgentError) -> Self {
         match e {
-            qm_runtime::agents::AgentError::Engine(e) => e.into(),
-            qm_runtime::agents::AgentError::Spawn(d) => {
+            qm_supervisor::AgentError::Engine(e) => e.into(),
+            qm_supervisor::AgentError::Spawn(d) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "spawn_failed", d)
             }
-            qm_runtime::agents::AgentError::Forbidden(d) => Self::forbidden(d),
+            qm_supervisor::AgentError::Forbidden(d) => Self::forbidden(d),
         }
     }
 }

@@ -10,8 +10,8 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
+use qm_engine::Engine;
 use qm_proto::{EventDoc, to_json};
-use qm_runtime::Engine;
 use serde::Deserialize;
 use tokio::sync::broadcast::{self, error::RecvError};
 

@@ -26,4 +26,4 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// The largest state document `POST /v1/state` accepts.
 pub const MAX_STATE_BODY: usize = 256 * 1024 * 1024;
 
-pub use qm_runtime::Engine;
+pub use qm_engine::Engine;

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use qm_runtime::metrics::{LATENCY_BUCKETS, Outcome, Snapshot};
+use qm_engine::metrics::{LATENCY_BUCKETS, Outcome, Snapshot};
 use qm_sys::metric::{Kind, Sample};
 
 /// Which exposition format.
@@ -278,7 +278,7 @@ pub fn render(s: &Snapshot, samples: &[Sample], agents: &[Sample], fmt: Format) 
 
 #[cfg(test)]
 mod tests {
-    use qm_runtime::metrics::{Counters, NodeAmounts};
+    use qm_engine::metrics::{Counters, NodeAmounts};
 
     use super::*;
 

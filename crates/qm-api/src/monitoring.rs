@@ -8,15 +8,15 @@ use std::collections::BTreeMap;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use qm_engine::Engine;
+use qm_monitor::history::Query as HistoryQuery;
+use qm_monitor::{Monitor, alert_doc};
 #[allow(unused_imports, reason = "the OpenAPI annotations name these types")]
 use qm_proto::{AlertDoc, Problem};
 use qm_proto::{
     AlertList, MetricsSnapshotDoc, QueryDoc, SampleDoc, SeriesDoc, SeriesListDoc, SeriesNameDoc,
     format_rfc3339, parse_rfc3339, to_json,
 };
-use qm_runtime::Engine;
-use qm_runtime::monitor::history::Query as HistoryQuery;
-use qm_runtime::monitor::{Monitor, alert_doc};
 use qm_sys::metric::Kind;
 
 use crate::auth::{Caller, Operation};
@@ -191,7 +191,7 @@ pub(crate) async fn query(
             })
             .transpose()
     };
-    let to = time("to")?.unwrap_or_else(qm_runtime::unix_ms);
+    let to = time("to")?.unwrap_or_else(qm_engine::unix_ms);
     let from = match (time("from")?, params.get("since_s")) {
         (Some(_), Some(_)) => {
             return Err(ApiError::field("since_s", "give since_s or from, not both"));

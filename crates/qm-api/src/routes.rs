@@ -11,13 +11,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use qm_core::AllocId;
+use qm_engine::{Engine, Lookup};
 #[allow(unused_imports, reason = "the OpenAPI annotations name these types")]
 use qm_proto::{AllocationDoc, NodeDoc, PoolDoc, Problem, StateDoc};
 use qm_proto::{
     AllocationList, AllocationRequest, NodeList, NodeRegistration, PoolList, PoolWrite,
     RenewRequest, decode, to_json,
 };
-use qm_runtime::{Engine, Lookup};
 use qm_store::AllocationFilter;
 use serde::Deserialize;
 
@@ -31,7 +31,7 @@ type ApiResult = Result<Response, ApiError>;
 /// and the MCP server at `/mcp`, whose tools call the other routes in process.
 pub fn router(
     engine: Engine,
-    agents: Option<qm_runtime::agents::Supervisor>,
+    agents: Option<qm_supervisor::Supervisor>,
     auth: crate::AuthConfig,
 ) -> Router {
     let closing = engine.clone();
@@ -51,7 +51,7 @@ pub fn router(
     api.route_service("/mcp", mcp).layer(layer)
 }
 
-fn api_router(engine: Engine, agents: Option<qm_runtime::agents::Supervisor>) -> Router {
+fn api_router(engine: Engine, agents: Option<qm_supervisor::Supervisor>) -> Router {
     use crate::agents as a;
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -244,7 +244,7 @@ pub(crate) async fn metrics(
             .and_then(|v| v.to_str().ok())
             .unwrap_or(""),
     );
-    let latest = engine.monitor().map(qm_runtime::monitor::Monitor::latest);
+    let latest = engine.monitor().map(qm_monitor::Monitor::latest);
     let samples = latest.as_deref().map_or(&[][..], |l| &l.samples[..]);
     let agents = latest.as_deref().map_or(&[][..], |l| &l.agent_samples[..]);
     let text = crate::metrics::render(&snapshot, samples, agents, fmt);

@@ -8,10 +8,10 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use qm_engine::Engine;
 use qm_proto::{AuditDoc, AuditList, TokenList, TokenRequest, decode, to_json};
 #[allow(unused_imports, reason = "the OpenAPI annotations name these types")]
 use qm_proto::{Problem, TokenCreated, TokenDoc};
-use qm_runtime::Engine;
 
 use crate::auth::{Caller, Operation};
 use crate::error::ApiError;

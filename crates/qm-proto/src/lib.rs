@@ -26,7 +26,7 @@ pub use security::{
     ActorDoc, AuditDoc, AuditEntryDoc, AuditList, ROLES, StoredToken, TokenCreated, TokenDoc,
     TokenList, TokenRequest, WhoAmI,
 };
-pub use time::{format_rfc3339, parse_rfc3339};
+pub use time::{format_rfc3339, parse_rfc3339, unix_ms};
 pub use types::{
     AllocationDoc, AllocationList, AllocationRequest, EventDoc, ImportReport, LeftAgent, NodeDoc,
     NodeHeartbeat, NodeList, NodeRegistration, PoolDoc, PoolList, PoolWrite, RenewRequest, Replay,

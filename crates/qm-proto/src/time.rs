@@ -16,6 +16,13 @@ pub fn format_rfc3339(millis: u64) -> String {
     )
 }
 
+/// Wall-clock time in unix milliseconds (history, alerts, agents' timestamps).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Parses an RFC 3339 timestamp with a `Z` or `+00:00` offset (fraction optional) into
 /// milliseconds since the epoch; `None` if it is not one, or before 1970.
 pub fn parse_rfc3339(text: &str) -> Option<u64> {

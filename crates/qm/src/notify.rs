@@ -11,8 +11,8 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::bail;
+use qm_engine::Engine;
 use qm_proto::EventDoc;
-use qm_runtime::Engine;
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use qm_core::{LedgerConfig, ResourceCatalog, ResourceId, Resources};
-use qm_runtime::agents::{Supervisor, SupervisorConfig};
-use qm_runtime::monitor::MonitorConfig;
-use qm_runtime::monitor::alerts::{Op, Rule, Severity};
-use qm_runtime::monitor::history::Tier;
-use qm_runtime::{Engine, EngineConfig};
+use qm_engine::{Engine, EngineConfig};
+use qm_monitor::MonitorConfig;
+use qm_monitor::alerts::{Op, Rule, Severity};
+use qm_monitor::history::Tier;
+use qm_supervisor::{Supervisor, SupervisorConfig};
 use serde::Deserialize;
 
 /// The flags of `qm serve`.
@@ -143,11 +143,11 @@ fn seconds(
 fn pressure_settings(
     file: &PressureFile,
 ) -> anyhow::Result<(
-    qm_runtime::monitor::pressure::PsiThresholds,
+    qm_monitor::pressure::PsiThresholds,
     Option<Duration>,
-    qm_runtime::agents::ResponderConfig,
+    qm_supervisor::ResponderConfig,
 )> {
-    let mut psi = qm_runtime::monitor::pressure::PsiThresholds::default();
+    let mut psi = qm_monitor::pressure::PsiThresholds::default();
     for (field, v, slot) in [
         (
             "psi_warning_pct",
@@ -168,7 +168,7 @@ fn pressure_settings(
         }
     }
     let probe = seconds("probe_interval_s", file.probe_interval_s, 0.0..=10.0)?;
-    let mut r = qm_runtime::agents::ResponderConfig::default();
+    let mut r = qm_supervisor::ResponderConfig::default();
     if let Some(v) = file.evict {
         r.evict = v;
     }
@@ -382,8 +382,7 @@ fn agents_config(file: AgentsFile, data_dir: &Path) -> anyhow::Result<Option<Sup
         c.cgroup_parent = v;
     }
     if let Some(v) = file.user {
-        qm_runtime::agents::valid_default_user(&v)
-            .map_err(|e| anyhow::anyhow!("agents.user: {e}"))?;
+        qm_supervisor::valid_default_user(&v).map_err(|e| anyhow::anyhow!("agents.user: {e}"))?;
         c.user = v;
     }
     if let Some(v) = file.log_max_bytes {
@@ -704,7 +703,7 @@ impl Settings {
             retention: Duration::from_secs(file.state.retention_s.unwrap_or(7 * 86_400)),
             monitor: None,
             admin_token_sha256: None,
-            clock: qm_runtime::clock::system(),
+            clock: qm_engine::clock::system(),
         };
         let pressure = thresholds(&file.pressure)?;
         let (psi, probe, responder) = pressure_settings(&file.pressure)?;
@@ -713,7 +712,7 @@ impl Settings {
             thresholds: pressure,
             psi,
             probe_interval: probe.unwrap_or(m.probe_interval),
-            leak: qm_runtime::monitor::pressure::LeakWatch {
+            leak: qm_monitor::pressure::LeakWatch {
                 horizon_s: responder.forecast_horizon.as_secs_f64(),
                 confidence: responder.forecast_confidence,
             },
@@ -757,7 +756,7 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let admin = crate::token_file::bootstrap(&settings.admin_token_file)?;
-    settings.engine.admin_token_sha256 = Some(qm_runtime::tokens::digest(&admin));
+    settings.engine.admin_token_sha256 = Some(qm_engine::tokens::digest(&admin));
     drop(admin);
     if settings.auth.mode == qm_api::AuthMode::None {
         tracing::warn!(

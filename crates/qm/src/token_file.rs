@@ -36,7 +36,7 @@ pub(crate) fn bootstrap(path: &Path) -> anyhow::Result<String> {
                     format!("admin token file: cannot create {}", dir.display())
                 })?;
             }
-            let secret = qm_runtime::tokens::random_hex(32)
+            let secret = qm_engine::tokens::random_hex(32)
                 .map_err(|e| anyhow::anyhow!("admin token: {e}"))?;
             let token = format!("qm_bootstrap_{secret}");
             let mut f = std::fs::OpenOptions::new()

@@ -2,6 +2,7 @@
 //! tidy) and stops at the first failure; `tidy` checks the habits no compiler checks. Std only,
 //! so it builds in a second.
 
+mod layers;
 mod tidy;
 
 use std::env;
@@ -12,7 +13,7 @@ const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   ci     fmt --check, clippy -D warnings on all targets, every test, the nvml build, tidy
-  tidy   every .rs file under crates/ opens with a //! paragraph";
+  tidy   every .rs file under crates/ opens with a //! paragraph; the crates keep their layers";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -97,6 +98,21 @@ fn exit_code_of(status: ExitStatus) -> ExitCode {
 }
 
 fn tidy_task() -> ExitCode {
+    match layers::check(&root().join("crates")) {
+        Ok(broken) if broken.is_empty() => {
+            println!("layers: {} rules kept", layers::RULES.len());
+        }
+        Ok(broken) => {
+            for b in &broken {
+                eprintln!("layers: {b}");
+            }
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("layers: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     match tidy::check(&root().join("crates")) {
         Ok(report) if report.offenders.is_empty() => {
             println!("tidy: {} files ok", report.n_files);

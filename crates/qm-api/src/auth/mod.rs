@@ -20,10 +20,10 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use qm_engine::Engine;
+use qm_engine::audit::{self, Pending};
+use qm_engine::tokens::{Principal, Role};
 use qm_proto::{ActorDoc, AuditEntryDoc};
-use qm_runtime::Engine;
-use qm_runtime::audit::{self, Pending};
-use qm_runtime::tokens::{Principal, Role};
 use qm_store::Batch;
 use sha2::{Digest, Sha256};
 
@@ -427,7 +427,7 @@ fn record(engine: &Engine, entry: &AuditEntryDoc) {
             // once a minute at most: a full disk fails every one of them
             static LAST_WARNED_S: AtomicU64 = AtomicU64::new(0);
             if let Err(e) = r {
-                let now = qm_runtime::unix_ms() / 1000;
+                let now = qm_engine::unix_ms() / 1000;
                 if now.saturating_sub(LAST_WARNED_S.swap(now, Ordering::Relaxed)) >= 60 {
                     tracing::warn!(%e, "cannot record an audit entry");
                 } else {

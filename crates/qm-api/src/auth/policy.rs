@@ -4,7 +4,7 @@
 //! operation they perform; tests below check every role against every operation, own and
 //! foreign.
 
-use qm_runtime::tokens::{Principal, Role};
+use qm_engine::tokens::{Principal, Role};
 
 /// What a request does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

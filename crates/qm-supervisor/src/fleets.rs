@@ -13,7 +13,7 @@ use qm_store::{Batch, Op};
 
 use super::logic::autoscale::{AutoscaleSpec, Autoscaler, Metric};
 use super::{AgentError, Supervisor, now_ms};
-use crate::EngineError;
+use qm_engine::EngineError;
 
 /// The label that carries a member's template generation.
 const GENERATION: &str = "qm.fleet.generation";
@@ -82,8 +82,8 @@ impl Supervisor {
 
     pub(super) async fn commit(&self, mut batch: Batch) -> Result<(), AgentError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        crate::audit::attach(&mut batch);
-        let marked = crate::audit::on_commit();
+        qm_engine::audit::attach(&mut batch);
+        let marked = qm_engine::audit::on_commit();
         self.engine().store().commit(
             batch,
             Box::new(move |r| {

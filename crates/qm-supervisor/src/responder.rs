@@ -29,7 +29,7 @@ use qm_pressure::{Candidate, Level, Qos};
 use qm_proto::AgentState;
 
 use super::{Supervisor, now_ms};
-use crate::monitor::pressure::{Eviction, LeakWatch, PressureReport};
+use qm_monitor::pressure::{Eviction, LeakWatch, PressureReport};
 
 /// How the responder acts.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,7 +106,7 @@ struct Seen {
 }
 
 impl Supervisor {
-    fn seen(&self, latest: &crate::monitor::Latest, report: &PressureReport) -> Vec<Seen> {
+    fn seen(&self, latest: &qm_monitor::Latest, report: &PressureReport) -> Vec<Seen> {
         let Ok(agents) = self.inner.agents.lock() else {
             return Vec::new();
         };

@@ -3,13 +3,11 @@
 //! caller's answer is sent only once that batch is durable. Timers (lease expiry, queue
 //! holds, heartbeat deadlines) tick on the same thread. The HTTP layer talks to [`Engine`].
 
-pub mod agents;
 pub mod audit;
 pub mod clock;
 mod core;
 pub mod events;
 pub mod metrics;
-pub mod monitor;
 mod persist;
 pub mod tokens;
 
@@ -53,7 +51,7 @@ pub struct EngineConfig {
     /// How long ended allocations (and idempotency keys) are kept for queries.
     pub retention: Duration,
     /// The monitor (host and agent metrics, history, alerts); None runs without one.
-    pub monitor: Option<monitor::MonitorConfig>,
+    pub monitor: Option<qm_monitor::MonitorConfig>,
     /// SHA-256 of the bootstrap admin token (the admin token file's content); None accepts
     /// only the tokens in the store.
     pub admin_token_sha256: Option<[u8; 32]>,
@@ -61,19 +59,11 @@ pub struct EngineConfig {
     pub clock: Arc<dyn clock::Clock>,
 }
 
-/// Wall-clock time in unix milliseconds (history, alerts, agents' timestamps).
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+pub use qm_proto::unix_ms;
 
 /// A `usage` vector from busy cores and used bytes, as the node and agent documents show it;
 /// None when neither is known.
-pub(crate) fn usage_map(
-    cores: Option<f64>,
-    bytes: Option<f64>,
-) -> Option<BTreeMap<String, String>> {
+pub fn usage_map(cores: Option<f64>, bytes: Option<f64>) -> Option<BTreeMap<String, String>> {
     use qm_core::quantity::{Unit, format};
     let mut usage = BTreeMap::new();
     if let Some(c) = cores {
@@ -160,7 +150,7 @@ struct Inner {
     store: Store,
     catalog: ResourceCatalog,
     hub: Arc<events::EventHub>,
-    monitor: Option<monitor::Monitor>,
+    monitor: Option<qm_monitor::Monitor>,
     tokens: tokens::Tokens,
     /// The local node's name.
     node_name: String,
@@ -192,7 +182,7 @@ pub enum StartError {
     Node(String),
     /// The monitor's configuration is invalid or its thread did not start.
     #[error("monitor: {0}")]
-    Monitor(#[from] monitor::MonitorError),
+    Monitor(#[from] qm_monitor::MonitorError),
 }
 
 impl Engine {
@@ -213,9 +203,9 @@ impl Engine {
             .monitor
             .clone()
             .map(|m| {
-                monitor::Monitor::start(
-                    monitor::MonitorConfig { allocatable, ..m },
-                    Arc::clone(&hub),
+                qm_monitor::Monitor::start(
+                    qm_monitor::MonitorConfig { allocatable, ..m },
+                    Arc::clone(&hub) as Arc<dyn qm_monitor::EventSink>,
                 )
             })
             .transpose()?;
@@ -270,7 +260,7 @@ impl Engine {
     }
 
     /// The monitor, when the daemon runs one.
-    pub fn monitor(&self) -> Option<&monitor::Monitor> {
+    pub fn monitor(&self) -> Option<&qm_monitor::Monitor> {
         self.inner.monitor.as_ref()
     }
 

@@ -21,9 +21,15 @@ use qm_sys::agent::{AgentCollector, Target};
 use qm_sys::host::HostCollector;
 use qm_sys::metric::{Desc, Kind, Sample};
 
-use crate::events::EventHub;
 use alerts::{Alert, AlertEngine, Rule, Transition};
 use history::{History, HistoryConfig, HistoryStats, Query, SeriesData};
+
+/// Where the monitor's events go (`pressure.changed`, `alert.*`): the engine's event hub,
+/// which numbers and broadcasts them. The monitor publishes; it never writes state.
+pub trait EventSink: Send + Sync {
+    /// Publishes `events`, in order.
+    fn publish(&self, events: Vec<EventDoc>);
+}
 
 /// How the monitor runs.
 #[derive(Debug, Clone)]
@@ -202,7 +208,7 @@ static HISTORY_BYTES: Desc = Desc {
 impl Monitor {
     /// Validates the configuration and starts the monitor thread; alert transitions are
     /// published on `hub`.
-    pub fn start(config: MonitorConfig, hub: Arc<EventHub>) -> Result<Self, MonitorError> {
+    pub fn start(config: MonitorConfig, hub: Arc<dyn EventSink>) -> Result<Self, MonitorError> {
         let problems = config.history.validate();
         if let Some(first) = problems.first() {
             return Err(MonitorError::Config(format!("history: {first}")));
@@ -224,7 +230,7 @@ impl Monitor {
         let loop_shared = Arc::clone(&shared);
         let handle = thread::Builder::new()
             .name("qm-monitor".to_owned())
-            .spawn(move || run(&loop_shared, &config, engine, &hub))
+            .spawn(move || run(&loop_shared, &config, engine, hub.as_ref()))
             .map_err(|e| MonitorError::Thread(e.to_string()))?;
         if let Ok(mut t) = shared.thread.lock() {
             *t = Some(handle);
@@ -342,7 +348,7 @@ impl Monitor {
     }
 }
 
-fn run(shared: &Shared, config: &MonitorConfig, mut engine: AlertEngine, hub: &EventHub) {
+fn run(shared: &Shared, config: &MonitorConfig, mut engine: AlertEngine, hub: &dyn EventSink) {
     let mut host = HostCollector::new(&config.paths);
     let mut agents = AgentCollector::new(&config.paths);
     let mut collections = 0u64;
@@ -366,7 +372,7 @@ fn run(shared: &Shared, config: &MonitorConfig, mut engine: AlertEngine, hub: &E
     loop {
         let cpu0 = qm_sys::process::thread_cpu_time();
         let now = Instant::now();
-        let at_ms = crate::unix_ms();
+        let at_ms = qm_proto::unix_ms();
         let targets = shared.targets.lock().map(|t| t.clone()).unwrap_or_default();
         let mut samples = Vec::with_capacity(capacity);
         host.collect(now).samples(&mut samples);
@@ -639,6 +645,23 @@ mod tests {
             .map(|s| s.value)
     }
 
+    /// A sink whose events the test reads, in order.
+    struct Feed(Mutex<std::sync::mpsc::Sender<EventDoc>>);
+
+    impl EventSink for Feed {
+        fn publish(&self, events: Vec<EventDoc>) {
+            let tx = self.0.lock().unwrap();
+            for e in events {
+                let _ = tx.send(e);
+            }
+        }
+    }
+
+    fn feed() -> (Arc<dyn EventSink>, std::sync::mpsc::Receiver<EventDoc>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        (Arc::new(Feed(Mutex::new(tx))), rx)
+    }
+
     fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -653,8 +676,7 @@ mod tests {
     #[test]
     fn tracked_agents_are_read_published_and_alerted_on_until_they_end() {
         let mut child = Command::new("sleep").arg("30").spawn().unwrap();
-        let hub = Arc::new(EventHub::new(1));
-        let mut feed = hub.subscribe(None).live;
+        let (hub, feed) = feed();
         let rule = Rule {
             name: "agent-up".into(),
             series: "qm_agent_up".into(),
@@ -726,8 +748,7 @@ mod tests {
             .unwrap();
         };
         meminfo(900_000);
-        let hub = Arc::new(EventHub::new(16));
-        let mut feed = hub.subscribe(None).live;
+        let (hub, feed) = feed();
         // collections a minute apart: only the probe can see the crossing in time
         let config = MonitorConfig {
             interval: Duration::from_secs(60),
@@ -778,7 +799,7 @@ mod tests {
 
     #[test]
     fn invalid_configuration_is_refused_naming_the_field() {
-        let hub = Arc::new(EventHub::new(1));
+        let (hub, _feed) = feed();
         let mut config = MonitorConfig::default();
         config.history.host_tiers.clear();
         let e = Monitor::start(config, Arc::clone(&hub)).unwrap_err();

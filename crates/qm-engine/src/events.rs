@@ -103,6 +103,13 @@ impl EventHub {
     }
 }
 
+/// The monitor publishes `pressure.changed` and `alert.*` through the hub.
+impl qm_monitor::EventSink for EventHub {
+    fn publish(&self, events: Vec<EventDoc>) {
+        EventHub::publish(self, events);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use qm_core::AllocId;
 use qm_proto::{AgentDoc, FleetDoc, FleetSpec, ImportReport, LeftAgent};
 
 use super::{DYNAMIC_UIDS, Requester, Supervisor};
-use crate::Lookup;
+use qm_engine::Lookup;
 
 impl Supervisor {
     /// Brings `fleets` and `agents` in (see the module's documentation).

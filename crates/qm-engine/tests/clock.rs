@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qm_core::AllocId;
+use qm_engine::clock::ManualClock;
+use qm_engine::{Engine, EngineConfig, Lookup};
 use qm_proto::{AllocationDoc, AllocationRequest, from_json};
-use qm_runtime::clock::ManualClock;
-use qm_runtime::{Engine, EngineConfig, Lookup};
 
 fn engine(tag: &str, clock: &ManualClock) -> (Engine, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("qm-clock-{tag}-{}", std::process::id()));
