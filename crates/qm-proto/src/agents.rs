@@ -300,8 +300,9 @@ impl AgentState {
 }
 
 impl std::fmt::Display for AgentState {
+    /// The API's spelling, padded as asked (`{:<9}` lines up a table).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
