@@ -704,3 +704,26 @@ pub struct LeftAgent {
 
 /// The version of [`StateDoc`] this build reads and writes.
 pub const STATE_VERSION: u32 = 1;
+
+/// `GET /v1/cluster`: the members, which leads, and where the state lives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ClusterDoc {
+    /// The leader's name; null while none is elected.
+    pub leader: Option<String>,
+    pub members: Vec<ClusterMemberDoc>,
+    /// `etcd`, or `sqlite` for a daemon on its own.
+    pub store: String,
+}
+
+/// One member of the cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ClusterMemberDoc {
+    pub name: String,
+    /// Where its API answers.
+    pub url: String,
+    /// Its lease is live.
+    pub ready: bool,
+    pub leader: bool,
+    /// When its lease lapses unless renewed (null on its own).
+    pub lease_expires_at: Option<String>,
+}
