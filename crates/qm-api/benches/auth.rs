@@ -76,7 +76,7 @@ fn world() -> &'static World {
             ));
         }
         let _guard = rt.enter();
-        let with_auth = qm_api::router(engine.clone(), None, AuthConfig::default());
+        let with_auth = qm_api::router(engine.clone(), None, AuthConfig::default(), None);
         let without_auth = qm_api::router(
             engine.clone(),
             None,
@@ -84,6 +84,7 @@ fn world() -> &'static World {
                 mode: AuthMode::None,
                 ..AuthConfig::default()
             },
+            None,
         );
         World {
             rt,

@@ -21,11 +21,23 @@ use crate::auth::{Caller, Operation};
 use crate::error::ApiError;
 use crate::routes::{body, json};
 
-/// What the router's handlers share: the engine, and the supervisor when agents are on.
-#[derive(Debug, Clone)]
+/// What the router's handlers share: the engine, the supervisor when agents are on, and the
+/// cluster's view when the daemon is a member of one.
+#[derive(Clone)]
 pub struct App {
     pub engine: Engine,
     pub agents: Option<Supervisor>,
+    pub cluster: Option<crate::ClusterView>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("engine", &self.engine)
+            .field("agents", &self.agents)
+            .field("cluster", &self.cluster.is_some())
+            .finish()
+    }
 }
 
 impl FromRef<App> for Engine {

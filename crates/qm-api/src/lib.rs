@@ -27,3 +27,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub const MAX_STATE_BODY: usize = 256 * 1024 * 1024;
 
 pub use qm_engine::Engine;
+
+/// How the daemon sees its cluster (`GET /v1/cluster`): a member's view of etcd, or, for a
+/// daemon on its own, itself.
+pub type ClusterView = std::sync::Arc<dyn Fn() -> qm_proto::ClusterDoc + Send + Sync>;

@@ -16,6 +16,7 @@ use crate::{agents, monitoring, routes};
     paths(
         routes::metrics,
         routes::local_node,
+        routes::cluster_status,
         routes::nodes,
         routes::register_node,
         routes::delete_node,

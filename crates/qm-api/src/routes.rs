@@ -33,11 +33,12 @@ pub fn router(
     engine: Engine,
     agents: Option<qm_supervisor::Supervisor>,
     auth: crate::AuthConfig,
+    cluster: Option<crate::ClusterView>,
 ) -> Router {
     let closing = engine.clone();
     let gate = crate::auth::Gate::new(engine.clone(), auth);
     let layer = axum::middleware::from_fn_with_state(gate, crate::auth::gate);
-    let api = api_router(engine, agents);
+    let api = api_router(engine, agents, cluster);
     // MCP sessions end with the event feeds, when the daemon shuts down.
     let closed = Box::pin(async move {
         let mut live = closing.subscribe(None).live;
@@ -51,7 +52,11 @@ pub fn router(
     api.route_service("/mcp", mcp).layer(layer)
 }
 
-fn api_router(engine: Engine, agents: Option<qm_supervisor::Supervisor>) -> Router {
+fn api_router(
+    engine: Engine,
+    agents: Option<qm_supervisor::Supervisor>,
+    cluster: Option<crate::ClusterView>,
+) -> Router {
     use crate::agents as a;
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -90,6 +95,7 @@ fn api_router(engine: Engine, agents: Option<qm_supervisor::Supervisor>) -> Rout
                 .layer(DefaultBodyLimit::max(crate::MAX_STATE_BODY)),
         )
         .route("/v1/node", get(local_node))
+        .route("/v1/cluster", get(cluster_status))
         .route("/v1/nodes", get(nodes).post(register_node))
         .route("/v1/nodes/{name}", axum::routing::delete(delete_node))
         .route("/v1/nodes/{name}/heartbeat", put(heartbeat))
@@ -129,7 +135,11 @@ fn api_router(engine: Engine, agents: Option<qm_supervisor::Supervisor>) -> Rout
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(a::App { engine, agents })
+        .with_state(a::App {
+            engine,
+            agents,
+            cluster,
+        })
 }
 
 pub(crate) fn json(status: StatusCode, body: String) -> Response {
@@ -302,6 +312,30 @@ pub(crate) async fn import_state(
 pub(crate) async fn local_node(State(engine): State<Engine>, caller: Caller) -> ApiResult {
     caller.allow(Operation::ReadNode)?;
     let doc = engine.local_node().await?;
+    Ok(json(StatusCode::OK, to_json(&doc)))
+}
+
+#[utoipa::path(get, path = "/v1/cluster", tag = "nodes", responses((status = 200, body = qm_proto::ClusterDoc)))]
+pub(crate) async fn cluster_status(
+    State(app): State<crate::agents::App>,
+    caller: Caller,
+) -> ApiResult {
+    caller.allow(Operation::ReadNode)?;
+    let doc = match &app.cluster {
+        Some(view) => view(),
+        // a daemon on its own is a cluster of one
+        None => qm_proto::ClusterDoc {
+            leader: Some(app.engine.node_name().to_owned()),
+            members: vec![qm_proto::ClusterMemberDoc {
+                name: app.engine.node_name().to_owned(),
+                url: String::new(),
+                ready: true,
+                leader: true,
+                lease_expires_at: None,
+            }],
+            store: "sqlite".to_owned(),
+        },
+    };
     Ok(json(StatusCode::OK, to_json(&doc)))
 }
 

@@ -217,6 +217,11 @@ impl Client {
         self.get("/v1/node")
     }
 
+    /// The cluster: its members and which one leads.
+    pub fn cluster(&self) -> Result<qm_proto::ClusterDoc, ClientError> {
+        self.get("/v1/cluster")
+    }
+
     /// Every node.
     pub fn nodes(&self) -> Result<Vec<NodeDoc>, ClientError> {
         self.get::<NodeList>("/v1/nodes").map(|l| l.items)

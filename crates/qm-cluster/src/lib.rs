@@ -13,6 +13,8 @@
 //! The view ([`Member::view`], [`Member::doc`]) is refreshed from etcd every
 //! [`MemberConfig::refresh`]: members, their leases' remaining time, and the leader.
 
+pub mod testing;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -485,6 +485,39 @@ pub(crate) fn nodes(c: &Client, json_out: bool, out: &mut impl Write) -> Result<
     Ok(())
 }
 
+/// `qm cluster`: the members (name, API address, ready, leading, lease), the leader, the store.
+pub(crate) fn cluster(c: &Client, json_out: bool, out: &mut impl Write) -> Result<(), Failure> {
+    let doc = c.cluster()?;
+    if json_out {
+        writeln!(out, "{}", qm_proto::to_json(&doc))?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "store {}, leader {}, {} member(s)",
+        doc.store,
+        doc.leader.as_deref().unwrap_or("(none elected)"),
+        doc.members.len()
+    )?;
+    writeln!(
+        out,
+        "{:<20} {:<6} {:<7} {:<26} URL",
+        "NAME", "READY", "LEADER", "LEASE EXPIRES"
+    )?;
+    for m in &doc.members {
+        writeln!(
+            out,
+            "{:<20} {:<6} {:<7} {:<26} {}",
+            m.name,
+            m.ready,
+            m.leader,
+            m.lease_expires_at.as_deref().unwrap_or("-"),
+            m.url
+        )?;
+    }
+    Ok(())
+}
+
 /// `qm export`: the state document as JSON, or age-encrypted (armored) to `encrypt_to`.
 pub(crate) fn export(
     c: &Client,

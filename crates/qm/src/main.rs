@@ -14,6 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod agents_cli;
 mod bench;
 mod client;
+mod cluster;
 mod encryption;
 mod exec;
 mod mcp;
@@ -69,6 +70,8 @@ enum Cmd {
     Pools(client::PoolsCmd),
     /// List nodes
     Nodes,
+    /// The cluster's members, which one leads, and where state lives
+    Cluster,
     /// Spawn, list, show and stop agents; read their logs
     #[command(subcommand)]
     Agents(agents_cli::AgentsCmd),
@@ -187,6 +190,7 @@ fn main() -> ExitCode {
         Cmd::Alloc(cmd) => client::alloc(&client(), cmd, json_out, out),
         Cmd::Pools(cmd) => client::pools(&client(), cmd, json_out, out),
         Cmd::Nodes => client::nodes(&client(), json_out, out),
+        Cmd::Cluster => client::cluster(&client(), json_out, out),
         Cmd::Agents(cmd) => agents_cli::agents(&client(), cmd, json_out, out),
         Cmd::Fleets(cmd) => agents_cli::fleets(&client(), cmd, json_out, out),
         Cmd::Apply(args) => agents_cli::apply(&client(), &args, json_out, out),

@@ -54,6 +54,9 @@ pub(crate) struct ServeArgs {
     /// unencrypted)
     #[arg(long)]
     insecure: bool,
+    /// Join the cluster kept in this etcd: client URLs, comma-separated
+    #[arg(long, value_name = "URLS")]
+    etcd: Option<String>,
 }
 
 /// The config file. Unknown keys are refused.
@@ -88,6 +91,66 @@ struct FileConfig {
     agents: AgentsFile,
     #[serde(default)]
     pressure: PressureFile,
+    #[serde(default)]
+    cluster: ClusterFile,
+}
+
+/// `[cluster]`: membership of a cluster on etcd (`--etcd` overrides `etcd`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterFile {
+    etcd: Option<Vec<String>>,
+    prefix: Option<String>,
+    lease_ttl_s: Option<i64>,
+}
+
+/// How this daemon joins a cluster.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+pub(crate) struct ClusterSettings {
+    pub(crate) endpoints: Vec<String>,
+    pub(crate) prefix: String,
+    pub(crate) lease_ttl_s: i64,
+}
+
+fn cluster_settings(
+    flag: Option<&str>,
+    file: ClusterFile,
+) -> anyhow::Result<Option<ClusterSettings>> {
+    let endpoints: Vec<String> = match (flag, file.etcd) {
+        (Some(f), _) => f
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        (None, Some(list)) => list,
+        (None, None) => return Ok(None),
+    };
+    if endpoints.is_empty() {
+        bail!("cluster.etcd: give at least one etcd client URL");
+    }
+    for e in &endpoints {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            bail!("cluster.etcd: {e:?} is not an http:// or https:// URL");
+        }
+    }
+    let prefix = file.prefix.unwrap_or_else(|| "/qm".to_owned());
+    if !prefix.starts_with('/') || prefix.len() < 2 || prefix.contains("//") {
+        bail!("cluster.prefix: {prefix:?} is not a key prefix such as /qm");
+    }
+    let lease_ttl_s = file.lease_ttl_s.unwrap_or(10);
+    if !(2..=3600).contains(&lease_ttl_s) {
+        bail!("cluster.lease_ttl_s: {lease_ttl_s} is not 2..=3600");
+    }
+    if cfg!(not(feature = "etcd")) {
+        bail!("cluster: this qm was built without etcd support (cargo build --features etcd)");
+    }
+    Ok(Some(ClusterSettings {
+        endpoints,
+        prefix,
+        lease_ttl_s,
+    }))
 }
 
 /// `[pressure]`: the levels' thresholds (utilization, 0..1) and minimum dwell, memory PSI's
@@ -362,6 +425,8 @@ pub(crate) struct Settings {
     pub(crate) admin_token_file: PathBuf,
     pub(crate) notify: crate::notify::NotifyConfig,
     pub(crate) agents: Option<SupervisorConfig>,
+    /// Membership of a cluster on etcd, when asked for.
+    pub(crate) cluster: Option<ClusterSettings>,
 }
 
 fn agents_config(file: AgentsFile, data_dir: &Path) -> anyhow::Result<Option<SupervisorConfig>> {
@@ -706,6 +771,7 @@ impl Settings {
             clock: qm_engine::clock::system(),
         };
         let pressure = thresholds(&file.pressure)?;
+        let cluster = cluster_settings(args.etcd.as_deref(), file.cluster)?;
         let (psi, probe, responder) = pressure_settings(&file.pressure)?;
         let (monitor, notify) = monitor_config(file.monitor, file.history, file.alerts)?;
         let monitor = monitor.map(|m| MonitorConfig {
@@ -731,6 +797,7 @@ impl Settings {
             engine: EngineConfig { monitor, ..engine },
             notify,
             agents,
+            cluster,
         })
     }
 }
@@ -797,7 +864,11 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             ),
             None => None,
         };
-        let app = qm_api::router(engine.clone(), agents, settings.auth);
+        let self_url = format!("{scheme}://{reach}");
+        let (cluster_view, member) =
+            crate::cluster::join(settings.cluster.as_ref(), &engine, agents.clone(), &self_url)
+                .await?;
+        let app = qm_api::router(engine.clone(), agents, settings.auth, Some(cluster_view));
         let closing = engine.clone();
         let shutdown = async move {
             shutdown_signal().await;
@@ -826,6 +897,7 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             crate::token_file::unpublish(p, &settings.admin_token_file);
         }
         tracing::info!("shutting down: flushing state");
+        crate::cluster::leave(member).await;
         engine.shutdown().await;
         Ok(())
     })

@@ -12,7 +12,7 @@ use std::process::{Command, ExitCode, ExitStatus};
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  ci     fmt --check, clippy -D warnings on all targets, every test, the nvml build, tidy
+  ci     fmt --check, clippy -D warnings on all targets, every test, the nvml and no-etcd builds, tidy
   tidy   every .rs file under crates/ opens with a //! paragraph; the crates keep their layers";
 
 fn main() -> ExitCode {
@@ -66,6 +66,11 @@ fn ci() -> ExitCode {
         (
             "nvml",
             &["check", "-p", "qm", "--features", "nvml", "--locked"],
+        ),
+        // and so must the daemon without etcd (no protoc needed)
+        (
+            "no-etcd",
+            &["check", "-p", "qm", "--no-default-features", "--locked"],
         ),
     ];
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());

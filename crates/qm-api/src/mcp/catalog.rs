@@ -62,8 +62,10 @@ pub(crate) fn catalog() -> Vec<Tool> {
         tool::<NoArgs>(
             "cluster_status",
             "List every node known to quartermaster with capacity, allocatable, allocated, \
-             available and usage, readiness and pressure, plus cluster totals and the pools. Use \
-             it to see where capacity is free across machines.",
+             available and usage, readiness and pressure, plus cluster totals and the pools; and \
+             the cluster's members (the daemons on etcd), which one leads, and where state lives \
+             (etcd, or sqlite for a daemon on its own). Use it to see where capacity is free \
+             across machines.",
             reads(),
         ),
         tool::<CanFitArgs>(

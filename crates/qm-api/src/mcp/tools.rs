@@ -270,6 +270,7 @@ fn total<'a>(maps: impl Iterator<Item = &'a BTreeMap<String, String>>) -> BTreeM
 async fn cluster_status(api: &Api<'_>, _: NoArgs) -> Result<Reply, Failure> {
     let nodes: Vec<NodeDoc> = api.get::<qm_proto::NodeList>("/v1/nodes").await?.items;
     let pools: Vec<PoolDoc> = api.get::<qm_proto::PoolList>("/v1/pools").await?.items;
+    let cluster: qm_proto::ClusterDoc = api.get("/v1/cluster").await?;
     let ready = nodes.iter().filter(|n| n.ready);
     let totals = json!({
         "nodes": nodes.len(),
@@ -279,7 +280,19 @@ async fn cluster_status(api: &Api<'_>, _: NoArgs) -> Result<Reply, Failure> {
         "available": total(ready.map(|n| &n.available)),
     });
     let mut text = format!(
-        "{} nodes ({} ready); available on ready nodes: {}\n",
+        "cluster on {}: leader {}, members {}\n",
+        cluster.store,
+        cluster.leader.as_deref().unwrap_or("(none elected)"),
+        cluster
+            .members
+            .iter()
+            .map(|m| format!("{}{}", m.name, if m.ready { "" } else { " (not ready)" }))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(
+        text,
+        "{} nodes ({} ready); available on ready nodes: {}",
         nodes.len(),
         totals["ready"],
         show(&total(
@@ -292,7 +305,7 @@ async fn cluster_status(api: &Api<'_>, _: NoArgs) -> Result<Reply, Failure> {
     pools_lines(&mut text, &pools);
     Ok(Reply {
         text,
-        structured: json!({ "nodes": nodes, "pools": pools, "totals": totals }),
+        structured: json!({ "cluster": cluster, "nodes": nodes, "pools": pools, "totals": totals }),
     })
 }
 

@@ -53,17 +53,18 @@ pub(crate) struct Answer {
 }
 
 impl Daemon {
-    /// Starts `qm serve` on 127.0.0.1:0 with `dir` as data dir and extra flags.
+    /// Starts `qm serve` on 127.0.0.1:0 with `dir` as data dir and extra flags (the node is
+    /// `test-node` unless they name one).
     pub(crate) fn start(dir: &Path, flags: &[&str]) -> Self {
+        let node = if flags.contains(&"--node-name") {
+            &[][..]
+        } else {
+            &["--node-name", "test-node"][..]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_qm"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--node-name",
-                "test-node",
-                "--data-dir",
-            ])
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(node)
+            .arg("--data-dir")
             .arg(dir)
             .args(flags)
             .env("QM_LOG", "warn")

@@ -6,6 +6,7 @@ mod agents;
 mod agents_cli;
 mod api;
 mod cli;
+mod cluster;
 mod contract;
 mod daemon;
 mod durability;

@@ -222,6 +222,8 @@ fn allocations(s: &Session) {
     let cluster = s.ok("cluster_status", json!({}));
     assert_eq!(cluster["nodes"].as_array().map(Vec::len), Some(1));
     assert_eq!(cluster["totals"]["available"]["cpu"], "4");
+    assert_eq!(cluster["cluster"]["store"], "sqlite");
+    assert_eq!(cluster["cluster"]["leader"], "test-node");
 
     let fit = s.ok("can_fit", json!({ "cpu": 1 }));
     assert_eq!(fit["count"], 4, "{fit}");

@@ -1,0 +1,130 @@
+//! `GET /v1/cluster` and `qm cluster`: a daemon on its own is a cluster of one on SQLite; three
+//! daemons on one real etcd (`--etcd`) agree on a leader, each answers the same view, and when
+//! the leader is killed with SIGKILL the other two agree on a new one once its lease lapses.
+//! Each daemon has its own data dir and cgroup parent.
+
+use std::process::Command;
+use std::time::Instant;
+
+use serde_json::Value;
+
+use crate::daemon::{Daemon, eventually, temp_dir};
+
+#[test]
+fn a_daemon_on_its_own_is_a_cluster_of_one() {
+    let d = Daemon::start(&temp_dir("cluster-one").join("data"), &[]);
+    let c = d.get("/v1/cluster");
+    assert_eq!(c.status, 200, "{:?}", c.body);
+    assert_eq!(c.body["store"], "sqlite");
+    assert_eq!(c.body["leader"], "test-node");
+    let members = c.body["members"].as_array().expect("members");
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0]["name"], "test-node");
+    assert_eq!(members[0]["url"], d.base);
+    assert_eq!(members[0]["leader"], true);
+    // no token, no answer
+    assert_eq!(d.call_as(None, "GET", "/v1/cluster", None).status, 401);
+    d.stop();
+}
+
+/// A member daemon `name` on `etcd` with a 2 s lease.
+#[cfg(feature = "etcd")]
+fn member(etcd: &qm_cluster::testing::Etcd, name: &str) -> Daemon {
+    let dir = temp_dir(&format!("cluster-{name}"));
+    let config = dir.join("qm.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agents]\ncgroup_parent = \"qm-it-cluster-{name}-{}\"\n[cluster]\nlease_ttl_s = 2\n",
+            std::process::id()
+        ),
+    )
+    .expect("config");
+    Daemon::start(
+        &dir.join("data"),
+        &[
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--node-name",
+            name,
+            "--etcd",
+            &etcd.url,
+        ],
+    )
+}
+
+/// The leader every daemon in `ds` reports, once they agree and each sees `n` members.
+#[cfg(feature = "etcd")]
+fn agreed(ds: &[&Daemon], n: usize) -> Option<String> {
+    let views: Vec<Value> = ds.iter().map(|d| d.get("/v1/cluster").body).collect();
+    let leader = views.first()?["leader"].as_str()?.to_owned();
+    views
+        .iter()
+        .all(|v| {
+            v["leader"] == leader.as_str()
+                && v["store"] == "etcd"
+                && v["members"].as_array().is_some_and(|m| m.len() == n)
+        })
+        .then_some(leader)
+}
+
+#[cfg(feature = "etcd")]
+#[test]
+fn three_members_on_etcd_agree_on_a_leader_and_replace_a_killed_one() {
+    let Some(etcd) = qm_cluster::testing::Etcd::start("it-cluster") else {
+        return;
+    };
+    let ds = vec![
+        member(&etcd, "m1"),
+        member(&etcd, "m2"),
+        member(&etcd, "m3"),
+    ];
+    let all: Vec<&Daemon> = ds.iter().collect();
+    let leader = eventually("three members agreeing on a leader", 30, || agreed(&all, 3));
+    // every member lists the others with the address it answers on
+    let view = ds[0].get("/v1/cluster").body;
+    for d in &ds {
+        let name = d.get("/v1/node").body["name"].as_str().unwrap().to_owned();
+        let entry = view["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} missing from {view}"));
+        assert_eq!(entry["url"], d.base, "{entry}");
+        assert_eq!(entry["ready"], true);
+        assert_eq!(entry["leader"], (name == leader), "{entry}");
+        assert!(entry["lease_expires_at"].is_string(), "{entry}");
+    }
+    // `qm cluster` prints the same
+    let out = Command::new(env!("CARGO_BIN_EXE_qm"))
+        .args(["--server", &ds[1].base, "--token", &ds[1].token, "cluster"])
+        .output()
+        .expect("qm cluster");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("store etcd") && text.contains(&format!("leader {leader}")),
+        "{text}"
+    );
+    // SIGKILL the leader: the others agree on a new one once its 2 s lease lapses
+    let mut ds = ds;
+    let at = ds
+        .iter()
+        .position(|d| d.get("/v1/node").body["name"] == leader.as_str())
+        .unwrap();
+    let killed = ds.remove(at);
+    killed.kill9();
+    let t0 = Instant::now();
+    let rest: Vec<&Daemon> = ds.iter().collect();
+    let next = eventually("a new leader among the two left", 30, || agreed(&rest, 2));
+    assert_ne!(next, leader);
+    eprintln!(
+        "leader killed to a new leader agreed by the others: {:.1} s (lease 2 s)",
+        t0.elapsed().as_secs_f64()
+    );
+    for d in ds {
+        d.stop();
+    }
+}
