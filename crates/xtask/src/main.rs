@@ -47,7 +47,7 @@ fn root() -> PathBuf {
 }
 
 fn ci() -> ExitCode {
-    let steps: [(&str, &[&str]); 4] = [
+    let steps: [(&str, &[&str]); 5] = [
         ("fmt", &["fmt", "--all", "--", "--check"]),
         (
             "clippy",
