@@ -13,7 +13,10 @@
 //! The view ([`Member::view`], [`Member::doc`]) is refreshed from etcd every
 //! [`MemberConfig::refresh`]: members, their leases' remaining time, and the leader.
 
+mod log;
 pub mod testing;
+
+pub use log::{EtcdLog, LOG_SEQ_META};
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -115,7 +118,7 @@ pub struct Member {
 
 struct Inner {
     config: MemberConfig,
-    client: Client,
+    pub(crate) client: Client,
     view: RwLock<View>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     on_lost: Mutex<Option<Hook>>,
@@ -228,10 +231,19 @@ impl Member {
     /// [`fenced`](Self::fenced) with an explicit fencing token (the creation revision of the
     /// leadership key this member was elected with).
     pub async fn fenced_at(&self, rev: i64, ops: Vec<TxnOp>) -> Result<(), ClusterError> {
+        self.fenced_when(rev, Vec::new(), ops).await
+    }
+
+    /// [`fenced_at`](Self::fenced_at) with further conditions, all of which must hold.
+    pub async fn fenced_when(
+        &self,
+        rev: i64,
+        mut when: Vec<Compare>,
+        ops: Vec<TxnOp>,
+    ) -> Result<(), ClusterError> {
         let key = self.leader_key_of(rev).await?;
-        let txn = Txn::new()
-            .when([Compare::create_revision(key, CompareOp::Equal, rev)])
-            .and_then(ops);
+        when.push(Compare::create_revision(key, CompareOp::Equal, rev));
+        let txn = Txn::new().when(when).and_then(ops);
         let resp = self.inner.client.clone().txn(txn).await?;
         if resp.succeeded() {
             Ok(())
@@ -271,7 +283,8 @@ impl Member {
         }
     }
 
-    fn key(&self, rest: &str) -> String {
+    /// `<prefix>/<rest>`.
+    pub(crate) fn key(&self, rest: &str) -> String {
         format!("{}/{rest}", self.inner.config.prefix.trim_end_matches('/'))
     }
 

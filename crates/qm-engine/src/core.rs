@@ -242,9 +242,7 @@ impl Core {
             let keep_ms = u64::try_from(self.retention.as_millis()).unwrap_or(u64::MAX);
             let before_ms = i64::try_from(t.as_millis().saturating_sub(keep_ms)).unwrap_or(0);
             self.store.commit(
-                Batch {
-                    ops: vec![Op::Prune { before_ms }],
-                },
+                Batch::of(vec![Op::Prune { before_ms }]),
                 Box::new(|r| {
                     if let Err(e) = r {
                         tracing::warn!(%e, "cannot prune ended allocations");
@@ -283,7 +281,7 @@ impl Core {
             let hub = Arc::clone(&self.hub);
             let health = Arc::clone(&self.health);
             self.store.commit(
-                Batch { ops },
+                Batch::of(ops),
                 Box::new(move |r| match r {
                     Ok(()) => hub.publish(events),
                     Err(e) => {
@@ -386,7 +384,7 @@ impl Core {
         let events = std::mem::take(&mut self.pending);
         let hub = Arc::clone(&self.hub);
         let health = Arc::clone(&self.health);
-        let mut batch = Batch { ops };
+        let mut batch = Batch::of(ops);
         // A change carries its request's audit entry; a barrier (no change) does not.
         let audit = match &self.audit {
             Some(p) if !batch.is_empty() && crate::audit::attach_from(p, &mut batch) => {

@@ -33,6 +33,7 @@ fn one() -> Batch {
             ended_at_ms: None,
             body: "{\"agent\":\"bench\",\"resources\":{\"cpu\":\"100m\"}}".to_owned(),
         })],
+        from_log: false,
     }
 }
 

@@ -21,7 +21,7 @@ pub use audit::{AuditError, AuditRow, Verified};
 pub use writer::WriterStats;
 
 /// A stored allocation: indexed columns and the opaque body.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AllocationRow {
     pub id: String,
     /// Creation order; pagination key.
@@ -37,7 +37,7 @@ pub struct AllocationRow {
 }
 
 /// One change.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Op {
     /// Inserts or replaces an allocation by seq.
     PutAllocation(AllocationRow),
@@ -107,12 +107,24 @@ pub enum Op {
 }
 
 /// Changes applied together, all or nothing.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Batch {
     pub ops: Vec<Op>,
+    /// Already in the cluster's log (a replayed entry): applied here only, never passed to
+    /// the [`Replica`] again.
+    #[serde(default)]
+    pub from_log: bool,
 }
 
 impl Batch {
+    /// A batch of `ops`, made here.
+    pub fn of(ops: Vec<Op>) -> Self {
+        Batch {
+            ops,
+            from_log: false,
+        }
+    }
+
     /// Adds an operation.
     pub fn push(&mut self, op: Op) {
         self.ops.push(op);
@@ -171,6 +183,21 @@ pub enum StoreError {
     /// The writer thread is gone.
     #[error("the store is closed")]
     Closed,
+    /// The cluster's log (the [`Replica`]) refused or failed the batch: nothing of it was
+    /// written here either (for example: this member no longer leads).
+    #[error("the cluster's log: {message}")]
+    Replica { message: String },
+}
+
+/// Where a group of batches is made durable beyond this machine before it commits here: the
+/// cluster's log on etcd (`qm_cluster::EtcdLog`). The writer calls [`append`](Self::append)
+/// with the group's operations, in order, inside its transaction and before it commits: an
+/// error fails the group and nothing of it is written here; success means the operations are
+/// durable there. Audit entries are the member's own and are not passed on.
+pub trait Replica: Send + Sync + std::fmt::Debug {
+    /// Makes `ops` durable in the cluster's log, all or nothing; answers operations to apply
+    /// here in the same transaction (the log's position this store now holds).
+    fn append(&self, ops: &[Op]) -> Result<Vec<Op>, String>;
 }
 
 pub(crate) fn sqlite<'a>(
@@ -243,6 +270,15 @@ impl Drop for Inner {
 impl Store {
     /// Opens or creates `<dir>/qm.db` and starts the writer.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, None)
+    }
+
+    /// Like [`open`](Self::open), every group of batches first made durable in `replica`.
+    pub fn open_replicated(dir: &Path, replica: Arc<dyn Replica>) -> Result<Self, StoreError> {
+        Self::open_with(dir, Some(replica))
+    }
+
+    fn open_with(dir: &Path, replica: Option<Arc<dyn Replica>>) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Dir {
             path: dir.to_owned(),
             message: e.to_string(),
@@ -258,7 +294,7 @@ impl Store {
         let reader = schema::open(&path)?;
         let stats = Arc::new(writer::Counters::default());
         let (tx, rx) = mpsc::channel();
-        let handle = writer::spawn(write, path.clone(), rx, Arc::clone(&stats))?;
+        let handle = writer::spawn(write, path.clone(), rx, Arc::clone(&stats), replica)?;
         let (stop_tx, stop_rx) = mpsc::channel();
         let checkpointer = writer::spawn_checkpointer(
             schema::open(&path)?,

@@ -28,7 +28,7 @@ fn alloc(seq: i64, agent: &str, state: &str) -> AllocationRow {
 }
 
 fn batch(ops: Vec<Op>) -> Batch {
-    Batch { ops }
+    Batch::of(ops)
 }
 
 #[test]
@@ -300,4 +300,69 @@ fn the_audit_chain_links_entries_and_a_failed_batch_leaves_no_link() {
         "{e}"
     );
     std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// A replica that keeps what it is given, or refuses while told to.
+#[derive(Debug, Default)]
+struct Recorder {
+    appended: std::sync::Mutex<Vec<Vec<Op>>>,
+    refuse: std::sync::atomic::AtomicBool,
+}
+
+impl Replica for Recorder {
+    fn append(&self, ops: &[Op]) -> Result<Vec<Op>, String> {
+        if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("not the leader".to_owned());
+        }
+        let mut appended = self.appended.lock().unwrap();
+        appended.push(ops.to_vec());
+        Ok(vec![Op::PutMeta {
+            key: "log".into(),
+            value: appended.len().to_string(),
+        }])
+    }
+}
+
+#[test]
+fn a_replicated_store_writes_the_replica_first_and_nothing_it_refuses() {
+    let d = dir("replica");
+    let replica = Arc::new(Recorder::default());
+    let store = Store::open_replicated(&d, Arc::clone(&replica) as Arc<dyn Replica>).unwrap();
+    let first = vec![
+        Op::PutNode {
+            name: "n".into(),
+            body: "{}".into(),
+        },
+        entry(1),
+        Op::PutAllocation(alloc(1, "a", "granted")),
+    ];
+    store.commit_wait(batch(first.clone())).unwrap();
+    // the replica got the batch's changes in order, the member's own audit entry aside
+    assert_eq!(
+        *replica.appended.lock().unwrap(),
+        vec![vec![first[0].clone(), first[2].clone()]]
+    );
+    // refused there: an error that says so, and no trace here
+    replica
+        .refuse
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let e = store
+        .commit_wait(batch(vec![Op::PutAllocation(alloc(2, "b", "granted"))]))
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Replica { .. }), "{e}");
+    assert!(e.to_string().contains("not the leader"), "{e}");
+    let loaded = store.load().unwrap();
+    assert_eq!(loaded.live_allocations.len(), 1);
+    assert_eq!(loaded.live_allocations[0].seq, 1);
+    // what the replica answered was written with the batch
+    assert_eq!(loaded.meta.get("log").map(String::as_str), Some("1"));
+    // an entry replayed from the log is applied here only, even while the replica refuses
+    store
+        .commit_wait(Batch {
+            ops: vec![Op::PutAllocation(alloc(3, "c", "granted"))],
+            from_log: true,
+        })
+        .unwrap();
+    assert_eq!(store.load().unwrap().live_allocations.len(), 2);
+    assert_eq!(replica.appended.lock().unwrap().len(), 1);
 }

@@ -11,7 +11,7 @@ use std::thread::{self, JoinHandle};
 
 use rusqlite::{Connection, TransactionBehavior, params};
 
-use crate::{Batch, Counter, Done, Op, StoreError, audit, sqlite};
+use crate::{Batch, Counter, Done, Op, Replica, StoreError, audit, sqlite};
 
 /// The most operations one group transaction takes.
 const GROUP_OPS: usize = 8192;
@@ -36,10 +36,11 @@ pub(crate) fn spawn(
     path: PathBuf,
     rx: mpsc::Receiver<(Batch, Done)>,
     stats: Arc<Counters>,
+    replica: Option<Arc<dyn Replica>>,
 ) -> Result<JoinHandle<()>, StoreError> {
     thread::Builder::new()
         .name("qm-store-writer".to_owned())
-        .spawn(move || run(conn, &path, &rx, &stats))
+        .spawn(move || run(conn, &path, &rx, &stats, replica.as_deref()))
         .map_err(|e| StoreError::Sqlite {
             what: "starting the writer",
             path: PathBuf::new(),
@@ -47,7 +48,13 @@ pub(crate) fn spawn(
         })
 }
 
-fn run(mut conn: Connection, path: &Path, rx: &mpsc::Receiver<(Batch, Done)>, stats: &Counters) {
+fn run(
+    mut conn: Connection,
+    path: &Path,
+    rx: &mpsc::Receiver<(Batch, Done)>,
+    stats: &Counters,
+    replica: Option<&dyn Replica>,
+) {
     // The audit chain's end, moved on only by committed transactions.
     let mut head = match audit::head(&conn) {
         Ok(h) => h,
@@ -68,7 +75,13 @@ fn run(mut conn: Connection, path: &Path, rx: &mpsc::Receiver<(Batch, Done)>, st
                 Err(_) => break,
             }
         }
-        let result = apply(&mut conn, path, &mut head, group.iter().map(|(b, _)| b));
+        let result = apply(
+            &mut conn,
+            path,
+            &mut head,
+            replica,
+            group.iter().map(|(b, _)| b),
+        );
         match result {
             Ok(()) => {
                 count(stats, &group);
@@ -78,7 +91,7 @@ fn run(mut conn: Connection, path: &Path, rx: &mpsc::Receiver<(Batch, Done)>, st
             }
             Err(_) if group.len() > 1 => {
                 for (batch, done) in group {
-                    let r = apply(&mut conn, path, &mut head, std::iter::once(&batch));
+                    let r = apply(&mut conn, path, &mut head, replica, std::iter::once(&batch));
                     if r.is_ok() {
                         count(
                             stats,
@@ -106,12 +119,14 @@ fn count(stats: &Counters, group: &[(Batch, Done)]) {
     stats.ops.fetch_add(ops as u64, Ordering::Relaxed);
 }
 
-/// Applies `batches` in one transaction; `head` moves on only if it commits.
+/// Applies `batches` in one transaction, made durable in `replica` first when there is one;
+/// `head` moves on only if it commits.
 fn apply<'a>(
     conn: &mut Connection,
     path: &Path,
     head: &mut audit::Head,
-    batches: impl Iterator<Item = &'a Batch>,
+    replica: Option<&dyn Replica>,
+    batches: impl Iterator<Item = &'a Batch> + Clone,
 ) -> Result<(), StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -120,7 +135,7 @@ fn apply<'a>(
     // Meta keys are counters rewritten by every batch: only the group's last value of each
     // is written.
     let mut meta: Vec<(&str, &str)> = Vec::new();
-    for batch in batches {
+    for batch in batches.clone() {
         for op in &batch.ops {
             if let Op::PutMeta { key, value } = op {
                 match meta.iter_mut().find(|(k, _)| *k == key) {
@@ -144,6 +159,23 @@ fn apply<'a>(
         tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")
             .and_then(|mut st| st.execute(params![key, value]))
             .map_err(sqlite("writing", path))?;
+    }
+    if let Some(r) = replica {
+        // the cluster's log first: what it refuses is never written here
+        let ops: Vec<Op> = batches
+            .filter(|b| !b.from_log)
+            .flat_map(|b| b.ops.iter())
+            .filter(|op| !matches!(op, Op::Audit { .. }))
+            .cloned()
+            .collect();
+        if !ops.is_empty() {
+            let here = r
+                .append(&ops)
+                .map_err(|message| StoreError::Replica { message })?;
+            for op in &here {
+                apply_op(&tx, op).map_err(sqlite("writing", path))?;
+            }
+        }
     }
     tx.commit().map_err(sqlite("committing", path))?;
     *head = chain;

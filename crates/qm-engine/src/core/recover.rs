@@ -143,12 +143,10 @@ impl Core {
         let at = self.clock.now().as_millis().to_string();
         let ok = self
             .store
-            .commit_wait(Batch {
-                ops: vec![Op::PutMeta {
-                    key: "store_probe".to_owned(),
-                    value: at,
-                }],
-            })
+            .commit_wait(Batch::of(vec![Op::PutMeta {
+                key: "store_probe".to_owned(),
+                value: at,
+            }]))
             .is_ok();
         if !ok || self.health.take_diverged() && !self.resync_ok() {
             return;

@@ -1,0 +1,148 @@
+//! The cluster's log on a real etcd, under a real store: the leader's store writes through it
+//! (group commits from several threads, every batch acknowledged only once it is in etcd); a
+//! follower's store is refused and keeps no trace; a new leader replays every acknowledged
+//! write and goes on numbering; the deposed leader's store is refused from then on.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use qm_cluster::testing::Etcd;
+use qm_cluster::{EtcdLog, LOG_SEQ_META, Member, MemberConfig};
+use qm_store::{AllocationRow, Batch, Op, Replica, Store, StoreError};
+
+fn dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("qm-log-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn alloc(seq: i64) -> Op {
+    Op::PutAllocation(AllocationRow {
+        id: format!("a{seq}"),
+        seq,
+        agent: format!("agent-{seq}"),
+        pool: "default".to_owned(),
+        node: Some("n1".to_owned()),
+        state: "granted".to_owned(),
+        live: true,
+        ended_at_ms: None,
+        body: format!("{{\"seq\":{seq}}}"),
+    })
+}
+
+async fn commit(store: &Store, ops: Vec<Op>) -> Result<(), StoreError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.commit_wait(Batch::of(ops)))
+        .await
+        .expect("the blocking task")
+}
+
+async fn eventually<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn config(etcd: &Etcd, name: &str) -> MemberConfig {
+    MemberConfig {
+        lease_ttl_s: 2,
+        refresh: Duration::from_millis(100),
+        ..MemberConfig::new(vec![etcd.url.clone()], name, &format!("http://{name}"))
+    }
+}
+
+fn replicated(member: &Member, d: &std::path::Path) -> Store {
+    let log: Arc<dyn Replica> = Arc::new(EtcdLog::new(
+        member.clone(),
+        tokio::runtime::Handle::current(),
+    ));
+    Store::open_replicated(d, log).expect("store")
+}
+
+fn held(store: &Store) -> (usize, Option<String>) {
+    let loaded = store.load().expect("load");
+    (
+        loaded.live_allocations.len(),
+        loaded.meta.get(LOG_SEQ_META).cloned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_writes_through_the_log_and_a_new_leader_replays_every_acknowledged_write() {
+    let Some(etcd) = Etcd::start("log") else {
+        return;
+    };
+    let a = Member::join(config(&etcd, "a")).await.expect("join a");
+    let b = Member::join(config(&etcd, "b")).await.expect("join b");
+    let leader = eventually("a leader both see", 20, || {
+        let l = a.view().leader?;
+        (b.view().leader.as_deref() == Some(l.as_str())
+            && [&a, &b]
+                .iter()
+                .any(|m| m.name() == l && m.view().leading.is_some()))
+        .then_some(l)
+    })
+    .await;
+    let (lead, follow) = if leader == "a" { (&a, &b) } else { (&b, &a) };
+    let (lead_dir, follow_dir) = (dir("lead"), dir("follow"));
+    let lead_store = replicated(lead, &lead_dir);
+
+    // 200 batches from 4 tasks at once: group commits, each acknowledged once in etcd
+    let mut tasks = Vec::new();
+    for t in 0..4i64 {
+        let store = lead_store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50 {
+                commit(&store, vec![alloc(1 + t * 50 + i)])
+                    .await
+                    .expect("the leader's batch");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let (n, seq) = held(&lead_store);
+    assert_eq!(n, 200);
+    let last: u64 = seq.expect("the log position").parse().unwrap();
+    assert!((1..=200).contains(&last), "{last} entries for 200 batches");
+
+    // a follower's store is refused, and keeps nothing
+    let follow_store = replicated(follow, &follow_dir);
+    let e = commit(&follow_store, vec![alloc(999)]).await.unwrap_err();
+    assert!(matches!(e, StoreError::Replica { .. }), "{e}");
+    assert_eq!(held(&follow_store).0, 0);
+
+    // the leader stops (kill -9, a pause): the follower leads once the lease lapses
+    lead.halt();
+    eventually("the follower to lead", 20, || {
+        follow.view().leading.map(|_| ())
+    })
+    .await;
+    // it replays every acknowledged write before it decides anything
+    let log = EtcdLog::new(follow.clone(), tokio::runtime::Handle::current());
+    let replayed = log.replay(&follow_store).await.expect("replay");
+    assert_eq!(replayed as u64, last);
+    assert_eq!(held(&follow_store), (200, Some(last.to_string())));
+    // nothing more to replay; its own writes go on numbering
+    assert_eq!(log.replay(&follow_store).await.expect("replay"), 0);
+    commit(&follow_store, vec![alloc(201)])
+        .await
+        .expect("the new leader's batch");
+    assert_eq!(held(&follow_store), (201, Some((last + 1).to_string())));
+    // the deposed leader's store is refused from now on, and keeps no trace
+    let e = commit(&lead_store, vec![alloc(500)]).await.unwrap_err();
+    assert!(matches!(e, StoreError::Replica { .. }), "{e}");
+    assert_eq!(held(&lead_store).0, 200);
+
+    follow.leave().await;
+    drop((lead_store, follow_store));
+    let _ = std::fs::remove_dir_all(lead_dir);
+    let _ = std::fs::remove_dir_all(follow_dir);
+}
