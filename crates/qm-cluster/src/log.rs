@@ -157,6 +157,12 @@ impl EtcdLog {
 }
 
 impl Replica for EtcdLog {
+    /// A thousand operations (about 300 KiB of JSON for allocations) keep an entry well
+    /// under etcd's 1.5 MiB request limit.
+    fn max_ops(&self) -> usize {
+        1000
+    }
+
     fn append(&self, ops: &[Op]) -> Result<Vec<Op>, String> {
         match self.rt.block_on(self.append_async(ops)) {
             Ok(seq) => {

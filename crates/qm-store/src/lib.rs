@@ -198,6 +198,11 @@ pub trait Replica: Send + Sync + std::fmt::Debug {
     /// Makes `ops` durable in the cluster's log, all or nothing; answers operations to apply
     /// here in the same transaction (the log's position this store now holds).
     fn append(&self, ops: &[Op]) -> Result<Vec<Op>, String>;
+
+    /// The most operations one group may take (an etcd request is at most 1.5 MiB).
+    fn max_ops(&self) -> usize {
+        8192
+    }
 }
 
 pub(crate) fn sqlite<'a>(

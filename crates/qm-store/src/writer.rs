@@ -63,10 +63,11 @@ fn run(
             audit::Head::default()
         }
     };
+    let cap = replica.map_or(GROUP_OPS, |r| r.max_ops().clamp(1, GROUP_OPS));
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         let mut n_ops = group[0].0.ops.len();
-        while n_ops < GROUP_OPS {
+        while n_ops < cap {
             match rx.try_recv() {
                 Ok(next) => {
                     n_ops += next.0.ops.len();
