@@ -11,7 +11,10 @@
 //! supervisor stops its agents: no agent runs twice) before it rejoins with a new lease.
 //!
 //! The view ([`Member::view`], [`Member::doc`]) is refreshed from etcd every
-//! [`MemberConfig::refresh`]: members, their leases' remaining time, and the leader.
+//! [`MemberConfig::refresh`]: the members and the leader, two reads. How long each member's
+//! lease has left costs a read per member, so it is read only while someone looks
+//! ([`Member::doc`] asks for it; the next refresh reads it): a thousand members cost etcd two
+//! thousand reads a second, not a million.
 
 mod log;
 pub mod testing;
@@ -41,7 +44,7 @@ pub struct MemberConfig {
     pub node: serde_json::Value,
     /// Seconds the member's lease lasts without a keep-alive.
     pub lease_ttl_s: i64,
-    /// How often the view is read from etcd.
+    /// How often the view is read from etcd (default 1 s).
     pub refresh: Duration,
 }
 
@@ -55,7 +58,7 @@ impl MemberConfig {
             url: url.to_owned(),
             node: serde_json::Value::Null,
             lease_ttl_s: 10,
-            refresh: Duration::from_millis(500),
+            refresh: Duration::from_secs(1),
         }
     }
 }
@@ -122,6 +125,8 @@ struct Inner {
     view: RwLock<View>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     on_lost: Mutex<Option<Hook>>,
+    /// Someone looked at the leases since the last refresh: read them at the next.
+    leases_wanted: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Member {
@@ -163,6 +168,7 @@ impl Member {
                 view: RwLock::new(View::default()),
                 tasks: Mutex::new(Vec::new()),
                 on_lost: Mutex::new(None),
+                leases_wanted: std::sync::atomic::AtomicBool::new(true),
             }),
         };
         let lease = member.register().await?;
@@ -199,8 +205,12 @@ impl Member {
             .unwrap_or_default()
     }
 
-    /// The cluster as `GET /v1/cluster` shows it.
+    /// The cluster as `GET /v1/cluster` shows it (the leases' expiry as of the last refresh
+    /// that read them; asking marks them wanted for the next).
     pub fn doc(&self) -> ClusterDoc {
+        self.inner
+            .leases_wanted
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let v = self.view();
         ClusterDoc {
             leader: v.leader.clone(),
@@ -440,14 +450,30 @@ impl Member {
         else {
             return;
         };
+        let leases = self
+            .inner
+            .leases_wanted
+            .swap(false, std::sync::atomic::Ordering::Relaxed);
+        let known: BTreeMap<String, Option<u64>> = self
+            .view()
+            .members
+            .into_iter()
+            .map(|(n, m)| (n, m.lease_expires_ms))
+            .collect();
         let mut members = BTreeMap::new();
         for kv in resp.kvs() {
             let Ok(record) = serde_json::from_slice::<Record>(kv.value()) else {
                 continue;
             };
-            let lease_expires_ms = match client.lease_time_to_live(kv.lease(), None).await {
-                Ok(t) if t.ttl() > 0 => Some(now_ms() + u64::try_from(t.ttl()).unwrap_or(0) * 1000),
-                _ => None,
+            let lease_expires_ms = if leases {
+                match client.lease_time_to_live(kv.lease(), None).await {
+                    Ok(t) if t.ttl() > 0 => {
+                        Some(now_ms() + u64::try_from(t.ttl()).unwrap_or(0) * 1000)
+                    }
+                    _ => None,
+                }
+            } else {
+                known.get(&record.name).copied().flatten()
             };
             members.insert(
                 record.name.clone(),

@@ -74,7 +74,16 @@ async fn three_members_agree_on_a_leader_and_a_halted_leader_is_replaced_and_fen
     assert_eq!(doc.leader.as_deref(), Some(leader.as_str()));
     assert_eq!(doc.members.len(), 3);
     assert_eq!(doc.members.iter().filter(|m| m.leader).count(), 1);
-    assert!(doc.members.iter().all(|m| m.lease_expires_at.is_some()));
+    // the leases' expiry is read once someone asks (the next refresh)
+    eventually("each member's lease expiry", 10, || {
+        follower
+            .doc()
+            .members
+            .iter()
+            .all(|m| m.lease_expires_at.is_some())
+            .then_some(())
+    })
+    .await;
 
     // the leader stops keeping its lease (kill -9, SIGSTOP): a new leader once it lapses
     let old_rev = lead.view().leading.expect("a fencing token");

@@ -81,8 +81,16 @@ fn three_members_on_etcd_agree_on_a_leader_and_replace_a_killed_one() {
     ];
     let all: Vec<&Daemon> = ds.iter().collect();
     let leader = eventually("three members agreeing on a leader", 30, || agreed(&all, 3));
-    // every member lists the others with the address it answers on
-    let view = ds[0].get("/v1/cluster").body;
+    // every member lists the others with the address it answers on (the leases' expiry once
+    // asked for: the next refresh reads them)
+    let view = eventually("the leases' expiry", 10, || {
+        let v = ds[0].get("/v1/cluster").body;
+        v["members"]
+            .as_array()?
+            .iter()
+            .all(|m| m["lease_expires_at"].is_string())
+            .then_some(v)
+    });
     for d in &ds {
         let name = d.get("/v1/node").body["name"].as_str().unwrap().to_owned();
         let entry = view["members"]
