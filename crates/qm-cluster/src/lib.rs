@@ -10,11 +10,11 @@
 //! revision, not a clock). A member that finds its lease lapsed calls its `on_lost` hook (the
 //! supervisor stops its agents: no agent runs twice) before it rejoins with a new lease.
 //!
-//! The view ([`Member::view`], [`Member::doc`]) is refreshed from etcd every
-//! [`MemberConfig::refresh`]: the members and the leader, two reads. How long each member's
-//! lease has left costs a read per member, so it is read only while someone looks
-//! ([`Member::doc`] asks for it; the next refresh reads it): a thousand members cost etcd two
-//! thousand reads a second, not a million.
+//! The view ([`Member::view`], [`Member::doc`]) follows the members through a watch on their
+//! prefix (a member joining or leaving costs each other member one event, never a read of
+//! everyone) and reads the leader every [`MemberConfig::refresh`]. How long each member's lease
+//! has left costs a read per member, so it is read only while someone looks ([`Member::doc`]
+//! asks for it; the next refresh reads it).
 
 mod log;
 pub mod testing;
@@ -25,7 +25,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
 use qm_proto::{ClusterDoc, ClusterMemberDoc, format_rfc3339};
 use tokio::task::JoinHandle;
 
@@ -90,6 +93,8 @@ pub struct Record {
 #[derive(Debug, Clone, PartialEq)]
 pub struct MemberEntry {
     pub record: Record,
+    /// Its lease.
+    pub lease: i64,
     /// When its lease lapses unless renewed (unix ms), where etcd said.
     pub lease_expires_ms: Option<u64>,
 }
@@ -433,55 +438,116 @@ impl Member {
         }
     }
 
-    /// Reads the view every `refresh`.
+    /// Keeps the view: the members by a watch on their prefix (a full read, then only the
+    /// changes: joining and leaving cost each member one event, not a read of everyone every
+    /// second), the leader (and, when wanted, the leases' expiry) read every `refresh`.
     async fn watch_view(self) {
+        let watcher = tokio::spawn(self.clone().watch_members());
         loop {
             tokio::time::sleep(self.inner.config.refresh).await;
             self.refresh().await;
+            if watcher.is_finished() {
+                return;
+            }
         }
     }
 
-    /// Reads members, their leases and the leader once.
-    async fn refresh(&self) {
-        let mut client = self.inner.client.clone();
-        let Ok(resp) = client
-            .get(self.key("members/"), Some(GetOptions::new().with_prefix()))
-            .await
-        else {
-            return;
-        };
-        let leases = self
-            .inner
-            .leases_wanted
-            .swap(false, std::sync::atomic::Ordering::Relaxed);
-        let known: BTreeMap<String, Option<u64>> = self
-            .view()
-            .members
-            .into_iter()
-            .map(|(n, m)| (n, m.lease_expires_ms))
-            .collect();
-        let mut members = BTreeMap::new();
-        for kv in resp.kvs() {
-            let Ok(record) = serde_json::from_slice::<Record>(kv.value()) else {
+    /// The members: a full read, then a watch from the revision after it; read again when the
+    /// watch ends.
+    async fn watch_members(self) {
+        let prefix = self.key("members/");
+        loop {
+            let mut client = self.inner.client.clone();
+            let Ok(resp) = client
+                .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+                .await
+            else {
+                tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             };
-            let lease_expires_ms = if leases {
-                match client.lease_time_to_live(kv.lease(), None).await {
-                    Ok(t) if t.ttl() > 0 => {
-                        Some(now_ms() + u64::try_from(t.ttl()).unwrap_or(0) * 1000)
-                    }
-                    _ => None,
+            let rev = resp.header().map_or(0, |h| h.revision());
+            let known = self.view().members;
+            let mut members = BTreeMap::new();
+            for kv in resp.kvs() {
+                if let Some(e) = entry(kv.value(), kv.lease(), &known) {
+                    members.insert(e.record.name.clone(), e);
                 }
-            } else {
-                known.get(&record.name).copied().flatten()
+            }
+            if let Ok(mut v) = self.inner.view.write() {
+                v.members = members;
+            }
+            let watch = client
+                .watch(
+                    prefix.clone(),
+                    Some(
+                        WatchOptions::new()
+                            .with_prefix()
+                            .with_start_revision(rev + 1),
+                    ),
+                )
+                .await;
+            let Ok(mut stream) = watch else {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
             };
-            members.insert(
-                record.name.clone(),
-                MemberEntry {
-                    record,
-                    lease_expires_ms,
-                },
-            );
+            while let Ok(Some(resp)) = stream.message().await {
+                if resp.canceled() {
+                    break;
+                }
+                let Ok(mut v) = self.inner.view.write() else {
+                    return;
+                };
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    let name = kv
+                        .key_str()
+                        .ok()
+                        .and_then(|k| k.strip_prefix(prefix.as_str()))
+                        .map(str::to_owned);
+                    match ev.event_type() {
+                        EventType::Put => {
+                            if let Some(e) = entry(kv.value(), kv.lease(), &v.members) {
+                                v.members.insert(e.record.name.clone(), e);
+                            }
+                        }
+                        EventType::Delete => {
+                            if let Some(n) = name {
+                                v.members.remove(&n);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the leader (and the members' leases when someone asked for them) once.
+    async fn refresh(&self) {
+        let mut client = self.inner.client.clone();
+        if self
+            .inner
+            .leases_wanted
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            let leases: Vec<(String, i64)> = self
+                .view()
+                .members
+                .iter()
+                .map(|(n, m)| (n.clone(), m.lease))
+                .collect();
+            let mut expiry = BTreeMap::new();
+            for (name, lease) in leases {
+                if let Ok(t) = client.lease_time_to_live(lease, None).await
+                    && t.ttl() > 0
+                {
+                    expiry.insert(name, now_ms() + u64::try_from(t.ttl()).unwrap_or(0) * 1000);
+                }
+            }
+            if let Ok(mut v) = self.inner.view.write() {
+                for (name, m) in &mut v.members {
+                    m.lease_expires_ms = expiry.get(name).copied();
+                }
+            }
         }
         // the leader, its leadership key's creation revision, and the revision read at
         let (leader, leader_rev, read_at) = match client.leader(self.election()).await {
@@ -495,7 +561,6 @@ impl Member {
             Err(_) => return,
         };
         if let Ok(mut v) = self.inner.view.write() {
-            v.members = members;
             // a leader deposed (its lease lapsed, another elected since) hears it here too; a
             // read older than its own election says nothing about it
             if let Some(mine) = v.leading
@@ -509,4 +574,18 @@ impl Member {
             }
         }
     }
+}
+
+/// A member's entry from its record, keeping the lease expiry `known` had for it.
+fn entry(value: &[u8], lease: i64, known: &BTreeMap<String, MemberEntry>) -> Option<MemberEntry> {
+    let record: Record = serde_json::from_slice(value).ok()?;
+    let lease_expires_ms = known
+        .get(&record.name)
+        .filter(|k| k.lease == lease)
+        .and_then(|k| k.lease_expires_ms);
+    Some(MemberEntry {
+        record,
+        lease,
+        lease_expires_ms,
+    })
 }
