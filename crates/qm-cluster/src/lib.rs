@@ -11,10 +11,10 @@
 //! supervisor stops its agents: no agent runs twice) before it rejoins with a new lease.
 //!
 //! The view ([`Member::view`], [`Member::doc`]) follows the members through a watch on their
-//! prefix (a member joining or leaving costs each other member one event, never a read of
-//! everyone) and reads the leader every [`MemberConfig::refresh`]. How long each member's lease
-//! has left costs a read per member, so it is read only while someone looks ([`Member::doc`]
-//! asks for it; the next refresh reads it).
+//! prefix and the leader through etcd's election announcements (a join, a leave or a new
+//! leader costs each member one event; nothing is polled). How long each member's lease has
+//! left costs a read per member, so it is read only while someone looks ([`Member::doc`] asks
+//! for it; the next [`MemberConfig::refresh`] reads it).
 
 mod log;
 pub mod testing;
@@ -439,15 +439,53 @@ impl Member {
     }
 
     /// Keeps the view: the members by a watch on their prefix (a full read, then only the
-    /// changes: joining and leaving cost each member one event, not a read of everyone every
-    /// second), the leader (and, when wanted, the leases' expiry) read every `refresh`.
+    /// changes), the leader by observing the election, and, when wanted, the leases' expiry
+    /// read every `refresh`.
     async fn watch_view(self) {
         let watcher = tokio::spawn(self.clone().watch_members());
+        let observer = tokio::spawn(self.clone().observe_leader());
         loop {
             tokio::time::sleep(self.inner.config.refresh).await;
-            self.refresh().await;
-            if watcher.is_finished() {
+            self.refresh_leases().await;
+            if watcher.is_finished() || observer.is_finished() {
                 return;
+            }
+        }
+    }
+
+    /// The leader, as etcd's election announces it (the current one first, then each change);
+    /// observed again when the stream ends.
+    async fn observe_leader(self) {
+        loop {
+            let mut client = self.inner.client.clone();
+            if let Ok(mut stream) = client.observe(self.election()).await {
+                while let Ok(Some(r)) = stream.message().await {
+                    self.saw_leader(
+                        r.kv().and_then(|kv| kv.value_str().ok()).map(str::to_owned),
+                        r.kv().map(|kv| kv.create_revision()),
+                        r.header().map_or(0, |h| h.revision()),
+                    );
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            // between two streams a change may have gone unheard: read the leader once
+            self.refresh().await;
+        }
+    }
+
+    /// Records `leader` (its leadership key made at `leader_rev`), as etcd said at `read_at`.
+    fn saw_leader(&self, leader: Option<String>, leader_rev: Option<i64>, read_at: i64) {
+        if let Ok(mut v) = self.inner.view.write() {
+            // a leader deposed (its lease lapsed, another elected since) hears it here too; a
+            // read older than its own election says nothing about it
+            if let Some(mine) = v.leading
+                && read_at >= mine
+                && leader_rev != Some(mine)
+            {
+                v.leading = None;
+            }
+            if read_at >= v.leading.unwrap_or(0) {
+                v.leader = leader;
             }
         }
     }
@@ -521,8 +559,8 @@ impl Member {
         }
     }
 
-    /// Reads the leader (and the members' leases when someone asked for them) once.
-    async fn refresh(&self) {
+    /// Reads the members' leases when someone asked for them.
+    async fn refresh_leases(&self) {
         let mut client = self.inner.client.clone();
         if self
             .inner
@@ -549,6 +587,11 @@ impl Member {
                 }
             }
         }
+    }
+
+    /// Reads the leader once.
+    async fn refresh(&self) {
+        let mut client = self.inner.client.clone();
         // the leader, its leadership key's creation revision, and the revision read at
         let (leader, leader_rev, read_at) = match client.leader(self.election()).await {
             Ok(r) => (
@@ -560,19 +603,7 @@ impl Member {
             // what it knew
             Err(_) => return,
         };
-        if let Ok(mut v) = self.inner.view.write() {
-            // a leader deposed (its lease lapsed, another elected since) hears it here too; a
-            // read older than its own election says nothing about it
-            if let Some(mine) = v.leading
-                && read_at >= mine
-                && leader_rev != Some(mine)
-            {
-                v.leading = None;
-            }
-            if read_at >= v.leading.unwrap_or(0) {
-                v.leader = leader;
-            }
-        }
+        self.saw_leader(leader, leader_rev, read_at);
     }
 }
 
