@@ -5,7 +5,7 @@
 //! robust anomaly score (`qm-pressure` does the arithmetic). Memory PSI raises the memory
 //! level too (`some` avg10 to warning, `full` avg10 to critical, systemd-oomd's figure). Each
 //! agent's memory has a trend of its own, and a forecast of when it would exhaust the node,
-//! which the responder (`agents::responder`) uses to pick a leaker first. An agent's forecast
+//! which the responder (`qm_supervisor`'s `responder.rs`) uses to pick a leaker first. An agent's forecast
 //! is made on the recent run of its readings that a line fits (`qm_pressure::leak_forecast`),
 //! and under memory pressure the fast path feeds it ten readings a second, so a leak that
 //! runs from warning to critical in three seconds is forecast in one.
