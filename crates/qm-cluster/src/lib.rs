@@ -115,6 +115,16 @@ pub struct View {
     pub rejoins: u64,
 }
 
+/// A task that ends with its owner: aborted when dropped (the owner's own task aborted by
+/// [`Member::halt`] or [`Member::leave`] takes its children with it).
+struct Child(JoinHandle<()>);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 type Hook =
     Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
 
@@ -357,9 +367,9 @@ impl Member {
     /// takes a new one and starts again.
     async fn session(self, mut lease: i64) {
         loop {
-            let campaign = tokio::spawn(self.clone().campaign(lease));
+            let campaign = Child(tokio::spawn(self.clone().campaign(lease)));
             let lost = self.keep(lease).await;
-            campaign.abort();
+            drop(campaign);
             if let Ok(mut v) = self.inner.view.write() {
                 v.leading = None;
                 v.lease = None;
@@ -442,12 +452,12 @@ impl Member {
     /// changes), the leader by observing the election, and, when wanted, the leases' expiry
     /// read every `refresh`.
     async fn watch_view(self) {
-        let watcher = tokio::spawn(self.clone().watch_members());
-        let observer = tokio::spawn(self.clone().observe_leader());
+        let watcher = Child(tokio::spawn(self.clone().watch_members()));
+        let observer = Child(tokio::spawn(self.clone().observe_leader()));
         loop {
             tokio::time::sleep(self.inner.config.refresh).await;
             self.refresh_leases().await;
-            if watcher.is_finished() || observer.is_finished() {
+            if watcher.0.is_finished() || observer.0.is_finished() {
                 return;
             }
         }
