@@ -5,14 +5,17 @@
 //! leader's write fails, and its store writes nothing (`qm_store::Replica`). A group is one
 //! etcd write, so the cluster's write rate is etcd's transaction rate times the group size.
 //!
-//! A member that comes to lead replays the entries its store does not hold yet
-//! ([`EtcdLog::replay`]), from the position kept in its store's meta (`cluster_log_seq`, which
-//! every append also moves), so it holds every acknowledged write before it decides anything.
+//! Each append writes the entry after the one its store holds (the position kept in the
+//! store's meta, `cluster_log_seq`, which every append moves). When that entry exists already
+//! (another leader wrote since), nothing is appended: the store takes the entries it lacks and
+//! the group fails (`ReplicaError::Behind`), so the engine re-reads the state and decides
+//! again on what every earlier leader acknowledged. [`EtcdLog::replay`] does the same catch-up
+//! ahead of time.
 
 use std::sync::Mutex;
 
 use etcd_client::{Compare, CompareOp, GetOptions, SortOrder, SortTarget, TxnOp};
-use qm_store::{Batch, Op, Replica, Store};
+use qm_store::{Batch, Op, Replica, ReplicaError, Store};
 
 use crate::{ClusterError, Member};
 
@@ -24,8 +27,8 @@ pub const LOG_SEQ_META: &str = "cluster_log_seq";
 pub struct EtcdLog {
     member: Member,
     rt: tokio::runtime::Handle,
-    /// The next entry's number, once read from etcd (forgotten after a failure).
-    next: Mutex<Option<u64>>,
+    /// The last entry the store holds.
+    held: Mutex<u64>,
 }
 
 fn parse_seq(key: &[u8], prefix: &str) -> Option<u64> {
@@ -43,7 +46,7 @@ impl EtcdLog {
         EtcdLog {
             member,
             rt,
-            next: Mutex::new(None),
+            held: Mutex::new(0),
         }
     }
 
@@ -120,6 +123,7 @@ impl EtcdLog {
         let entries = self.read_after(held).await?;
         let n = entries.len();
         for (seq, mut ops) in entries {
+            self.hold(seq);
             ops.push(Op::PutMeta {
                 key: LOG_SEQ_META.to_owned(),
                 value: seq.to_string(),
@@ -137,49 +141,78 @@ impl EtcdLog {
         Ok(n)
     }
 
-    async fn append_async(&self, ops: &[Op]) -> Result<u64, ClusterError> {
+    fn held(&self) -> u64 {
+        self.held.lock().map_or(0, |h| *h)
+    }
+
+    fn hold(&self, seq: u64) {
+        if let Ok(mut h) = self.held.lock() {
+            *h = (*h).max(seq);
+        }
+    }
+
+    /// Appends `ops` as the entry after the one held: the new position; or what the store
+    /// lacks when that entry exists.
+    async fn append_async(&self, ops: &[Op]) -> Result<u64, ReplicaError> {
+        let refused = |e: ClusterError| ReplicaError::Refused(e.to_string());
         let Some(rev) = self.member.view().leading else {
-            return Err(ClusterError::NotLeader);
+            return Err(refused(ClusterError::NotLeader));
         };
-        let known = self.next.lock().ok().and_then(|n| *n);
-        let seq = match known {
-            Some(s) => s,
-            None => self.last().await? + 1,
-        };
+        let held = self.held();
+        let seq = held + 1;
         let key = format!("{}{seq:020}", self.prefix());
-        let value = serde_json::to_vec(ops).map_err(|e| ClusterError::Config(e.to_string()))?;
+        let value = serde_json::to_vec(ops)
+            .map_err(|e| ReplicaError::Refused(format!("encoding the entry: {e}")))?;
         let fresh = Compare::create_revision(key.clone(), CompareOp::Equal, 0);
-        self.member
+        match self
+            .member
             .fenced_when(rev, vec![fresh], vec![TxnOp::put(key, value, None)])
-            .await?;
-        Ok(seq)
+            .await
+        {
+            Ok(()) => Ok(seq),
+            Err(ClusterError::NotLeader) => {
+                // deposed, or behind: which?
+                let last = self.last().await.map_err(refused)?;
+                if last <= held {
+                    return Err(refused(ClusterError::NotLeader));
+                }
+                let mut entries = Vec::new();
+                let mut at = held;
+                for (s, ops) in self.read_after(held).await.map_err(refused)? {
+                    entries.extend(ops);
+                    at = s;
+                }
+                entries.push(Op::PutMeta {
+                    key: LOG_SEQ_META.to_owned(),
+                    value: at.to_string(),
+                });
+                self.hold(at);
+                Err(ReplicaError::Behind { entries })
+            }
+            Err(e) => Err(refused(e)),
+        }
     }
 }
 
 impl Replica for EtcdLog {
+    fn start(&self, meta: &std::collections::BTreeMap<String, String>) {
+        if let Some(seq) = meta.get(LOG_SEQ_META).and_then(|v| v.parse().ok()) {
+            self.hold(seq);
+        }
+    }
+
     /// A thousand operations (about 300 KiB of JSON for allocations) keep an entry well
     /// under etcd's 1.5 MiB request limit.
     fn max_ops(&self) -> usize {
         1000
     }
 
-    fn append(&self, ops: &[Op]) -> Result<Vec<Op>, String> {
-        match self.rt.block_on(self.append_async(ops)) {
-            Ok(seq) => {
-                if let Ok(mut n) = self.next.lock() {
-                    *n = Some(seq + 1);
-                }
-                Ok(vec![Op::PutMeta {
-                    key: LOG_SEQ_META.to_owned(),
-                    value: seq.to_string(),
-                }])
-            }
-            Err(e) => {
-                if let Ok(mut n) = self.next.lock() {
-                    *n = None;
-                }
-                Err(e.to_string())
-            }
-        }
+    fn append(&self, ops: &[Op]) -> Result<Vec<Op>, ReplicaError> {
+        let seq = self.rt.block_on(self.append_async(ops))?;
+        self.hold(seq);
+        Ok(vec![Op::PutMeta {
+            key: LOG_SEQ_META.to_owned(),
+            value: seq.to_string(),
+        }])
     }
 }

@@ -189,15 +189,32 @@ pub enum StoreError {
     Replica { message: String },
 }
 
+/// Why the cluster's log did not take a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicaError {
+    /// Refused or failed (this member does not lead, etcd is unreachable).
+    Refused(String),
+    /// This store is behind the log (another leader wrote since): nothing was appended; the
+    /// writer applies `entries` (the missing changes, in order, with the new position) in a
+    /// transaction of their own and fails the group, whose changes were decided on the old
+    /// state. The caller re-reads the store and tries again.
+    Behind { entries: Vec<Op> },
+}
+
 /// Where a group of batches is made durable beyond this machine before it commits here: the
 /// cluster's log on etcd (`qm_cluster::EtcdLog`). The writer calls [`append`](Self::append)
 /// with the group's operations, in order, inside its transaction and before it commits: an
 /// error fails the group and nothing of it is written here; success means the operations are
 /// durable there. Audit entries are the member's own and are not passed on.
 pub trait Replica: Send + Sync + std::fmt::Debug {
+    /// Told, once, the store's meta as it opens (where in the log this store stands).
+    fn start(&self, meta: &BTreeMap<String, String>) {
+        let _ = meta;
+    }
+
     /// Makes `ops` durable in the cluster's log, all or nothing; answers operations to apply
     /// here in the same transaction (the log's position this store now holds).
-    fn append(&self, ops: &[Op]) -> Result<Vec<Op>, String>;
+    fn append(&self, ops: &[Op]) -> Result<Vec<Op>, ReplicaError>;
 
     /// The most operations one group may take (an etcd request is at most 1.5 MiB).
     fn max_ops(&self) -> usize {
@@ -297,6 +314,17 @@ impl Store {
             .map_err(sqlite("setting the checkpoint interval", &path))?;
         schema::migrate(&write, &path)?;
         let reader = schema::open(&path)?;
+        if let Some(r) = &replica {
+            let meta = {
+                let mut st = reader
+                    .prepare("SELECT key, value FROM meta")
+                    .map_err(sqlite("reading meta", &path))?;
+                st.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .and_then(Iterator::collect::<rusqlite::Result<BTreeMap<String, String>>>)
+                    .map_err(sqlite("reading meta", &path))?
+            };
+            r.start(&meta);
+        }
         let stats = Arc::new(writer::Counters::default());
         let (tx, rx) = mpsc::channel();
         let handle = writer::spawn(write, path.clone(), rx, Arc::clone(&stats), replica)?;

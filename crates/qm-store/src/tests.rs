@@ -302,17 +302,23 @@ fn the_audit_chain_links_entries_and_a_failed_batch_leaves_no_link() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
-/// A replica that keeps what it is given, or refuses while told to.
+/// A replica that keeps what it is given, refuses while told to, or says the store is behind
+/// by what `behind` holds.
 #[derive(Debug, Default)]
 struct Recorder {
     appended: std::sync::Mutex<Vec<Vec<Op>>>,
     refuse: std::sync::atomic::AtomicBool,
+    behind: std::sync::Mutex<Vec<Op>>,
 }
 
 impl Replica for Recorder {
-    fn append(&self, ops: &[Op]) -> Result<Vec<Op>, String> {
+    fn append(&self, ops: &[Op]) -> Result<Vec<Op>, ReplicaError> {
         if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err("not the leader".to_owned());
+            return Err(ReplicaError::Refused("not the leader".to_owned()));
+        }
+        let entries = std::mem::take(&mut *self.behind.lock().unwrap());
+        if !entries.is_empty() {
+            return Err(ReplicaError::Behind { entries });
         }
         let mut appended = self.appended.lock().unwrap();
         appended.push(ops.to_vec());
@@ -365,4 +371,32 @@ fn a_replicated_store_writes_the_replica_first_and_nothing_it_refuses() {
         .unwrap();
     assert_eq!(store.load().unwrap().live_allocations.len(), 2);
     assert_eq!(replica.appended.lock().unwrap().len(), 1);
+    // behind the log: the group is dropped, the log's changes taken, and the caller told
+    replica
+        .refuse
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    *replica.behind.lock().unwrap() = vec![
+        Op::PutAllocation(alloc(4, "d", "granted")),
+        Op::PutMeta {
+            key: "log".into(),
+            value: "7".into(),
+        },
+    ];
+    let e = store
+        .commit_wait(batch(vec![Op::PutAllocation(alloc(5, "e", "granted"))]))
+        .unwrap_err();
+    assert!(e.to_string().contains("caught up"), "{e}");
+    let loaded = store.load().unwrap();
+    let seqs: Vec<i64> = loaded.live_allocations.iter().map(|a| a.seq).collect();
+    assert_eq!(
+        seqs,
+        [1, 3, 4],
+        "the log's change taken, the stale group dropped"
+    );
+    assert_eq!(loaded.meta.get("log").map(String::as_str), Some("7"));
+    // and the next try goes through
+    store
+        .commit_wait(batch(vec![Op::PutAllocation(alloc(5, "e", "granted"))]))
+        .unwrap();
+    assert_eq!(store.load().unwrap().live_allocations.len(), 4);
 }

@@ -11,7 +11,7 @@ use std::thread::{self, JoinHandle};
 
 use rusqlite::{Connection, TransactionBehavior, params};
 
-use crate::{Batch, Counter, Done, Op, Replica, StoreError, audit, sqlite};
+use crate::{Batch, Counter, Done, Op, Replica, ReplicaError, StoreError, audit, sqlite};
 
 /// The most operations one group transaction takes.
 const GROUP_OPS: usize = 8192;
@@ -170,17 +170,45 @@ fn apply<'a>(
             .cloned()
             .collect();
         if !ops.is_empty() {
-            let here = r
-                .append(&ops)
-                .map_err(|message| StoreError::Replica { message })?;
-            for op in &here {
-                apply_op(&tx, op).map_err(sqlite("writing", path))?;
+            match r.append(&ops) {
+                Ok(here) => {
+                    for op in &here {
+                        apply_op(&tx, op).map_err(sqlite("writing", path))?;
+                    }
+                }
+                Err(ReplicaError::Refused(message)) => {
+                    return Err(StoreError::Replica { message });
+                }
+                Err(ReplicaError::Behind { entries }) => {
+                    // the group was decided on an old state: drop it, take what the log
+                    // has, and let the caller re-read and try again
+                    drop(tx);
+                    catch_up(conn, path, &entries)?;
+                    return Err(StoreError::Replica {
+                        message: format!(
+                            "this member was behind the cluster's log and has caught up ({} \
+                             changes); try again",
+                            entries.len()
+                        ),
+                    });
+                }
             }
         }
     }
     tx.commit().map_err(sqlite("committing", path))?;
     *head = chain;
     Ok(())
+}
+
+/// Applies changes taken from the cluster's log, in a transaction of their own.
+fn catch_up(conn: &mut Connection, path: &Path, entries: &[Op]) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sqlite("beginning a transaction", path))?;
+    for op in entries.iter().filter(|op| !matches!(op, Op::Audit { .. })) {
+        apply_op(&tx, op).map_err(sqlite("catching up with the cluster's log", path))?;
+    }
+    tx.commit().map_err(sqlite("committing", path))
 }
 
 /// The writer has no logger of its own; a chain it cannot read starts from genesis, and
