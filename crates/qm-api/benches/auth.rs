@@ -45,6 +45,7 @@ fn world() -> &'static World {
             monitor: None,
             admin_token_sha256: Some(qm_engine::tokens::digest(&admin_token)),
             clock: qm_engine::clock::system(),
+            replica: None,
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -864,8 +864,28 @@ impl Core {
     }
 
     pub(crate) fn local_node(&self) -> Result<NodeDoc, EngineError> {
-        self.node_doc(&self.local)
-            .ok_or_else(|| EngineError::NotFound("the local node is gone".to_owned()))
+        if let Some(doc) = self.node_doc(&self.local) {
+            return Ok(doc);
+        }
+        // not recorded yet (the disk refused the start, or a cluster member that does not
+        // lead): the node as configured, not ready, nothing allocated here
+        let spec = self
+            .local_pending
+            .as_ref()
+            .ok_or_else(|| EngineError::NotFound("the local node is gone".to_owned()))?;
+        let render = |r| qm_proto::render_resources(&self.catalog, r);
+        Ok(NodeDoc {
+            name: spec.name.clone(),
+            labels: spec.labels.clone(),
+            capacity: render(&spec.capacity),
+            allocatable: render(&spec.allocatable),
+            allocated: std::collections::BTreeMap::new(),
+            available: render(&spec.allocatable),
+            usage: None,
+            ready: false,
+            pressure: "ok".to_owned(),
+            kind: "local".to_owned(),
+        })
     }
 
     pub(crate) fn register_node(

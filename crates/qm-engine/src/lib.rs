@@ -57,6 +57,9 @@ pub struct EngineConfig {
     pub admin_token_sha256: Option<[u8; 32]>,
     /// What "now" is for leases, heartbeats and expiry ([`clock::system`] but in tests).
     pub clock: Arc<dyn clock::Clock>,
+    /// The cluster's log, when the daemon is a member of one: every batch is made durable
+    /// there first, and only while this member leads (`qm_store::Replica`).
+    pub replica: Option<Arc<dyn qm_store::Replica>>,
 }
 
 pub use qm_proto::unix_ms;
@@ -189,7 +192,10 @@ impl Engine {
     /// Opens the store, restores the ledger, registers the local node, expires what lapsed
     /// while down, drains the queues, persists the result, and starts the engine thread.
     pub fn start(config: EngineConfig) -> Result<Self, StartError> {
-        let store = Store::open(&config.data_dir)?;
+        let store = match &config.replica {
+            Some(r) => Store::open_replicated(&config.data_dir, Arc::clone(r))?,
+            None => Store::open(&config.data_dir)?,
+        };
         let micros = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));

@@ -26,6 +26,7 @@ fn engine(tag: &str, clock: &ManualClock) -> (Engine, std::path::PathBuf) {
         monitor: None,
         admin_token_sha256: None,
         clock: Arc::new(clock.clone()),
+        replica: None,
     };
     (Engine::start(config).expect("engine"), dir)
 }

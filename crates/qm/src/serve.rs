@@ -769,6 +769,7 @@ impl Settings {
             monitor: None,
             admin_token_sha256: None,
             clock: qm_engine::clock::system(),
+            replica: None,
         };
         let pressure = thresholds(&file.pressure)?;
         let cluster = cluster_settings(args.etcd.as_deref(), file.cluster)?;
@@ -831,14 +832,29 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         );
     }
     runtime.block_on(async move {
-        let engine_config = settings.engine.clone();
-        let engine = tokio::task::spawn_blocking(move || Engine::start(engine_config))
-            .await
-            .context("the engine did not start")??;
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let addr = listener.local_addr().context("no local address")?;
+        let scheme = if settings.tls.is_some() { "https" } else { "http" };
+        let reach = if addr.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        } else {
+            addr
+        };
+        let self_url = format!("{scheme}://{reach}");
+        // a member joins before its engine starts: the engine's store writes through the log
+        let member = crate::cluster::join(
+            settings.cluster.as_ref(),
+            &settings.engine.node_name,
+            &self_url,
+        )
+        .await?;
+        let mut engine_config = settings.engine.clone();
+        engine_config.replica = crate::cluster::replica(&member);
+        let engine = tokio::task::spawn_blocking(move || Engine::start(engine_config))
+            .await
+            .context("the engine did not start")??;
         tracing::info!(%addr, tls = settings.tls.is_some(), node = %settings.engine.node_name, data_dir = %settings.engine.data_dir.display(), "serving API v1");
         if settings.insecure {
             tracing::warn!(%addr, "INSECURE: plain HTTP on a non-loopback address (--insecure): tokens and state cross the network unencrypted; serve TLS with --tls-cert/--tls-key");
@@ -847,14 +863,8 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         println!("listening on {addr}");
         crate::notify::start(&settings.notify, &engine);
         let pointer = crate::token_file::publish(addr.port(), &settings.admin_token_file);
-        let scheme = if settings.tls.is_some() { "https" } else { "http" };
-        let reach = if addr.ip().is_unspecified() {
-            SocketAddr::from(([127, 0, 0, 1], addr.port()))
-        } else {
-            addr
-        };
         if let Some(a) = &mut settings.agents {
-            a.server_url = Some(format!("{scheme}://{reach}"));
+            a.server_url = Some(self_url.clone());
         }
         let agents = match settings.agents.clone() {
             Some(c) => Some(
@@ -864,10 +874,7 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             ),
             None => None,
         };
-        let self_url = format!("{scheme}://{reach}");
-        let (cluster_view, member) =
-            crate::cluster::join(settings.cluster.as_ref(), &engine, agents.clone(), &self_url)
-                .await?;
+        let cluster_view = crate::cluster::attach(&member, &engine, agents.clone(), &self_url);
         let app = qm_api::router(engine.clone(), agents, settings.auth, Some(cluster_view));
         let closing = engine.clone();
         let shutdown = async move {

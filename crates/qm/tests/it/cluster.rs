@@ -1,12 +1,14 @@
 //! `GET /v1/cluster` and `qm cluster`: a daemon on its own is a cluster of one on SQLite; three
-//! daemons on one real etcd (`--etcd`) agree on a leader, each answers the same view, and when
-//! the leader is killed with SIGKILL the other two agree on a new one once its lease lapses.
-//! Each daemon has its own data dir and cgroup parent.
+//! daemons on one real etcd (`--etcd`) agree on a leader and each answers the same view; only
+//! the leader's writes land (through the cluster's log), a follower's are refused; when the
+//! leader is killed with SIGKILL the other two agree on a new one once its lease lapses, and it
+//! serves writes again holding every write the old one acknowledged. Each daemon has its own
+//! data dir and cgroup parent.
 
 use std::process::Command;
 use std::time::Instant;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::daemon::{Daemon, eventually, temp_dir};
 
@@ -116,21 +118,54 @@ fn three_members_on_etcd_agree_on_a_leader_and_replace_a_killed_one() {
         text.contains("store etcd") && text.contains(&format!("leader {leader}")),
         "{text}"
     );
-    // SIGKILL the leader: the others agree on a new one once its 2 s lease lapses
+    // only the leader writes: its store writes through the cluster's log; a follower's is
+    // refused (503) and changes nothing
     let mut ds = ds;
     let at = ds
         .iter()
         .position(|d| d.get("/v1/node").body["name"] == leader.as_str())
         .unwrap();
+    let request =
+        |i: usize| json!({ "agent": format!("w{i}"), "resources": { "cpu": "10m" } }).to_string();
+    let first = eventually("the leader to take writes", 20, || {
+        let a = ds[at].post("/v1/allocations", &request(0));
+        (a.status == 201).then_some(a)
+    });
+    let mut acked = vec![first.body["id"].as_str().expect("an id").to_owned()];
+    let follower = (at + 1) % ds.len();
+    let refused = ds[follower].post("/v1/allocations", &request(1));
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    for i in 2..22 {
+        let a = ds[at].post("/v1/allocations", &request(i));
+        assert_eq!(a.status, 201, "{:?}", a.body);
+        acked.push(a.body["id"].as_str().expect("an id").to_owned());
+    }
+    // SIGKILL the leader: the others agree on a new one once its 2 s lease lapses
     let killed = ds.remove(at);
     killed.kill9();
     let t0 = Instant::now();
     let rest: Vec<&Daemon> = ds.iter().collect();
     let next = eventually("a new leader among the two left", 30, || agreed(&rest, 2));
     assert_ne!(next, leader);
+    let elected = t0.elapsed().as_secs_f64();
+    // the new leader takes writes once it holds every acknowledged one
+    let new_lead = ds
+        .iter()
+        .find(|d| d.get("/v1/node").body["name"] == next.as_str())
+        .unwrap();
+    eventually("the new leader to take writes", 30, || {
+        (new_lead.post("/v1/allocations", &request(99)).status == 201).then_some(())
+    });
+    let served = t0.elapsed().as_secs_f64();
+    for id in &acked {
+        let a = new_lead.get(&format!("/v1/allocations/{id}"));
+        assert_eq!(a.status, 200, "{id} was acknowledged: {:?}", a.body);
+        assert_eq!(a.body["state"], "granted", "{:?}", a.body);
+    }
     eprintln!(
-        "leader killed to a new leader agreed by the others: {:.1} s (lease 2 s)",
-        t0.elapsed().as_secs_f64()
+        "leader killed: a new leader agreed in {elected:.1} s, writes served again in \
+         {served:.1} s (lease 2 s), all {} acknowledged writes there",
+        acked.len()
     );
     for d in ds {
         d.stop();
