@@ -7,6 +7,7 @@ mod agents;
 pub mod auth;
 mod error;
 mod events;
+mod forward;
 pub mod mcp;
 pub mod metrics;
 mod monitoring;
@@ -26,6 +27,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// The largest state document `POST /v1/state` accepts.
 pub const MAX_STATE_BODY: usize = 256 * 1024 * 1024;
 
+pub use forward::Forward;
 pub use qm_engine::Engine;
 
 /// How the daemon sees its cluster (`GET /v1/cluster`): a member's view of etcd, or, for a

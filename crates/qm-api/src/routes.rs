@@ -34,6 +34,7 @@ pub fn router(
     agents: Option<qm_supervisor::Supervisor>,
     auth: crate::AuthConfig,
     cluster: Option<crate::ClusterView>,
+    forward: Option<crate::Forward>,
 ) -> Router {
     let closing = engine.clone();
     let gate = crate::auth::Gate::new(engine.clone(), auth);
@@ -49,7 +50,15 @@ pub fn router(
     });
     // The tools' calls pass the gate as any request does, with the caller's token.
     let mcp = crate::mcp::http_service(api.clone().layer(layer.clone()), Some(closed));
-    api.route_service("/mcp", mcp).layer(layer)
+    let router = api.route_service("/mcp", mcp).layer(layer);
+    // a member that does not lead relays the ledger's routes to the leader, before its gate
+    match forward {
+        Some(f) => router.layer(axum::middleware::from_fn_with_state(
+            f,
+            crate::forward::relay,
+        )),
+        None => router,
+    }
 }
 
 fn api_router(

@@ -220,6 +220,20 @@ impl Member {
             .unwrap_or_default()
     }
 
+    /// The leader's API address while another member leads (None while this one does, or no
+    /// leader is known).
+    pub fn leader_url(&self) -> Option<String> {
+        let v = self.view();
+        if v.leading.is_some() {
+            return None;
+        }
+        let leader = v.leader?;
+        if leader == self.name() {
+            return None;
+        }
+        v.members.get(&leader).map(|m| m.record.url.clone())
+    }
+
     /// The cluster as `GET /v1/cluster` shows it (the leases' expiry as of the last refresh
     /// that read them; asking marks them wanted for the next).
     pub fn doc(&self) -> ClusterDoc {

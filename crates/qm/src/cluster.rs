@@ -90,6 +90,21 @@ pub(crate) fn attach(
     })
 }
 
+/// Where a member that does not lead sends the ledger's routes: the leader's address, from
+/// the view (None while this member leads, or no leader is known).
+pub(crate) fn forward(member: &MemberHandle) -> Option<qm_api::Forward> {
+    #[cfg(feature = "etcd")]
+    return member.as_ref().map(|m| {
+        let m = m.clone();
+        Arc::new(move || m.leader_url()) as qm_api::Forward
+    });
+    #[cfg(not(feature = "etcd"))]
+    {
+        let _ = member;
+        None
+    }
+}
+
 #[cfg(feature = "etcd")]
 async fn join_etcd(
     settings: &ClusterSettings,

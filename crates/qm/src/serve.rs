@@ -875,7 +875,14 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             None => None,
         };
         let cluster_view = crate::cluster::attach(&member, &engine, agents.clone(), &self_url);
-        let app = qm_api::router(engine.clone(), agents, settings.auth, Some(cluster_view));
+        let forward = crate::cluster::forward(&member);
+        let app = qm_api::router(
+            engine.clone(),
+            agents,
+            settings.auth,
+            Some(cluster_view),
+            forward,
+        );
         let closing = engine.clone();
         let shutdown = async move {
             shutdown_signal().await;

@@ -1,6 +1,6 @@
 //! `GET /v1/cluster` and `qm cluster`: a daemon on its own is a cluster of one on SQLite; three
-//! daemons on one real etcd (`--etcd`) agree on a leader and each answers the same view; only
-//! the leader's writes land (through the cluster's log), a follower's are refused; when the
+//! daemons on one real etcd (`--etcd`) agree on a leader and each answers the same view; the
+//! leader's writes go through the cluster's log, and a follower relays them to it; when the
 //! leader is killed with SIGKILL the other two agree on a new one once its lease lapses, and it
 //! serves writes again holding every write the old one acknowledged. Each daemon has its own
 //! data dir and cgroup parent.
@@ -29,9 +29,10 @@ fn a_daemon_on_its_own_is_a_cluster_of_one() {
     d.stop();
 }
 
-/// A member daemon `name` on `etcd` with a 2 s lease.
+/// A member daemon `name` on `etcd` with a 2 s lease; members share the admin token file (the
+/// spec: cluster members are given the same file).
 #[cfg(feature = "etcd")]
-fn member(etcd: &qm_cluster::testing::Etcd, name: &str) -> Daemon {
+fn member(etcd: &qm_cluster::testing::Etcd, name: &str, token: &std::path::Path) -> Daemon {
     let dir = temp_dir(&format!("cluster-{name}"));
     let config = dir.join("qm.toml");
     std::fs::write(
@@ -42,7 +43,7 @@ fn member(etcd: &qm_cluster::testing::Etcd, name: &str) -> Daemon {
         ),
     )
     .expect("config");
-    Daemon::start(
+    let mut d = Daemon::start(
         &dir.join("data"),
         &[
             "--config",
@@ -51,8 +52,15 @@ fn member(etcd: &qm_cluster::testing::Etcd, name: &str) -> Daemon {
             name,
             "--etcd",
             &etcd.url,
+            "--admin-token-file",
+            token.to_str().expect("utf-8"),
         ],
-    )
+    );
+    d.token = std::fs::read_to_string(token)
+        .expect("the shared admin token")
+        .trim()
+        .to_owned();
+    d
 }
 
 /// The leader every daemon in `ds` reports, once they agree and each sees `n` members.
@@ -76,10 +84,11 @@ fn three_members_on_etcd_agree_on_a_leader_and_replace_a_killed_one() {
     let Some(etcd) = qm_cluster::testing::Etcd::start("it-cluster") else {
         return;
     };
+    let token = temp_dir("cluster-token").join("admin.token");
     let ds = vec![
-        member(&etcd, "m1"),
-        member(&etcd, "m2"),
-        member(&etcd, "m3"),
+        member(&etcd, "m1", &token),
+        member(&etcd, "m2", &token),
+        member(&etcd, "m3", &token),
     ];
     let all: Vec<&Daemon> = ds.iter().collect();
     let leader = eventually("three members agreeing on a leader", 30, || agreed(&all, 3));
@@ -132,11 +141,28 @@ fn three_members_on_etcd_agree_on_a_leader_and_replace_a_killed_one() {
         (a.status == 201).then_some(a)
     });
     let mut acked = vec![first.body["id"].as_str().expect("an id").to_owned()];
+    // any member answers: a follower relays the ledger's routes to the leader
     let follower = (at + 1) % ds.len();
-    let refused = ds[follower].post("/v1/allocations", &request(1));
-    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    let relayed = ds[follower].post("/v1/allocations", &request(1));
+    assert_eq!(relayed.status, 201, "{:?}", relayed.body);
+    let id = relayed.body["id"].as_str().expect("an id").to_owned();
+    assert_eq!(ds[at].get(&format!("/v1/allocations/{id}")).status, 200);
+    let listed = ds[follower].get("/v1/allocations").body;
+    assert_eq!(
+        listed["items"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
+    );
+    acked.push(id);
+    // and a bad request is the leader's answer, field named
+    let bad = ds[follower].post(
+        "/v1/allocations",
+        r#"{"agent":"x","resources":{"cpu":"-1"}}"#,
+    );
+    assert_eq!(bad.status, 422, "{:?}", bad.body);
     for i in 2..22 {
-        let a = ds[at].post("/v1/allocations", &request(i));
+        let d = if i % 2 == 0 { &ds[at] } else { &ds[follower] };
+        let a = d.post("/v1/allocations", &request(i));
         assert_eq!(a.status, 201, "{:?}", a.body);
         acked.push(a.body["id"].as_str().expect("an id").to_owned());
     }

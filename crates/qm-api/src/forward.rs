@@ -1,0 +1,171 @@
+//! A cluster member that does not lead passes the ledger's routes on to the leader: any member
+//! answers every route. Allocations, nodes, pools, state and tokens live in the one ledger the
+//! leader runs, so their requests (reads too: a follower's copy is as old as its last term)
+//! go to the leader's address as they came, Authorization included, and its answer comes back
+//! as it was. The leader authenticates and decides; this member only relays, before its own
+//! gate. Everything else (the local node, agents, fleets, metrics, pressure, the cluster's
+//! view, MCP) is this member's own and answered here.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::ApiError;
+
+/// The leader's API address while requests must go there (this member is in a cluster and
+/// does not lead); None to answer here.
+pub type Forward = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// The ledger's routes: what the leader answers.
+fn forwarded(path: &str) -> bool {
+    [
+        "/v1/allocations",
+        "/v1/nodes",
+        "/v1/pools",
+        "/v1/state",
+        "/v1/tokens",
+    ]
+    .iter()
+    .any(|p| path == *p || path.strip_prefix(p).is_some_and(|r| r.starts_with('/')))
+}
+
+/// Request headers passed on (the rest are this hop's).
+const PASSED: [HeaderName; 4] = [
+    header::AUTHORIZATION,
+    header::CONTENT_TYPE,
+    header::ACCEPT,
+    HeaderName::from_static("idempotency-key"),
+];
+
+/// Answer headers passed back.
+const RETURNED: [HeaderName; 4] = [
+    header::CONTENT_TYPE,
+    header::RETRY_AFTER,
+    header::LOCATION,
+    header::WWW_AUTHENTICATE,
+];
+
+/// The middleware: relays the ledger's routes to the leader while `forward` names one.
+pub(crate) async fn relay(State(forward): State<Forward>, req: Request, next: Next) -> Response {
+    if !forwarded(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let Some(leader) = forward() else {
+        return next.run(req).await;
+    };
+    let limit = if req.uri().path() == "/v1/state" {
+        crate::MAX_STATE_BODY
+    } else {
+        crate::MAX_BODY
+    };
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is over {limit} bytes"),
+        )
+        .into_response();
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
+    let url = format!("{}{path}", leader.trim_end_matches('/'));
+    let mut out = axum::http::Request::builder()
+        .method(parts.method.clone())
+        .uri(&url);
+    for name in &PASSED {
+        if let Some(v) = parts.headers.get(name) {
+            out = out.header(name, v);
+        }
+    }
+    let Ok(out) = out.body(bytes.to_vec()) else {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "cannot relay this request",
+        )
+        .into_response();
+    };
+    let answer = tokio::task::spawn_blocking(move || {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(30)))
+            .build()
+            .new_agent();
+        let mut resp = agent.run(out)?;
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(crate::MAX_STATE_BODY as u64)
+            .read_to_vec()?;
+        Ok::<_, ureq::Error>((resp.status(), resp.headers().clone(), body))
+    })
+    .await;
+    match answer {
+        Ok(Ok((status, headers, body))) => {
+            let mut resp = Response::new(Body::from(body));
+            *resp.status_mut() = status;
+            for name in &RETURNED {
+                if let Some(v) = headers.get(name) {
+                    resp.headers_mut().insert(name.clone(), v.clone());
+                }
+            }
+            if let Ok(v) = HeaderValue::from_str(&leader) {
+                resp.headers_mut()
+                    .insert(HeaderName::from_static("x-qm-leader"), v);
+            }
+            resp
+        }
+        Ok(Err(e)) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "leader_unreachable",
+            format!("this member does not lead and the leader at {leader} did not answer: {e}"),
+        )
+        .into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "leader_unreachable",
+            format!("relaying to the leader failed: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forwarded;
+
+    #[test]
+    fn the_ledgers_routes_are_forwarded_and_the_members_own_are_not() {
+        for p in [
+            "/v1/allocations",
+            "/v1/allocations/a1/renew",
+            "/v1/nodes",
+            "/v1/nodes/n1/heartbeat",
+            "/v1/pools/p",
+            "/v1/state",
+            "/v1/tokens/t1",
+        ] {
+            assert!(forwarded(p), "{p}");
+        }
+        for p in [
+            "/v1/node",
+            "/v1/agents",
+            "/v1/fleets/f",
+            "/v1/cluster",
+            "/v1/metrics",
+            "/v1/pressure",
+            "/v1/allocationsx",
+            "/mcp",
+            "/healthz",
+        ] {
+            assert!(!forwarded(p), "{p}");
+        }
+    }
+}
