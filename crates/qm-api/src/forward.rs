@@ -49,9 +49,13 @@ const RETURNED: [HeaderName; 4] = [
     header::WWW_AUTHENTICATE,
 ];
 
+/// Marks a relayed request: it is answered where it arrives, never relayed again (two members
+/// that each believe the other leads, for a moment, must not pass a request back and forth).
+const RELAYED: HeaderName = HeaderName::from_static("x-qm-relayed");
+
 /// The middleware: relays the ledger's routes to the leader while `forward` names one.
 pub(crate) async fn relay(State(forward): State<Forward>, req: Request, next: Next) -> Response {
-    if !forwarded(req.uri().path()) {
+    if !forwarded(req.uri().path()) || req.headers().contains_key(&RELAYED) {
         return next.run(req).await;
     }
     let Some(leader) = forward() else {
@@ -84,6 +88,7 @@ pub(crate) async fn relay(State(forward): State<Forward>, req: Request, next: Ne
             out = out.header(name, v);
         }
     }
+    out = out.header(&RELAYED, "1");
     let Ok(out) = out.body(bytes.to_vec()) else {
         return ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -154,6 +154,17 @@ fn three_members_on_etcd_agree_on_a_leader_and_replace_a_killed_one() {
         "{listed}"
     );
     acked.push(id);
+    // a request already relayed is answered where it lands, never passed on again: a
+    // follower's own store refuses it
+    let bearer = ds[follower].bearer();
+    let once = ds[follower].send(
+        "POST",
+        "/v1/allocations",
+        "application/json",
+        request(98).as_bytes(),
+        &[("authorization", bearer.as_str()), ("x-qm-relayed", "1")],
+    );
+    assert_eq!(once.status, 503, "{:?}", once.body);
     // and a bad request is the leader's answer, field named
     let bad = ds[follower].post(
         "/v1/allocations",
