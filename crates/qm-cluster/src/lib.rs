@@ -352,10 +352,12 @@ impl Member {
     }
 
     /// Takes a lease and writes the member's record under it.
+    /// One name, one member: the record is written only where none is (a member of the same
+    /// name that died leaves when its lease lapses; until then this one waits, up to the lease
+    /// and two seconds, then gives up naming the conflict).
     async fn register(&self) -> Result<i64, ClusterError> {
         let c = &self.inner.config;
         let mut client = self.inner.client.clone();
-        let lease = client.lease_grant(c.lease_ttl_s, None).await?.id();
         let record = Record {
             name: c.name.clone(),
             url: c.url.clone(),
@@ -363,13 +365,30 @@ impl Member {
         };
         let value = serde_json::to_vec(&record)
             .map_err(|e| ClusterError::Config(format!("record: {e}")))?;
-        client
-            .put(
-                self.key(&format!("members/{}", c.name)),
-                value,
-                Some(PutOptions::new().with_lease(lease)),
-            )
-            .await?;
+        let key = self.key(&format!("members/{}", c.name));
+        let patience = Duration::from_secs(u64::try_from(c.lease_ttl_s).unwrap_or(10) + 2);
+        let started = tokio::time::Instant::now();
+        let lease = loop {
+            let lease = client.lease_grant(c.lease_ttl_s, None).await?.id();
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key.clone(),
+                    value.clone(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )]);
+            if client.txn(txn).await?.succeeded() {
+                break lease;
+            }
+            let _ = client.lease_revoke(lease).await;
+            if started.elapsed() >= patience {
+                return Err(ClusterError::Config(format!(
+                    "a member named {:?} is already in the cluster",
+                    c.name
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
         if let Ok(mut v) = self.inner.view.write() {
             v.lease = Some(lease);
         }

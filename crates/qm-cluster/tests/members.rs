@@ -113,6 +113,22 @@ async fn three_members_agree_on_a_leader_and_a_halted_leader_is_replaced_and_fen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_name_is_one_member() {
+    let Some(etcd) = Etcd::start("one-name") else {
+        return;
+    };
+    let a = Member::join(config(&etcd, "same")).await.expect("join");
+    let e = Member::join(config(&etcd, "same")).await.unwrap_err();
+    assert!(e.to_string().contains("already in the cluster"), "{e}");
+    // once the first is gone (its lease lapsed), the name is free again
+    a.halt();
+    let b = Member::join(config(&etcd, "same"))
+        .await
+        .expect("the name free once the lease lapsed");
+    b.leave().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_finds_its_lease_gone_runs_its_hook_and_rejoins() {
     let Some(etcd) = Etcd::start("rejoin") else {
         return;
