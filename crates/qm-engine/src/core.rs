@@ -863,6 +863,25 @@ impl Core {
             .collect()
     }
 
+    /// Holds node `name` to a heartbeat within `ttl_ms` from now on, as a cluster member's
+    /// node (kind `member`): the leader's view of the members heartbeats the live ones, and a
+    /// node whose member left misses it and is lost. Answers whether there is such a node.
+    pub(crate) fn watch_member(&mut self, name: &str, ttl_ms: u64) -> bool {
+        if name == self.local {
+            return false;
+        }
+        let t = self.clock.now();
+        let Some(meta) = self.nodes.get_mut(name) else {
+            return false;
+        };
+        if meta.heartbeat_ttl_ms.is_none() || meta.kind != "member" {
+            meta.last_heartbeat = t;
+        }
+        meta.heartbeat_ttl_ms = Some(ttl_ms);
+        meta.kind = "member".to_owned();
+        true
+    }
+
     pub(crate) fn local_node(&self) -> Result<NodeDoc, EngineError> {
         if let Some(doc) = self.node_doc(&self.local) {
             return Ok(doc);

@@ -480,6 +480,15 @@ impl Engine {
             .await?
     }
 
+    /// Holds node `name` to a heartbeat within `ttl_ms`, as a cluster member's node (see
+    /// `qm serve --etcd`); false when there is no such node (or it is this one).
+    pub async fn watch_member(&self, name: String, ttl_ms: u64) -> Result<bool, EngineError> {
+        self.call(move |core, tx| {
+            let _ = tx.send(core.watch_member(&name, ttl_ms));
+        })
+        .await
+    }
+
     /// Removes a node; refused while it holds grants unless `force`.
     pub async fn delete_node(&self, name: String, force: bool) -> Result<NodeDoc, EngineError> {
         self.call(move |core, tx| core.delete_node(&name, force, tx))

@@ -22,16 +22,34 @@ pub(crate) type MemberHandle = Option<qm_cluster::Member>;
 pub(crate) type MemberHandle = Option<std::convert::Infallible>;
 
 /// Joins the cluster `settings` names, when it names one: before the engine starts, so the
-/// engine's store can write through the cluster's log (`replica`).
+/// engine's store can write through the cluster's log (`replica`). The member's record
+/// carries its node (`engine`'s capacity, allocatable and labels) for the leader's ledger.
 pub(crate) async fn join(
     settings: Option<&ClusterSettings>,
-    name: &str,
+    engine: &qm_engine::EngineConfig,
     url: &str,
 ) -> anyhow::Result<MemberHandle> {
     match settings {
         None => Ok(None),
-        Some(s) => join_etcd(s, name, url).await,
+        Some(s) => join_etcd(s, engine, url).await,
     }
+}
+
+/// The member's node as its record carries it: a node registration.
+fn node_record(engine: &qm_engine::EngineConfig, ttl_s: i64) -> serde_json::Value {
+    let render = |r| {
+        qm_proto::render_resources(&engine.catalog, r)
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect::<qm_proto::WireResources>()
+    };
+    qm_proto::to_value(&qm_proto::NodeRegistration {
+        name: engine.node_name.clone(),
+        capacity: render(&engine.capacity),
+        allocatable: Some(render(&engine.allocatable)),
+        labels: Some(engine.labels.clone()),
+        heartbeat_ttl_s: Some(ttl_s as f64 + 1.0),
+    })
 }
 
 /// The cluster's log to give the engine's store, for a member.
@@ -57,6 +75,7 @@ pub(crate) fn attach(
     engine: &Engine,
     agents: Option<Supervisor>,
     url: &str,
+    ttl_ms: u64,
 ) -> qm_api::ClusterView {
     #[cfg(feature = "etcd")]
     if let Some(m) = member {
@@ -71,11 +90,12 @@ pub(crate) fn attach(
                 }
             }
         });
+        tokio::spawn(members_nodes(m.clone(), engine.clone(), ttl_ms));
         let view = m.clone();
         return Arc::new(move || view.doc());
     }
     #[cfg(not(feature = "etcd"))]
-    let _ = (member, agents);
+    let _ = (member, agents, ttl_ms);
     let (name, url) = (engine.node_name().to_owned(), url.to_owned());
     Arc::new(move || ClusterDoc {
         leader: Some(name.clone()),
@@ -108,14 +128,15 @@ pub(crate) fn forward(member: &MemberHandle) -> Option<qm_api::Forward> {
 #[cfg(feature = "etcd")]
 async fn join_etcd(
     settings: &ClusterSettings,
-    name: &str,
+    engine: &qm_engine::EngineConfig,
     url: &str,
 ) -> anyhow::Result<MemberHandle> {
     use anyhow::Context;
     let config = qm_cluster::MemberConfig {
         prefix: settings.prefix.clone(),
         lease_ttl_s: settings.lease_ttl_s,
-        ..qm_cluster::MemberConfig::new(settings.endpoints.clone(), name, url)
+        node: node_record(engine, settings.lease_ttl_s),
+        ..qm_cluster::MemberConfig::new(settings.endpoints.clone(), &engine.node_name, url)
     };
     let member = qm_cluster::Member::join(config).await.with_context(|| {
         format!(
@@ -127,7 +148,11 @@ async fn join_etcd(
 }
 
 #[cfg(not(feature = "etcd"))]
-async fn join_etcd(_: &ClusterSettings, _: &str, _: &str) -> anyhow::Result<MemberHandle> {
+async fn join_etcd(
+    _: &ClusterSettings,
+    _: &qm_engine::EngineConfig,
+    _: &str,
+) -> anyhow::Result<MemberHandle> {
     anyhow::bail!("this qm was built without etcd support (cargo build --features etcd)")
 }
 
@@ -139,4 +164,51 @@ pub(crate) async fn leave(member: MemberHandle) {
     }
     #[cfg(not(feature = "etcd"))]
     let _ = member;
+}
+
+/// While this member leads, the other members' nodes are in its ledger: each registered from
+/// its record and heartbeated every second while its record lasts (kind `member`, held to a
+/// heartbeat within the lease and a second). A member whose lease lapses loses its record, its
+/// node misses its heartbeat, and the ledger marks it lost (its allocations `lost`); so does
+/// the node of a member that led before and is gone.
+#[cfg(feature = "etcd")]
+async fn members_nodes(member: qm_cluster::Member, engine: Engine, ttl_ms: u64) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let view = member.view();
+        if view.leading.is_none() {
+            continue;
+        }
+        for (name, m) in &view.members {
+            if name == member.name() {
+                continue;
+            }
+            if engine.heartbeat(name.clone(), None).await.is_err() {
+                let Ok(reg) =
+                    serde_json::from_value::<qm_proto::NodeRegistration>(m.record.node.clone())
+                else {
+                    continue;
+                };
+                let Ok((spec, _)) = reg.into_spec(engine.catalog()) else {
+                    continue;
+                };
+                if engine.register_node(spec, Some(ttl_ms)).await.is_err() {
+                    continue;
+                }
+            }
+            let _ = engine.watch_member(name.clone(), ttl_ms).await;
+        }
+        // members' nodes whose member is gone: held to the heartbeat they no longer get
+        let Ok(nodes) = engine.nodes().await else {
+            continue;
+        };
+        for n in nodes {
+            let gone = (n.kind == "member" || n.kind == "local")
+                && n.name != member.name()
+                && !view.members.contains_key(&n.name);
+            if gone && n.ready {
+                let _ = engine.watch_member(n.name.clone(), ttl_ms).await;
+            }
+        }
+    }
 }

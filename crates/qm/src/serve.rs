@@ -844,12 +844,8 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         };
         let self_url = format!("{scheme}://{reach}");
         // a member joins before its engine starts: the engine's store writes through the log
-        let member = crate::cluster::join(
-            settings.cluster.as_ref(),
-            &settings.engine.node_name,
-            &self_url,
-        )
-        .await?;
+        let member =
+            crate::cluster::join(settings.cluster.as_ref(), &settings.engine, &self_url).await?;
         let mut engine_config = settings.engine.clone();
         engine_config.replica = crate::cluster::replica(&member);
         let engine = tokio::task::spawn_blocking(move || Engine::start(engine_config))
@@ -874,7 +870,12 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             ),
             None => None,
         };
-        let cluster_view = crate::cluster::attach(&member, &engine, agents.clone(), &self_url);
+        let member_ttl_ms = settings
+            .cluster
+            .as_ref()
+            .map_or(0, |c| u64::try_from(c.lease_ttl_s).unwrap_or(10) * 1000 + 1000);
+        let cluster_view =
+            crate::cluster::attach(&member, &engine, agents.clone(), &self_url, member_ttl_ms);
         let forward = crate::cluster::forward(&member);
         let app = qm_api::router(
             engine.clone(),

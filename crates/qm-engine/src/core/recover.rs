@@ -141,14 +141,17 @@ impl Core {
         }
         self.last_probe = Instant::now();
         let at = self.clock.now().as_millis().to_string();
-        let ok = self
-            .store
-            .commit_wait(Batch::of(vec![Op::PutMeta {
-                key: "store_probe".to_owned(),
-                value: at,
-            }]))
-            .is_ok();
-        if !ok || self.health.take_diverged() && !self.resync_ok() {
+        let probed = self.store.commit_wait(Batch::of(vec![Op::PutMeta {
+            key: "store_probe".to_owned(),
+            value: at,
+        }]));
+        if let Err(e) = probed {
+            // what failed may have changed the store (a cluster member caught up with the
+            // cluster's log): memory is re-read once a probe commits
+            self.health.failed(&e);
+            return;
+        }
+        if self.health.take_diverged() && !self.resync_ok() {
             return;
         }
         self.health.recovered();

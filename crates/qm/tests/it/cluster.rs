@@ -140,7 +140,43 @@ fn three_members_on_etcd_agree_on_a_leader_and_replace_a_killed_one() {
         let a = ds[at].post("/v1/allocations", &request(0));
         (a.status == 201).then_some(a)
     });
-    let mut acked = vec![first.body["id"].as_str().expect("an id").to_owned()];
+    // (id, agent) of every acknowledged grant
+    let ack = |a: &crate::daemon::Answer| {
+        (
+            a.body["id"].as_str().expect("an id").to_owned(),
+            a.body["agent"].as_str().expect("an agent").to_owned(),
+        )
+    };
+    let mut acked = vec![ack(&first)];
+    // the leader's ledger holds every member's node (the others as kind `member`)
+    let nodes = eventually("the three members' nodes, ready", 20, || {
+        let n = ds[at].get("/v1/nodes").body;
+        let items = n["items"].as_array()?.clone();
+        (items.len() == 3 && items.iter().all(|i| i["ready"] == true)).then_some(items)
+    });
+    let follower_name = nodes
+        .iter()
+        .find(|n| n["name"] != leader.as_str())
+        .and_then(|n| n["name"].as_str())
+        .unwrap()
+        .to_owned();
+    assert!(
+        nodes
+            .iter()
+            .filter(|n| n["name"] != leader.as_str())
+            .all(|n| n["kind"] == "member"),
+        "{nodes:?}"
+    );
+    // and places work on them
+    let placed = ds[at].post(
+        "/v1/allocations",
+        &json!({ "agent": "on-member", "resources": { "cpu": "10m" },
+                 "node_selector": { "qm.dev/node": follower_name } })
+        .to_string(),
+    );
+    assert_eq!(placed.status, 201, "{:?}", placed.body);
+    assert_eq!(placed.body["node"], follower_name.as_str());
+    acked.push(ack(&placed));
     // any member answers: a follower relays the ledger's routes to the leader
     let follower = (at + 1) % ds.len();
     let relayed = ds[follower].post("/v1/allocations", &request(1));
@@ -150,10 +186,10 @@ fn three_members_on_etcd_agree_on_a_leader_and_replace_a_killed_one() {
     let listed = ds[follower].get("/v1/allocations").body;
     assert_eq!(
         listed["items"].as_array().map(Vec::len),
-        Some(2),
+        Some(3),
         "{listed}"
     );
-    acked.push(id);
+    acked.push(ack(&relayed));
     // a request already relayed is answered where it lands, never passed on again: a
     // follower's own store refuses it
     let bearer = ds[follower].bearer();
@@ -175,7 +211,7 @@ fn three_members_on_etcd_agree_on_a_leader_and_replace_a_killed_one() {
         let d = if i % 2 == 0 { &ds[at] } else { &ds[follower] };
         let a = d.post("/v1/allocations", &request(i));
         assert_eq!(a.status, 201, "{:?}", a.body);
-        acked.push(a.body["id"].as_str().expect("an id").to_owned());
+        acked.push(ack(&a));
     }
     // SIGKILL the leader: the others agree on a new one once its 2 s lease lapses
     let killed = ds.remove(at);
@@ -194,10 +230,27 @@ fn three_members_on_etcd_agree_on_a_leader_and_replace_a_killed_one() {
         (new_lead.post("/v1/allocations", &request(99)).status == 201).then_some(())
     });
     let served = t0.elapsed().as_secs_f64();
-    for id in &acked {
+    // the dead leader's node misses its heartbeat: lost, with what it held
+    eventually("the dead leader's node lost", 20, || {
+        let n = new_lead.get("/v1/nodes").body;
+        n["items"]
+            .as_array()?
+            .iter()
+            .any(|i| i["name"] == leader.as_str() && i["ready"] == false)
+            .then_some(())
+    });
+    for (id, agent) in &acked {
         let a = new_lead.get(&format!("/v1/allocations/{id}"));
         assert_eq!(a.status, 200, "{id} was acknowledged: {:?}", a.body);
-        assert_eq!(a.body["state"], "granted", "{:?}", a.body);
+        assert_eq!(
+            a.body["agent"],
+            agent.as_str(),
+            "the same grant: {:?}",
+            a.body
+        );
+        let on_dead = a.body["node"] == leader.as_str();
+        let want = if on_dead { "lost" } else { "granted" };
+        assert_eq!(a.body["state"], want, "{:?}", a.body);
     }
     eprintln!(
         "leader killed: a new leader agreed in {elected:.1} s, writes served again in \
