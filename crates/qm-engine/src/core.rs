@@ -870,13 +870,11 @@ impl Core {
         if name == self.local {
             return false;
         }
-        let t = self.clock.now();
+        // the last heartbeat stands (a restore or re-read keeps it, or starts it at now): a
+        // node watched again after a re-read is not given a fresh grace
         let Some(meta) = self.nodes.get_mut(name) else {
             return false;
         };
-        if meta.heartbeat_ttl_ms.is_none() || meta.kind != "member" {
-            meta.last_heartbeat = t;
-        }
         meta.heartbeat_ttl_ms = Some(ttl_ms);
         meta.kind = "member".to_owned();
         true

@@ -148,11 +148,17 @@ fn three_members_on_etcd_agree_on_a_leader_and_replace_a_killed_one() {
         )
     };
     let mut acked = vec![ack(&first)];
-    // the leader's ledger holds every member's node (the others as kind `member`)
+    // the leader's ledger holds every member's node (the others as kind `member`, once the
+    // leader has registered and watched them)
     let nodes = eventually("the three members' nodes, ready", 20, || {
         let n = ds[at].get("/v1/nodes").body;
         let items = n["items"].as_array()?.clone();
-        (items.len() == 3 && items.iter().all(|i| i["ready"] == true)).then_some(items)
+        let members_ok = items
+            .iter()
+            .filter(|i| i["name"] != leader.as_str())
+            .all(|i| i["kind"] == "member");
+        (items.len() == 3 && members_ok && items.iter().all(|i| i["ready"] == true))
+            .then_some(items)
     });
     let follower_name = nodes
         .iter()
@@ -160,13 +166,6 @@ fn three_members_on_etcd_agree_on_a_leader_and_replace_a_killed_one() {
         .and_then(|n| n["name"].as_str())
         .unwrap()
         .to_owned();
-    assert!(
-        nodes
-            .iter()
-            .filter(|n| n["name"] != leader.as_str())
-            .all(|n| n["kind"] == "member"),
-        "{nodes:?}"
-    );
     // and places work on them
     let placed = ds[at].post(
         "/v1/allocations",
