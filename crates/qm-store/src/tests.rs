@@ -400,3 +400,76 @@ fn a_replicated_store_writes_the_replica_first_and_nothing_it_refuses() {
         .unwrap();
     assert_eq!(store.load().unwrap().live_allocations.len(), 4);
 }
+
+/// A replica whose first append waits to be let go, then says the store is behind once.
+#[derive(Debug)]
+struct Gated {
+    gate: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    behind_once: std::sync::atomic::AtomicBool,
+}
+
+impl Replica for Gated {
+    fn append(&self, _: &[Op]) -> Result<Vec<Op>, ReplicaError> {
+        if let Some(rx) = self.gate.lock().unwrap().take() {
+            let _ = rx.recv();
+            return Ok(Vec::new());
+        }
+        if self
+            .behind_once
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(ReplicaError::Behind {
+                entries: vec![Op::PutAllocation(alloc(100, "from-log", "granted"))],
+            });
+        }
+        Ok(Vec::new())
+    }
+}
+
+#[test]
+fn a_group_the_log_finds_behind_fails_whole_never_batch_by_batch() {
+    let d = dir("behind-group");
+    let (open, gate) = std::sync::mpsc::channel();
+    let replica = Arc::new(Gated {
+        gate: std::sync::Mutex::new(Some(gate)),
+        behind_once: std::sync::atomic::AtomicBool::new(true),
+    });
+    let store = Store::open_replicated(&d, replica as Arc<dyn Replica>).unwrap();
+    // the first batch holds the writer inside the replica ...
+    let first = {
+        let s = store.clone();
+        thread::spawn(move || {
+            s.commit_wait(batch(vec![Op::PutAllocation(alloc(1, "a", "granted"))]))
+        })
+    };
+    thread::sleep(std::time::Duration::from_millis(100));
+    // ... while two more queue up: they go as one group, which the log finds behind
+    let queued: Vec<_> = [2, 3]
+        .into_iter()
+        .map(|seq| {
+            let s = store.clone();
+            thread::spawn(move || {
+                s.commit_wait(batch(vec![Op::PutAllocation(alloc(seq, "b", "granted"))]))
+            })
+        })
+        .collect();
+    thread::sleep(std::time::Duration::from_millis(100));
+    open.send(()).unwrap();
+    first.join().unwrap().unwrap();
+    for q in queued {
+        let e = q.join().unwrap().unwrap_err();
+        assert!(e.to_string().contains("caught up"), "{e}");
+    }
+    let seqs: Vec<i64> = store
+        .load()
+        .unwrap()
+        .live_allocations
+        .iter()
+        .map(|a| a.seq)
+        .collect();
+    assert_eq!(
+        seqs,
+        [1, 100],
+        "the log's change taken, neither stale batch"
+    );
+}

@@ -1,7 +1,8 @@
 //! The writer thread: group commit. It blocks for the first queued batch, takes every other
 //! batch already queued (up to a cap), applies them all in one `BEGIN IMMEDIATE` transaction
 //! and commits (the fsync), then tells each batch's caller. If the group fails, it rolls back
-//! and applies the batches one transaction each, so only a failing batch gets an error.
+//! and applies the batches one transaction each, so only a failing batch gets an error; unless
+//! the cluster's log (the replica) refused the group, which then fails whole.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -90,7 +91,10 @@ fn run(
                     done(Ok(()));
                 }
             }
-            Err(_) if group.len() > 1 => {
+            // a batch that fails alone fails alone; but what the cluster's log refused (or
+            // answered with what this store lacked) fails the whole group: a retry of each
+            // batch would commit changes decided on the state before the catch-up
+            Err(ref e) if group.len() > 1 && !matches!(e, StoreError::Replica { .. }) => {
                 for (batch, done) in group {
                     let r = apply(&mut conn, path, &mut head, replica, std::iter::once(&batch));
                     if r.is_ok() {
