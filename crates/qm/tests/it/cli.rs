@@ -152,6 +152,17 @@ fn serve_refuses_broken_configs_naming_the_key() {
             "alerts.webhooks[0].url",
         ),
         ("[alerts]\nexec = []\n", "alerts.exec"),
+        ("[cluster]\netcd = [\"tcp://h:2379\"]\n", "cluster.etcd"),
+        ("[cluster]\netcd = []\n", "cluster.etcd"),
+        (
+            "[cluster]\netcd = [\"http://h:2379\"]\nprefix = \"qm\"\n",
+            "cluster.prefix",
+        ),
+        (
+            "[cluster]\netcd = [\"http://h:2379\"]\nlease_ttl_s = 1\n",
+            "cluster.lease_ttl_s",
+        ),
+        ("[cluster]\nleader = true\n", "leader"),
     ];
     for (body, key) in cases {
         let path = dir.join("qm.toml");
