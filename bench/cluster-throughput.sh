@@ -17,10 +17,11 @@ qm=$PWD/target/release/qm
 [ -x "$qm" ] || { echo "build first: cargo build --release -p qm" >&2; exit 2; }
 command -v etcd >/dev/null || { echo "etcd is not installed (Debian: etcd-server)" >&2; exit 2; }
 tmp=$(mktemp -d /tmp/qm-cluster-bench.XXXXXX)
-pids=()
+# every process started, one pid a line (a file: `serve` runs in a subshell)
+: >"$tmp/pids"
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  while read -r p; do kill "$p" 2>/dev/null || true; done <"$tmp/pids"
+  sleep 1
   for g in /sys/fs/cgroup/*/qm-bench-cluster-* ; do rmdir "$g" 2>/dev/null || true; done
   rm -rf "$tmp"
 }
@@ -32,7 +33,7 @@ etcd --name e1 --data-dir "$tmp/etcd" \
   --listen-client-urls "http://127.0.0.1:$cport" --advertise-client-urls "http://127.0.0.1:$cport" \
   --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
   --initial-cluster "e1=http://127.0.0.1:$pport" >"$tmp/etcd.log" 2>&1 &
-pids+=($!)
+echo $! >>"$tmp/pids"
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$cport/health" >/dev/null 2>&1 && break; sleep 0.1; done
 
 serve() { # name data-dir extra-flags... ; prints the address
@@ -41,7 +42,7 @@ serve() { # name data-dir extra-flags... ; prints the address
   printf '[agents]\ncgroup_parent = "qm-bench-cluster-%s"\n' "$name" >"$dir/qm.toml"
   "$qm" serve --config "$dir/qm.toml" --data-dir "$dir/data" --listen 127.0.0.1:0 \
     --node-name "$name" --capacity cpu=100000,memory=1024Ti "$@" >"$dir/out" 2>"$dir/log" &
-  pids+=($!)
+  echo $! >>"$tmp/pids"
   for _ in $(seq 100); do grep -q "listening on" "$dir/out" 2>/dev/null && break; sleep 0.1; done
   sed -n 's/^listening on //p' "$dir/out"
 }
