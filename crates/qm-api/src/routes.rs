@@ -333,17 +333,7 @@ pub(crate) async fn cluster_status(
     let doc = match &app.cluster {
         Some(view) => view(),
         // a daemon on its own is a cluster of one
-        None => qm_proto::ClusterDoc {
-            leader: Some(app.engine.node_name().to_owned()),
-            members: vec![qm_proto::ClusterMemberDoc {
-                name: app.engine.node_name().to_owned(),
-                url: String::new(),
-                ready: true,
-                leader: true,
-                lease_expires_at: None,
-            }],
-            store: "sqlite".to_owned(),
-        },
+        None => qm_proto::ClusterDoc::alone(app.engine.node_name(), ""),
     };
     Ok(json(StatusCode::OK, to_json(&doc)))
 }

@@ -23,7 +23,7 @@ pub use log::{EtcdLog, LOG_SEQ_META};
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
@@ -151,12 +151,6 @@ impl std::fmt::Debug for Member {
             .field("view", &self.view())
             .finish()
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Member {
@@ -621,7 +615,10 @@ impl Member {
                 if let Ok(t) = client.lease_time_to_live(lease, None).await
                     && t.ttl() > 0
                 {
-                    expiry.insert(name, now_ms() + u64::try_from(t.ttl()).unwrap_or(0) * 1000);
+                    expiry.insert(
+                        name,
+                        qm_proto::unix_ms() + u64::try_from(t.ttl()).unwrap_or(0) * 1000,
+                    );
                 }
             }
             if let Ok(mut v) = self.inner.view.write() {

@@ -1,6 +1,6 @@
 //! A real etcd for tests (this crate's and the daemon's): a single-node etcd in a temp dir on
-//! free ports, killed and its dir removed on drop. Public so the `qm` binary's cluster tests
-//! start theirs the same way; nothing in the daemon uses it.
+//! free ports, killed and its dir removed on drop, and an async `eventually`. Public so the
+//! `qm` binary's cluster tests start theirs the same way; nothing in the daemon uses it.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -75,5 +75,18 @@ impl Drop for Etcd {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits (up to `secs`) until `f` answers, checking every 50 ms; panics naming `what` when it
+/// never does.
+pub async fn eventually<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

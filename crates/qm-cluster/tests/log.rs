@@ -6,9 +6,9 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use qm_cluster::testing::Etcd;
+use qm_cluster::testing::{Etcd, eventually};
 use qm_cluster::{EtcdLog, LOG_SEQ_META, Member, MemberConfig};
 use qm_store::{AllocationRow, Batch, Op, Replica, Store, StoreError};
 
@@ -37,17 +37,6 @@ async fn commit(store: &Store, ops: Vec<Op>) -> Result<(), StoreError> {
     tokio::task::spawn_blocking(move || store.commit_wait(Batch::of(ops)))
         .await
         .expect("the blocking task")
-}
-
-async fn eventually<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn config(etcd: &Etcd, name: &str) -> MemberConfig {

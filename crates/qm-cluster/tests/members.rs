@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use etcd_client::TxnOp;
-use qm_cluster::testing::Etcd;
+use qm_cluster::testing::{Etcd, eventually};
 use qm_cluster::{ClusterError, Member, MemberConfig};
 
 fn config(etcd: &Etcd, name: &str) -> MemberConfig {
@@ -19,17 +19,6 @@ fn config(etcd: &Etcd, name: &str) -> MemberConfig {
         lease_ttl_s: 2,
         refresh: Duration::from_millis(100),
         ..MemberConfig::new(vec![etcd.url.clone()], name, &format!("http://{name}:7070"))
-    }
-}
-
-async fn eventually<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -715,6 +715,23 @@ pub struct ClusterDoc {
     pub store: String,
 }
 
+impl ClusterDoc {
+    /// A daemon on its own: a cluster of one, `name` at `url`, on SQLite.
+    pub fn alone(name: &str, url: &str) -> Self {
+        ClusterDoc {
+            leader: Some(name.to_owned()),
+            members: vec![ClusterMemberDoc {
+                name: name.to_owned(),
+                url: url.to_owned(),
+                ready: true,
+                leader: true,
+                lease_expires_at: None,
+            }],
+            store: "sqlite".to_owned(),
+        }
+    }
+}
+
 /// One member of the cluster.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterMemberDoc {

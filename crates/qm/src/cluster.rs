@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use qm_engine::Engine;
-use qm_proto::{ClusterDoc, ClusterMemberDoc};
+use qm_proto::ClusterDoc;
 use qm_supervisor::Supervisor;
 
 use crate::serve::ClusterSettings;
@@ -97,17 +97,7 @@ pub(crate) fn attach(
     #[cfg(not(feature = "etcd"))]
     let _ = (member, agents, ttl_ms);
     let (name, url) = (engine.node_name().to_owned(), url.to_owned());
-    Arc::new(move || ClusterDoc {
-        leader: Some(name.clone()),
-        members: vec![ClusterMemberDoc {
-            name: name.clone(),
-            url: url.clone(),
-            ready: true,
-            leader: true,
-            lease_expires_at: None,
-        }],
-        store: "sqlite".to_owned(),
-    })
+    Arc::new(move || ClusterDoc::alone(&name, &url))
 }
 
 /// Where a member that does not lead sends the ledger's routes: the leader's address, from
