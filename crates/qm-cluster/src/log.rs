@@ -124,6 +124,8 @@ impl EtcdLog {
         let n = entries.len();
         for (seq, mut ops) in entries {
             self.hold(seq);
+            // another member's agents are never this one's (older entries may hold them)
+            ops.retain(|op| !op.is_local());
             ops.push(Op::PutMeta {
                 key: LOG_SEQ_META.to_owned(),
                 value: seq.to_string(),
@@ -179,7 +181,7 @@ impl EtcdLog {
                 let mut entries = Vec::new();
                 let mut at = held;
                 for (s, ops) in self.read_after(held).await.map_err(refused)? {
-                    entries.extend(ops);
+                    entries.extend(ops.into_iter().filter(|op| !op.is_local()));
                     at = s;
                 }
                 entries.push(Op::PutMeta {

@@ -116,7 +116,28 @@ pub struct Batch {
     pub from_log: bool,
 }
 
+impl Op {
+    /// This member's own, never passed to the cluster's log: its agents and fleets (the
+    /// processes it runs; the leader's placements say which it should) and its audit entries.
+    /// A member that does not lead still writes these.
+    pub fn is_local(&self) -> bool {
+        matches!(
+            self,
+            Op::Audit { .. }
+                | Op::PutAgent { .. }
+                | Op::DeleteAgent { .. }
+                | Op::PutFleet { .. }
+                | Op::DeleteFleet { .. }
+        )
+    }
+}
+
 impl Batch {
+    /// Whether every operation is this member's own ([`Op::is_local`]).
+    pub fn is_local(&self) -> bool {
+        self.ops.iter().all(Op::is_local)
+    }
+
     /// A batch of `ops`, made here.
     pub fn of(ops: Vec<Op>) -> Self {
         Batch {
@@ -205,7 +226,8 @@ pub enum ReplicaError {
 /// cluster's log on etcd (`qm_cluster::EtcdLog`). The writer calls [`append`](Self::append)
 /// with the group's operations, in order, inside its transaction and before it commits: an
 /// error fails the group and nothing of it is written here; success means the operations are
-/// durable there. Audit entries are the member's own and are not passed on.
+/// durable there. The member's own operations ([`Op::is_local`]: audit entries, agents,
+/// fleets) are not passed on; a group of nothing else commits without the log.
 pub trait Replica: Send + Sync + std::fmt::Debug {
     /// Told, once, the store's meta as it opens (where in the log this store stands).
     fn start(&self, meta: &BTreeMap<String, String>) {

@@ -473,3 +473,81 @@ fn a_group_the_log_finds_behind_fails_whole_never_batch_by_batch() {
         "the log's change taken, neither stale batch"
     );
 }
+
+/// A replica whose first append waits to be let go; every later one is refused.
+#[derive(Debug)]
+struct GatedThenRefusing {
+    gate: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    appended: std::sync::Mutex<Vec<Vec<Op>>>,
+}
+
+impl Replica for GatedThenRefusing {
+    fn append(&self, ops: &[Op]) -> Result<Vec<Op>, ReplicaError> {
+        if let Some(rx) = self.gate.lock().unwrap().take() {
+            let _ = rx.recv();
+            self.appended.lock().unwrap().push(ops.to_vec());
+            return Ok(Vec::new());
+        }
+        Err(ReplicaError::Refused("not the leader".to_owned()))
+    }
+}
+
+fn agent_op(id: &str) -> Op {
+    Op::PutAgent {
+        id: id.into(),
+        live: true,
+        ended_at_ms: None,
+        body: format!("{{\"id\":\"{id}\"}}"),
+    }
+}
+
+#[test]
+fn a_members_own_agents_are_written_without_the_log_even_beside_a_refused_change() {
+    let d = dir("local-ops");
+    let (open, gate) = std::sync::mpsc::channel();
+    let replica = Arc::new(GatedThenRefusing {
+        gate: std::sync::Mutex::new(Some(gate)),
+        appended: std::sync::Mutex::default(),
+    });
+    let store = Store::open_replicated(&d, Arc::clone(&replica) as Arc<dyn Replica>).unwrap();
+    // the first batch holds the writer inside the replica; its agent is not passed on
+    let first = {
+        let s = store.clone();
+        thread::spawn(move || {
+            s.commit_wait(batch(vec![
+                Op::PutAllocation(alloc(1, "a", "granted")),
+                agent_op("a"),
+            ]))
+        })
+    };
+    thread::sleep(std::time::Duration::from_millis(100));
+    // a ledger change and an agent queue up as one group, which the log refuses: the
+    // agent is written alone, the ledger change fails
+    let ledger = {
+        let s = store.clone();
+        thread::spawn(move || s.commit_wait(batch(vec![Op::PutAllocation(alloc(2, "b", "granted"))])))
+    };
+    thread::sleep(std::time::Duration::from_millis(50));
+    let agent = {
+        let s = store.clone();
+        thread::spawn(move || s.commit_wait(batch(vec![agent_op("b")])))
+    };
+    thread::sleep(std::time::Duration::from_millis(100));
+    open.send(()).unwrap();
+    first.join().unwrap().unwrap();
+    let e = ledger.join().unwrap().unwrap_err();
+    assert!(e.to_string().contains("not the leader"), "{e}");
+    agent.join().unwrap().unwrap();
+    // a member that does not lead still records its agents, alone too
+    store.commit_wait(batch(vec![agent_op("c")])).unwrap();
+    assert_eq!(
+        *replica.appended.lock().unwrap(),
+        vec![vec![Op::PutAllocation(alloc(1, "a", "granted"))]],
+        "only the ledger's change went to the log"
+    );
+    let loaded = store.load().unwrap();
+    let seqs: Vec<i64> = loaded.live_allocations.iter().map(|a| a.seq).collect();
+    assert_eq!(seqs, [1]);
+    let ids: Vec<&str> = loaded.agents.iter().map(|a| a.0.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+}

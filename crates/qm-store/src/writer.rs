@@ -93,9 +93,16 @@ fn run(
             }
             // a batch that fails alone fails alone; but what the cluster's log refused (or
             // answered with what this store lacked) fails the whole group: a retry of each
-            // batch would commit changes decided on the state before the catch-up
-            Err(ref e) if group.len() > 1 && !matches!(e, StoreError::Replica { .. }) => {
+            // batch would commit changes decided on the state before the catch-up. Only the
+            // member's own batches (agents, fleets: never in the log, decided on no ledger
+            // state) are tried again, alone
+            Err(ref e) if group.len() > 1 => {
+                let refused = matches!(e, StoreError::Replica { .. });
                 for (batch, done) in group {
+                    if refused && !batch.is_local() {
+                        done(Err(e.clone()));
+                        continue;
+                    }
                     let r = apply(&mut conn, path, &mut head, replica, std::iter::once(&batch));
                     if r.is_ok() {
                         count(
@@ -170,7 +177,7 @@ fn apply<'a>(
         let ops: Vec<Op> = batches
             .filter(|b| !b.from_log)
             .flat_map(|b| b.ops.iter())
-            .filter(|op| !matches!(op, Op::Audit { .. }))
+            .filter(|op| !op.is_local())
             .cloned()
             .collect();
         if !ops.is_empty() {
@@ -209,7 +216,9 @@ fn catch_up(conn: &mut Connection, path: &Path, entries: &[Op]) -> Result<(), St
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sqlite("beginning a transaction", path))?;
-    for op in entries.iter().filter(|op| !matches!(op, Op::Audit { .. })) {
+    // entries written before agents and fleets were each member's own may still hold them:
+    // another member's processes are never this one's
+    for op in entries.iter().filter(|op| !op.is_local()) {
         apply_op(&tx, op).map_err(sqlite("catching up with the cluster's log", path))?;
     }
     tx.commit().map_err(sqlite("committing", path))
