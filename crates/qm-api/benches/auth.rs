@@ -77,7 +77,7 @@ fn world() -> &'static World {
             ));
         }
         let _guard = rt.enter();
-        let with_auth = qm_api::router(engine.clone(), None, AuthConfig::default(), None, None);
+        let with_auth = qm_api::router(engine.clone(), None, AuthConfig::default(), None);
         let without_auth = qm_api::router(
             engine.clone(),
             None,
@@ -85,7 +85,6 @@ fn world() -> &'static World {
                 mode: AuthMode::None,
                 ..AuthConfig::default()
             },
-            None,
             None,
         );
         World {

@@ -27,7 +27,7 @@ use crate::routes::{body, json};
 pub struct App {
     pub engine: Engine,
     pub agents: Option<Supervisor>,
-    pub cluster: Option<crate::ClusterView>,
+    pub cluster: Option<crate::Cluster>,
 }
 
 impl std::fmt::Debug for App {
@@ -56,6 +56,29 @@ fn supervisor(app: &App) -> Result<&Supervisor, ApiError> {
             "this daemon runs without its supervisor",
         )
     })
+}
+
+/// The cluster's placer, when the daemon is a member of one on etcd.
+fn placer(app: &App) -> Option<&dyn crate::Placer> {
+    app.cluster.as_ref()?.placer.as_deref()
+}
+
+/// This member's agents and, in a cluster, those placed on other members (as their owners
+/// report them).
+async fn every_agent(app: &App) -> Result<Vec<AgentDoc>, ApiError> {
+    let mut items = supervisor(app)?.list();
+    if let Some(p) = placer(app) {
+        let here: std::collections::BTreeSet<String> =
+            items.iter().map(|d| d.name.clone()).collect();
+        items.extend(
+            p.list()
+                .await?
+                .into_iter()
+                .filter(|d| !here.contains(&d.name)),
+        );
+        items.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    Ok(items)
 }
 
 fn not_found(what: &str, name: &str) -> ApiError {
@@ -116,7 +139,11 @@ pub(crate) async fn create_agent(
         admin: caller.principal().role == qm_engine::tokens::Role::Admin,
         uid: caller.peer_uid(),
     };
-    let mut doc = sup.create(spec, None, by).await?;
+    // in a cluster, a spawn goes where the leader places it
+    let mut doc = match placer(&app) {
+        Some(p) if spec.pid.is_none() && spec.allocation.is_none() => p.place(spec).await?,
+        _ => sup.create(spec, None, by).await?,
+    };
     if !caller.sees_secrets() {
         doc.spec.redact();
     }
@@ -131,7 +158,7 @@ pub(crate) async fn create_agent(
 #[utoipa::path(get, path = "/v1/agents", tag = "agents", responses((status = 200, body = AgentList)))]
 pub(crate) async fn list_agents(State(app): State<App>, caller: Caller) -> ApiResult {
     caller.allow(Operation::List)?;
-    let mut items = supervisor(&app)?.list();
+    let mut items = every_agent(&app).await?;
     items.retain(|d| caller.sees(&d.name));
     if !caller.sees_secrets() {
         for d in &mut items {
@@ -148,9 +175,16 @@ pub(crate) async fn get_agent(
     Path(id): Path<String>,
 ) -> ApiResult {
     owned(&caller, Operation::ReadAgent, &id)?;
-    let mut doc = supervisor(&app)?
-        .get(&id)
-        .ok_or_else(|| not_found("agent", &id))?;
+    let local = supervisor(&app)?.get(&id);
+    let mut doc = match (local, placer(&app)) {
+        (Some(d), _) => d,
+        (None, Some(_)) => every_agent(&app)
+            .await?
+            .into_iter()
+            .find(|d| d.name == id)
+            .ok_or_else(|| not_found("agent", &id))?,
+        (None, None) => return Err(not_found("agent", &id)),
+    };
     if !caller.sees_secrets() {
         doc.spec.redact();
     }
@@ -253,7 +287,20 @@ pub(crate) async fn stop_agent(
             "unknown query parameter (known: grace_s)",
         ));
     }
-    let mut doc = supervisor(&app)?.stop(&id, grace(&q)?).await?;
+    let grace = grace(&q)?;
+    let sup = supervisor(&app)?;
+    // a placed agent is stopped through the cluster (its owner stops it, wherever it runs);
+    // stopped here only, its member would start it again
+    let placed = match placer(&app) {
+        Some(p) if sup.get(&id).is_none_or(|d| d.placed) => {
+            p.stop(id.clone(), grace.map(|g| g.as_secs_f64())).await?
+        }
+        _ => None,
+    };
+    let mut doc = match placed {
+        Some(d) => d,
+        None => sup.stop(&id, grace).await?,
+    };
     if !caller.sees_secrets() {
         doc.spec.redact();
     }

@@ -53,14 +53,43 @@ const RETURNED: [HeaderName; 4] = [
 /// that each believe the other leads, for a moment, must not pass a request back and forth).
 const RELAYED: HeaderName = HeaderName::from_static("x-qm-relayed");
 
-/// The middleware: relays the ledger's routes to the leader while `forward` names one.
+/// A spawn (`POST /v1/agents` without `pid` or `allocation`): the leader places it on a node.
+/// Adopting a process (or running under an allocation `qm exec` holds) is this member's own.
+fn placed_spawn(method: &axum::http::Method, path: &str, body: &[u8]) -> bool {
+    if method != axum::http::Method::POST || path != "/v1/agents" {
+        return false;
+    }
+    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| {
+        v.as_object()
+            .is_some_and(|o| !o.contains_key("pid") && !o.contains_key("allocation"))
+    })
+}
+
+/// The middleware: relays the ledger's routes, and spawns, to the leader while `forward`
+/// names one.
 pub(crate) async fn relay(State(forward): State<Forward>, req: Request, next: Next) -> Response {
-    if !forwarded(req.uri().path()) || req.headers().contains_key(&RELAYED) {
+    let spawn = req.method() == axum::http::Method::POST && req.uri().path() == "/v1/agents";
+    if !(forwarded(req.uri().path()) || spawn) || req.headers().contains_key(&RELAYED) {
         return next.run(req).await;
     }
     let Some(leader) = forward() else {
         return next.run(req).await;
     };
+    if spawn {
+        let (parts, body) = req.into_parts();
+        let Ok(bytes) = axum::body::to_bytes(body, crate::MAX_BODY).await else {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is over {} bytes", crate::MAX_BODY),
+            )
+            .into_response();
+        };
+        if !placed_spawn(&parts.method, parts.uri.path(), &bytes) {
+            return next.run(Request::from_parts(parts, Body::from(bytes))).await;
+        }
+        return pass_on(&leader, &parts, &bytes).await;
+    }
     let limit = if req.uri().path() == "/v1/state" {
         crate::MAX_STATE_BODY
     } else {
@@ -75,6 +104,12 @@ pub(crate) async fn relay(State(forward): State<Forward>, req: Request, next: Ne
         )
         .into_response();
     };
+    pass_on(&leader, &parts, &bytes).await
+}
+
+/// Sends the request to `leader` as it came (with [`RELAYED`]) and answers what it answered.
+async fn pass_on(leader: &str, parts: &axum::http::request::Parts, bytes: &[u8]) -> Response {
+    let leader = leader.to_owned();
     let path = parts
         .uri
         .path_and_query()
@@ -144,7 +179,24 @@ pub(crate) async fn relay(State(forward): State<Forward>, req: Request, next: Ne
 
 #[cfg(test)]
 mod tests {
-    use super::forwarded;
+    use super::{forwarded, placed_spawn};
+    use axum::http::Method;
+
+    #[test]
+    fn a_spawn_goes_to_the_leader_and_an_adoption_stays() {
+        let spawn = br#"{"name":"a","command":["sleep","1"]}"#;
+        assert!(placed_spawn(&Method::POST, "/v1/agents", spawn));
+        assert!(!placed_spawn(&Method::POST, "/v1/agents", br#"{"name":"a","pid":5}"#));
+        assert!(!placed_spawn(
+            &Method::POST,
+            "/v1/agents",
+            br#"{"name":"a","command":["x"],"allocation":"a1"}"#
+        ));
+        // what is not a spec is this member's to refuse, naming the field
+        assert!(!placed_spawn(&Method::POST, "/v1/agents", b"{not json"));
+        assert!(!placed_spawn(&Method::GET, "/v1/agents", spawn));
+        assert!(!placed_spawn(&Method::POST, "/v1/agents/a/heartbeat", spawn));
+    }
 
     #[test]
     fn the_ledgers_routes_are_forwarded_and_the_members_own_are_not() {

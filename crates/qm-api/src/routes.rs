@@ -33,9 +33,9 @@ pub fn router(
     engine: Engine,
     agents: Option<qm_supervisor::Supervisor>,
     auth: crate::AuthConfig,
-    cluster: Option<crate::ClusterView>,
-    forward: Option<crate::Forward>,
+    cluster: Option<crate::Cluster>,
 ) -> Router {
+    let forward = cluster.as_ref().and_then(|c| c.forward.clone());
     let closing = engine.clone();
     let gate = crate::auth::Gate::new(engine.clone(), auth);
     let layer = axum::middleware::from_fn_with_state(gate, crate::auth::gate);
@@ -64,7 +64,7 @@ pub fn router(
 fn api_router(
     engine: Engine,
     agents: Option<qm_supervisor::Supervisor>,
-    cluster: Option<crate::ClusterView>,
+    cluster: Option<crate::Cluster>,
 ) -> Router {
     use crate::agents as a;
     Router::new()
@@ -331,7 +331,7 @@ pub(crate) async fn cluster_status(
 ) -> ApiResult {
     caller.allow(Operation::ReadNode)?;
     let doc = match &app.cluster {
-        Some(view) => view(),
+        Some(c) => (c.view)(),
         // a daemon on its own is a cluster of one
         None => qm_proto::ClusterDoc::alone(app.engine.node_name(), ""),
     };

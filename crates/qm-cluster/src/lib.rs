@@ -17,9 +17,11 @@
 //! for it; the next [`MemberConfig::refresh`] reads it).
 
 mod log;
+mod placement;
 pub mod testing;
 
 pub use log::{EtcdLog, LOG_SEQ_META};
+pub use placement::{Placement, QUEUED, StopRequest};
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};

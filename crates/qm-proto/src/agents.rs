@@ -79,6 +79,10 @@ pub struct AgentSpec {
     /// Adopt under this existing allocation instead of requesting one (`qm exec`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocation: Option<String>,
+    /// Labels the node must have (`qm.dev/node`, `topology.qm.dev/zone`, ...): in a cluster,
+    /// where the leader may place it; on its own, a daemon runs it only if its node matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<Labels>,
     /// Seconds between SIGTERM and SIGKILL when stopped (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_s: Option<f64>,
@@ -245,7 +249,7 @@ impl AgentSpec {
             preemptible: None,
             ttl_s: None,
             queue: Some(self.pid.is_none() && self.queue.unwrap_or(true)),
-            node_selector: None,
+            node_selector: self.node_selector.clone(),
             labels: self.labels.clone(),
         }
     }
@@ -343,6 +347,12 @@ pub struct AgentDoc {
     pub started_at: Option<String>,
     pub ended_at: Option<String>,
     pub next_restart_at: Option<String>,
+    /// The node it runs on (its member's, in a cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Placed by the cluster's leader: the member owning `node` runs it, as etcd says.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub placed: bool,
     pub spec: AgentSpec,
 }
 

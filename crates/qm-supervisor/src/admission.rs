@@ -14,6 +14,36 @@ impl Supervisor {
         fleet: Option<String>,
         by: Requester,
     ) -> Result<AgentDoc, AgentError> {
+        self.create_as(spec, fleet, by, None).await
+    }
+
+    /// Runs an agent the cluster's leader placed on this member's node under `allocation`,
+    /// which the leader granted there (and releases: this member never writes the ledger).
+    /// Its request confines it; the leader checked who asked.
+    pub async fn run_placed(
+        &self,
+        mut spec: AgentSpec,
+        allocation: String,
+    ) -> Result<AgentDoc, AgentError> {
+        if spec.pid.is_some() || spec.allocation.is_some() {
+            return Err(EngineError::Invalid(vec![FieldProblem::new(
+                "pid",
+                "a placed agent is spawned by its member, never adopted",
+            )])
+            .into());
+        }
+        spec.allocation = None;
+        self.create_as(spec, None, Requester::daemon(), Some(allocation))
+            .await
+    }
+
+    async fn create_as(
+        &self,
+        spec: AgentSpec,
+        fleet: Option<String>,
+        by: Requester,
+        placed: Option<String>,
+    ) -> Result<AgentDoc, AgentError> {
         let mut problems = spec.problems("");
         if let Some(pid) = spec.pid {
             match may_adopt(pid, by) {
@@ -59,12 +89,23 @@ impl Supervisor {
             .allocation_request()
             .into_request(self.engine().catalog());
         let request = match request {
+            // a placed agent's request was the leader's to place
+            Ok(r) if placed.is_some() => Some(r),
             // a process started (or adopted) here is charged to this host, never another node
             Ok(mut r) => {
-                r.node_selector.insert(
-                    qm_core::NODE_LABEL.to_owned(),
-                    self.engine().node_name().to_owned(),
-                );
+                let here = self.engine().node_name();
+                match r.node_selector.get(qm_core::NODE_LABEL) {
+                    Some(asked) if asked != here => problems.push(FieldProblem::new(
+                        "node_selector",
+                        format!(
+                            "{}={asked:?}: this daemon runs its agents on its own node, {here:?}",
+                            qm_core::NODE_LABEL
+                        ),
+                    )),
+                    _ => {}
+                }
+                r.node_selector
+                    .insert(qm_core::NODE_LABEL.to_owned(), here.to_owned());
                 Some(r)
             }
             Err(p) => {
@@ -151,7 +192,10 @@ impl Supervisor {
             }
             _ => None,
         };
-        let admission = self.admit(&spec, request).await;
+        let admission = match &placed {
+            Some(alloc) => Ok((alloc.clone(), true)),
+            None => self.admit(&spec, request).await,
+        };
         let group = match precreate {
             Some(h) => h.await.ok().flatten(),
             None => None,
@@ -171,9 +215,15 @@ impl Supervisor {
             None => RestartPolicy::OnFailure,
         };
         let grace = Duration::from_secs_f64(spec.grace_s.unwrap_or(10.0));
+        // a placed agent's allocation is the leader's to release, never this member's
+        if placed.is_some() {
+            spec.allocation = Some(alloc_id.clone());
+        }
         let doc = AgentDoc {
             id: spec.name.clone(),
             name: spec.name.clone(),
+            node: Some(self.engine().node_name().to_owned()),
+            placed: placed.is_some(),
             state: AgentState::Pending,
             adopted: spec.pid.is_some(),
             allocation: Some(alloc_id.clone()),

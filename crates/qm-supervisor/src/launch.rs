@@ -68,7 +68,9 @@ impl Supervisor {
         };
         // a spawned agent's identity: its own token, minted (durably) for this run by the one
         // launch that claimed it (the previous run's revoked)
-        if plan.spec.pid.is_none() {
+        // (not for an agent the cluster's leader placed: tokens live in the leader's ledger,
+        // which this member does not write)
+        if plan.spec.pid.is_none() && !current.placed {
             plan.token = self.mint_token(&current).await;
         }
         // 2. the slow part (the cgroup, /proc, the fork) off the lock and the async workers

@@ -270,7 +270,8 @@ impl Supervisor {
         Ok(sup)
     }
 
-    fn engine(&self) -> &Engine {
+    /// The engine it admits agents through.
+    pub fn engine(&self) -> &Engine {
         &self.inner.engine
     }
 

@@ -57,7 +57,18 @@ impl Supervisor {
                 oom_before: self.oom_kills(id),
                 stopping: None,
                 restart_at: None,
-                confinement: None,
+                // a placed agent's allocation is in the leader's ledger, not this member's: its
+                // request says how it is confined
+                confinement: if doc.placed {
+                    let mut spec = doc.spec.clone();
+                    spec.allocation = None;
+                    spec.allocation_request()
+                        .into_request(self.engine().catalog())
+                        .ok()
+                        .map(|r| self.confinement_of(&r))
+                } else {
+                    None
+                },
                 group: None,
                 doc,
             };

@@ -68,50 +68,39 @@ pub(crate) fn replica(member: &MemberHandle) -> Option<Arc<dyn qm_store::Replica
     }
 }
 
-/// The view `GET /v1/cluster` answers from, once the engine and supervisor run; a member's
-/// lost lease stops its agents from here on.
+/// What the API knows of the cluster, once the engine and supervisor run: the view `GET
+/// /v1/cluster` answers from, where the ledger's routes go while this member does not lead,
+/// and (with agents on) where spawns go. A member's lost lease stops its agents from here on.
 pub(crate) fn attach(
     member: &MemberHandle,
     engine: &Engine,
     agents: Option<Supervisor>,
     url: &str,
     ttl_ms: u64,
-) -> qm_api::ClusterView {
+) -> qm_api::Cluster {
     #[cfg(feature = "etcd")]
     if let Some(m) = member {
-        // a member that lost its lease stops its agents before it rejoins: no agent runs twice
-        m.on_lost(move || {
-            let agents = agents.clone();
-            async move {
-                let Some(s) = agents else { return };
-                for a in s.list().into_iter().filter(|a| a.state.is_live()) {
-                    tracing::warn!(agent = %a.id, "stopping: this member lost its cluster lease");
-                    let _ = s.stop(&a.id, Some(std::time::Duration::from_secs(1))).await;
-                }
-            }
-        });
         tokio::spawn(members_nodes(m.clone(), engine.clone(), ttl_ms));
         let view = m.clone();
-        return Arc::new(move || view.doc());
+        let leader = m.clone();
+        // agents follow their node: the leader places them, each member runs its own
+        let placer = agents.map(|s| {
+            crate::placement::EtcdPlacer::start(m.clone(), engine.clone(), s)
+                as Arc<dyn qm_api::Placer>
+        });
+        return qm_api::Cluster {
+            view: Arc::new(move || view.doc()),
+            forward: Some(Arc::new(move || leader.leader_url())),
+            placer,
+        };
     }
     #[cfg(not(feature = "etcd"))]
     let _ = (member, agents, ttl_ms);
     let (name, url) = (engine.node_name().to_owned(), url.to_owned());
-    Arc::new(move || ClusterDoc::alone(&name, &url))
-}
-
-/// Where a member that does not lead sends the ledger's routes: the leader's address, from
-/// the view (None while this member leads, or no leader is known).
-pub(crate) fn forward(member: &MemberHandle) -> Option<qm_api::Forward> {
-    #[cfg(feature = "etcd")]
-    return member.as_ref().map(|m| {
-        let m = m.clone();
-        Arc::new(move || m.leader_url()) as qm_api::Forward
-    });
-    #[cfg(not(feature = "etcd"))]
-    {
-        let _ = member;
-        None
+    qm_api::Cluster {
+        view: Arc::new(move || ClusterDoc::alone(&name, &url)),
+        forward: None,
+        placer: None,
     }
 }
 

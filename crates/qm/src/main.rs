@@ -20,6 +20,8 @@ mod exec;
 mod mcp;
 mod monitoring;
 mod notify;
+#[cfg(feature = "etcd")]
+mod placement;
 mod security_cli;
 mod serve;
 mod tls;

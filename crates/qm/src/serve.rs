@@ -874,16 +874,9 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             .cluster
             .as_ref()
             .map_or(0, |c| u64::try_from(c.lease_ttl_s).unwrap_or(10) * 1000 + 1000);
-        let cluster_view =
+        let cluster =
             crate::cluster::attach(&member, &engine, agents.clone(), &self_url, member_ttl_ms);
-        let forward = crate::cluster::forward(&member);
-        let app = qm_api::router(
-            engine.clone(),
-            agents,
-            settings.auth,
-            Some(cluster_view),
-            forward,
-        );
+        let app = qm_api::router(engine.clone(), agents, settings.auth, Some(cluster));
         let closing = engine.clone();
         let shutdown = async move {
             shutdown_signal().await;
