@@ -34,6 +34,10 @@ pub(crate) struct ServeArgs {
     /// The local node's capacity, e.g. cpu=4,memory=8Gi (instead of the detected one)
     #[arg(long, value_name = "LIST")]
     capacity: Option<String>,
+    /// A label of this node, KEY=VALUE (repeatable), such as topology.qm.dev/zone=a: agents
+    /// and allocations select nodes by them, spread constraints count by them
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
     /// The allocation strategy [default: priority]
     #[arg(long, value_name = "NAME")]
     strategy: Option<String>,
@@ -67,6 +71,9 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     node_name: Option<String>,
     capacity: Option<String>,
+    /// This node's labels (`--label` adds to them).
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
     strategy: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -93,6 +100,32 @@ struct FileConfig {
     pressure: PressureFile,
     #[serde(default)]
     cluster: ClusterFile,
+}
+
+/// The node's labels: the file's `labels`, then each `--label KEY=VALUE` (a flag wins).
+fn node_labels(
+    file: std::collections::BTreeMap<String, String>,
+    flags: &[String],
+) -> anyhow::Result<qm_core::Labels> {
+    let mut labels: qm_core::Labels = file.into_iter().collect();
+    for f in flags {
+        let Some((k, v)) = f.split_once('=') else {
+            bail!("--label: {f:?} is not KEY=VALUE");
+        };
+        labels.insert(k.to_owned(), v.to_owned());
+    }
+    let mut errors = Vec::new();
+    qm_core::allocation::check_labels("labels", &labels, &mut errors);
+    if let Some(e) = errors.first() {
+        bail!("{}: {}", e.field, e.message);
+    }
+    if labels.contains_key(qm_core::NODE_LABEL) {
+        bail!(
+            "labels.{}: the node's name is its own label (--node-name)",
+            qm_core::NODE_LABEL
+        );
+    }
+    Ok(labels)
 }
 
 /// `[cluster]`: membership of a cluster on etcd (`--etcd` overrides `etcd`).
@@ -747,6 +780,7 @@ impl Settings {
         if let Some(s) = file.queue.reserve_after_s {
             ledger.reserve_after_ms = s.saturating_mul(1000);
         }
+        let labels = node_labels(file.labels, &args.labels)?;
         let engine = EngineConfig {
             data_dir: args
                 .data_dir
@@ -760,7 +794,7 @@ impl Settings {
                 .unwrap_or_else(hostname),
             capacity,
             allocatable,
-            labels: qm_core::Labels::new(),
+            labels,
             strategy,
             ledger,
             catalog,

@@ -33,6 +33,17 @@ fn a_daemon_on_its_own_is_a_cluster_of_one() {
 /// spec: cluster members are given the same file).
 #[cfg(feature = "etcd")]
 fn member(etcd: &qm_cluster::testing::Etcd, name: &str, token: &std::path::Path) -> Daemon {
+    member_with(etcd, name, token, &[])
+}
+
+/// [`member`] with further flags (`--label`, ...).
+#[cfg(feature = "etcd")]
+fn member_with(
+    etcd: &qm_cluster::testing::Etcd,
+    name: &str,
+    token: &std::path::Path,
+    extra: &[&str],
+) -> Daemon {
     let dir = temp_dir(&format!("cluster-{name}"));
     let config = dir.join("qm.toml");
     std::fs::write(
@@ -54,7 +65,10 @@ fn member(etcd: &qm_cluster::testing::Etcd, name: &str, token: &std::path::Path)
             &etcd.url,
             "--admin-token-file",
             token.to_str().expect("utf-8"),
-        ],
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect::<Vec<_>>(),
     );
     d.token = std::fs::read_to_string(token)
         .expect("the shared admin token")
@@ -256,6 +270,181 @@ fn three_members_on_etcd_agree_on_a_leader_and_replace_a_killed_one() {
          {served:.1} s (lease 2 s), all {} acknowledged writes there",
         acked.len()
     );
+    for d in ds {
+        d.stop();
+    }
+}
+
+/// The member daemon in `ds` whose node is `name`.
+#[cfg(feature = "etcd")]
+fn named<'a>(ds: &'a [Daemon], name: &str) -> &'a Daemon {
+    ds.iter()
+        .find(|d| d.get("/v1/node").body["name"] == name)
+        .unwrap_or_else(|| panic!("no member {name}"))
+}
+
+/// The agent `name` as `d` lists it, once `ok` holds of it.
+#[cfg(feature = "etcd")]
+fn agent_where(d: &Daemon, name: &str, ok: impl Fn(&Value) -> bool) -> Option<Value> {
+    let a = d.get(&format!("/v1/agents/{name}"));
+    (a.status == 200 && ok(&a.body)).then_some(a.body)
+}
+
+#[cfg(feature = "etcd")]
+fn pid_of(a: &Value) -> u64 {
+    a["pid"].as_u64().expect("a pid")
+}
+
+/// Agents follow their node: a spawn asked of any member is placed by the leader on a
+/// worker's node (its `node_selector`) and run there, in that member's cgroup parent; every
+/// member lists it; a second of the same name is refused. When that worker is killed with
+/// SIGKILL, its allocation is `lost` once its lease lapses and the agent runs on the other
+/// worker. When that one is paused (SIGSTOP) past its lease, nothing is left to run it: it
+/// waits in the queue; resumed (SIGCONT), the member finds its lease lapsed, stops its stale
+/// run (never two at once) and rejoins, and the agent is placed on it again. A stop asked of
+/// any member ends the run and gives its allocation back.
+#[cfg(feature = "etcd")]
+#[test]
+fn agents_follow_their_node_across_members() {
+    if !rustix::process::geteuid().is_root() {
+        println!("skipped: needs root (agents in cgroups)");
+        return;
+    }
+    let Some(etcd) = qm_cluster::testing::Etcd::start("it-placed") else {
+        return;
+    };
+    let token = temp_dir("placed-token").join("admin.token");
+    // the first member leads (it is alone when it campaigns); the two workers join after
+    let lead = member_with(&etcd, "pl-lead", &token, &["--label", "role=leader"]);
+    eventually("pl-lead leading", 20, || {
+        (lead.get("/v1/cluster").body["leader"] == "pl-lead").then_some(())
+    });
+    let worker = |name: &str, zone: &str| {
+        member_with(
+            &etcd,
+            name,
+            &token,
+            &["--label", "role=worker", "--label", &format!("topology.qm.dev/zone={zone}")],
+        )
+    };
+    let mut ds = vec![lead, worker("pl-w1", "a"), worker("pl-w2", "b")];
+    let all: Vec<&Daemon> = ds.iter().collect();
+    assert_eq!(agreed(&all, 3).as_deref().or(Some("pl-lead")), Some("pl-lead"));
+    eventually("three ready nodes in the leader's ledger", 30, || {
+        let n = ds[0].get("/v1/nodes").body;
+        let items = n["items"].as_array()?.clone();
+        (items.len() == 3 && items.iter().all(|i| i["ready"] == true)).then_some(())
+    });
+    // asked of a worker, placed by the leader on a worker
+    let spec = json!({
+        "name": "pa", "command": ["sleep", "300"], "restart": "always",
+        "resources": { "cpu": "10m", "memory": "16Mi" },
+        "node_selector": { "role": "worker" }
+    });
+    let made = ds[1].post("/v1/agents", &spec.to_string());
+    assert!(made.status == 201 || made.status == 202, "{:?}", made.body);
+    assert_eq!(made.body["placed"], true, "{:?}", made.body);
+    let first_node = made.body["node"].as_str().expect("placed on a node").to_owned();
+    assert!(first_node.starts_with("pl-w"), "{first_node}");
+    let first_alloc = made.body["allocation"].as_str().expect("an allocation").to_owned();
+    // its member runs it, in its own cgroup parent
+    let owner = named(&ds, &first_node);
+    let running = eventually("pa running on its node's member", 20, || {
+        agent_where(owner, "pa", |a| a["state"] == "running" && a["pid"].is_u64())
+    });
+    let first_pid = pid_of(&running);
+    assert_eq!(running["node"], first_node.as_str());
+    let cgroup = std::fs::read_to_string(format!("/proc/{first_pid}/cgroup")).unwrap_or_default();
+    assert!(cgroup.contains(&format!("qm-it-cluster-{first_node}-")), "{cgroup}");
+    // every member lists it, as its member reports it
+    for d in &ds {
+        let seen = eventually("pa listed by every member", 10, || {
+            let l = d.get("/v1/agents").body;
+            l["items"]
+                .as_array()?
+                .iter()
+                .find(|a| a["name"] == "pa" && a["state"] == "running")
+                .cloned()
+        });
+        assert_eq!(seen["node"], first_node.as_str(), "{seen}");
+        assert_eq!(seen["pid"], first_pid, "{seen}");
+    }
+    // one agent per name, cluster-wide
+    let again = ds[0].post("/v1/agents", &spec.to_string());
+    assert_eq!(again.status, 409, "{:?}", again.body);
+    // a bad spawn is refused by the leader, naming the field, wherever it is asked
+    let bad = ds[2].post(
+        "/v1/agents",
+        &json!({ "name": "bad", "command": ["true"], "restart": "sometimes" }).to_string(),
+    );
+    assert_eq!(bad.status, 422, "{:?}", bad.body);
+    assert!(bad.body.to_string().contains("restart"), "{:?}", bad.body);
+
+    // SIGKILL the worker running it: its allocation lost, the agent running on the other
+    let at = ds
+        .iter()
+        .position(|d| d.get("/v1/node").body["name"] == first_node.as_str())
+        .unwrap();
+    let killed = ds.remove(at);
+    let t0 = Instant::now();
+    killed.kill9();
+    let other_node = if first_node == "pl-w1" { "pl-w2" } else { "pl-w1" };
+    let other = named(&ds, other_node);
+    let moved = eventually("pa running on the other worker", 30, || {
+        agent_where(other, "pa", |a| a["state"] == "running" && a["node"] == other_node)
+    });
+    let restarted_in = t0.elapsed().as_secs_f64();
+    let lost = ds[0].get(&format!("/v1/allocations/{first_alloc}"));
+    assert_eq!(lost.body["state"], "lost", "{:?}", lost.body);
+    let second_pid = pid_of(&moved);
+    assert_ne!(second_pid, first_pid);
+    // the killed member's own process outlived it (agents outlive their daemon); gone now
+    let _ = Command::new("kill").args(["-KILL", &first_pid.to_string()]).status();
+
+    // SIGSTOP the second worker past its lease: nowhere left to run it, it waits
+    let paused = other.child.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &paused]).status().unwrap().success());
+    let queued = eventually("pa waiting for a node", 30, || {
+        agent_where(&ds[0], "pa", |a| a["state"] == "pending" && a["node"].is_null())
+    });
+    assert!(queued["reason"].as_str().unwrap_or("").contains("admission"), "{queued}");
+    assert!(
+        crate::agents::alive(second_pid),
+        "a paused member's run goes on until it wakes"
+    );
+    // SIGCONT: the member stops its stale run, rejoins, and the agent is placed on it again
+    assert!(Command::new("kill").args(["-CONT", &paused]).status().unwrap().success());
+    let back = eventually("pa running again on the resumed worker", 40, || {
+        agent_where(other, "pa", |a| {
+            a["state"] == "running" && a["pid"].as_u64().is_some_and(|p| p != second_pid)
+        })
+    });
+    assert!(!crate::agents::alive(second_pid), "the stale run was stopped");
+    let third_pid = pid_of(&back);
+    assert!(crate::agents::alive(third_pid));
+
+    // stopped through a member that does not run it: the run ends, the allocation is given back
+    let alloc = back["allocation"].as_str().expect("an allocation").to_owned();
+    let stopped = ds[0].delete("/v1/agents/pa");
+    assert_eq!(stopped.status, 200, "{:?}", stopped.body);
+    assert_eq!(stopped.body["state"], "stopped", "{:?}", stopped.body);
+    eventually("the run's process gone", 10, || {
+        (!crate::agents::alive(third_pid)).then_some(())
+    });
+    eventually("pa's allocation released", 10, || {
+        let a = ds[0].get(&format!("/v1/allocations/{alloc}"));
+        (a.body["state"] == "released").then_some(())
+    });
+    eventually("pa listed nowhere live", 10, || {
+        ds.iter()
+            .all(|d| {
+                d.get("/v1/agents").body["items"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().all(|a| a["name"] != "pa" || a["state"] != "running"))
+            })
+            .then_some(())
+    });
+    eprintln!("worker killed: its agent running on another member {restarted_in:.1} s later (lease 2 s)");
     for d in ds {
         d.stop();
     }
