@@ -58,6 +58,9 @@ pub(crate) struct Core {
     /// What commits report: a failed change (memory to re-read), a full or failing disk.
     health: Arc<StoreHealth>,
     last_probe: Instant,
+    /// A probe failed: memory is re-read once one commits (not before: a cluster member
+    /// that does not lead would re-read its state every second for nothing).
+    resync_on_recovery: bool,
     /// The local node's registration, when the disk was full at start (redone once it is not).
     local_pending: Option<NodeSpec>,
     /// What "now" is.
@@ -122,6 +125,7 @@ impl Core {
             audit: None,
             health: Arc::new(StoreHealth::default()),
             last_probe: Instant::now(),
+            resync_on_recovery: false,
             local_pending: None,
             clock: Arc::clone(&config.clock),
         };
@@ -136,7 +140,11 @@ impl Core {
         if let Err(e) = core.store.commit_wait(batch) {
             // a disk that cannot take the start's changes: serve what is stored, refuse
             // writes, and register the node once a write goes through again
-            tracing::error!(error = %e, "cannot record the start (the disk is full or failing): serving reads, refusing writes until a write succeeds");
+            if matches!(e, qm_store::StoreError::Replica { .. }) {
+                tracing::info!(error = %e, "this member does not lead: its ledger serves what it last read and takes no writes (the leader's does)");
+            } else {
+                tracing::error!(error = %e, "cannot record the start (the disk is full or failing): serving reads, refusing writes until a write succeeds");
+            }
             core.health.failed(&e);
             core.resync();
             core.local_pending = Some(spec);

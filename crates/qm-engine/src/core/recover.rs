@@ -147,11 +147,15 @@ impl Core {
         }]));
         if let Err(e) = probed {
             // what failed may have changed the store (a cluster member caught up with the
-            // cluster's log): memory is re-read once a probe commits
+            // cluster's log): memory is re-read once a probe commits, not now (the probe
+            // changed nothing in memory)
             self.health.failed(&e);
+            self.health.take_diverged();
+            self.resync_on_recovery = true;
             return;
         }
-        if self.health.take_diverged() && !self.resync_ok() {
+        let resync = self.health.take_diverged() | std::mem::take(&mut self.resync_on_recovery);
+        if resync && !self.resync_ok() {
             return;
         }
         self.health.recovered();
