@@ -97,6 +97,40 @@ pub(crate) fn tighten(doc: &mut Value, catalog: &ResourceCatalog) {
         "required": ["priority", "priority_class"],
         "properties": { "priority": { "type": "integer" }, "priority_class": { "type": "string" } },
     });
+    // spread and affinity rules: a label key, at least one label, at most 8 rules a kind
+    for rule in ["SpreadWire", "TermWire"] {
+        set(
+            schemas,
+            rule,
+            "topology_key",
+            json!({ "type": "string", "minLength": 1, "maxLength": 253, "pattern": PRINTABLE }),
+        );
+        set(
+            schemas,
+            rule,
+            "match_labels",
+            json!({ "allOf": [reference("Labels", false), { "minProperties": 1 }] }),
+        );
+    }
+    for owner in ["AllocationRequest", "AgentSpec"] {
+        for (prop, item) in [
+            ("spread", "SpreadWire"),
+            ("affinity", "TermWire"),
+            ("anti_affinity", "TermWire"),
+        ] {
+            set(
+                schemas,
+                owner,
+                prop,
+                json!({
+                    "type": ["array", "null"],
+                    "maxItems": qm_core::MAX_TOPOLOGY_RULES,
+                    "items": reference(item, false),
+                }),
+            );
+        }
+        set(schemas, owner, "node_selector", labels(true));
+    }
     set(schemas, "RenewRequest", "ttl_s", ttl(true));
     // nodes
     set(schemas, "NodeRegistration", "capacity", quantities(false));

@@ -93,6 +93,106 @@ pub fn check_labels(field: &str, labels: &Labels, errors: &mut Vec<FieldError>) 
     }
 }
 
+/// Where an allocation may go relative to the allocations already granted (Kubernetes'
+/// topology spread constraints and inter-pod affinity, over allocations' labels). A node's
+/// domain under a key is its label of that key (`qm.dev/node`: its name); a node without the
+/// key is in no domain and never qualifies for a rule on that key.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Topology {
+    /// Keep the matching allocations balanced across the domains.
+    pub spread: Vec<Spread>,
+    /// Land only in a domain already holding a matching allocation (waived for the first
+    /// one when the request matches its own term).
+    pub affinity: Vec<Term>,
+    /// Never land in a domain holding a matching allocation.
+    pub anti_affinity: Vec<Term>,
+}
+
+/// A spread constraint: after placing, the domain holding the most matching allocations holds
+/// at most `max_skew` more than the one holding the fewest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spread {
+    pub topology_key: String,
+    pub max_skew: u32,
+    pub match_labels: Labels,
+}
+
+/// An affinity term: allocations whose labels include `match_labels`, counted per domain of
+/// `topology_key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Term {
+    pub topology_key: String,
+    pub match_labels: Labels,
+}
+
+/// The most rules of each kind one request carries.
+pub const MAX_TOPOLOGY_RULES: usize = 8;
+
+impl Topology {
+    /// True when it asks for nothing.
+    pub fn is_empty(&self) -> bool {
+        self.spread.is_empty() && self.affinity.is_empty() && self.anti_affinity.is_empty()
+    }
+
+    fn check(&self, errors: &mut Vec<FieldError>) {
+        let key = |field: String, k: &str, errors: &mut Vec<FieldError>| {
+            if k.is_empty() || k.chars().count() > 253 || k.chars().any(char::is_control) {
+                errors.push(FieldError::new(
+                    field,
+                    "a label key, 1 to 253 printable characters",
+                ));
+            }
+        };
+        let terms = |name: &str, list: &[Term], errors: &mut Vec<FieldError>| {
+            if list.len() > MAX_TOPOLOGY_RULES {
+                errors.push(FieldError::new(
+                    name,
+                    format!("at most {MAX_TOPOLOGY_RULES} terms"),
+                ));
+            }
+            for (i, t) in list.iter().enumerate() {
+                key(format!("{name}[{i}].topology_key"), &t.topology_key, errors);
+                if t.match_labels.is_empty() {
+                    errors.push(FieldError::new(
+                        format!("{name}[{i}].match_labels"),
+                        "name at least one label",
+                    ));
+                }
+                check_labels(&format!("{name}[{i}].match_labels"), &t.match_labels, errors);
+            }
+        };
+        if self.spread.len() > MAX_TOPOLOGY_RULES {
+            errors.push(FieldError::new(
+                "spread",
+                format!("at most {MAX_TOPOLOGY_RULES} constraints"),
+            ));
+        }
+        for (i, c) in self.spread.iter().enumerate() {
+            key(format!("spread[{i}].topology_key"), &c.topology_key, errors);
+            if !(1..=1000).contains(&c.max_skew) {
+                errors.push(FieldError::new(
+                    format!("spread[{i}].max_skew"),
+                    format!("{} is not 1..=1000", c.max_skew),
+                ));
+            }
+            if c.match_labels.is_empty() {
+                errors.push(FieldError::new(
+                    format!("spread[{i}].match_labels"),
+                    "name at least one label",
+                ));
+            }
+            check_labels(&format!("spread[{i}].match_labels"), &c.match_labels, errors);
+        }
+        terms("affinity", &self.affinity, errors);
+        terms("anti_affinity", &self.anti_affinity, errors);
+    }
+}
+
+/// Whether `labels` include every one of `wanted`.
+pub fn labels_match(labels: &Labels, wanted: &Labels) -> bool {
+    wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
 /// What an agent asks the ledger for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -116,6 +216,8 @@ pub struct Request {
     pub node_selector: Labels,
     /// Free-form labels carried on the allocation.
     pub labels: Labels,
+    /// Spread and affinity rules against the allocations already granted.
+    pub topology: Topology,
 }
 
 impl Request {
@@ -132,6 +234,7 @@ impl Request {
             queue: false,
             node_selector: Labels::new(),
             labels: Labels::new(),
+            topology: Topology::default(),
         }
     }
 
@@ -156,6 +259,7 @@ impl Request {
         }
         check_labels("node_selector", &self.node_selector, &mut errors);
         check_labels("labels", &self.labels, &mut errors);
+        self.topology.check(&mut errors);
         if errors.is_empty() {
             Ok(())
         } else {
@@ -248,6 +352,7 @@ pub(crate) struct Extra {
     pub(crate) limits: Option<Resources>,
     pub(crate) labels: Labels,
     pub(crate) node_selector: Labels,
+    pub(crate) topology: Topology,
 }
 
 /// Why an allocation ended, when there is more to say than its state.
@@ -316,6 +421,15 @@ impl Allocation {
     pub fn node_selector(&self) -> &Labels {
         self.extra.as_ref().map_or(&NO_LABELS, |e| &e.node_selector)
     }
+    /// Its spread and affinity rules.
+    pub fn topology(&self) -> &Topology {
+        static NONE: Topology = Topology {
+            spread: Vec::new(),
+            affinity: Vec::new(),
+            anti_affinity: Vec::new(),
+        };
+        self.extra.as_ref().map_or(&NONE, |e| &e.topology)
+    }
     /// Its lease length in milliseconds, if it has a lease.
     pub fn ttl_ms(&self) -> Option<u64> {
         self.ttl_ms.map(NonZeroU64::get)
@@ -343,12 +457,16 @@ impl Allocation {
 
     pub(crate) fn from_request(id: AllocId, pool: PoolIdx, req: Request, now: Timestamp) -> Self {
         let qos = Qos::derive(&req.resources, req.limits.as_ref());
-        let plain = req.limits.is_none() && req.labels.is_empty() && req.node_selector.is_empty();
+        let plain = req.limits.is_none()
+            && req.labels.is_empty()
+            && req.node_selector.is_empty()
+            && req.topology.is_empty();
         let extra = (!plain).then(|| {
             Box::new(Extra {
                 limits: req.limits,
                 labels: req.labels,
                 node_selector: req.node_selector,
+                topology: req.topology,
             })
         });
         Self {

@@ -13,7 +13,8 @@ pub mod quantity;
 pub mod resources;
 
 pub use allocation::{
-    AllocState, Allocation, FieldError, Labels, MAX_LABELS, Request, ValidationErrors,
+    AllocState, Allocation, FieldError, Labels, MAX_LABELS, MAX_TOPOLOGY_RULES, Request, Spread,
+    Term, Topology, ValidationErrors, labels_match,
 };
 pub use ids::{AllocId, NodeIdx, PoolIdx, Timestamp};
 pub use ledger::{

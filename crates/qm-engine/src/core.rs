@@ -561,6 +561,10 @@ impl Core {
                         "node {} is held for a request that has waited longer",
                         s.node.map_or("?", |n| st.node_name(n))
                     ),
+                    qm_core::ShortfallReason::Topology => {
+                        "nodes have room, but its spread or affinity rules allow none of them"
+                            .to_owned()
+                    }
                     qm_core::ShortfallReason::Capacity => format!(
                         "no node has room; the closest, {}, lacks {}",
                         s.node.map_or("?", |n| st.node_name(n)),

@@ -83,6 +83,13 @@ pub struct AgentSpec {
     /// where the leader may place it; on its own, a daemon runs it only if its node matches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<Labels>,
+    /// Spread constraints for its allocation (as `POST /v1/allocations` takes them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<Vec<crate::SpreadWire>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Vec<crate::TermWire>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anti_affinity: Option<Vec<crate::TermWire>>,
     /// Seconds between SIGTERM and SIGKILL when stopped (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_s: Option<f64>,
@@ -250,6 +257,9 @@ impl AgentSpec {
             ttl_s: None,
             queue: Some(self.pid.is_none() && self.queue.unwrap_or(true)),
             node_selector: self.node_selector.clone(),
+            spread: self.spread.clone(),
+            affinity: self.affinity.clone(),
+            anti_affinity: self.anti_affinity.clone(),
             labels: self.labels.clone(),
         }
     }

@@ -30,6 +30,7 @@ pub use time::{format_rfc3339, parse_rfc3339, unix_ms};
 pub use types::{
     AllocationDoc, AllocationList, AllocationRequest, ClusterDoc, ClusterMemberDoc, EventDoc,
     ImportReport, LeftAgent, NodeDoc, NodeHeartbeat, NodeList, NodeRegistration, PoolDoc, PoolList,
-    PoolWrite, RenewRequest, Replay, STATE_VERSION, StateDoc, Stored, StoredNode, allocation_reply,
-    dry_run_reply, from_json, to_json, to_value,
+    PoolWrite, RenewRequest, Replay, STATE_VERSION, SpreadWire, StateDoc, Stored, StoredNode,
+    TermWire, allocation_reply, dry_run_reply, from_json, to_json, to_value, topology_of,
+    topology_wire,
 };

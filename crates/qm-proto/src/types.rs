@@ -62,6 +62,92 @@ pub struct AllocationRequest {
     pub node_selector: Option<Labels>,
     #[serde(default)]
     pub labels: Option<Labels>,
+    /// Keep the allocations matching each constraint balanced across a label's domains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<Vec<SpreadWire>>,
+    /// Land only in a domain holding an allocation matching each term.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Vec<TermWire>>,
+    /// Never land in a domain holding an allocation matching any term.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anti_affinity: Option<Vec<TermWire>>,
+}
+
+/// A spread constraint: after placing, the domain (the nodes sharing one value of the label
+/// `topology_key`; `qm.dev/node` is each node alone) holding the most allocations whose
+/// labels include `match_labels` holds at most `max_skew` more than the one holding the fewest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpreadWire {
+    pub topology_key: String,
+    #[schema(minimum = 1, maximum = 1000)]
+    pub max_skew: u32,
+    pub match_labels: Labels,
+}
+
+/// An affinity term: the allocations whose labels include `match_labels`, per domain of
+/// `topology_key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TermWire {
+    pub topology_key: String,
+    pub match_labels: Labels,
+}
+
+/// The core rules of the wire's three lists.
+pub fn topology_of(
+    spread: Option<&[SpreadWire]>,
+    affinity: Option<&[TermWire]>,
+    anti_affinity: Option<&[TermWire]>,
+) -> qm_core::Topology {
+    let term = |t: &TermWire| qm_core::Term {
+        topology_key: t.topology_key.clone(),
+        match_labels: t.match_labels.clone(),
+    };
+    qm_core::Topology {
+        spread: spread
+            .unwrap_or_default()
+            .iter()
+            .map(|c| qm_core::Spread {
+                topology_key: c.topology_key.clone(),
+                max_skew: c.max_skew,
+                match_labels: c.match_labels.clone(),
+            })
+            .collect(),
+        affinity: affinity.unwrap_or_default().iter().map(term).collect(),
+        anti_affinity: anti_affinity.unwrap_or_default().iter().map(term).collect(),
+    }
+}
+
+/// The wire's three lists of `t` (None for an empty one).
+#[allow(clippy::type_complexity)]
+pub fn topology_wire(
+    t: &qm_core::Topology,
+) -> (
+    Option<Vec<SpreadWire>>,
+    Option<Vec<TermWire>>,
+    Option<Vec<TermWire>>,
+) {
+    let term = |t: &qm_core::Term| TermWire {
+        topology_key: t.topology_key.clone(),
+        match_labels: t.match_labels.clone(),
+    };
+    let spread: Vec<SpreadWire> = t
+        .spread
+        .iter()
+        .map(|c| SpreadWire {
+            topology_key: c.topology_key.clone(),
+            max_skew: c.max_skew,
+            match_labels: c.match_labels.clone(),
+        })
+        .collect();
+    let affinity: Vec<TermWire> = t.affinity.iter().map(term).collect();
+    let anti: Vec<TermWire> = t.anti_affinity.iter().map(term).collect();
+    (
+        (!spread.is_empty()).then_some(spread),
+        (!affinity.is_empty()).then_some(affinity),
+        (!anti.is_empty()).then_some(anti),
+    )
 }
 
 impl AllocationRequest {
@@ -107,6 +193,11 @@ impl AllocationRequest {
         req.queue = self.queue.unwrap_or(false);
         req.node_selector = self.node_selector.unwrap_or_default();
         req.labels = self.labels.unwrap_or_default();
+        req.topology = topology_of(
+            self.spread.as_deref(),
+            self.affinity.as_deref(),
+            self.anti_affinity.as_deref(),
+        );
         if let Err(e) = req.validate() {
             errors.extend(e.0.into_iter().map(|f| FieldProblem {
                 field: f.field,
@@ -166,6 +257,12 @@ pub struct AllocationDoc {
     pub node_selector: Labels,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<Vec<SpreadWire>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Vec<TermWire>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anti_affinity: Option<Vec<TermWire>>,
     pub created_at: String,
     pub granted_at: Option<String>,
     pub expires_at: Option<String>,
@@ -181,6 +278,7 @@ impl AllocationDoc {
     pub fn of(alloc: &Allocation, st: &State, catalog: &ResourceCatalog) -> Self {
         #[allow(clippy::cast_precision_loss)]
         let ttl_s = alloc.ttl_ms().map(|ms| ms as f64 / 1000.0);
+        let (spread, affinity, anti_affinity) = topology_wire(alloc.topology());
         Self {
             id: alloc.id().to_string(),
             agent: alloc.agent().to_owned(),
@@ -197,6 +295,9 @@ impl AllocationDoc {
             labels: alloc.labels().clone(),
             node_selector: alloc.node_selector().clone(),
             ttl_s,
+            spread,
+            affinity,
+            anti_affinity,
             created_at: format_rfc3339(alloc.created_at().as_millis()),
             granted_at: time(alloc.granted_at()),
             expires_at: time(alloc.expires_at()),
@@ -265,6 +366,11 @@ impl Stored {
             state,
             labels: d.labels.clone(),
             node_selector: d.node_selector.clone(),
+            topology: topology_of(
+                d.spread.as_deref(),
+                d.affinity.as_deref(),
+                d.anti_affinity.as_deref(),
+            ),
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             ttl_ms: d.ttl_s.map(|s| (s * 1000.0).round() as u64),
             created_at: at("created_at", &Some(d.created_at.clone()))?

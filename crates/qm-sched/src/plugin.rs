@@ -23,12 +23,17 @@ pub struct CycleState<'a> {
 
 impl CycleState<'_> {
     /// True when the request may land on `node` regardless of resources: ready, labels match
-    /// the selector, and no hold keeps it out.
+    /// the selector, no hold keeps it out, and its spread and affinity rules allow it.
     #[inline]
     pub fn eligible(&self, node: &Node) -> bool {
         node.ready()
             && node.matches(self.request.node_selector())
             && self.state.hold_allows(node, self.request)
+            && (self.request.topology().is_empty()
+                || self
+                    .state
+                    .node_by_name(node.name())
+                    .is_some_and(|(i, _)| crate::plugins::topology_allows(self, i)))
     }
 }
 

@@ -23,7 +23,7 @@ pub struct Preset {
     pub reserve: &'static [&'static str],
 }
 
-const FILTERS: &[&str] = &["node-selector", "node-hold", "fits"];
+const FILTERS: &[&str] = &["node-selector", "node-hold", "fits", "topology"];
 
 static PRESETS: [Preset; 5] = [
     Preset {

@@ -55,6 +55,7 @@ impl Registry {
             ("node-selector", || Box::new(plugins::NodeSelector)),
             ("node-hold", || Box::new(plugins::NodeHold)),
             ("fits", || Box::new(plugins::Fits)),
+            ("topology", || Box::new(plugins::TopologyRules)),
             ("most-allocated", || Box::new(plugins::MostAllocated)),
             ("least-allocated", || Box::new(plugins::LeastAllocated)),
             ("agent-spread", || Box::<plugins::AgentSpread>::default()),

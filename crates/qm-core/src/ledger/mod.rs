@@ -93,6 +93,8 @@ pub enum ShortfallReason {
     /// It would fit, but the node is held for a longer-waiting request of equal or higher
     /// priority.
     NodeHeld,
+    /// A node has room, but its spread or affinity rules keep it off every such node.
+    Topology,
 }
 
 /// How a submitted request was decided.
@@ -467,6 +469,13 @@ impl Ledger {
             }
         }
         match best {
+            Some((_, node, missing)) if missing.is_empty() && !cand.topology().is_empty() => {
+                Shortfall {
+                    reason: ShortfallReason::Topology,
+                    missing,
+                    node: Some(node),
+                }
+            }
             Some((_, node, missing)) => Shortfall {
                 reason: ShortfallReason::Capacity,
                 missing,

@@ -7,7 +7,7 @@ use std::num::NonZeroU64;
 
 use super::state::SlotTaken;
 use super::{Ledger, LedgerConfig, Slot, queue_key, victim_key};
-use crate::allocation::{AllocState, Allocation, Extra, Labels};
+use crate::allocation::{AllocState, Allocation, Extra, Labels, Topology};
 use crate::ids::{AllocId, Timestamp};
 use crate::node::{Node, NodeSpec, PoolSpec};
 use crate::policy::Policy;
@@ -30,6 +30,7 @@ pub struct AllocationRecord {
     pub state: AllocState,
     pub labels: Labels,
     pub node_selector: Labels,
+    pub topology: Topology,
     pub ttl_ms: Option<u64>,
     pub created_at: Timestamp,
     pub granted_at: Option<Timestamp>,
@@ -52,6 +53,7 @@ impl AllocationRecord {
             state: alloc.state,
             labels: alloc.labels().clone(),
             node_selector: alloc.node_selector().clone(),
+            topology: alloc.topology().clone(),
             ttl_ms: alloc.ttl_ms(),
             created_at: alloc.created_at,
             granted_at: alloc.granted_at,
@@ -154,8 +156,10 @@ impl Ledger {
             };
             max_seq = max_seq.max(id.seq());
             max_grant = max_grant.max(rec.grant_seq);
-            let plain =
-                rec.limits.is_none() && rec.labels.is_empty() && rec.node_selector.is_empty();
+            let plain = rec.limits.is_none()
+                && rec.labels.is_empty()
+                && rec.node_selector.is_empty()
+                && rec.topology.is_empty();
             let qos = Qos::derive(&rec.resources, rec.limits.as_ref());
             let alloc = Allocation {
                 id,
@@ -166,6 +170,7 @@ impl Ledger {
                         limits: rec.limits,
                         labels: rec.labels,
                         node_selector: rec.node_selector,
+                        topology: rec.topology,
                     })
                 }),
                 ending: None,

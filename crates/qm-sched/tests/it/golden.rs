@@ -527,3 +527,92 @@ fn releases_are_idempotent_and_bad_requests_change_nothing() {
         "#]],
     );
 }
+
+#[test]
+fn spread_constraints_keep_zones_within_their_skew_where_bin_packing_would_not() {
+    // priority bin-packs (most-allocated): without the constraint all six land on one node
+    check(
+        "
+        node a1 cpu=8 memory=8G label.zone=a
+        node a2 cpu=8 memory=8G label.zone=a
+        node b1 cpu=8 memory=8G label.zone=b
+        node c1 cpu=8 memory=8G label.zone=c
+        node x1 cpu=8 memory=8G
+        submit packedx3 cpu=1 memory=1G label.app=packed
+        submit coderx6 cpu=1 memory=1G label.app=coder spread=zone:1:app=coder
+        submit wide cpu=1 memory=1G label.app=coder spread=zone:1:app=coder
+        show
+        ",
+        expect![[r#"
+            > node a1 cpu=8 memory=8G label.zone=a
+            > node a2 cpu=8 memory=8G label.zone=a
+            > node b1 cpu=8 memory=8G label.zone=b
+            > node c1 cpu=8 memory=8G label.zone=c
+            > node x1 cpu=8 memory=8G
+            > submit packedx3 cpu=1 memory=1G label.app=packed
+              granted packed-1 on a1
+              granted packed-2 on a1
+              granted packed-3 on a1
+            > submit coderx6 cpu=1 memory=1G label.app=coder spread=zone:1:app=coder
+              granted coder-1 on a1
+              granted coder-2 on b1
+              granted coder-3 on c1
+              granted coder-4 on a1
+              granted coder-5 on b1
+              granted coder-6 on c1
+            > submit wide cpu=1 memory=1G label.app=coder spread=zone:1:app=coder
+              granted wide on a1
+            > show
+              node a1: cpu=6,memory=5859375Ki of cpu=8,memory=7812500Ki
+              node a2: 0 of cpu=8,memory=7812500Ki
+              node b1: cpu=2,memory=1953125Ki of cpu=8,memory=7812500Ki
+              node c1: cpu=2,memory=1953125Ki of cpu=8,memory=7812500Ki
+              node x1: 0 of cpu=8,memory=7812500Ki
+              pool default: 10 granted, 0 queued, cpu=10,memory=9765625Ki
+        "#]],
+    );
+}
+
+#[test]
+fn anti_affinity_keeps_replicas_apart_and_affinity_keeps_a_helper_beside_them() {
+    check(
+        "
+        node a1 cpu=8 memory=8G label.zone=a
+        node a2 cpu=8 memory=8G label.zone=a
+        node b1 cpu=8 memory=8G label.zone=b
+        submit dbx4 cpu=1 memory=1G label.app=db anti=qm.dev/node:app=db queue
+        release db-1
+        submit cache cpu=1 memory=1G label.app=cache aff=zone:app=db
+        submit lonely cpu=1 memory=1G aff=zone:app=nothing
+        submit first cpu=1 memory=1G label.app=pair aff=qm.dev/node:app=pair
+        submit second cpu=1 memory=1G label.app=pair aff=qm.dev/node:app=pair
+        show
+        ",
+        expect![[r#"
+            > node a1 cpu=8 memory=8G label.zone=a
+            > node a2 cpu=8 memory=8G label.zone=a
+            > node b1 cpu=8 memory=8G label.zone=b
+            > submit dbx4 cpu=1 memory=1G label.app=db anti=qm.dev/node:app=db queue
+              granted db-1 on a1
+              granted db-2 on a2
+              granted db-3 on b1
+              db-4: queued (Topology: 0)
+            > release db-1: released
+              released db-1
+              granted db-4 on a1
+            > submit cache cpu=1 memory=1G label.app=cache aff=zone:app=db
+              granted cache on a1
+            > submit lonely cpu=1 memory=1G aff=zone:app=nothing
+              lonely: refused (Topology: 0)
+            > submit first cpu=1 memory=1G label.app=pair aff=qm.dev/node:app=pair
+              granted first on a1
+            > submit second cpu=1 memory=1G label.app=pair aff=qm.dev/node:app=pair
+              granted second on a1
+            > show
+              node a1: cpu=4,memory=3906250Ki of cpu=8,memory=7812500Ki
+              node a2: cpu=1,memory=1000000000 of cpu=8,memory=7812500Ki
+              node b1: cpu=1,memory=1000000000 of cpu=8,memory=7812500Ki
+              pool default: 6 granted, 0 queued, cpu=6,memory=5859375Ki
+        "#]],
+    );
+}

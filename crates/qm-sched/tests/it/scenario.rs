@@ -8,7 +8,8 @@
 //! node NAME cpu=Q memory=Q [gpu=N] [label.K=V ...]
 //! pool NAME [weight=W] [guaranteed.R=Q ...] [limit.R=Q ...]
 //! at SECONDS                        (the time of the following commands)
-//! submit AGENT[xN] [pool=P] [prio=N] [queue] [ttl=S] [fixed] [sel.K=V] cpu=Q memory=Q ...
+//! submit AGENT[xN] [pool=P] [prio=N] [queue] [ttl=S] [fixed] [sel.K=V] [label.K=V]
+//!        [spread=KEY:SKEW:K=V] [aff=KEY:K=V] [anti=KEY:K=V] cpu=Q memory=Q ...
 //! release AGENT | renew AGENT [ttl=S] | evict AGENT | expire | drain
 //! lose NODE | unready NODE | ready NODE | remove NODE [force]
 //! show                              (every node's and pool's allocated amounts)
@@ -22,6 +23,37 @@ use qm_core::{
     AllocId, Decision, Event, Ledger, LedgerConfig, NodeSpec, PoolSpec, Priority, Request,
     ResourceCatalog, Resources, SubmitError, Timestamp,
 };
+
+/// Spread and affinity rules: `spread=KEY:SKEW:K=V`, `aff=KEY:K=V`, `anti=KEY:K=V` (one
+/// label each; repeatable).
+fn topology(args: &[&str]) -> qm_core::Topology {
+    let term = |v: &str| {
+        let (key, label) = v.split_once(':').expect("KEY:K=V");
+        let (k, lv) = label.split_once('=').expect("K=V");
+        qm_core::Term {
+            topology_key: key.to_owned(),
+            match_labels: [(k.to_owned(), lv.to_owned())].into(),
+        }
+    };
+    let mut t = qm_core::Topology::default();
+    for a in args {
+        if let Some(v) = a.strip_prefix("spread=") {
+            let (key, rest) = v.split_once(':').expect("KEY:SKEW:K=V");
+            let (skew, label) = rest.split_once(':').expect("SKEW:K=V");
+            let (k, lv) = label.split_once('=').expect("K=V");
+            t.spread.push(qm_core::Spread {
+                topology_key: key.to_owned(),
+                max_skew: skew.parse().expect("skew"),
+                match_labels: [(k.to_owned(), lv.to_owned())].into(),
+            });
+        } else if let Some(v) = a.strip_prefix("aff=") {
+            t.affinity.push(term(v));
+        } else if let Some(v) = a.strip_prefix("anti=") {
+            t.anti_affinity.push(term(v));
+        }
+    }
+    t
+}
 
 /// Runs a scenario and returns its transcript.
 pub(crate) fn run(script: &str) -> String {
@@ -166,6 +198,8 @@ impl Scenario {
                     req.preemptible = !args.contains(&"fixed");
                     req.ttl_ms = flag(args, "ttl").map(|s| s.parse::<u64>().expect("ttl") * 1000);
                     req.node_selector = labels(args, "sel.");
+                    req.labels = labels(args, "label.");
+                    req.topology = topology(args);
                     let result = self.ledger().submit(now, req);
                     match result {
                         Ok(s) => {
