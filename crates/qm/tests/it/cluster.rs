@@ -380,6 +380,48 @@ fn agents_follow_their_node_across_members() {
     assert_eq!(bad.status, 422, "{:?}", bad.body);
     assert!(bad.body.to_string().contains("restart"), "{:?}", bad.body);
 
+    // spread across the zones (max skew 1): two replicas, one per worker, although the
+    // default strategy packs
+    let mut spread_nodes = Vec::new();
+    for i in 1..=2 {
+        let r = ds[0].post(
+            "/v1/agents",
+            &json!({
+                "name": format!("sp-{i}"), "command": ["sleep", "300"],
+                "resources": { "cpu": "10m" }, "labels": { "app": "sp" },
+                "node_selector": { "role": "worker" },
+                "spread": [{ "topology_key": "topology.qm.dev/zone", "max_skew": 1,
+                             "match_labels": { "app": "sp" } }]
+            })
+            .to_string(),
+        );
+        assert!(r.status == 201 || r.status == 202, "{:?}", r.body);
+        spread_nodes.push(r.body["node"].as_str().expect("a node").to_owned());
+    }
+    spread_nodes.sort();
+    assert_eq!(spread_nodes, ["pl-w1", "pl-w2"], "one replica per zone");
+    // a third that must share no node with a replica finds no worker: refused, saying why
+    let third = ds[0].post(
+        "/v1/agents",
+        &json!({
+            "name": "sp-3", "command": ["sleep", "300"], "resources": { "cpu": "10m" },
+            "labels": { "app": "sp" }, "node_selector": { "role": "worker" }, "queue": false,
+            "anti_affinity": [{ "topology_key": "qm.dev/node", "match_labels": { "app": "sp" } }]
+        })
+        .to_string(),
+    );
+    assert_eq!(third.status, 409, "{:?}", third.body);
+    assert!(third.body["detail"].as_str().unwrap_or("").contains("affinity"), "{:?}", third.body);
+    for i in 1..=2 {
+        let name = format!("sp-{i}");
+        eventually("the replica running", 20, || {
+            agent_where(&ds[0], &name, |a| a["state"] == "running")
+        });
+        let stopped = ds[1].delete(&format!("/v1/agents/{name}"));
+        assert_eq!(stopped.status, 200, "{:?}", stopped.body);
+        assert_eq!(stopped.body["state"], "stopped", "{:?}", stopped.body);
+    }
+
     // SIGKILL the worker running it: its allocation lost, the agent running on the other
     let at = ds
         .iter()
