@@ -182,6 +182,9 @@ impl Member {
                 leases_wanted: std::sync::atomic::AtomicBool::new(true),
             }),
         };
+        if member.inner.config.endpoints.len() > 1 {
+            member.spawn(member.clone().watch_endpoints());
+        }
         let lease = member.register().await?;
         member.spawn(member.clone().session(lease));
         member.spawn(member.clone().watch_view());
@@ -390,6 +393,44 @@ impl Member {
         }
         tracing::info!(member = %c.name, lease, "joined the cluster");
         Ok(lease)
+    }
+
+    /// Keeps the client off etcd members that refuse connections: etcd-client balances over
+    /// every endpoint it was given and keeps sending to a dead one (etcdv3/etcd-client#39),
+    /// so each endpoint is tried (a TCP connect, nothing etcd has to answer) every 500 ms,
+    /// taken out of the balance when it refuses and put back when it answers again. The last
+    /// one is never taken out.
+    async fn watch_endpoints(self) {
+        let endpoints = self.inner.config.endpoints.clone();
+        let mut out: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            for e in &endpoints {
+                let addr = e
+                    .trim_start_matches("http://")
+                    .trim_start_matches("https://")
+                    .trim_end_matches('/')
+                    .to_owned();
+                let up = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    tokio::net::TcpStream::connect(addr),
+                )
+                .await
+                .is_ok_and(|r| r.is_ok());
+                if !up && !out.contains(e) && out.len() + 1 < endpoints.len() {
+                    if self.inner.client.remove_endpoint(e).await.is_ok() {
+                        tracing::warn!(endpoint = %e, "etcd endpoint unreachable: taken out");
+                        out.insert(e.clone());
+                    }
+                } else if up
+                    && out.contains(e)
+                    && self.inner.client.add_endpoint(e).await.is_ok()
+                {
+                    tracing::info!(endpoint = %e, "etcd endpoint answers again: put back");
+                    out.remove(e);
+                }
+            }
+        }
     }
 
     /// Keeps `lease` alive and campaigns under it; when the lease is lost, runs the hook,
