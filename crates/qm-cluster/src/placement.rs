@@ -68,7 +68,80 @@ fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
+/// Says when keys under some prefixes changed (etcd watches), so a reconciler reads etcd
+/// only then, not on every round. Starts changed (the first round reads), and says changed
+/// again whenever a watch had to be made anew (what happened meanwhile went unheard).
+pub struct Changes {
+    changed: std::sync::atomic::AtomicBool,
+    _watches: Vec<crate::Child>,
+}
+
+impl std::fmt::Debug for Changes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Changes")
+            .field("changed", &self.changed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Changes {
+    /// Whether anything changed since the last call.
+    pub fn take(&self) -> bool {
+        self.changed.swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+}
+
 impl Member {
+    /// Watches the keys under each of `rests` (`<prefix>/<rest>`).
+    pub fn watch_changes(&self, rests: &[&str]) -> std::sync::Arc<Changes> {
+        std::sync::Arc::new_cyclic(|weak: &std::sync::Weak<Changes>| {
+            let watches = rests
+                .iter()
+                .map(|rest| {
+                    let (me, key, weak) = (self.clone(), self.key(rest), weak.clone());
+                    crate::Child(tokio::spawn(async move { me.watch_one(key, weak).await }))
+                })
+                .collect();
+            Changes {
+                changed: std::sync::atomic::AtomicBool::new(true),
+                _watches: watches,
+            }
+        })
+    }
+
+    async fn watch_one(&self, prefix: String, changes: std::sync::Weak<Changes>) {
+        let flag = |changes: &std::sync::Weak<Changes>| match changes.upgrade() {
+            Some(c) => {
+                c.changed.store(true, std::sync::atomic::Ordering::Release);
+                true
+            }
+            None => false,
+        };
+        loop {
+            let mut client = self.inner.client.clone();
+            let watch = client
+                .watch(
+                    prefix.clone(),
+                    Some(etcd_client::WatchOptions::new().with_prefix()),
+                )
+                .await;
+            if let Ok(mut stream) = watch {
+                while let Ok(Some(resp)) = stream.message().await {
+                    if resp.canceled() {
+                        break;
+                    }
+                    if !resp.events().is_empty() && !flag(&changes) {
+                        return;
+                    }
+                }
+            }
+            if !flag(&changes) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+
     fn placement_key(&self, node: &str, name: &str) -> String {
         self.key(&format!("agents/{node}/{name}"))
     }

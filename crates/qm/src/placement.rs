@@ -263,16 +263,18 @@ impl EtcdPlacer {
             .collect())
     }
 
-    /// One round of the leader's reconciliation.
-    async fn lead_once(&self) -> Result<(), qm_cluster::ClusterError> {
+    /// One round of the leader's reconciliation; answers whether a placement waits on
+    /// something no watch announces (its node's loss, a queued allocation's grant).
+    async fn lead_once(&self) -> Result<bool, qm_cluster::ClusterError> {
         let view = self.member.view();
         if view.leading.is_none() {
-            return Ok(());
+            return Ok(false);
         }
         let placed = self.member.placements().await?;
         if placed.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
+        let mut pending = false;
         let reports = self.member.reports().await?;
         let stops = self.member.stop_requests().await?;
         let ready: BTreeMap<String, bool> = self
@@ -301,7 +303,7 @@ impl EtcdPlacer {
                         self.member.replace(&p, &to).await?;
                         tracing::info!(agent = %p.name, node = %to.node, "admitted and placed");
                     }
-                    Some(("pending", None)) => {}
+                    Some(("queued" | "pending", None)) => pending = true,
                     _ => self.forget(&p, "its allocation ended while queued").await?,
                 }
                 continue;
@@ -313,6 +315,7 @@ impl EtcdPlacer {
             }
             let member_alive = view.members.contains_key(&p.node);
             let node_lost = !member_alive && ready.get(&p.node) != Some(&true);
+            pending |= !member_alive && !node_lost;
             if node_lost {
                 let restarts = p.spec.restart.as_deref() != Some("never");
                 if stop.is_some() || !restarts {
@@ -341,7 +344,7 @@ impl EtcdPlacer {
                     .await?;
             }
         }
-        Ok(())
+        Ok(pending)
     }
 
     /// Releases `p`'s allocation and removes it.
@@ -412,12 +415,37 @@ impl qm_api::Placer for EtcdPlacer {
     }
 }
 
-/// The leader's loop: reconciles the placements while this member leads.
+/// The leader's loop: reconciles the placements while this member leads; it reads etcd
+/// when a placement, report or stop request changed (watched), when the members changed,
+/// while a placement waits for its node to be found lost, and every 5 s regardless.
 async fn lead(placer: Arc<EtcdPlacer>) {
+    let changes = placer
+        .member
+        .watch_changes(&["agents/", "agent-status/", "agent-stop/"]);
+    let mut last: Option<(BTreeSet<String>, tokio::time::Instant)> = None;
+    let mut pending = false;
     loop {
         tokio::time::sleep(PERIOD).await;
-        if let Err(e) = placer.lead_once().await {
-            tracing::debug!(error = %e, "placements: a round failed");
+        let view = placer.member.view();
+        if view.leading.is_none() {
+            last = None;
+            continue;
+        }
+        let members: BTreeSet<String> = view.members.keys().cloned().collect();
+        let due = match &last {
+            None => true,
+            Some((m, at)) => *m != members || at.elapsed() >= Duration::from_secs(5),
+        };
+        if !(changes.take() || due || pending) {
+            continue;
+        }
+        last = Some((members, tokio::time::Instant::now()));
+        match placer.lead_once().await {
+            Ok(p) => pending = p,
+            Err(e) => {
+                pending = true;
+                tracing::debug!(error = %e, "placements: a round failed");
+            }
         }
     }
 }
@@ -433,30 +461,55 @@ async fn own(
     agents: Supervisor,
     lease_stopped: Arc<Mutex<BTreeSet<(String, String)>>>,
 ) {
+    let node = agents.engine().node_name().to_owned();
+    let changes = member.watch_changes(&[&format!("agents/{node}/"), "agent-stop/"]);
     let mut reported = Reported::new();
+    let mut wanted: Option<(Wanted, tokio::time::Instant)> = None;
     loop {
         tokio::time::sleep(PERIOD).await;
-        if let Err(e) = own_once(&member, &agents, &lease_stopped, &mut reported).await {
+        // etcd is read when what it places here (or a stop) changed, and every 10 s
+        let stale = wanted
+            .as_ref()
+            .is_none_or(|(_, at)| at.elapsed() >= Duration::from_secs(10));
+        if changes.take() || stale {
+            let read = async {
+                Ok::<_, qm_cluster::ClusterError>((
+                    member.placements_on(&node).await?,
+                    member.stop_requests().await?,
+                ))
+            };
+            match read.await {
+                Ok(w) => wanted = Some((w, tokio::time::Instant::now())),
+                Err(e) => {
+                    tracing::debug!(error = %e, "placed agents: cannot read etcd");
+                    wanted = None;
+                    continue;
+                }
+            }
+        }
+        let Some((w, _)) = &wanted else { continue };
+        if let Err(e) = own_once(&member, &agents, &lease_stopped, &mut reported, w).await {
             tracing::debug!(error = %e, "placed agents: a round failed");
         }
     }
 }
+
+/// What etcd places on this member's node, and the stop requests.
+type Wanted = (Vec<Placement>, BTreeMap<String, StopRequest>);
 
 async fn own_once(
     member: &Member,
     agents: &Supervisor,
     lease_stopped: &Mutex<BTreeSet<(String, String)>>,
     reported: &mut Reported,
+    (mine, stops): &Wanted,
 ) -> Result<(), qm_cluster::ClusterError> {
     let Some(lease) = member.view().lease else {
         return Ok(());
     };
-    let node = agents.engine().node_name().to_owned();
-    let mine = member.placements_on(&node).await?;
-    let stops = member.stop_requests().await?;
     let here: BTreeMap<String, AgentDoc> =
         agents.list().into_iter().map(|d| (d.name.clone(), d)).collect();
-    for p in &mine {
+    for p in mine {
         let stop = stops.get(&p.name).filter(|s| s.allocation == p.allocation);
         let ours = here
             .get(&p.name)

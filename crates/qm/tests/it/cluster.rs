@@ -538,14 +538,14 @@ fn client(
                 let v: Value = r.body_mut().read_json().unwrap_or(Value::Null);
                 match (status, v["id"].as_str()) {
                     (201, Some(id)) => {
-                        acked.lock().unwrap().granted.insert(id.to_owned());
+                        acked.lock().expect("the acks").granted.insert(id.to_owned());
                         held.push_back((id.to_owned(), base.clone()));
                     }
                     (409, _) => {
                         full = true;
-                        acked.lock().unwrap().full += 1;
+                        acked.lock().expect("the acks").full += 1;
                     }
-                    _ => acked.lock().unwrap().refused += 1,
+                    _ => acked.lock().expect("the acks").refused += 1,
                 }
             }
             // hold up to 40 (the two clients ask for more than the three nodes have), and
@@ -560,7 +560,7 @@ fn client(
                     .call();
                 match r {
                     Ok(r) if r.status().as_u16() == 200 => {
-                        acked.lock().unwrap().released.insert(id);
+                        acked.lock().expect("the acks").released.insert(id);
                     }
                     _ => held.push_front((id, base.clone())),
                 }
@@ -613,7 +613,7 @@ fn chaos_on_a_three_member_etcd_keeps_capacity_exact_and_acknowledged_writes() {
     let clients: Vec<_> = (0..2)
         .map(|i| client(i, bases.clone(), ds[0].token.clone(), stop.clone(), acked.clone()))
         .collect();
-    let granted_now = || acked.lock().unwrap().granted.len();
+    let granted_now = || acked.lock().expect("the acks").granted.len();
     let wait_for_more = |what: &str, n: usize| {
         eventually(what, 30, || (granted_now() >= n).then_some(()));
     };
@@ -651,7 +651,7 @@ fn chaos_on_a_three_member_etcd_keeps_capacity_exact_and_acknowledged_writes() {
     }
     let last = check(&etcd, "the old leader's return");
     // every acknowledged write is in the log, as acknowledged
-    let acked = acked.lock().unwrap();
+    let acked = acked.lock().expect("the acks");
     assert!(acked.granted.len() >= 60, "{} grants", acked.granted.len());
     for id in &acked.granted {
         let state = last.states.get(id).map(String::as_str);
