@@ -86,7 +86,9 @@ pub(crate) async fn relay(State(forward): State<Forward>, req: Request, next: Ne
             .into_response();
         };
         if !placed_spawn(&parts.method, parts.uri.path(), &bytes) {
-            return next.run(Request::from_parts(parts, Body::from(bytes))).await;
+            return next
+                .run(Request::from_parts(parts, Body::from(bytes)))
+                .await;
         }
         return pass_on(&leader, &parts, &bytes).await;
     }
@@ -186,7 +188,11 @@ mod tests {
     fn a_spawn_goes_to_the_leader_and_an_adoption_stays() {
         let spawn = br#"{"name":"a","command":["sleep","1"]}"#;
         assert!(placed_spawn(&Method::POST, "/v1/agents", spawn));
-        assert!(!placed_spawn(&Method::POST, "/v1/agents", br#"{"name":"a","pid":5}"#));
+        assert!(!placed_spawn(
+            &Method::POST,
+            "/v1/agents",
+            br#"{"name":"a","pid":5}"#
+        ));
         assert!(!placed_spawn(
             &Method::POST,
             "/v1/agents",
@@ -195,7 +201,11 @@ mod tests {
         // what is not a spec is this member's to refuse, naming the field
         assert!(!placed_spawn(&Method::POST, "/v1/agents", b"{not json"));
         assert!(!placed_spawn(&Method::GET, "/v1/agents", spawn));
-        assert!(!placed_spawn(&Method::POST, "/v1/agents/a/heartbeat", spawn));
+        assert!(!placed_spawn(
+            &Method::POST,
+            "/v1/agents/a/heartbeat",
+            spawn
+        ));
     }
 
     #[test]

@@ -422,10 +422,7 @@ impl Member {
                         tracing::warn!(endpoint = %e, "etcd endpoint unreachable: taken out");
                         out.insert(e.clone());
                     }
-                } else if up
-                    && out.contains(e)
-                    && self.inner.client.add_endpoint(e).await.is_ok()
-                {
+                } else if up && out.contains(e) && self.inner.client.add_endpoint(e).await.is_ok() {
                     tracing::info!(endpoint = %e, "etcd endpoint answers again: put back");
                     out.remove(e);
                 }

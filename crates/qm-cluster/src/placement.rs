@@ -87,7 +87,8 @@ impl std::fmt::Debug for Changes {
 impl Changes {
     /// Whether anything changed since the last call.
     pub fn take(&self) -> bool {
-        self.changed.swap(false, std::sync::atomic::Ordering::AcqRel)
+        self.changed
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 }
 
@@ -220,7 +221,9 @@ impl Member {
     /// Reports this member's run of a placed agent, under its lease (gone with the lease).
     pub async fn report(&self, doc: &AgentDoc) -> Result<(), ClusterError> {
         let Some(lease) = self.view().lease else {
-            return Err(ClusterError::Config("this member holds no lease now".into()));
+            return Err(ClusterError::Config(
+                "this member holds no lease now".into(),
+            ));
         };
         self.inner
             .client
@@ -256,7 +259,10 @@ impl Member {
             .inner
             .client
             .clone()
-            .get(self.key("agent-stop/"), Some(GetOptions::new().with_prefix()))
+            .get(
+                self.key("agent-stop/"),
+                Some(GetOptions::new().with_prefix()),
+            )
             .await?;
         let prefix = self.key("agent-stop/");
         Ok(resp

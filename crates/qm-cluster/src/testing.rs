@@ -114,7 +114,12 @@ impl EtcdCluster {
             let child = Command::new("etcd")
                 .args(["--name", &format!("e{i}"), "--data-dir"])
                 .arg(&dir)
-                .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+                .args([
+                    "--listen-client-urls",
+                    &url,
+                    "--advertise-client-urls",
+                    &url,
+                ])
                 .args(["--listen-peer-urls", &peer_url])
                 .args(["--initial-advertise-peer-urls", &peer_url])
                 .args(["--initial-cluster", &initial])
@@ -251,7 +256,10 @@ pub async fn check_ledger(endpoints: &[String], prefix: &str) -> Result<LedgerCh
             return Err(format!("allocation {} is granted on no node", row.id));
         };
         if !nodes.contains_key(node) {
-            return Err(format!("allocation {} is granted on unknown node {node}", row.id));
+            return Err(format!(
+                "allocation {} is granted on unknown node {node}",
+                row.id
+            ));
         }
         let body: serde_json::Value =
             serde_json::from_str(&row.body).map_err(|e| format!("allocation {}: {e}", row.id))?;

@@ -56,7 +56,10 @@ async fn the_checker_finds_an_over_committed_node_and_passes_an_exact_one() {
     let e = check_ledger(std::slice::from_ref(&etcd.url), "/qm")
         .await
         .expect_err("over-committed");
-    assert!(e.contains("n1 is over-committed in cpu: 1001 granted of 1000"), "{e}");
+    assert!(
+        e.contains("n1 is over-committed in cpu: 1001 granted of 1000"),
+        "{e}"
+    );
     // released again: fine
     let mut released = grant(3, "n1", "1m");
     if let Op::PutAllocation(r) = &mut released {

@@ -158,7 +158,11 @@ impl Topology {
                         "name at least one label",
                     ));
                 }
-                check_labels(&format!("{name}[{i}].match_labels"), &t.match_labels, errors);
+                check_labels(
+                    &format!("{name}[{i}].match_labels"),
+                    &t.match_labels,
+                    errors,
+                );
             }
         };
         if self.spread.len() > MAX_TOPOLOGY_RULES {
@@ -181,7 +185,11 @@ impl Topology {
                     "name at least one label",
                 ));
             }
-            check_labels(&format!("spread[{i}].match_labels"), &c.match_labels, errors);
+            check_labels(
+                &format!("spread[{i}].match_labels"),
+                &c.match_labels,
+                errors,
+            );
         }
         terms("affinity", &self.affinity, errors);
         terms("anti_affinity", &self.anti_affinity, errors);

@@ -525,7 +525,9 @@ fn a_members_own_agents_are_written_without_the_log_even_beside_a_refused_change
     // agent is written alone, the ledger change fails
     let ledger = {
         let s = store.clone();
-        thread::spawn(move || s.commit_wait(batch(vec![Op::PutAllocation(alloc(2, "b", "granted"))])))
+        thread::spawn(move || {
+            s.commit_wait(batch(vec![Op::PutAllocation(alloc(2, "b", "granted"))]))
+        })
     };
     thread::sleep(std::time::Duration::from_millis(50));
     let agent = {

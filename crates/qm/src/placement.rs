@@ -143,11 +143,7 @@ impl EtcdPlacer {
             return Err(ApiError::invalid(problems));
         };
         let _one = self.deciding.lock().await;
-        let placed = self
-            .member
-            .placements()
-            .await
-            .map_err(|e| etcd_error(&e))?;
+        let placed = self.member.placements().await.map_err(|e| etcd_error(&e))?;
         if let Some(p) = placed.iter().find(|p| p.name == spec.name) {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -199,11 +195,7 @@ impl EtcdPlacer {
         grace_s: Option<f64>,
     ) -> Result<Option<AgentDoc>, ApiError> {
         let find = || async {
-            let placed = self
-                .member
-                .placements()
-                .await
-                .map_err(|e| etcd_error(&e))?;
+            let placed = self.member.placements().await.map_err(|e| etcd_error(&e))?;
             Ok::<_, ApiError>(placed.into_iter().find(|p| p.name == name))
         };
         let Some(p) = find().await? else {
@@ -251,11 +243,7 @@ impl EtcdPlacer {
     }
 
     async fn list_placed(&self) -> Result<Vec<AgentDoc>, ApiError> {
-        let placed = self
-            .member
-            .placements()
-            .await
-            .map_err(|e| etcd_error(&e))?;
+        let placed = self.member.placements().await.map_err(|e| etcd_error(&e))?;
         let reports = self.member.reports().await.map_err(|e| etcd_error(&e))?;
         Ok(placed
             .iter()
@@ -363,7 +351,11 @@ impl EtcdPlacer {
             .into_request(self.engine.catalog())
         {
             Ok(r) => r,
-            Err(_) => return self.forget(p, "its request no longer fits the catalog").await,
+            Err(_) => {
+                return self
+                    .forget(p, "its request no longer fits the catalog")
+                    .await;
+            }
         };
         self.release(&p.allocation).await;
         let replay = match self.engine.submit(request, false, None).await {
@@ -507,8 +499,11 @@ async fn own_once(
     let Some(lease) = member.view().lease else {
         return Ok(());
     };
-    let here: BTreeMap<String, AgentDoc> =
-        agents.list().into_iter().map(|d| (d.name.clone(), d)).collect();
+    let here: BTreeMap<String, AgentDoc> = agents
+        .list()
+        .into_iter()
+        .map(|d| (d.name.clone(), d))
+        .collect();
     for p in mine {
         let stop = stops.get(&p.name).filter(|s| s.allocation == p.allocation);
         let ours = here
@@ -573,14 +568,30 @@ async fn own_once(
 
 /// Whether a report still says what `now` would.
 fn same_run(a: &AgentDoc, now: &AgentDoc) -> bool {
-    (a.state, a.pid, a.restarts, &a.health, &a.reason, &a.spec.allocation)
-        == (now.state, now.pid, now.restarts, &now.health, &now.reason, &now.spec.allocation)
+    (
+        a.state,
+        a.pid,
+        a.restarts,
+        &a.health,
+        &a.reason,
+        &a.spec.allocation,
+    ) == (
+        now.state,
+        now.pid,
+        now.restarts,
+        &now.health,
+        &now.reason,
+        &now.spec.allocation,
+    )
 }
 
 /// Starts `p` here; a start that fails is reported (the leader then gives the allocation
 /// back and the user sees why).
 async fn start(agents: &Supervisor, member: &Member, p: &Placement) {
-    match agents.run_placed(p.spec.clone(), p.allocation.clone()).await {
+    match agents
+        .run_placed(p.spec.clone(), p.allocation.clone())
+        .await
+    {
         Ok(d) => tracing::info!(agent = %d.name, state = %d.state, "started as placed"),
         Err(e) => {
             tracing::warn!(agent = %p.name, error = %e, "cannot start a placed agent");

@@ -80,9 +80,8 @@ pub fn retain_allowed(cx: &CycleState<'_>, nodes: &mut Vec<NodeIdx>) {
         };
         let itself = u32::from(labels_match(own, &c.match_labels));
         nodes.retain(|i| {
-            dom(i, &c.topology_key).is_some_and(|d| {
-                counts.get(d).copied().unwrap_or(0) + itself - min <= c.max_skew
-            })
+            dom(i, &c.topology_key)
+                .is_some_and(|d| counts.get(d).copied().unwrap_or(0) + itself - min <= c.max_skew)
         });
     }
     for t in &rules.affinity {

@@ -324,12 +324,20 @@ fn agents_follow_their_node_across_members() {
             &etcd,
             name,
             &token,
-            &["--label", "role=worker", "--label", &format!("topology.qm.dev/zone={zone}")],
+            &[
+                "--label",
+                "role=worker",
+                "--label",
+                &format!("topology.qm.dev/zone={zone}"),
+            ],
         )
     };
     let mut ds = vec![lead, worker("pl-w1", "a"), worker("pl-w2", "b")];
     let all: Vec<&Daemon> = ds.iter().collect();
-    assert_eq!(agreed(&all, 3).as_deref().or(Some("pl-lead")), Some("pl-lead"));
+    assert_eq!(
+        agreed(&all, 3).as_deref().or(Some("pl-lead")),
+        Some("pl-lead")
+    );
     eventually("three ready nodes in the leader's ledger", 30, || {
         let n = ds[0].get("/v1/nodes").body;
         let items = n["items"].as_array()?.clone();
@@ -344,18 +352,29 @@ fn agents_follow_their_node_across_members() {
     let made = ds[1].post("/v1/agents", &spec.to_string());
     assert!(made.status == 201 || made.status == 202, "{:?}", made.body);
     assert_eq!(made.body["placed"], true, "{:?}", made.body);
-    let first_node = made.body["node"].as_str().expect("placed on a node").to_owned();
+    let first_node = made.body["node"]
+        .as_str()
+        .expect("placed on a node")
+        .to_owned();
     assert!(first_node.starts_with("pl-w"), "{first_node}");
-    let first_alloc = made.body["allocation"].as_str().expect("an allocation").to_owned();
+    let first_alloc = made.body["allocation"]
+        .as_str()
+        .expect("an allocation")
+        .to_owned();
     // its member runs it, in its own cgroup parent
     let owner = named(&ds, &first_node);
     let running = eventually("pa running on its node's member", 20, || {
-        agent_where(owner, "pa", |a| a["state"] == "running" && a["pid"].is_u64())
+        agent_where(owner, "pa", |a| {
+            a["state"] == "running" && a["pid"].is_u64()
+        })
     });
     let first_pid = pid_of(&running);
     assert_eq!(running["node"], first_node.as_str());
     let cgroup = std::fs::read_to_string(format!("/proc/{first_pid}/cgroup")).unwrap_or_default();
-    assert!(cgroup.contains(&format!("qm-it-cluster-{first_node}-")), "{cgroup}");
+    assert!(
+        cgroup.contains(&format!("qm-it-cluster-{first_node}-")),
+        "{cgroup}"
+    );
     // every member lists it, as its member reports it
     for d in &ds {
         let seen = eventually("pa listed by every member", 10, || {
@@ -411,7 +430,14 @@ fn agents_follow_their_node_across_members() {
         .to_string(),
     );
     assert_eq!(third.status, 409, "{:?}", third.body);
-    assert!(third.body["detail"].as_str().unwrap_or("").contains("affinity"), "{:?}", third.body);
+    assert!(
+        third.body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("affinity"),
+        "{:?}",
+        third.body
+    );
     for i in 1..=2 {
         let name = format!("sp-{i}");
         eventually("the replica running", 20, || {
@@ -430,10 +456,16 @@ fn agents_follow_their_node_across_members() {
     let killed = ds.remove(at);
     let t0 = Instant::now();
     killed.kill9();
-    let other_node = if first_node == "pl-w1" { "pl-w2" } else { "pl-w1" };
+    let other_node = if first_node == "pl-w1" {
+        "pl-w2"
+    } else {
+        "pl-w1"
+    };
     let other = named(&ds, other_node);
     let moved = eventually("pa running on the other worker", 30, || {
-        agent_where(other, "pa", |a| a["state"] == "running" && a["node"] == other_node)
+        agent_where(other, "pa", |a| {
+            a["state"] == "running" && a["node"] == other_node
+        })
     });
     let restarted_in = t0.elapsed().as_secs_f64();
     let lost = ds[0].get(&format!("/v1/allocations/{first_alloc}"));
@@ -441,32 +473,60 @@ fn agents_follow_their_node_across_members() {
     let second_pid = pid_of(&moved);
     assert_ne!(second_pid, first_pid);
     // the killed member's own process outlived it (agents outlive their daemon); gone now
-    let _ = Command::new("kill").args(["-KILL", &first_pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-KILL", &first_pid.to_string()])
+        .status();
 
     // SIGSTOP the second worker past its lease: nowhere left to run it, it waits
     let paused = other.child.id().to_string();
-    assert!(Command::new("kill").args(["-STOP", &paused]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &paused])
+            .status()
+            .unwrap()
+            .success()
+    );
     let queued = eventually("pa waiting for a node", 30, || {
-        agent_where(&ds[0], "pa", |a| a["state"] == "pending" && a["node"].is_null())
+        agent_where(&ds[0], "pa", |a| {
+            a["state"] == "pending" && a["node"].is_null()
+        })
     });
-    assert!(queued["reason"].as_str().unwrap_or("").contains("admission"), "{queued}");
+    assert!(
+        queued["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("admission"),
+        "{queued}"
+    );
     assert!(
         crate::agents::alive(second_pid),
         "a paused member's run goes on until it wakes"
     );
     // SIGCONT: the member stops its stale run, rejoins, and the agent is placed on it again
-    assert!(Command::new("kill").args(["-CONT", &paused]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &paused])
+            .status()
+            .unwrap()
+            .success()
+    );
     let back = eventually("pa running again on the resumed worker", 40, || {
         agent_where(other, "pa", |a| {
             a["state"] == "running" && a["pid"].as_u64().is_some_and(|p| p != second_pid)
         })
     });
-    assert!(!crate::agents::alive(second_pid), "the stale run was stopped");
+    assert!(
+        !crate::agents::alive(second_pid),
+        "the stale run was stopped"
+    );
     let third_pid = pid_of(&back);
     assert!(crate::agents::alive(third_pid));
 
     // stopped through a member that does not run it: the run ends, the allocation is given back
-    let alloc = back["allocation"].as_str().expect("an allocation").to_owned();
+    let alloc = back["allocation"]
+        .as_str()
+        .expect("an allocation")
+        .to_owned();
     let stopped = ds[0].delete("/v1/agents/pa");
     assert_eq!(stopped.status, 200, "{:?}", stopped.body);
     assert_eq!(stopped.body["state"], "stopped", "{:?}", stopped.body);
@@ -482,11 +542,16 @@ fn agents_follow_their_node_across_members() {
             .all(|d| {
                 d.get("/v1/agents").body["items"]
                     .as_array()
-                    .is_some_and(|l| l.iter().all(|a| a["name"] != "pa" || a["state"] != "running"))
+                    .is_some_and(|l| {
+                        l.iter()
+                            .all(|a| a["name"] != "pa" || a["state"] != "running")
+                    })
             })
             .then_some(())
     });
-    eprintln!("worker killed: its agent running on another member {restarted_in:.1} s later (lease 2 s)");
+    eprintln!(
+        "worker killed: its agent running on another member {restarted_in:.1} s later (lease 2 s)"
+    );
     for d in ds {
         d.stop();
     }
@@ -538,7 +603,11 @@ fn client(
                 let v: Value = r.body_mut().read_json().unwrap_or(Value::Null);
                 match (status, v["id"].as_str()) {
                     (201, Some(id)) => {
-                        acked.lock().expect("the acks").granted.insert(id.to_owned());
+                        acked
+                            .lock()
+                            .expect("the acks")
+                            .granted
+                            .insert(id.to_owned());
                         held.push_back((id.to_owned(), base.clone()));
                     }
                     (409, _) => {
@@ -602,7 +671,9 @@ fn chaos_on_a_three_member_etcd_keeps_capacity_exact_and_acknowledged_writes() {
     let all: Vec<&Daemon> = ds.iter().collect();
     let leader = eventually("three members agreeing on a leader", 30, || agreed(&all, 3));
     eventually("three ready nodes", 30, || {
-        let at = ds.iter().find(|d| d.get("/v1/node").body["name"] == leader.as_str())?;
+        let at = ds
+            .iter()
+            .find(|d| d.get("/v1/node").body["name"] == leader.as_str())?;
         let n = at.get("/v1/nodes").body;
         let items = n["items"].as_array()?.clone();
         (items.len() == 3 && items.iter().all(|i| i["ready"] == true)).then_some(())
@@ -611,7 +682,15 @@ fn chaos_on_a_three_member_etcd_keeps_capacity_exact_and_acknowledged_writes() {
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Acked::default()));
     let bases: Vec<String> = ds.iter().map(|d| d.base.clone()).collect();
     let clients: Vec<_> = (0..2)
-        .map(|i| client(i, bases.clone(), ds[0].token.clone(), stop.clone(), acked.clone()))
+        .map(|i| {
+            client(
+                i,
+                bases.clone(),
+                ds[0].token.clone(),
+                stop.clone(),
+                acked.clone(),
+            )
+        })
         .collect();
     let granted_now = || acked.lock().expect("the acks").granted.len();
     let wait_for_more = |what: &str, n: usize| {
@@ -692,8 +771,11 @@ fn chaos_member_in(
 ) -> Daemon {
     let config = data.with_file_name("qm.toml");
     std::fs::create_dir_all(data).expect("data dir");
-    std::fs::write(&config, "[agents]\nenabled = false\n[cluster]\nlease_ttl_s = 2\n")
-        .expect("config");
+    std::fs::write(
+        &config,
+        "[agents]\nenabled = false\n[cluster]\nlease_ttl_s = 2\n",
+    )
+    .expect("config");
     let mut d = Daemon::start(
         data,
         &[
