@@ -2,9 +2,11 @@
 //! answers every route. Allocations, nodes, pools, state and tokens live in the one ledger the
 //! leader runs, so their requests (reads too: a follower's copy is as old as its last term)
 //! go to the leader's address as they came, Authorization included, and its answer comes back
-//! as it was. The leader authenticates and decides; this member only relays, before its own
-//! gate. Everything else (the local node, agents, fleets, metrics, pressure, the cluster's
-//! view, MCP) is this member's own and answered here.
+//! as it was. So do spawns (the leader places them) and the event stream (the ledger's events
+//! happen there), which is passed on as it comes, chunk by chunk. The leader authenticates and
+//! decides; this member only relays, before its own gate. Everything else (the local node,
+//! agents' reads and stops, fleets, metrics, pressure, the cluster's view) is this member's own
+//! and answered here; MCP tools call the routes through the same relay.
 
 use std::sync::Arc;
 
@@ -69,12 +71,17 @@ fn placed_spawn(method: &axum::http::Method, path: &str, body: &[u8]) -> bool {
 /// names one.
 pub(crate) async fn relay(State(forward): State<Forward>, req: Request, next: Next) -> Response {
     let spawn = req.method() == axum::http::Method::POST && req.uri().path() == "/v1/agents";
-    if !(forwarded(req.uri().path()) || spawn) || req.headers().contains_key(&RELAYED) {
+    let events = req.method() == axum::http::Method::GET && req.uri().path() == "/v1/events";
+    if !(forwarded(req.uri().path()) || spawn || events) || req.headers().contains_key(&RELAYED) {
         return next.run(req).await;
     }
     let Some(leader) = forward() else {
         return next.run(req).await;
     };
+    if events {
+        let (parts, _) = req.into_parts();
+        return stream_from(&leader, &parts).await;
+    }
     if spawn {
         let (parts, body) = req.into_parts();
         let Ok(bytes) = axum::body::to_bytes(body, crate::MAX_BODY).await else {
@@ -174,6 +181,107 @@ async fn pass_on(leader: &str, parts: &axum::http::request::Parts, bytes: &[u8])
             StatusCode::SERVICE_UNAVAILABLE,
             "leader_unreachable",
             format!("relaying to the leader failed: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+/// Relays an endless answer (the event stream): the leader's answer is passed on chunk by
+/// chunk as it comes, by a thread of its own that ends when either side closes.
+async fn stream_from(leader: &str, parts: &axum::http::request::Parts) -> Response {
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
+    let mut out = axum::http::Request::builder()
+        .method(parts.method.clone())
+        .uri(format!("{}{path}", leader.trim_end_matches('/')));
+    let resume = HeaderName::from_static("last-event-id");
+    for name in PASSED.iter().chain(std::iter::once(&resume)) {
+        if let Some(v) = parts.headers.get(name) {
+            out = out.header(name, v);
+        }
+    }
+    let Ok(out) = out.header(&RELAYED, "1").body(()) else {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "cannot relay this request",
+        )
+        .into_response();
+    };
+    type Chunk = Result<axum::body::Bytes, std::io::Error>;
+    let (chunks, mut rx) = tokio::sync::mpsc::channel::<Chunk>(16);
+    let (head_tx, head) = tokio::sync::oneshot::channel();
+    let leader_url = leader.to_owned();
+    let spawned = std::thread::Builder::new()
+        .name("qm-relay-events".to_owned())
+        .spawn(move || {
+            use std::io::Read;
+            let agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_connect(Some(std::time::Duration::from_secs(5)))
+                .build()
+                .new_agent();
+            let mut resp = match agent.run(out) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = head_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let _ = head_tx.send(Ok((resp.status(), resp.headers().clone())));
+            let mut reader = resp.body_mut().with_config().limit(u64::MAX).reader();
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let chunk = match reader.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => Ok(axum::body::Bytes::copy_from_slice(&buf[..n])),
+                    Err(e) => Err(e),
+                };
+                let last = chunk.is_err();
+                if chunks.blocking_send(chunk).is_err() || last {
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "leader_unreachable",
+            format!("cannot relay the event stream: {e}"),
+        )
+        .into_response();
+    }
+    match head.await {
+        Ok(Ok((status, headers))) => {
+            let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+            let mut resp = Response::new(Body::from_stream(body));
+            *resp.status_mut() = status;
+            for name in RETURNED
+                .iter()
+                .chain(std::iter::once(&header::CACHE_CONTROL))
+            {
+                if let Some(v) = headers.get(name) {
+                    resp.headers_mut().insert(name.clone(), v.clone());
+                }
+            }
+            if let Ok(v) = HeaderValue::from_str(&leader_url) {
+                resp.headers_mut()
+                    .insert(HeaderName::from_static("x-qm-leader"), v);
+            }
+            resp
+        }
+        Ok(Err(e)) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "leader_unreachable",
+            format!("this member does not lead and the leader at {leader_url} did not answer: {e}"),
+        )
+        .into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "leader_unreachable",
+            "relaying the event stream failed",
         )
         .into_response(),
     }

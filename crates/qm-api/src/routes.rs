@@ -48,8 +48,17 @@ pub fn router(
             Err(tokio::sync::broadcast::error::RecvError::Closed)
         ) {}
     });
-    // The tools' calls pass the gate as any request does, with the caller's token.
-    let mcp = crate::mcp::http_service(api.clone().layer(layer.clone()), Some(closed));
+    // The tools' calls pass the gate as any request does, with the caller's token, and the
+    // relay to the leader as well
+    let tools = api.clone().layer(layer.clone());
+    let tools = match &forward {
+        Some(f) => tools.layer(axum::middleware::from_fn_with_state(
+            f.clone(),
+            crate::forward::relay,
+        )),
+        None => tools,
+    };
+    let mcp = crate::mcp::http_service(tools, Some(closed));
     let router = api.route_service("/mcp", mcp).layer(layer);
     // a member that does not lead relays the ledger's routes to the leader, before its gate
     match forward {

@@ -190,8 +190,29 @@ fn three_members_on_etcd_agree_on_a_leader_and_replace_a_killed_one() {
     assert_eq!(placed.status, 201, "{:?}", placed.body);
     assert_eq!(placed.body["node"], follower_name.as_str());
     acked.push(ack(&placed));
-    // any member answers: a follower relays the ledger's routes to the leader
+    // any member answers: a follower relays the ledger's routes to the leader, and its event
+    // stream is the leader's, passed on as it comes
     let follower = (at + 1) % ds.len();
+    let live = crate::events::read_events(
+        format!("{}/v1/events", ds[follower].base),
+        ds[follower].bearer(),
+        20,
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let watched = ds[at].post(
+        "/v1/allocations",
+        &json!({ "agent": "watched", "resources": { "cpu": "10m" } }).to_string(),
+    );
+    assert_eq!(watched.status, 201, "{:?}", watched.body);
+    acked.push(ack(&watched));
+    let seen = live
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the relayed stream");
+    assert!(
+        seen.iter()
+            .any(|(kind, _, data)| kind.starts_with("allocation") && data.contains("watched")),
+        "{seen:?}"
+    );
     let relayed = ds[follower].post("/v1/allocations", &request(1));
     assert_eq!(relayed.status, 201, "{:?}", relayed.body);
     let id = relayed.body["id"].as_str().expect("an id").to_owned();
@@ -199,7 +220,7 @@ fn three_members_on_etcd_agree_on_a_leader_and_replace_a_killed_one() {
     let listed = ds[follower].get("/v1/allocations").body;
     assert_eq!(
         listed["items"].as_array().map(Vec::len),
-        Some(3),
+        Some(4),
         "{listed}"
     );
     acked.push(ack(&relayed));
