@@ -1,7 +1,9 @@
 //! etcd's load from a cluster of N members, simulated: N `Member`s in this process against a
-//! real single-node etcd, each keeping its 10 s lease (a keep-alive every 3.3 s), reading the
-//! view every second (two reads) and campaigning. Over a window it reads etcd's own counters
-//! (`/metrics`): requests by method, raft proposals, etcd's cpu and memory.
+//! real single-node etcd, each keeping its 10 s lease (a keep-alive every 3.3 s), following the
+//! view (a watch on the members, the election observed) and campaigning, and running its
+//! placement reconciler's etcd side as the daemon does: a watch on what is placed on its node
+//! and on stop requests, a read of both when they change and every 10 s. Over a window it reads
+//! etcd's own counters (`/metrics`): requests by method, raft proposals, etcd's cpu and memory.
 //!
 //!   cargo bench -p qm-cluster --bench members [-- MEMBERS SECONDS]     (defaults 1000 and 20)
 //!
@@ -82,6 +84,29 @@ fn main() {
         out
     });
     let joined = t0.elapsed().as_secs_f64();
+    // each member's placement reconciler, as far as etcd sees it
+    let _reconcilers: Vec<_> = rt.block_on(async {
+        members
+            .iter()
+            .map(|m| {
+                let m = m.clone();
+                tokio::spawn(async move {
+                    let node = m.name().to_owned();
+                    let changes = m.watch_changes(&[&format!("agents/{node}/"), "agent-stop/"]);
+                    let mut last: Option<Instant> = None;
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+                        if changes.take() || due {
+                            let _ = m.placements_on(&node).await;
+                            let _ = m.stop_requests().await;
+                            last = Some(Instant::now());
+                        }
+                    }
+                })
+            })
+            .collect()
+    });
     // settle: everyone sees everyone and the leader
     let deadline = Instant::now() + Duration::from_secs(60);
     while !members
@@ -100,7 +125,7 @@ fn main() {
         (after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0)) / w
     };
     println!(
-        "{n} members on one etcd (lease 10 s, view every 1 s), {seconds} s window; joined in {joined:.1} s"
+        "{n} members on one etcd (lease 10 s, placements watched), {seconds} s window; joined in {joined:.1} s"
     );
     for (what, key) in [
         ("range reads/s", "grpc_server_handled_total/Range"),
@@ -108,6 +133,7 @@ fn main() {
             "lease keep-alives/s",
             "grpc_server_msg_received_total/LeaseKeepAlive",
         ),
+        ("watch streams opened/s", "grpc_server_started_total/Watch"),
         ("txns/s", "grpc_server_handled_total/Txn"),
         ("puts/s", "grpc_server_handled_total/Put"),
         (
