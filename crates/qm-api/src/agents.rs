@@ -139,9 +139,18 @@ pub(crate) async fn create_agent(
         admin: caller.principal().role == qm_engine::tokens::Role::Admin,
         uid: caller.peer_uid(),
     };
-    // in a cluster, a spawn goes where the leader places it
+    // in a cluster, a spawn goes where the leader places it; an adoption (or `qm exec`'s
+    // agent) is charged to this host through the ledger, which only the leader writes
     let mut doc = match placer(&app) {
         Some(p) if spec.pid.is_none() && spec.allocation.is_none() => p.place(spec).await?,
+        Some(p) if !p.leads() => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_leader",
+                "pid: in a cluster, a process is adopted (and `qm exec` runs) on the leader's \
+                 host only, for now; spawn it instead (any member places it)",
+            ));
+        }
         _ => sup.create(spec, None, by).await?,
     };
     if !caller.sees_secrets() {

@@ -54,6 +54,9 @@ pub trait Placer: Send + Sync {
 
     /// Every placed agent, as its owner last reported it (or as placed, before it did).
     fn list(&self) -> Answer<'_, Result<Vec<qm_proto::AgentDoc>, ApiError>>;
+
+    /// Whether this member leads (only the leader's ledger takes writes).
+    fn leads(&self) -> bool;
 }
 
 /// What the routes know of the daemon's cluster.

@@ -405,6 +405,10 @@ impl qm_api::Placer for EtcdPlacer {
     fn list(&self) -> Answer<'_, Result<Vec<AgentDoc>, ApiError>> {
         Box::pin(self.list_placed())
     }
+
+    fn leads(&self) -> bool {
+        self.member.view().leading.is_some()
+    }
 }
 
 /// The leader's loop: reconciles the placements while this member leads; it reads etcd

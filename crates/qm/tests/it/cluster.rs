@@ -409,6 +409,17 @@ fn agents_follow_their_node_across_members() {
         assert_eq!(seen["node"], first_node.as_str(), "{seen}");
         assert_eq!(seen["pid"], first_pid, "{seen}");
     }
+    // adopting a process is the leader's host's only, for now: a follower says so
+    let adopt = ds[1].post(
+        "/v1/agents",
+        &json!({ "name": "adopted", "pid": std::process::id() }).to_string(),
+    );
+    assert_eq!(adopt.status, 503, "{:?}", adopt.body);
+    assert!(
+        adopt.body["detail"].as_str().unwrap_or("").contains("pid"),
+        "{:?}",
+        adopt.body
+    );
     // one agent per name, cluster-wide
     let again = ds[0].post("/v1/agents", &spec.to_string());
     assert_eq!(again.status, 409, "{:?}", again.body);
