@@ -33,7 +33,13 @@ impl Supervisor {
             .into());
         }
         spec.allocation = None;
-        self.create_as(spec, None, Requester::daemon(), Some(allocation))
+        // a fleet's member says which fleet by its label
+        let fleet = spec
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(crate::FLEET_LABEL))
+            .cloned();
+        self.create_as(spec, fleet, Requester::daemon(), Some(allocation))
             .await
     }
 

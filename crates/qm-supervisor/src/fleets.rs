@@ -4,11 +4,14 @@
 //! time, and lets the autoscaler (the HPA algorithm, `logic::autoscale`) set the wanted
 //! number from the members' cpu or memory utilisation of their requests, or from a metric
 //! pushed to `POST /v1/fleets/{name}/metric`. Members are admitted through the ledger like
-//! any agent.
+//! any agent. In a cluster the controller stays with the member that holds the fleet and its
+//! members are placed by the leader like any spawn ([`FleetMembers`]), labelled with their
+//! fleet.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use qm_proto::{AgentSpec, AgentState, FieldProblem, FleetDoc, FleetSpec, from_json};
+use qm_proto::{AgentDoc, AgentSpec, AgentState, FieldProblem, FleetDoc, FleetSpec, from_json};
 use qm_store::{Batch, Op};
 
 use super::logic::autoscale::{AutoscaleSpec, Autoscaler, Metric};
@@ -17,6 +20,25 @@ use qm_engine::EngineError;
 
 /// The label that carries a member's template generation.
 const GENERATION: &str = "qm.fleet.generation";
+
+/// The label naming a placed agent's fleet (its members carry it, so spread and affinity
+/// rules can name a fleet: `match_labels: {"qm.dev/fleet": "coders"}`).
+pub const FLEET_LABEL: &str = "qm.dev/fleet";
+
+/// A future answered by [`FleetMembers`].
+pub type Answer<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Where a fleet's members run when they are not this daemon's own: in a cluster, wherever
+/// the leader places them. The fleet's controller stays here; its members are spawned, listed
+/// and stopped through this.
+pub trait FleetMembers: Send + Sync + std::fmt::Debug {
+    /// The fleet's live members (placed or waiting), oldest first or in any order.
+    fn list(&self, fleet: &str) -> Answer<'_, Vec<AgentDoc>>;
+    /// Spawns one member (its spec carries [`FLEET_LABEL`]).
+    fn spawn(&self, spec: AgentSpec) -> Answer<'_, Result<AgentDoc, AgentError>>;
+    /// Asks for a member to stop (does not wait).
+    fn stop(&self, name: String) -> Answer<'_, ()>;
+}
 /// A pushed metric older than this is not used.
 const CUSTOM_FRESH_MS: u64 = 300_000;
 
@@ -26,6 +48,8 @@ pub type FleetError = AgentError;
 #[derive(Debug)]
 pub(super) struct Fleet {
     doc: FleetDoc,
+    /// Its placed members as last listed (with [`FleetMembers`]): (name, running and healthy).
+    placed: Vec<(String, bool)>,
     autoscaler: Option<Autoscaler>,
     custom: Option<(f64, u64)>,
     next_index: u64,
@@ -97,8 +121,18 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Places fleets' members through `members` from now on (a cluster member's).
+    pub fn place_fleets_with(&self, members: Arc<dyn FleetMembers>) {
+        let _ = self.inner.placed_fleets.set(members);
+    }
+
     fn fleet_doc(&self, f: &Fleet) -> FleetDoc {
         let mut doc = f.doc.clone();
+        if self.inner.placed_fleets.get().is_some() {
+            doc.members = f.placed.iter().map(|(n, _)| n.clone()).collect();
+            doc.ready = f.placed.iter().filter(|(_, ok)| *ok).count() as u32;
+            return doc;
+        }
         let agents = self.inner.agents.lock().ok();
         doc.members = agents
             .as_ref()
@@ -205,6 +239,7 @@ impl Supervisor {
                         spec.name.clone(),
                         Fleet {
                             doc: doc.clone(),
+                            placed: Vec::new(),
                             autoscaler,
                             custom: None,
                             next_index: 0,
@@ -238,8 +273,17 @@ impl Supervisor {
         if let Ok(mut fleets) = self.inner.fleets.lock() {
             fleets.remove(name);
         }
-        for m in &doc.members {
-            let _ = self.stop(m, None).await;
+        match self.inner.placed_fleets.get() {
+            Some(placed) => {
+                for m in &doc.members {
+                    placed.stop(m.clone()).await;
+                }
+            }
+            None => {
+                for m in &doc.members {
+                    let _ = self.stop(m, None).await;
+                }
+            }
         }
         Ok(doc)
     }
@@ -359,7 +403,93 @@ impl Supervisor {
         }
     }
 
+    /// [`reconcile_members`](Self::reconcile_members) for a fleet whose members are placed.
+    async fn reconcile_placed(&self, name: &str, placed: &Arc<dyn FleetMembers>) {
+        let Some((wanted, generation, template, mut next)) =
+            self.inner.fleets.lock().ok().and_then(|f| {
+                f.get(name).map(|f| {
+                    (
+                        f.doc.replicas as usize,
+                        f.doc.generation,
+                        f.doc.template.clone(),
+                        f.next_index,
+                    )
+                })
+            })
+        else {
+            return;
+        };
+        let index = |id: &str| {
+            id.rsplit('-')
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let mut members: Vec<AgentDoc> = placed.list(name).await;
+        members.sort_by_key(|d| index(&d.name));
+        let generation_of = |d: &AgentDoc| {
+            d.spec
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(GENERATION))
+                .and_then(|g| g.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        if let Ok(mut f) = self.inner.fleets.lock()
+            && let Some(f) = f.get_mut(name)
+        {
+            f.placed = members
+                .iter()
+                .map(|d| {
+                    let ok = d.state == AgentState::Running && d.health != "unhealthy";
+                    (d.name.clone(), ok)
+                })
+                .collect();
+            next = next.max(
+                members
+                    .iter()
+                    .map(|d| index(&d.name) + 1)
+                    .max()
+                    .unwrap_or(0),
+            );
+            f.next_index = next;
+        }
+        if members.len() < wanted {
+            for _ in members.len()..wanted {
+                let mut spec: AgentSpec = template.clone();
+                spec.name = format!("{name}-{next}");
+                next += 1;
+                let mut labels = spec.labels.clone().unwrap_or_default();
+                labels.insert(GENERATION.to_owned(), generation.to_string());
+                labels.insert(FLEET_LABEL.to_owned(), name.to_owned());
+                spec.labels = Some(labels);
+                if let Ok(mut f) = self.inner.fleets.lock()
+                    && let Some(f) = f.get_mut(name)
+                {
+                    f.next_index = next;
+                }
+                if let Err(error) = placed.spawn(spec).await {
+                    tracing::warn!(%error, fleet = name, "cannot place a member");
+                    break;
+                }
+            }
+        } else if members.len() > wanted {
+            for d in members.iter().rev().take(members.len() - wanted) {
+                placed.stop(d.name.clone()).await;
+            }
+        } else if members.iter().all(|d| d.state == AgentState::Running)
+            && let Some(old) = members.iter().find(|d| generation_of(d) < generation)
+        {
+            // roll: one member of an older template at a time
+            placed.stop(old.name.clone()).await;
+        }
+    }
+
     async fn reconcile_members(&self, name: &str) {
+        if let Some(placed) = self.inner.placed_fleets.get() {
+            let placed = placed.clone();
+            return self.reconcile_placed(name, &placed).await;
+        }
         let Some((wanted, generation, template, mut next)) =
             self.inner.fleets.lock().ok().and_then(|f| {
                 f.get(name).map(|f| {
@@ -487,6 +617,7 @@ impl Supervisor {
                 Fleet {
                     next_index: max_index.get(name).copied().unwrap_or(0),
                     doc,
+                    placed: Vec::new(),
                     autoscaler,
                     custom: None,
                     last_eval: 0,

@@ -39,7 +39,7 @@ use logic::health::{HealthState, ProbeResult};
 use qm_engine::{Engine, EngineError, Lookup};
 use run::Logs;
 
-pub use fleets::FleetError;
+pub use fleets::{Answer, FLEET_LABEL, FleetError, FleetMembers};
 pub use identity::{
     DYNAMIC, DYNAMIC_UIDS, Requester, User, is_root_user, may_adopt, process_uid, resolve_user,
     valid_default_user,
@@ -156,6 +156,8 @@ struct Inner {
     driver: Option<Box<dyn CgroupDriver>>,
     agents: Mutex<BTreeMap<String, Agent>>,
     fleets: Mutex<BTreeMap<String, fleets::Fleet>>,
+    /// Where fleets' members run when not here: the cluster's placement.
+    placed_fleets: std::sync::OnceLock<Arc<dyn FleetMembers>>,
     notices: mpsc::UnboundedSender<Notice>,
     node_memory: u64,
     generations: std::sync::atomic::AtomicU64,
@@ -249,6 +251,7 @@ impl Supervisor {
                 driver,
                 agents: Mutex::new(BTreeMap::new()),
                 fleets: Mutex::new(BTreeMap::new()),
+                placed_fleets: std::sync::OnceLock::new(),
                 notices: tx,
                 node_memory,
                 generations: std::sync::atomic::AtomicU64::new(1_000_000),

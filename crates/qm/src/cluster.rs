@@ -77,6 +77,7 @@ pub(crate) fn attach(
     agents: Option<Supervisor>,
     url: &str,
     ttl_ms: u64,
+    admin_token_file: &std::path::Path,
 ) -> qm_api::Cluster {
     #[cfg(feature = "etcd")]
     if let Some(m) = member {
@@ -85,8 +86,12 @@ pub(crate) fn attach(
         let leader = m.clone();
         // agents follow their node: the leader places them, each member runs its own
         let placer = agents.map(|s| {
-            crate::placement::EtcdPlacer::start(m.clone(), engine.clone(), s)
-                as Arc<dyn qm_api::Placer>
+            crate::placement::EtcdPlacer::start(
+                m.clone(),
+                engine.clone(),
+                s,
+                admin_token_file.to_owned(),
+            ) as Arc<dyn qm_api::Placer>
         });
         return qm_api::Cluster {
             view: Arc::new(move || view.doc()),
@@ -95,7 +100,7 @@ pub(crate) fn attach(
         };
     }
     #[cfg(not(feature = "etcd"))]
-    let _ = (member, agents, ttl_ms);
+    let _ = (member, agents, ttl_ms, admin_token_file);
     let (name, url) = (engine.node_name().to_owned(), url.to_owned());
     qm_api::Cluster {
         view: Arc::new(move || ClusterDoc::alone(&name, &url)),

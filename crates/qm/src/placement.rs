@@ -24,7 +24,7 @@ use qm_cluster::{Member, Placement, QUEUED, StopRequest};
 use qm_core::AllocId;
 use qm_engine::{Engine, Lookup};
 use qm_proto::{AgentDoc, AgentSpec, AgentState, AllocationDoc};
-use qm_supervisor::Supervisor;
+use qm_supervisor::{AgentError, Supervisor};
 
 /// How often each side reconciles.
 const PERIOD: Duration = Duration::from_millis(500);
@@ -33,6 +33,9 @@ const PERIOD: Duration = Duration::from_millis(500);
 pub(crate) struct EtcdPlacer {
     member: Member,
     engine: Engine,
+    /// The admin token's file (members share it): a fleet held by a member that does not lead
+    /// asks the leader to place its members with it, read when needed (never kept).
+    admin_token_file: std::path::PathBuf,
     /// One placement decided at a time (names are unique cluster-wide).
     deciding: tokio::sync::Mutex<()>,
 }
@@ -77,12 +80,19 @@ fn granted_node(doc: &AllocationDoc) -> Option<String> {
 impl EtcdPlacer {
     /// The placer of `member`, and its loops: the owner's on every member, the leader's
     /// while this member leads. A lost lease stops this member's agents (`agents`).
-    pub(crate) fn start(member: Member, engine: Engine, agents: Supervisor) -> Arc<Self> {
+    pub(crate) fn start(
+        member: Member,
+        engine: Engine,
+        agents: Supervisor,
+        admin_token_file: std::path::PathBuf,
+    ) -> Arc<Self> {
         let placer = Arc::new(EtcdPlacer {
             member: member.clone(),
             engine,
+            admin_token_file,
             deciding: tokio::sync::Mutex::new(()),
         });
+        agents.place_fleets_with(placer.clone());
         // placed runs this member stopped when it lost its lease: started again if still
         // placed here once it has rejoined
         let lease_stopped: Arc<Mutex<BTreeSet<(String, String)>>> = Arc::default();
@@ -386,6 +396,112 @@ impl EtcdPlacer {
         }
         tracing::warn!(agent = %p.name, from = %p.node, to = %to.node, "its node was lost: placed again");
         Ok(())
+    }
+}
+
+impl std::fmt::Debug for EtcdPlacer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdPlacer")
+            .field("member", &self.member.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdPlacer {
+    /// A fleet's member, placed: by this member when it leads, else by the leader, asked over
+    /// HTTP with the admin token.
+    async fn spawn_member(&self, spec: AgentSpec) -> Result<AgentDoc, AgentError> {
+        if self.member.view().leading.is_some() {
+            return self
+                .place_spec(spec)
+                .await
+                .map_err(|e| AgentError::Spawn(e.0.detail.clone()));
+        }
+        let Some(leader) = self.member.leader_url() else {
+            return Err(AgentError::Spawn("no leader is known yet".to_owned()));
+        };
+        let token = std::fs::read_to_string(&self.admin_token_file).map_err(|e| {
+            AgentError::Spawn(format!(
+                "cannot read the admin token file {}: {e}",
+                self.admin_token_file.display()
+            ))
+        })?;
+        let (url, bearer, body) = (
+            format!("{}/v1/agents", leader.trim_end_matches('/')),
+            format!("Bearer {}", token.trim()),
+            qm_proto::to_json(&spec),
+        );
+        let answer = tokio::task::spawn_blocking(move || {
+            let agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(30)))
+                .build()
+                .new_agent();
+            let mut resp = agent
+                .post(&url)
+                .header("authorization", &bearer)
+                .header("content-type", "application/json")
+                .send(body)?;
+            let status = resp.status().as_u16();
+            let text = resp.body_mut().read_to_string()?;
+            Ok::<_, ureq::Error>((status, text))
+        })
+        .await
+        .map_err(|e| AgentError::Spawn(e.to_string()))?
+        .map_err(|e| AgentError::Spawn(format!("the leader at {leader} did not answer: {e}")))?;
+        match answer {
+            (201 | 202, text) => serde_json::from_str(&text)
+                .map_err(|e| AgentError::Spawn(format!("the leader's answer: {e}"))),
+            (status, text) => Err(AgentError::Spawn(format!(
+                "the leader refused ({status}): {text}"
+            ))),
+        }
+    }
+
+    /// The fleet's live members, placed or waiting.
+    async fn fleet_members(&self, fleet: &str) -> Vec<AgentDoc> {
+        let Ok(docs) = self.list_placed().await else {
+            return Vec::new();
+        };
+        docs.into_iter()
+            .filter(|d| {
+                d.state.is_live()
+                    && d.spec
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(qm_supervisor::FLEET_LABEL))
+                        .is_some_and(|f| f == fleet)
+            })
+            .collect()
+    }
+
+    /// Asks for `name`'s run to stop, without waiting.
+    async fn stop_member(&self, name: String) {
+        let Ok(placed) = self.member.placements().await else {
+            return;
+        };
+        if let Some(p) = placed.into_iter().find(|p| p.name == name) {
+            let stop = StopRequest {
+                allocation: p.allocation,
+                grace_s: None,
+            };
+            let _ = self.member.request_stop(&name, &stop).await;
+        }
+    }
+}
+
+impl qm_supervisor::FleetMembers for EtcdPlacer {
+    fn list(&self, fleet: &str) -> qm_supervisor::Answer<'_, Vec<AgentDoc>> {
+        let fleet = fleet.to_owned();
+        Box::pin(async move { self.fleet_members(&fleet).await })
+    }
+
+    fn spawn(&self, spec: AgentSpec) -> qm_supervisor::Answer<'_, Result<AgentDoc, AgentError>> {
+        Box::pin(self.spawn_member(spec))
+    }
+
+    fn stop(&self, name: String) -> qm_supervisor::Answer<'_, ()> {
+        Box::pin(self.stop_member(name))
     }
 }
 

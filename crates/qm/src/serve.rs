@@ -909,7 +909,14 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             .as_ref()
             .map_or(0, |c| u64::try_from(c.lease_ttl_s).unwrap_or(10) * 1000 + 1000);
         let cluster =
-            crate::cluster::attach(&member, &engine, agents.clone(), &self_url, member_ttl_ms);
+            crate::cluster::attach(
+                &member,
+                &engine,
+                agents.clone(),
+                &self_url,
+                member_ttl_ms,
+                &settings.admin_token_file,
+            );
         let app = qm_api::router(engine.clone(), agents, settings.auth, Some(cluster));
         let closing = engine.clone();
         let shutdown = async move {

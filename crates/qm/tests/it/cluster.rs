@@ -480,6 +480,53 @@ fn agents_follow_their_node_across_members() {
         assert_eq!(stopped.body["state"], "stopped", "{:?}", stopped.body);
     }
 
+    // a fleet held by a worker: its members placed by the leader, kept apart by their fleet
+    // label (one per worker node), listed by the fleet where it is held
+    let fleet = ds[2].post(
+        "/v1/fleets",
+        &json!({
+            "name": "fl", "replicas": 2,
+            "template": {
+                "name": "fl", "command": ["sleep", "300"], "resources": { "cpu": "10m" },
+                "node_selector": { "role": "worker" },
+                "anti_affinity": [{ "topology_key": "qm.dev/node",
+                                    "match_labels": { "qm.dev/fleet": "fl" } }]
+            }
+        })
+        .to_string(),
+    );
+    assert_eq!(fleet.status, 201, "{:?}", fleet.body);
+    let members = eventually("the fleet's two members running", 30, || {
+        let f = ds[2].get("/v1/fleets/fl").body;
+        (f["ready"] == 2).then_some(f["members"].clone())
+    });
+    let mut nodes: Vec<String> = members
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| {
+            let a = ds[0].get(&format!("/v1/agents/{}", m.as_str().expect("a name")));
+            assert_eq!(a.body["fleet"], "fl", "{:?}", a.body);
+            a.body["node"].as_str().expect("a node").to_owned()
+        })
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, ["pl-w1", "pl-w2"], "one member per worker");
+    let gone = ds[2].delete("/v1/fleets/fl");
+    assert_eq!(gone.status, 200, "{:?}", gone.body);
+    eventually("the fleet's members stopped", 20, || {
+        ds.iter()
+            .all(|d| {
+                d.get("/v1/agents").body["items"]
+                    .as_array()
+                    .is_some_and(|l| {
+                        l.iter()
+                            .all(|a| a["fleet"] != "fl" || a["state"] != "running")
+                    })
+            })
+            .then_some(())
+    });
+
     // SIGKILL the worker running it: its allocation lost, the agent running on the other
     let at = ds
         .iter()
