@@ -22,6 +22,69 @@ use crate::error::ApiError;
 /// does not lead); None to answer here.
 pub type Forward = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
+/// How a member reaches the leader: where it is, and the HTTP clients that trust the
+/// members' certificates.
+#[derive(Clone)]
+pub struct Relay {
+    pub leader: Forward,
+    /// For answers that end (30 s at most).
+    agent: ureq::Agent,
+    /// For the event stream (no end).
+    streaming: ureq::Agent,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay").finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// A relay to `leader`, trusting the CA certificates in `ca_pem` (PEM) for `https://`
+    /// members, or Mozilla's roots.
+    pub fn new(leader: Forward, ca_pem: Option<&[u8]>) -> Result<Self, String> {
+        Ok(Relay {
+            leader,
+            agent: relay_agent(ca_pem, Some(std::time::Duration::from_secs(30)))?,
+            streaming: relay_agent(ca_pem, None)?,
+        })
+    }
+}
+
+/// An HTTP client for members: statuses as answers, a 5 s connect timeout, `timeout` in all,
+/// trusting the CA certificates in `ca_pem` (PEM `CERTIFICATE` blocks) or Mozilla's roots.
+pub fn relay_agent(
+    ca_pem: Option<&[u8]>,
+    timeout: Option<std::time::Duration>,
+) -> Result<ureq::Agent, String> {
+    let roots = match ca_pem {
+        None => ureq::tls::RootCerts::WebPki,
+        Some(pem) => {
+            let mut certs = Vec::new();
+            for item in ureq::tls::parse_pem(pem) {
+                if let ureq::tls::PemItem::Certificate(c) = item.map_err(|e| e.to_string())? {
+                    certs.push(c);
+                }
+            }
+            if certs.is_empty() {
+                return Err("no CERTIFICATE block in it".to_owned());
+            }
+            ureq::tls::RootCerts::from(certs)
+        }
+    };
+    let tls = ureq::tls::TlsConfig::builder()
+        .provider(ureq::tls::TlsProvider::Rustls)
+        .root_certs(roots)
+        .build();
+    Ok(ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(std::time::Duration::from_secs(5)))
+        .timeout_global(timeout)
+        .tls_config(tls)
+        .build()
+        .new_agent())
+}
+
 /// The ledger's routes: what the leader answers.
 fn forwarded(path: &str) -> bool {
     [
@@ -69,18 +132,18 @@ fn placed_spawn(method: &axum::http::Method, path: &str, body: &[u8]) -> bool {
 
 /// The middleware: relays the ledger's routes, and spawns, to the leader while `forward`
 /// names one.
-pub(crate) async fn relay(State(forward): State<Forward>, req: Request, next: Next) -> Response {
+pub(crate) async fn relay(State(relay): State<Arc<Relay>>, req: Request, next: Next) -> Response {
     let spawn = req.method() == axum::http::Method::POST && req.uri().path() == "/v1/agents";
     let events = req.method() == axum::http::Method::GET && req.uri().path() == "/v1/events";
     if !(forwarded(req.uri().path()) || spawn || events) || req.headers().contains_key(&RELAYED) {
         return next.run(req).await;
     }
-    let Some(leader) = forward() else {
+    let Some(leader) = (relay.leader)() else {
         return next.run(req).await;
     };
     if events {
         let (parts, _) = req.into_parts();
-        return stream_from(&leader, &parts).await;
+        return stream_from(&relay.streaming, &leader, &parts).await;
     }
     if spawn {
         let (parts, body) = req.into_parts();
@@ -97,7 +160,7 @@ pub(crate) async fn relay(State(forward): State<Forward>, req: Request, next: Ne
                 .run(Request::from_parts(parts, Body::from(bytes)))
                 .await;
         }
-        return pass_on(&leader, &parts, &bytes).await;
+        return pass_on(&relay.agent, &leader, &parts, &bytes).await;
     }
     let limit = if req.uri().path() == "/v1/state" {
         crate::MAX_STATE_BODY
@@ -113,11 +176,17 @@ pub(crate) async fn relay(State(forward): State<Forward>, req: Request, next: Ne
         )
         .into_response();
     };
-    pass_on(&leader, &parts, &bytes).await
+    pass_on(&relay.agent, &leader, &parts, &bytes).await
 }
 
 /// Sends the request to `leader` as it came (with [`RELAYED`]) and answers what it answered.
-async fn pass_on(leader: &str, parts: &axum::http::request::Parts, bytes: &[u8]) -> Response {
+async fn pass_on(
+    agent: &ureq::Agent,
+    leader: &str,
+    parts: &axum::http::request::Parts,
+    bytes: &[u8],
+) -> Response {
+    let agent = agent.clone();
     let leader = leader.to_owned();
     let path = parts
         .uri
@@ -142,11 +211,6 @@ async fn pass_on(leader: &str, parts: &axum::http::request::Parts, bytes: &[u8])
         .into_response();
     };
     let answer = tokio::task::spawn_blocking(move || {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(std::time::Duration::from_secs(30)))
-            .build()
-            .new_agent();
         let mut resp = agent.run(out)?;
         let body = resp
             .body_mut()
@@ -188,7 +252,12 @@ async fn pass_on(leader: &str, parts: &axum::http::request::Parts, bytes: &[u8])
 
 /// Relays an endless answer (the event stream): the leader's answer is passed on chunk by
 /// chunk as it comes, by a thread of its own that ends when either side closes.
-async fn stream_from(leader: &str, parts: &axum::http::request::Parts) -> Response {
+async fn stream_from(
+    agent: &ureq::Agent,
+    leader: &str,
+    parts: &axum::http::request::Parts,
+) -> Response {
+    let agent = agent.clone();
     let path = parts
         .uri
         .path_and_query()
@@ -218,11 +287,6 @@ async fn stream_from(leader: &str, parts: &axum::http::request::Parts) -> Respon
         .name("qm-relay-events".to_owned())
         .spawn(move || {
             use std::io::Read;
-            let agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_connect(Some(std::time::Duration::from_secs(5)))
-                .build()
-                .new_agent();
             let mut resp = match agent.run(out) {
                 Ok(r) => r,
                 Err(e) => {

@@ -27,7 +27,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// The largest state document `POST /v1/state` accepts.
 pub const MAX_STATE_BODY: usize = 256 * 1024 * 1024;
 
-pub use forward::Forward;
+pub use forward::{Forward, Relay, relay_agent};
 pub use qm_engine::Engine;
 
 /// How the daemon sees its cluster (`GET /v1/cluster`): a member's view of etcd, or, for a
@@ -64,8 +64,8 @@ pub trait Placer: Send + Sync {
 pub struct Cluster {
     /// `GET /v1/cluster`.
     pub view: ClusterView,
-    /// Where the ledger's routes go while this member does not lead.
-    pub forward: Option<Forward>,
+    /// Where the ledger's routes go while this member does not lead, and how.
+    pub forward: Option<std::sync::Arc<Relay>>,
     /// Where spawns go, in a cluster on etcd.
     pub placer: Option<std::sync::Arc<dyn Placer>>,
 }

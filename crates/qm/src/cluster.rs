@@ -78,12 +78,17 @@ pub(crate) fn attach(
     url: &str,
     ttl_ms: u64,
     admin_token_file: &std::path::Path,
-) -> qm_api::Cluster {
+    ca_pem: Option<&[u8]>,
+) -> anyhow::Result<qm_api::Cluster> {
     #[cfg(feature = "etcd")]
     if let Some(m) = member {
         tokio::spawn(members_nodes(m.clone(), engine.clone(), ttl_ms));
         let view = m.clone();
         let leader = m.clone();
+        let relay = qm_api::Relay::new(Arc::new(move || leader.leader_url()), ca_pem)
+            .map_err(|e| anyhow::anyhow!("cluster.ca_file: {e}"))?;
+        let http = qm_api::relay_agent(ca_pem, Some(std::time::Duration::from_secs(30)))
+            .map_err(|e| anyhow::anyhow!("cluster.ca_file: {e}"))?;
         // agents follow their node: the leader places them, each member runs its own
         let placer = agents.map(|s| {
             crate::placement::EtcdPlacer::start(
@@ -91,22 +96,23 @@ pub(crate) fn attach(
                 engine.clone(),
                 s,
                 admin_token_file.to_owned(),
+                http,
             ) as Arc<dyn qm_api::Placer>
         });
-        return qm_api::Cluster {
+        return Ok(qm_api::Cluster {
             view: Arc::new(move || view.doc()),
-            forward: Some(Arc::new(move || leader.leader_url())),
+            forward: Some(Arc::new(relay)),
             placer,
-        };
+        });
     }
     #[cfg(not(feature = "etcd"))]
-    let _ = (member, agents, ttl_ms, admin_token_file);
+    let _ = (member, agents, ttl_ms, admin_token_file, ca_pem);
     let (name, url) = (engine.node_name().to_owned(), url.to_owned());
-    qm_api::Cluster {
+    Ok(qm_api::Cluster {
         view: Arc::new(move || ClusterDoc::alone(&name, &url)),
         forward: None,
         placer: None,
-    }
+    })
 }
 
 #[cfg(feature = "etcd")]

@@ -36,6 +36,8 @@ pub(crate) struct EtcdPlacer {
     /// The admin token's file (members share it): a fleet held by a member that does not lead
     /// asks the leader to place its members with it, read when needed (never kept).
     admin_token_file: std::path::PathBuf,
+    /// The HTTP client for the leader (trusting `[cluster] ca_file`).
+    http: ureq::Agent,
     /// One placement decided at a time (names are unique cluster-wide).
     deciding: tokio::sync::Mutex<()>,
 }
@@ -85,11 +87,13 @@ impl EtcdPlacer {
         engine: Engine,
         agents: Supervisor,
         admin_token_file: std::path::PathBuf,
+        http: ureq::Agent,
     ) -> Arc<Self> {
         let placer = Arc::new(EtcdPlacer {
             member: member.clone(),
             engine,
             admin_token_file,
+            http,
             deciding: tokio::sync::Mutex::new(()),
         });
         agents.place_fleets_with(placer.clone());
@@ -431,12 +435,8 @@ impl EtcdPlacer {
             format!("Bearer {}", token.trim()),
             qm_proto::to_json(&spec),
         );
+        let agent = self.http.clone();
         let answer = tokio::task::spawn_blocking(move || {
-            let agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(30)))
-                .build()
-                .new_agent();
             let mut resp = agent
                 .post(&url)
                 .header("authorization", &bearer)

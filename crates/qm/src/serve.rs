@@ -135,6 +135,9 @@ struct ClusterFile {
     etcd: Option<Vec<String>>,
     prefix: Option<String>,
     lease_ttl_s: Option<i64>,
+    /// PEM CA certificates the members' own HTTPS certificates are signed by: a member
+    /// relaying to the leader trusts these (default: Mozilla's roots).
+    ca_file: Option<PathBuf>,
 }
 
 /// How this daemon joins a cluster.
@@ -144,6 +147,8 @@ pub(crate) struct ClusterSettings {
     pub(crate) endpoints: Vec<String>,
     pub(crate) prefix: String,
     pub(crate) lease_ttl_s: i64,
+    /// The CA certificates members' HTTPS is checked against (PEM), when given.
+    pub(crate) ca_pem: Option<Vec<u8>>,
 }
 
 fn cluster_settings(
@@ -176,6 +181,17 @@ fn cluster_settings(
     if !(2..=3600).contains(&lease_ttl_s) {
         bail!("cluster.lease_ttl_s: {lease_ttl_s} is not 2..=3600");
     }
+    let ca_pem = match &file.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("cluster.ca_file: {}: {e}", path.display()))?;
+            if let Err(e) = qm_api::relay_agent(Some(&pem), None) {
+                bail!("cluster.ca_file: {}: {e}", path.display());
+            }
+            Some(pem)
+        }
+        None => None,
+    };
     if cfg!(not(feature = "etcd")) {
         bail!("cluster: this qm was built without etcd support (cargo build --features etcd)");
     }
@@ -183,6 +199,7 @@ fn cluster_settings(
         endpoints,
         prefix,
         lease_ttl_s,
+        ca_pem,
     }))
 }
 
@@ -916,7 +933,11 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 &self_url,
                 member_ttl_ms,
                 &settings.admin_token_file,
-            );
+                settings
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.ca_pem.as_deref()),
+            )?;
         let app = qm_api::router(engine.clone(), agents, settings.auth, Some(cluster));
         let closing = engine.clone();
         let shutdown = async move {

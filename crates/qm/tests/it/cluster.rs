@@ -876,3 +876,115 @@ fn chaos_member_in(
         .to_owned();
     d
 }
+
+/// Members that serve HTTPS with certificates of a private CA relay to each other when
+/// `[cluster] ca_file` names it: a write asked of a follower is granted by the leader.
+#[cfg(feature = "etcd")]
+#[test]
+fn members_on_https_relay_to_the_leader_trusting_the_cluster_ca() {
+    let Some(etcd) = qm_cluster::testing::Etcd::start("it-tls") else {
+        return;
+    };
+    let (ca, cert, key) = crate::transport::certificates("cluster");
+    let files = temp_dir("cluster-tls-files");
+    for (name, pem) in [("ca.pem", &ca), ("cert.pem", &cert), ("key.pem", &key)] {
+        std::fs::write(files.join(name), pem).expect("write pem");
+    }
+    let path = |name: &str| files.join(name).display().to_string();
+    let token = temp_dir("cluster-tls-token").join("admin.token");
+    let start = |name: &str| {
+        let dir = temp_dir(&format!("cluster-tls-{name}"));
+        let config = dir.join("qm.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[agents]\nenabled = false\n[cluster]\nlease_ttl_s = 2\nca_file = {:?}\n",
+                path("ca.pem")
+            ),
+        )
+        .expect("config");
+        Daemon::start(
+            &dir.join("data"),
+            &[
+                "--config",
+                config.to_str().expect("utf-8"),
+                "--node-name",
+                name,
+                "--etcd",
+                &etcd.url,
+                "--admin-token-file",
+                token.to_str().expect("utf-8"),
+                "--tls-cert",
+                &path("cert.pem"),
+                "--tls-key",
+                &path("key.pem"),
+            ],
+        )
+    };
+    let ds = [start("tls1"), start("tls2")];
+    let admin = std::fs::read_to_string(&token)
+        .expect("the shared admin token")
+        .trim()
+        .to_owned();
+    let roots: Vec<_> = ureq::tls::parse_pem(ca.as_bytes())
+        .filter_map(|i| match i {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    let https = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .provider(ureq::tls::TlsProvider::Rustls)
+                .root_certs(ureq::tls::RootCerts::from(roots))
+                .build(),
+        )
+        .build()
+        .new_agent();
+    let base = |d: &Daemon| d.base.replacen("http://", "https://", 1);
+    let get = |d: &Daemon, p: &str| -> Value {
+        https
+            .get(&format!("{}{p}", base(d)))
+            .header("authorization", &format!("Bearer {admin}"))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_json().ok())
+            .unwrap_or(Value::Null)
+    };
+    let leader = eventually("two members agreeing on a leader", 30, || {
+        let views: Vec<Value> = ds.iter().map(|d| get(d, "/v1/cluster")).collect();
+        let l = views[0]["leader"].as_str()?.to_owned();
+        views
+            .iter()
+            .all(|v| {
+                v["leader"] == l.as_str() && v["members"].as_array().is_some_and(|m| m.len() == 2)
+            })
+            .then_some(l)
+    });
+    assert!(
+        get(&ds[0], "/v1/cluster")["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .all(|m| m["url"].as_str().is_some_and(|u| u.starts_with("https://"))),
+        "members advertise https"
+    );
+    let follower = ds
+        .iter()
+        .find(|d| get(d, "/v1/node")["name"] != leader.as_str())
+        .expect("a follower");
+    let granted = eventually("a grant relayed over https", 20, || {
+        let mut r = https
+            .post(&format!("{}/v1/allocations", base(follower)))
+            .header("authorization", &format!("Bearer {admin}"))
+            .header("content-type", "application/json")
+            .send(json!({ "agent": "over-tls", "resources": { "cpu": "10m" } }).to_string())
+            .ok()?;
+        (r.status().as_u16() == 201).then(|| r.body_mut().read_json::<Value>().ok())?
+    });
+    assert_eq!(granted["agent"], "over-tls", "{granted}");
+    for d in ds {
+        d.stop();
+    }
+}

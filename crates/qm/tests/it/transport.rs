@@ -15,7 +15,7 @@ use crate::daemon::{Daemon, temp_dir};
 
 /// A CA certificate, and a server certificate it signed for `127.0.0.1` and `localhost`
 /// with its key, as PEM: `(ca, cert, key)`.
-fn certificates(name: &str) -> (String, String, String) {
+pub(crate) fn certificates(name: &str) -> (String, String, String) {
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     ca.distinguished_name
