@@ -117,6 +117,21 @@ pub struct View {
     pub rejoins: u64,
 }
 
+/// Whether etcd's endpoint `url` takes a TCP connection within 500 ms.
+async fn reachable(url: &str) -> bool {
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .to_owned();
+    tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok())
+}
+
 /// A task that ends with its owner: aborted when dropped (the owner's own task aborted by
 /// [`Member::halt`] or [`Member::leave`] takes its children with it).
 struct Child(JoinHandle<()>);
@@ -171,7 +186,26 @@ impl Member {
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(5));
-        let client = Client::connect(config.endpoints.clone(), Some(options)).await?;
+        // start on the endpoints that answer (a dead one would fail the first calls); the
+        // others are put back once they do
+        let mut up = Vec::new();
+        for e in &config.endpoints {
+            if reachable(e).await {
+                up.push(e.clone());
+            }
+        }
+        let down: std::collections::BTreeSet<String> = if up.is_empty() {
+            up.clone_from(&config.endpoints);
+            std::collections::BTreeSet::new()
+        } else {
+            config
+                .endpoints
+                .iter()
+                .filter(|e| !up.contains(e))
+                .cloned()
+                .collect()
+        };
+        let client = Client::connect(up, Some(options)).await?;
         let member = Member {
             inner: Arc::new(Inner {
                 config,
@@ -183,7 +217,7 @@ impl Member {
             }),
         };
         if member.inner.config.endpoints.len() > 1 {
-            member.spawn(member.clone().watch_endpoints());
+            member.spawn(member.clone().watch_endpoints(down));
         }
         let lease = member.register().await?;
         member.spawn(member.clone().session(lease));
@@ -400,23 +434,12 @@ impl Member {
     /// so each endpoint is tried (a TCP connect, nothing etcd has to answer) every 500 ms,
     /// taken out of the balance when it refuses and put back when it answers again. The last
     /// one is never taken out.
-    async fn watch_endpoints(self) {
+    async fn watch_endpoints(self, mut out: std::collections::BTreeSet<String>) {
         let endpoints = self.inner.config.endpoints.clone();
-        let mut out: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
             for e in &endpoints {
-                let addr = e
-                    .trim_start_matches("http://")
-                    .trim_start_matches("https://")
-                    .trim_end_matches('/')
-                    .to_owned();
-                let up = tokio::time::timeout(
-                    Duration::from_millis(500),
-                    tokio::net::TcpStream::connect(addr),
-                )
-                .await
-                .is_ok_and(|r| r.is_ok());
+                let up = reachable(e).await;
                 if !up && !out.contains(e) && out.len() + 1 < endpoints.len() {
                     if self.inner.client.remove_endpoint(e).await.is_ok() {
                         tracing::warn!(endpoint = %e, "etcd endpoint unreachable: taken out");
