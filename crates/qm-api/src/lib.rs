@@ -15,11 +15,13 @@ mod openapi;
 mod openapi_exact;
 mod routes;
 mod security;
+mod ui;
 
 pub use agents::App;
 pub use auth::{AuthConfig, AuthMode, Caller};
 pub use error::ApiError;
 pub use routes::router;
+pub use ui::assets_bytes as ui_assets_bytes;
 
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;

@@ -77,6 +77,7 @@ fn api_router(
 ) -> Router {
     use crate::agents as a;
     Router::new()
+        .merge(crate::ui::routes())
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
         .route("/metrics", get(metrics))

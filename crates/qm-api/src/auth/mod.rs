@@ -1,5 +1,5 @@
-//! Authentication and the audit of requests. [`gate`] wraps every route but `/healthz` and
-//! `/readyz` (and `/metrics` when it is public): it finds the bearer token's [`Principal`]
+//! Authentication and the audit of requests. [`gate`] wraps every route but `/healthz`,
+//! `/readyz`, the dashboard's static files (`/`, `/ui/`) and `/metrics` when it is public: it finds the bearer token's [`Principal`]
 //! (401 `unauthorized` without one), hands it to handlers as [`Caller`], and for a write opens
 //! the request's audit entry, which the first durable change carries into its own
 //! transaction (a read commits nothing: its entry is made only if it is refused). Refused
@@ -276,7 +276,7 @@ fn actor(peer: Option<SocketAddr>, p: Option<&Principal>) -> ActorDoc {
 pub(crate) async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
     let path = path.as_str();
-    if path == "/healthz" || path == "/readyz" {
+    if path == "/healthz" || path == "/readyz" || crate::ui::public(path) {
         return next.run(req).await;
     }
     if g.config.public_metrics && path == "/metrics" && bearer(req.headers()).is_none() {

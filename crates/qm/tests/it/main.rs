@@ -5,10 +5,12 @@
 mod agents;
 mod agents_cli;
 mod api;
+mod browser;
 mod cli;
 mod cluster;
 mod contract;
 mod daemon;
+mod dashboard;
 mod durability;
 mod events;
 mod mcp;
