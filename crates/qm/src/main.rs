@@ -26,6 +26,8 @@ mod security_cli;
 mod serve;
 mod tls;
 mod token_file;
+#[cfg(feature = "tui")]
+mod top;
 
 /// quartermaster: a resource manager for fleets of AI agents.
 ///
@@ -109,6 +111,9 @@ enum Cmd {
     Metrics(monitoring::MetricsCmd),
     /// Alerts: pending, firing and recently resolved
     Alerts(monitoring::AlertsArgs),
+    /// Live terminal view: pressure, usage against capacity, agents sorted by use; keys to
+    /// sort, filter and stop; `q` quits
+    Top,
     /// MCP server on stdio, bridged to the daemon at --server (for Claude Code, claude-flow
     /// and other MCP clients)
     Mcp,
@@ -202,6 +207,14 @@ fn main() -> ExitCode {
         },
         Cmd::Metrics(cmd) => monitoring::metrics(&client(), cmd, json_out, out),
         Cmd::Alerts(args) => monitoring::alerts(&client(), &args, json_out, out),
+        #[cfg(feature = "tui")]
+        Cmd::Top => top::run(&client()),
+        #[cfg(not(feature = "tui"))]
+        Cmd::Top => Err(client::Failure {
+            code: 2,
+            message: "this qm was built without the terminal view (cargo build --features tui)"
+                .to_owned(),
+        }),
         Cmd::Mcp => mcp::mcp(client()),
         Cmd::Bench(args) => bench::bench(&endpoint.server, endpoint.token.as_deref(), &args, out),
         Cmd::Tokens(cmd) => security_cli::tokens(&client(), cmd, json_out, out),

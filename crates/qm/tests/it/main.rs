@@ -19,4 +19,6 @@ mod monitoring;
 mod security;
 mod state;
 mod storage;
+#[cfg(feature = "tui")]
+mod top;
 mod transport;
