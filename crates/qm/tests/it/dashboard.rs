@@ -177,3 +177,141 @@ fn the_dashboard_shows_a_live_node_and_agents_to_a_token_and_nothing_without_one
     );
     d.stop();
 }
+
+/// A process's cpu seconds so far (user + system), from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The dashboard's costs, measured (not asserted): run with
+/// `cargo test -p qm --test it measure_dashboard -- --ignored --nocapture`. The page with
+/// 1,000 agents and a 24 h chart of 86,400 points (its scripting time per render), and the
+/// daemon's cpu while the page is open against the same daemon idle, and `qm top`'s cpu.
+#[test]
+#[ignore = "a measurement: run it by name"]
+fn measure_dashboard_and_top_costs() {
+    let Some(mut b) = Browser::start("dashboard-measure") else {
+        return;
+    };
+    let d = Daemon::with_agents("dashboard-measure", "cpu=4,memory=8Gi", &[]);
+    for i in 0..20 {
+        let a = d.post(
+            "/v1/agents",
+            &json!({ "name": format!("m-{i}"), "command": ["sleep", "600"],
+                     "resources": { "cpu": "10m", "memory": "8Mi" } })
+            .to_string(),
+        );
+        assert_eq!(a.status, 201, "{:?}", a.body);
+    }
+    let pid = d.child.id();
+    let window = 30.0;
+    // the daemon idle (monitoring on, no client)
+    let c0 = cpu_seconds(pid);
+    std::thread::sleep(std::time::Duration::from_secs_f64(window));
+    let idle = (cpu_seconds(pid) - c0) / window;
+    // the page open
+    b.open(&format!("{}/ui/?token={}", d.base, d.token));
+    b.wait_for(
+        "the agents",
+        10,
+        "document.querySelectorAll('#agent-rows tr').length >= 20",
+    );
+    let c1 = cpu_seconds(pid);
+    std::thread::sleep(std::time::Duration::from_secs_f64(window));
+    let open = (cpu_seconds(pid) - c1) / window;
+    let paint = b.eval(
+        "(performance.getEntriesByName('first-contentful-paint')[0] || {}).startTime || null",
+    );
+    // 1,000 agents rendered, sorted and filtered in the page
+    let agents_ms = b.eval(
+        "(() => { const base = state.agents[0]; \
+           state.agents = Array.from({ length: 1000 }, (_, i) => Object.assign({}, base, \
+             { name: 'agent-' + i, restarts: i % 7, usage: { cpu: (i * 7 % 900) + 'm', memory: (i % 300) + 'Mi' } })); \
+           const t = performance.now(); for (let k = 0; k < 10; k++) { state.sort = { key: k % 2 ? 'cpu' : 'memory', asc: false }; renderAgents(); } \
+           return [(performance.now() - t) / 10, document.querySelectorAll('#agent-rows tr').length]; })()",
+    );
+    let (agents_ms, rows) = (agents_ms[0].as_f64().unwrap_or(0.0), agents_ms[1].clone());
+    // a 24 h chart at one point a second
+    let chart_ms = b.eval(
+        "(() => { const now = Date.now() / 1000; \
+           const points = Array.from({ length: 86400 }, (_, i) => [now - 86400 + i, 0.5 + 0.4 * Math.sin(i / 3000)]); \
+           chartData = { items: [{ name: 'synthetic', labels: {}, points }], since: 86400 }; \
+           const t = performance.now(); for (let k = 0; k < 10; k++) drawChart(); \
+           return (performance.now() - t) / 10; })()",
+    );
+    eprintln!(
+        "dashboard: assets {} bytes; first contentful paint {paint} ms; 1,000 agents rendered \
+         and sorted in {agents_ms:.1} ms ({rows} rows); a 24 h chart of 86,400 points drawn in \
+         {chart_ms:.1} ms; daemon cpu {:.2}% of a core idle, {:.2}% with the page open (+{:.2}%)",
+        qm_api::ui_assets_bytes(),
+        idle * 100.0,
+        open * 100.0,
+        (open - idle) * 100.0
+    );
+    drop(b);
+    // qm top's own cpu, refreshing every second
+    #[cfg(feature = "tui")]
+    {
+        let session = format!("qm-top-measure-{}", std::process::id());
+        let cmd = format!(
+            "{} --server {} --token {} top",
+            env!("CARGO_BIN_EXE_qm"),
+            d.base,
+            d.token
+        );
+        let tmux = |args: &[&str]| {
+            std::process::Command::new("tmux")
+                .args(args)
+                .output()
+                .expect("tmux")
+        };
+        tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            &session,
+            "-x",
+            "80",
+            "-y",
+            "24",
+            &cmd,
+        ]);
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let shell = String::from_utf8_lossy(
+            &tmux(&["list-panes", "-t", &session, "-F", "#{pane_pid}"]).stdout,
+        )
+        .trim()
+        .to_owned();
+        let pgrep = std::process::Command::new("pgrep")
+            .args(["-f", &format!("{} top", d.token)])
+            .output()
+            .expect("pgrep");
+        let top_pid: u32 = String::from_utf8_lossy(&pgrep.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .find(|p: &u32| p.to_string() != shell)
+            .expect("qm top's pid");
+        let t0 = cpu_seconds(top_pid);
+        std::thread::sleep(std::time::Duration::from_secs_f64(window));
+        let top = (cpu_seconds(top_pid) - t0) / window;
+        tmux(&["kill-session", "-t", &session]);
+        eprintln!("qm top: {:.2}% of a core", top * 100.0);
+    }
+    for i in 0..20 {
+        d.delete(&format!("/v1/agents/m-{i}"));
+    }
+    d.stop();
+}
