@@ -290,6 +290,13 @@ const loaders = {
     state.fleets = f.items; state.alerts = (al.items || []).filter((x) => x.state !== "inactive"); renderFleets();
   },
   chart: loadChart,
+  cluster: async () => {
+    const c = await api("/v1/cluster");
+    const members = (c.members || []).map((m) => esc(m.name) + (m.leader ? " (leader)" : "") + (m.ready ? "" : " (not ready)"));
+    $("cluster").innerHTML = c.store === "etcd"
+      ? `cluster on etcd · ${members.length} members: ${members.join(", ")}`
+      : `a cluster of one (${esc(c.store)})`;
+  },
 };
 
 async function refresh(names) {
@@ -342,7 +349,7 @@ async function stream() {
 let timers = [];
 async function start() {
   timers.forEach(clearInterval); timers = [];
-  await refresh(["node", "pressure", "agents", "pools", "fleets"]);
+  await refresh(["node", "pressure", "agents", "pools", "fleets", "cluster"]);
   await loadSeriesList().catch(() => {});
   await loadChart().catch(() => {});
   stream();
@@ -353,7 +360,7 @@ async function start() {
   }, 250));
   timers.push(setInterval(() => refresh(["node", "pressure"]), 1000));
   timers.push(setInterval(() => refresh(["agents"]), 2000));
-  timers.push(setInterval(() => refresh(["pools", "fleets"]), 5000));
+  timers.push(setInterval(() => refresh(["pools", "fleets", "cluster"]), 5000));
   timers.push(setInterval(() => loadChart().catch(() => {}), 5000));
 }
 

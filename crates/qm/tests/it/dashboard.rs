@@ -85,6 +85,11 @@ fn the_dashboard_shows_a_live_node_and_agents_to_a_token_and_nothing_without_one
         b.eval("document.getElementById('node-name').textContent"),
         "test-node"
     );
+    b.wait_for(
+        "the cluster line",
+        10,
+        "document.getElementById('cluster').textContent.includes('a cluster of one (sqlite)')",
+    );
     assert_eq!(
         b.eval("location.search"),
         "",
