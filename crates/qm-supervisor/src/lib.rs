@@ -368,9 +368,32 @@ impl Supervisor {
             .lock()
             .map(|a| a.values().map(|a| a.doc.clone()).collect::<Vec<_>>());
         let mut docs = agents.unwrap_or_default();
+        // one pass over the latest samples for every agent (not a search per agent)
+        let Some(latest) = self.engine().monitor().map(qm_monitor::Monitor::latest) else {
+            return docs;
+        };
+        let mut usage: std::collections::HashMap<&str, (Option<f64>, Option<f64>)> =
+            std::collections::HashMap::with_capacity(docs.len());
+        for s in latest.agent_samples.iter() {
+            let cpu = s.desc.name == "qm_agent_cpu_usage_cores";
+            if !cpu && s.desc.name != "qm_agent_memory_bytes" {
+                continue;
+            }
+            let Some((_, id)) = s.labels.iter().find(|(k, _)| *k == "agent") else {
+                continue;
+            };
+            let e = usage.entry(id.as_str()).or_default();
+            if cpu {
+                e.0.get_or_insert(s.value);
+            } else {
+                e.1.get_or_insert(s.value);
+            }
+        }
         for d in &mut docs {
-            if d.state == AgentState::Running {
-                d.usage = self.usage(&d.id);
+            if d.state == AgentState::Running
+                && let Some((cpu, mem)) = usage.get(d.id.as_str())
+            {
+                d.usage = qm_engine::usage_map(*cpu, *mem);
             }
         }
         docs

@@ -358,11 +358,16 @@ async function start() {
     if (!state.dirty.size) return;
     const names = [...state.dirty]; state.dirty.clear(); refresh(names);
   }, 250));
-  timers.push(setInterval(() => refresh(["node", "pressure"]), 1000));
-  timers.push(setInterval(() => refresh(["agents"]), 2000));
-  timers.push(setInterval(() => refresh(["pools", "fleets", "cluster"]), 5000));
-  timers.push(setInterval(() => loadChart().catch(() => {}), 5000));
+  // a tab out of sight polls nothing (the stream still marks what changed)
+  const every = (ms, f) => timers.push(setInterval(() => { if (!document.hidden) f(); }, ms));
+  every(1000, () => refresh(["node", "pressure"]));
+  every(2000, () => refresh(["agents"]));
+  every(5000, () => refresh(["pools", "fleets", "cluster"]));
+  every(5000, () => loadChart().catch(() => {}));
 }
+document.addEventListener("visibilitychange", () => {
+  if (!document.hidden && state.token) refresh(["node", "pressure", "agents", "pools", "fleets", "cluster", "chart"]);
+});
 
 // ---- actions -----------------------------------------------------------------------------
 function confirmed(text) {

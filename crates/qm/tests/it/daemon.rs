@@ -61,7 +61,9 @@ impl Daemon {
         } else {
             &["--node-name", "test-node"][..]
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_qm"))
+        // QM_BIN: another build of qm (a measurement runs the release one)
+        let bin = std::env::var("QM_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_qm").to_owned());
+        let mut child = Command::new(bin)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(node)
             .arg("--data-dir")

@@ -202,17 +202,24 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 /// The dashboard's costs, measured (not asserted): run with
-/// `cargo test -p qm --test it measure_dashboard -- --ignored --nocapture`. The page with
+/// `QM_BIN=target/release/qm cargo test -p qm --test it measure_dashboard -- --ignored
+/// --nocapture` (after `cargo build --release -p qm`). The page with
 /// 1,000 agents and a 24 h chart of 86,400 points (its scripting time per render), and the
-/// daemon's cpu while the page is open against the same daemon idle, and `qm top`'s cpu.
+/// daemon's cpu (with 1,000 real agents, or `QM_MEASURE_AGENTS`) while the page is open
+/// against the same daemon idle, and `qm top`'s cpu.
 #[test]
 #[ignore = "a measurement: run it by name"]
 fn measure_dashboard_and_top_costs() {
     let Some(mut b) = Browser::start("dashboard-measure") else {
         return;
     };
-    let d = Daemon::with_agents("dashboard-measure", "cpu=4,memory=8Gi", &[]);
-    for i in 0..20 {
+    let d = Daemon::with_agents("dashboard-measure", "cpu=64,memory=64Gi", &[]);
+    // as many real agents as `QM_MEASURE_AGENTS` says (default 1,000)
+    let n: usize = std::env::var("QM_MEASURE_AGENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    for i in 0..n {
         let a = d.post(
             "/v1/agents",
             &json!({ "name": format!("m-{i}"), "command": ["sleep", "600"],
@@ -232,7 +239,7 @@ fn measure_dashboard_and_top_costs() {
     b.wait_for(
         "the agents",
         10,
-        "document.querySelectorAll('#agent-rows tr').length >= 20",
+        &format!("document.querySelectorAll('#agent-rows tr').length >= {n}"),
     );
     let c1 = cpu_seconds(pid);
     std::thread::sleep(std::time::Duration::from_secs_f64(window));
@@ -260,7 +267,8 @@ fn measure_dashboard_and_top_costs() {
     eprintln!(
         "dashboard: assets {} bytes; first contentful paint {paint} ms; 1,000 agents rendered \
          and sorted in {agents_ms:.1} ms ({rows} rows); a 24 h chart of 86,400 points drawn in \
-         {chart_ms:.1} ms; daemon cpu {:.2}% of a core idle, {:.2}% with the page open (+{:.2}%)",
+         {chart_ms:.1} ms; with {n} agents, daemon cpu {:.2}% of a core idle, {:.2}% with the \
+         page open (+{:.2}%)",
         qm_api::ui_assets_bytes(),
         idle * 100.0,
         open * 100.0,
@@ -271,12 +279,8 @@ fn measure_dashboard_and_top_costs() {
     #[cfg(feature = "tui")]
     {
         let session = format!("qm-top-measure-{}", std::process::id());
-        let cmd = format!(
-            "{} --server {} --token {} top",
-            env!("CARGO_BIN_EXE_qm"),
-            d.base,
-            d.token
-        );
+        let bin = std::env::var("QM_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_qm").to_owned());
+        let cmd = format!("{bin} --server {} --token {} top", d.base, d.token);
         let tmux = |args: &[&str]| {
             std::process::Command::new("tmux")
                 .args(args)
@@ -315,7 +319,7 @@ fn measure_dashboard_and_top_costs() {
         tmux(&["kill-session", "-t", &session]);
         eprintln!("qm top: {:.2}% of a core", top * 100.0);
     }
-    for i in 0..20 {
+    for i in 0..n {
         d.delete(&format!("/v1/agents/m-{i}"));
     }
     d.stop();
