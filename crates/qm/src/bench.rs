@@ -28,6 +28,16 @@ pub(crate) struct BenchArgs {
     /// Memory per request
     #[arg(long, default_value = "1Mi")]
     memory: String,
+    #[command(subcommand)]
+    pub(crate) what: Option<BenchWhat>,
+}
+
+/// What else `qm bench` measures.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub(crate) enum BenchWhat {
+    /// Replay usage traces through the recommender: slack, OOM kills and changes against the
+    /// request as written and a VPA-like baseline (no daemon needed)
+    Sizing(crate::sizing::SizingArgs),
 }
 
 /// Percentile `p` (0..=1) of sorted microsecond samples.

@@ -24,6 +24,7 @@ mod notify;
 mod placement;
 mod security_cli;
 mod serve;
+mod sizing;
 mod tls;
 mod token_file;
 #[cfg(feature = "tui")]
@@ -216,7 +217,10 @@ fn main() -> ExitCode {
                 .to_owned(),
         }),
         Cmd::Mcp => mcp::mcp(client()),
-        Cmd::Bench(args) => bench::bench(&endpoint.server, endpoint.token.as_deref(), &args, out),
+        Cmd::Bench(args) => match &args.what {
+            Some(bench::BenchWhat::Sizing(s)) => sizing::sizing(s, out),
+            None => bench::bench(&endpoint.server, endpoint.token.as_deref(), &args, out),
+        },
         Cmd::Tokens(cmd) => security_cli::tokens(&client(), cmd, json_out, out),
         Cmd::Audit(cmd) => security_cli::audit(|| connect(&endpoint), cmd, json_out, out),
         Cmd::Export { file, encrypt_to } => {
