@@ -454,3 +454,61 @@ pub(crate) async fn push_metric(
     let doc = fleet_shown(&caller, doc);
     Ok(json(StatusCode::OK, to_json(&doc)))
 }
+
+#[utoipa::path(get, path = "/v1/recommendations", tag = "agents",
+    params(("target" = Option<String>, Query, description = "one target: agent/NAME or fleet/NAME")),
+    responses((status = 200, body = qm_proto::RecommendationList)))]
+pub(crate) async fn recommendations(
+    State(app): State<App>,
+    caller: Caller,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> ApiResult {
+    caller.allow(Operation::List)?;
+    if let Some(k) = q.keys().find(|k| k.as_str() != "target") {
+        return Err(ApiError::field(
+            k,
+            "unknown query parameter (known: target)",
+        ));
+    }
+    let target = q.get("target").map(String::as_str);
+    if let Some(t) = target {
+        let ok = t.split_once('/').is_some_and(|(kind, name)| {
+            matches!(kind, "agent" | "fleet") && qm_proto::valid_name(name)
+        });
+        if !ok {
+            return Err(ApiError::field(
+                "target",
+                format!("{t:?} is not agent/NAME or fleet/NAME"),
+            ));
+        }
+    }
+    let sized = |cpu: f64, mem: f64| qm_engine::usage_map(Some(cpu), Some(mem)).unwrap_or_default();
+    let items: Vec<qm_proto::RecommendationDoc> = supervisor(&app)?
+        .recommendations(target)
+        .into_iter()
+        .filter(|r| caller.sees(r.target.split_once('/').map_or("", |(_, n)| n)))
+        .map(|r| {
+            let resources = sized(r.cpu_cores, r.memory_bytes);
+            let limits = resources
+                .iter()
+                .filter(|(k, _)| k.as_str() == "memory")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            qm_proto::RecommendationDoc {
+                target: r.target,
+                resources,
+                limits,
+                lower: sized(r.lower.0, r.lower.1),
+                upper: sized(r.upper.0, r.upper.1),
+                samples: r.samples,
+                confidence: r.confidence,
+                updated_at: qm_proto::format_rfc3339(r.updated_at_ms),
+                reason: r.reason,
+            }
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        to_json(&qm_proto::RecommendationList { items }),
+    ))
+}

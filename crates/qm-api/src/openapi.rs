@@ -44,6 +44,7 @@ use crate::{agents, monitoring, routes};
         agents::stop_agent,
         agents::agent_logs,
         agents::agent_heartbeat,
+        agents::recommendations,
         agents::list_fleets,
         agents::create_fleet,
         agents::get_fleet,

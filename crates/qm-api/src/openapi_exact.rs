@@ -323,6 +323,13 @@ fn operations(doc: &mut Value) {
         "tail",
         json!({ "type": "integer", "minimum": 0, "maximum": 10_000 }),
     );
+    query(
+        paths,
+        "/v1/recommendations",
+        "get",
+        "target",
+        json!({ "type": "string", "pattern": r"^(agent|fleet)/([A-Za-z0-9_-][A-Za-z0-9._-]{0,127}|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,126}|\.\.[A-Za-z0-9._-]{1,126})$" }),
+    );
     let body = |paths: &mut Value, path: &str, method: &str, schema: &str| {
         if let Some(s) = op(paths, path, method)
             .and_then(|o| o.pointer_mut("/requestBody/content/application~1json/schema"))

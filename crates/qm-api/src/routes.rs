@@ -136,6 +136,7 @@ fn api_router(
         .route("/v1/agents/{id}", get(a::get_agent).delete(a::stop_agent))
         .route("/v1/agents/{id}/logs", get(a::agent_logs))
         .route("/v1/agents/{id}/heartbeat", post(a::agent_heartbeat))
+        .route("/v1/recommendations", get(a::recommendations))
         .route("/v1/fleets", get(a::list_fleets).post(a::create_fleet))
         .route(
             "/v1/fleets/{name}",

@@ -372,6 +372,32 @@ pub struct AgentList {
     pub items: Vec<AgentDoc>,
 }
 
+/// One target's right-sizing (`GET /v1/recommendations`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RecommendationDoc {
+    /// `agent/NAME` or `fleet/NAME`.
+    pub target: String,
+    /// What to request (cpu, memory).
+    pub resources: BTreeMap<String, String>,
+    /// The memory limit (the OOM killer's line).
+    pub limits: BTreeMap<String, String>,
+    /// Below this it would be short most of the time.
+    pub lower: BTreeMap<String, String>,
+    /// This covers the worst seen, with a margin.
+    pub upper: BTreeMap<String, String>,
+    pub samples: u64,
+    /// 0..1: how much history stands behind it.
+    pub confidence: f64,
+    pub updated_at: String,
+    pub reason: String,
+}
+
+/// `GET /v1/recommendations`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RecommendationList {
+    pub items: Vec<RecommendationDoc>,
+}
+
 /// `GET /v1/agents/{id}/logs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogsDoc {

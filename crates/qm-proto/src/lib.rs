@@ -13,7 +13,7 @@ mod types;
 
 pub use agents::{
     AgentDoc, AgentList, AgentSpec, AgentState, AutoscaleWire, FleetDoc, FleetList, FleetSpec,
-    HealthWire, LogsDoc, MetricPush, REDACTED, valid_name,
+    HealthWire, LogsDoc, MetricPush, REDACTED, RecommendationDoc, RecommendationList, valid_name,
 };
 pub use decode::{DecodeError, decode};
 pub use monitor::{

@@ -15,6 +15,7 @@ mod import;
 mod launch;
 pub mod logic;
 mod probe;
+mod recommend;
 mod responder;
 mod restore;
 mod run;
@@ -44,6 +45,7 @@ pub use identity::{
     DYNAMIC, DYNAMIC_UIDS, Requester, User, is_root_user, may_adopt, process_uid, resolve_user,
     valid_default_user,
 };
+pub use recommend::TargetRecommendation;
 pub use responder::ResponderConfig;
 
 /// How the supervisor runs.
@@ -68,6 +70,8 @@ pub struct SupervisorConfig {
     pub user: String,
     /// The daemon's URL as agents reach it (`QM_SERVER` in their environment).
     pub server_url: Option<String>,
+    /// How agents' sizes are learned (`[recommender]`).
+    pub recommender: qm_recommend::Config,
 }
 
 impl SupervisorConfig {
@@ -84,6 +88,7 @@ impl SupervisorConfig {
             responder: ResponderConfig::default(),
             user: identity::DYNAMIC.to_owned(),
             server_url: None,
+            recommender: qm_recommend::Config::learned(),
         }
     }
 }
@@ -158,6 +163,8 @@ struct Inner {
     fleets: Mutex<BTreeMap<String, fleets::Fleet>>,
     /// Where fleets' members run when not here: the cluster's placement.
     placed_fleets: std::sync::OnceLock<Arc<dyn FleetMembers>>,
+    /// What is learned of the agents' sizes.
+    learning: Mutex<recommend::Learning>,
     notices: mpsc::UnboundedSender<Notice>,
     node_memory: u64,
     generations: std::sync::atomic::AtomicU64,
@@ -225,6 +232,7 @@ impl Supervisor {
     /// that ended while the daemon was down, and starts supervising. Call from within the
     /// tokio runtime.
     pub async fn start(engine: Engine, config: SupervisorConfig) -> Result<Self, AgentError> {
+        let learned = config.recommender.clone();
         let driver = if config.cgroups {
             match qm_cgroup::detect(&config.cgroup_root, &config.cgroup_parent) {
                 Ok(d) => Some(d),
@@ -252,6 +260,7 @@ impl Supervisor {
                 agents: Mutex::new(BTreeMap::new()),
                 fleets: Mutex::new(BTreeMap::new()),
                 placed_fleets: std::sync::OnceLock::new(),
+                learning: Mutex::new(recommend::Learning::new(learned)),
                 notices: tx,
                 node_memory,
                 generations: std::sync::atomic::AtomicU64::new(1_000_000),

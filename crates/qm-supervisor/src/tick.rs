@@ -65,6 +65,7 @@ impl Supervisor {
         }
         self.respond().await;
         self.reconcile_fleets().await;
+        self.learn();
     }
 
     /// Reports OOM kills in running agents' groups (a child killed while the agent runs on),

@@ -610,6 +610,62 @@ pub(crate) fn apply(
     }
 }
 
+/// `qm recommend [TARGET]`: what each agent and fleet should request, learned from its usage.
+pub(crate) fn recommend(
+    c: &qm_client::Client,
+    target: Option<&str>,
+    json_out: bool,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    let path = match target {
+        Some(t) => format!("/v1/recommendations?target={t}"),
+        None => "/v1/recommendations".to_owned(),
+    };
+    let (_, v) = c.request("GET", &path, None)?;
+    let list: qm_proto::RecommendationList =
+        serde_json::from_value(v.clone()).map_err(|e| Failure {
+            code: 1,
+            message: format!("the daemon's answer: {e}"),
+        })?;
+    if json_out {
+        writeln!(out, "{v}")?;
+        return Ok(());
+    }
+    if list.items.is_empty() {
+        writeln!(
+            out,
+            "no recommendations yet: each target needs [recommender] min_samples collections of its usage"
+        )?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<28} {:>8} {:>9} {:>18} {:>18} {:>8} {:>5}",
+        "TARGET", "CPU", "MEMORY", "LOWER", "UPPER", "SAMPLES", "CONF"
+    )?;
+    let pair = |m: &std::collections::BTreeMap<String, String>| {
+        format!(
+            "{}/{}",
+            m.get("cpu").map_or("-", String::as_str),
+            m.get("memory").map_or("-", String::as_str)
+        )
+    };
+    for r in &list.items {
+        writeln!(
+            out,
+            "{:<28} {:>8} {:>9} {:>18} {:>18} {:>8} {:>4.0}%",
+            r.target,
+            r.resources.get("cpu").map_or("-", String::as_str),
+            r.resources.get("memory").map_or("-", String::as_str),
+            pair(&r.lower),
+            pair(&r.upper),
+            r.samples,
+            r.confidence * 100.0
+        )?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;

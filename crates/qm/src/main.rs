@@ -115,6 +115,9 @@ enum Cmd {
     /// Live terminal view: pressure, usage against capacity, agents sorted by use; keys to
     /// sort, filter and stop; `q` quits
     Top,
+    /// Right-sizing recommendations, learned from each agent's usage (TARGET: agent/NAME or
+    /// fleet/NAME)
+    Recommend { target: Option<String> },
     /// MCP server on stdio, bridged to the daemon at --server (for Claude Code, claude-flow
     /// and other MCP clients)
     Mcp,
@@ -208,6 +211,9 @@ fn main() -> ExitCode {
         },
         Cmd::Metrics(cmd) => monitoring::metrics(&client(), cmd, json_out, out),
         Cmd::Alerts(args) => monitoring::alerts(&client(), &args, json_out, out),
+        Cmd::Recommend { target } => {
+            agents_cli::recommend(&client(), target.as_deref(), json_out, out)
+        }
         #[cfg(feature = "tui")]
         Cmd::Top => top::run(&client()),
         #[cfg(not(feature = "tui"))]

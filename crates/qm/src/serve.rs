@@ -100,6 +100,65 @@ struct FileConfig {
     pressure: PressureFile,
     #[serde(default)]
     cluster: ClusterFile,
+    #[serde(default)]
+    recommender: RecommenderFile,
+}
+
+/// `[recommender]`: how agents' sizes are learned from their usage.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecommenderFile {
+    /// Samples before anything is recommended (default 30).
+    min_samples: Option<u64>,
+    /// With `cpu_percentile` and `memory_margin`: a model of these settings, next to the
+    /// built-in ones (the one whose past advice cost least is used).
+    half_life_s: Option<f64>,
+    cpu_percentile: Option<f64>,
+    memory_margin: Option<f64>,
+    /// After an OOM kill, memory is at least the usage at the kill times this (default 1.2).
+    oom_bump: Option<f64>,
+}
+
+fn recommender_config(file: RecommenderFile) -> anyhow::Result<qm_recommend::Config> {
+    let mut c = qm_recommend::Config::learned();
+    if let Some(n) = file.min_samples {
+        if !(1..=1_000_000).contains(&n) {
+            bail!("recommender.min_samples: {n} is not 1..=1000000");
+        }
+        c.min_samples = n;
+    }
+    if let Some(b) = file.oom_bump {
+        if !(b.is_finite() && (1.0..=10.0).contains(&b)) {
+            bail!("recommender.oom_bump: {b} is not in [1, 10]");
+        }
+        c.oom_bump = b;
+    }
+    let any =
+        file.half_life_s.is_some() || file.cpu_percentile.is_some() || file.memory_margin.is_some();
+    if any {
+        let half_life_s = file.half_life_s.unwrap_or(86_400.0);
+        if !(half_life_s.is_finite() && (60.0..=90.0 * 86_400.0).contains(&half_life_s)) {
+            bail!(
+                "recommender.half_life_s: {half_life_s} is not a number of seconds in [60, 7776000]"
+            );
+        }
+        let cpu_percentile = file.cpu_percentile.unwrap_or(0.9);
+        if !(cpu_percentile.is_finite() && (0.5..=1.0).contains(&cpu_percentile)) {
+            bail!("recommender.cpu_percentile: {cpu_percentile} is not in [0.5, 1]");
+        }
+        let memory_margin = file.memory_margin.unwrap_or(0.15);
+        if !(memory_margin.is_finite() && (0.0..=2.0).contains(&memory_margin)) {
+            bail!("recommender.memory_margin: {memory_margin} is not in [0, 2]");
+        }
+        c.models.push(qm_recommend::ModelSpec {
+            name: "configured".to_owned(),
+            half_life_s,
+            cpu_percentile,
+            memory_percentile: 0.99,
+            memory_margin,
+        });
+    }
+    Ok(c)
 }
 
 /// The node's labels: the file's `labels`, then each `--label KEY=VALUE` (a flag wins).
@@ -836,8 +895,12 @@ impl Settings {
             },
             ..m
         });
-        let agents = agents_config(file.agents, &engine.data_dir)?
-            .map(|a| SupervisorConfig { responder, ..a });
+        let recommender = recommender_config(file.recommender)?;
+        let agents = agents_config(file.agents, &engine.data_dir)?.map(|a| SupervisorConfig {
+            responder,
+            recommender,
+            ..a
+        });
         let admin_token_file =
             admin_token_file_flag.unwrap_or_else(|| engine.data_dir.join("admin.token"));
         Ok(Self {

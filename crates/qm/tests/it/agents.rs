@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::daemon::{Daemon, eventually, temp_dir};
 
-fn can_confine() -> bool {
+pub(crate) fn can_confine() -> bool {
     let ok = rustix::process::geteuid().is_root()
         && (Path::new("/sys/fs/cgroup/memory").is_dir()
             || Path::new("/sys/fs/cgroup/cgroup.controllers").is_file());

@@ -16,6 +16,7 @@ mod events;
 mod mcp;
 mod metrics;
 mod monitoring;
+mod recommend;
 mod security;
 mod state;
 mod storage;

@@ -1,0 +1,159 @@
+//! Right-sizing end to end, with real agents in cgroups and the monitor reading them five times
+//! a second: an agent that asks for 1 GiB and holds about 100 MiB is recommended 100-200 MiB;
+//! an agent OOM-killed at its 64 MiB limit is recommended more than that limit; a fleet gets
+//! its members' median; `qm recommend` prints them; a bad target is refused naming the field.
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::daemon::{Daemon, eventually, temp_dir};
+
+const MI: f64 = 1_048_576.0;
+
+fn bytes(v: &Value) -> f64 {
+    let s = v.as_str().expect("a quantity");
+    let (n, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
+    let n: f64 = n.parse().expect("a number");
+    n * match unit {
+        "Ki" => 1024.0,
+        "Mi" => MI,
+        "Gi" => 1024.0 * MI,
+        _ => 1.0,
+    }
+}
+
+#[test]
+fn agents_are_recommended_what_they_use_and_more_after_an_oom_kill() {
+    if !crate::agents::can_confine() {
+        return;
+    }
+    let dir = temp_dir("recommend");
+    let config = dir.join("qm.toml");
+    std::fs::write(
+        &config,
+        "[agents]\ncgroup_parent = \"qm-it-recommend\"\n\
+         [monitor]\ninterval_s = 0.2\nagent_interval_s = 0.2\n\
+         [recommender]\nmin_samples = 5\n",
+    )
+    .expect("config");
+    let d = Daemon::start(
+        &dir.join("data"),
+        &[
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--capacity",
+            "cpu=4,memory=8Gi",
+        ],
+    );
+    let holder = d.post(
+        "/v1/agents",
+        &json!({
+            "name": "holder",
+            "command": ["python3", "-c",
+                "b = bytearray(100 * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1\nimport time; time.sleep(300)"],
+            "resources": { "cpu": "500m", "memory": "1Gi" }
+        })
+        .to_string(),
+    );
+    assert_eq!(holder.status, 201, "{:?}", holder.body);
+    // grows 8 MiB every 0.2 s until its 64 MiB limit kills it
+    let leaker = d.post(
+        "/v1/agents",
+        &json!({
+            "name": "oom",
+            "command": ["python3", "-c",
+                "import time\nh = []\nwhile True:\n    h.append(bytearray(8 * 1024 * 1024))\n    h[-1][::4096] = b'x' * len(h[-1][::4096])\n    time.sleep(0.2)"],
+            "resources": { "cpu": "100m", "memory": "32Mi" },
+            "limits": { "memory": "64Mi" },
+            "restart": "never"
+        })
+        .to_string(),
+    );
+    assert_eq!(leaker.status, 201, "{:?}", leaker.body);
+    let holder_rec = eventually("the holder's recommendation", 30, || {
+        let r = d.get("/v1/recommendations?target=agent/holder");
+        let item = r.body["items"].as_array()?.first()?.clone();
+        // past its allocation: the recommendation follows what it holds
+        (bytes(&item["resources"]["memory"]) > 100.0 * MI).then_some(item)
+    });
+    let mem = bytes(&holder_rec["resources"]["memory"]);
+    assert!((100.0 * MI..200.0 * MI).contains(&mem), "{holder_rec}");
+    assert!(
+        holder_rec["samples"].as_u64().unwrap_or(0) >= 5,
+        "{holder_rec}"
+    );
+    assert_eq!(
+        holder_rec["limits"]["memory"],
+        holder_rec["resources"]["memory"]
+    );
+    eventually("the leaker killed", 30, || {
+        let a = d.get("/v1/agents/oom").body;
+        (a["oom_killed"] == true).then_some(())
+    });
+    // the kill bumps it past the limit by [recommender] oom_bump (1.2)
+    let oom_rec = eventually(
+        "the leaker's recommendation, bumped past its limit",
+        20,
+        || {
+            let r = d.get("/v1/recommendations?target=agent/oom");
+            let item = r.body["items"].as_array()?.first()?.clone();
+            (bytes(&item["resources"]["memory"]) >= 64.0 * MI * 1.2 * 0.99).then_some(item)
+        },
+    );
+    assert!(
+        bytes(&oom_rec["resources"]["memory"]) < 256.0 * MI,
+        "{oom_rec}"
+    );
+    // a fleet's template: its members' median
+    let fleet = d.post(
+        "/v1/fleets",
+        &json!({
+            "name": "fr", "replicas": 3,
+            "template": {
+                "name": "fr",
+                "command": ["python3", "-c",
+                    "b = bytearray(50 * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1\nimport time; time.sleep(300)"],
+                "resources": { "cpu": "100m", "memory": "512Mi" }
+            }
+        })
+        .to_string(),
+    );
+    assert_eq!(fleet.status, 201, "{:?}", fleet.body);
+    let fleet_rec = eventually("the fleet's recommendation", 30, || {
+        let r = d.get("/v1/recommendations?target=fleet/fr");
+        let item = r.body["items"].as_array()?.first()?.clone();
+        (item["reason"].as_str()?.contains("median of 3")
+            && bytes(&item["resources"]["memory"]) > 50.0 * MI)
+            .then_some(item)
+    });
+    assert!(
+        bytes(&fleet_rec["resources"]["memory"]) < 120.0 * MI,
+        "{fleet_rec}"
+    );
+    assert_eq!(d.delete("/v1/fleets/fr").status, 200);
+    // all of them, and from the shell
+    let all = d.get("/v1/recommendations").body;
+    assert!(
+        all["items"].as_array().is_some_and(|l| l.len() >= 2),
+        "{all}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_qm"))
+        .args(["--server", &d.base, "--token", &d.token, "recommend"])
+        .output()
+        .expect("qm recommend");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("agent/holder") && text.contains("agent/oom"),
+        "{text}"
+    );
+    // a bad target names the field; an unknown one is simply not there
+    let bad = d.get("/v1/recommendations?target=holder");
+    assert_eq!(bad.status, 422, "{:?}", bad.body);
+    assert!(bad.body.to_string().contains("target"), "{:?}", bad.body);
+    let none = d.get("/v1/recommendations?target=agent/nobody");
+    assert_eq!(none.body["items"], json!([]));
+    assert_eq!(d.delete("/v1/agents/holder").status, 200);
+    d.stop();
+}
