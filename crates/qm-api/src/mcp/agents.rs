@@ -152,3 +152,25 @@ pub(crate) async fn scale_fleet(api: &Api<'_>, a: ScaleFleetArgs) -> Result<Repl
         structured: json!({ "fleet": doc, "previous_replicas": before }),
     })
 }
+
+pub(crate) async fn recommend(
+    api: &Api<'_>,
+    a: super::args::RecommendArgs,
+) -> Result<Reply, Failure> {
+    let path = match &a.target {
+        Some(t) => format!("/v1/recommendations?target={}", encode(t)),
+        None => "/v1/recommendations".to_owned(),
+    };
+    let items = api.get::<qm_proto::RecommendationList>(&path).await?.items;
+    Ok(Reply::list("recommendations", &items, |r| {
+        format!(
+            "{} {} (lower {}, upper {}) from {} samples, confidence {:.0}%",
+            r.target,
+            super::tools::show(&r.resources),
+            super::tools::show(&r.lower),
+            super::tools::show(&r.upper),
+            r.samples,
+            r.confidence * 100.0
+        )
+    }))
+}

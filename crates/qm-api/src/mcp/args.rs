@@ -257,6 +257,15 @@ pub(crate) struct ActiveAlertsArgs {
     pub(crate) include_pending: Option<bool>,
 }
 
+/// Arguments of `recommend`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RecommendArgs {
+    /// One target: `agent/NAME` or `fleet/NAME` (a fleet's template); all when absent.
+    #[serde(default)]
+    pub(crate) target: Option<String>,
+}
+
 /// Parses a tool's arguments, naming the argument at fault.
 pub(crate) fn parse<T: DeserializeOwned>(args: JsonObject) -> Result<T, Failure> {
     serde_path_to_error::deserialize::<_, T>(Value::Object(args)).map_err(|e| {

@@ -6,7 +6,7 @@ use rmcp::model::{Tool, ToolAnnotations};
 
 use super::args::{
     ActiveAlertsArgs, AllocateArgs, CanFitArgs, ListAgentsArgs, ListAllocationsArgs, NoArgs,
-    NodeStatusArgs, ReleaseArgs, ScaleFleetArgs, SpawnAgentArgs, StopAgentArgs,
+    NodeStatusArgs, RecommendArgs, ReleaseArgs, ScaleFleetArgs, SpawnAgentArgs, StopAgentArgs,
 };
 use super::input_schema;
 
@@ -24,6 +24,7 @@ pub const TOOL_NAMES: &[&str] = &[
     "stop_agent",
     "scale_fleet",
     "active_alerts",
+    "recommend",
 ];
 
 fn tool<T: rmcp::schemars::JsonSchema + 'static>(
@@ -145,6 +146,15 @@ pub(crate) fn catalog() -> Vec<Tool> {
             "List alerts that are firing now (and, unless include_pending=false, pending ones \
              whose condition holds but not yet for long enough): rule, severity, summary, the \
              value that tripped it, and since when. An empty list means all is well.",
+            reads(),
+        ),
+        tool::<RecommendArgs>(
+            "recommend",
+            "What an agent, or a fleet's template, should request, learned from its observed \
+             usage: cpu and memory (memory is also the limit), a lower and an upper bound, \
+             how many samples stand behind it and a confidence 0..1. Ask it before spawning \
+             more of a kind (\"what should a coder get?\": target fleet/coders) or to size a \
+             request instead of guessing. Empty until a target has enough history.",
             reads(),
         ),
     ]

@@ -338,7 +338,7 @@ fn input_schema<T: rmcp::schemars::JsonSchema + 'static>() -> Arc<JsonObject> {
 
 /// `/mcp` in the OpenAPI document; rmcp's [`StreamableHttpService`] serves it.
 #[utoipa::path(post, path = "/mcp", tag = "mcp",
-    description = "Model Context Protocol over streamable HTTP (JSON-RPC 2.0): the tools node_status, cluster_status, can_fit, allocate, release, list_allocations, pressure, spawn_agent, list_agents, stop_agent, scale_fleet and active_alerts, and the resources qm://node and qm://pressure. POST sends a message (the answer is JSON or an event stream), GET opens the session's event stream, DELETE ends the session (header Mcp-Session-Id). Only loopback Host headers are accepted.",
+    description = "Model Context Protocol over streamable HTTP (JSON-RPC 2.0): the tools node_status, cluster_status, can_fit, allocate, release, list_allocations, pressure, spawn_agent, list_agents, stop_agent, scale_fleet, active_alerts and recommend, and the resources qm://node and qm://pressure. POST sends a message (the answer is JSON or an event stream), GET opens the session's event stream, DELETE ends the session (header Mcp-Session-Id). Only loopback Host headers are accepted.",
     request_body(content = Object, content_type = "application/json", description = "a JSON-RPC request, notification or response"),
     responses(
         (status = 200, description = "the JSON-RPC answer, as application/json or text/event-stream"),

@@ -149,6 +149,7 @@ pub(crate) async fn run(api: &Api<'_>, name: &str, args: JsonObject) -> Result<R
         "stop_agent" => super::agents::stop_agent(api, parse(args)?).await,
         "scale_fleet" => super::agents::scale_fleet(api, parse(args)?).await,
         "active_alerts" => active_alerts(api, parse(args)?).await,
+        "recommend" => super::agents::recommend(api, parse(args)?).await,
         other => Err(Failure::Invalid {
             argument: "name".to_owned(),
             message: format!("no tool named {other:?}"),

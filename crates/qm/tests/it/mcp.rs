@@ -1,5 +1,5 @@
 //! The MCP server end to end, through rmcp's own client: over streamable HTTP at the daemon's
-//! `/mcp`, and over stdio through `qm mcp` started as a child process. Both list the twelve
+//! `/mcp`, and over stdio through `qm mcp` started as a child process. Both list the thirteen
 //! tools with their input schemas, and every tool has real effects on a live daemon
 //! (allocations, `can_fit` counts, a `sleep` agent started and stopped, a fleet scaled); both
 //! resources read; bad arguments and refusals come back as tool errors that name the argument
@@ -402,6 +402,10 @@ fn monitoring(s: &Session) {
     assert!(p["signals"]["memory"]["level"].is_string(), "{p}");
     let alerts = s.ok("active_alerts", json!({}));
     assert!(alerts["items"].is_array(), "{alerts}");
+    let recs = s.ok("recommend", json!({ "target": "fleet/coders" }));
+    assert!(recs["items"].is_array(), "{recs}");
+    let (bad, _) = s.fails("recommend", json!({ "target": "coders" }));
+    assert!(bad.contains("target"), "{bad}");
 
     let listed =
         s.rt.block_on(s.client().list_all_resources())
