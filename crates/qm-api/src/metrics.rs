@@ -276,6 +276,59 @@ pub fn render(s: &Snapshot, samples: &[Sample], agents: &[Sample], fmt: Format) 
     out
 }
 
+/// The recommender's series (`qm_recommendation_*`), one set per target, appended to an
+/// exposition (before OpenMetrics' `# EOF`).
+pub fn append_recommendations(
+    text: &mut String,
+    fmt: Format,
+    items: &[qm_supervisor::TargetRecommendation],
+) {
+    if items.is_empty() {
+        return;
+    }
+    let eof = text.ends_with("# EOF\n");
+    if eof {
+        text.truncate(text.len() - "# EOF\n".len());
+    }
+    type Read = fn(&qm_supervisor::TargetRecommendation) -> f64;
+    let series: [(&str, &str, Read); 4] = [
+        (
+            "qm_recommendation_cpu_cores",
+            "Cores each target should request, learned from its usage.",
+            |r| r.cpu_cores,
+        ),
+        (
+            "qm_recommendation_memory_bytes",
+            "Memory each target should request (and be limited to), learned from its usage.",
+            |r| r.memory_bytes,
+        ),
+        (
+            "qm_recommendation_confidence",
+            "How much history stands behind each target's recommendation, 0..1.",
+            |r| r.confidence,
+        ),
+        (
+            "qm_recommendation_samples",
+            "Usage samples behind each target's recommendation.",
+            |r| r.samples as f64,
+        ),
+    ];
+    for (name, help, value) in series {
+        family(text, fmt, name, "gauge", help);
+        for r in items {
+            let _ = writeln!(
+                text,
+                "{name}{{target=\"{}\"}} {}",
+                label(&r.target),
+                number(value(r))
+            );
+        }
+    }
+    if eof {
+        text.push_str("# EOF\n");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use qm_engine::metrics::{Counters, NodeAmounts};

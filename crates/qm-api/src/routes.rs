@@ -262,10 +262,11 @@ fn alloc_id(id: &str) -> Result<AllocId, ApiError> {
 
 #[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
 pub(crate) async fn metrics(
-    State(engine): State<Engine>,
+    State(app): State<crate::agents::App>,
     caller: Caller,
     headers: HeaderMap,
 ) -> ApiResult {
+    let engine = app.engine.clone();
     caller.allow(Operation::ReadCluster)?;
     let snapshot = engine.metrics().await?;
     let fmt = crate::metrics::Format::from_accept(
@@ -277,7 +278,10 @@ pub(crate) async fn metrics(
     let latest = engine.monitor().map(qm_monitor::Monitor::latest);
     let samples = latest.as_deref().map_or(&[][..], |l| &l.samples[..]);
     let agents = latest.as_deref().map_or(&[][..], |l| &l.agent_samples[..]);
-    let text = crate::metrics::render(&snapshot, samples, agents, fmt);
+    let mut text = crate::metrics::render(&snapshot, samples, agents, fmt);
+    if let Some(sup) = &app.agents {
+        crate::metrics::append_recommendations(&mut text, fmt, &sup.recommendations(None));
+    }
     let mut resp = (StatusCode::OK, text).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -132,6 +132,14 @@ fn agents_are_recommended_what_they_use_and_more_after_an_oom_kill() {
         "{fleet_rec}"
     );
     assert_eq!(d.delete("/v1/fleets/fr").status, 200);
+    // as series for Prometheus
+    let (status, text) = d.get_text("/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("qm_recommendation_memory_bytes{target=\"agent/holder\"}")
+            && text.contains("# TYPE qm_recommendation_cpu_cores gauge"),
+        "{text}"
+    );
     // all of them, and from the shell
     let all = d.get("/v1/recommendations").body;
     assert!(
