@@ -19,7 +19,7 @@ pub use allocation::{
 pub use ids::{AllocId, NodeIdx, PoolIdx, Timestamp};
 pub use ledger::{
     AllocationRecord, Decision, Event, Ledger, LedgerConfig, LiveError, NodeError, PoolError,
-    RestoreError, Shortfall, ShortfallReason, Snapshot, State, SubmitError, Submitted,
+    ResizeError, RestoreError, Shortfall, ShortfallReason, Snapshot, State, SubmitError, Submitted,
 };
 pub use node::{NODE_LABEL, Node, NodeSpec, Pool, PoolSpec};
 pub use policy::{Placement, Policy, Preemption, QueueRank};

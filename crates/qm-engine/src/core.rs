@@ -704,6 +704,58 @@ impl Core {
         }
     }
 
+    /// Resizes a grant in place (`Ledger::resize`), durably.
+    pub(crate) fn resize(
+        &mut self,
+        id: AllocId,
+        resources: qm_core::Resources,
+        limits: Option<qm_core::Resources>,
+        tx: oneshot::Sender<Result<AllocationDoc, EngineError>>,
+    ) {
+        if let Some(e) = self.refuse_write() {
+            let _ = tx.send(Err(e));
+            return;
+        }
+        match self.ledger.resize(id, resources, limits) {
+            Ok(()) => {
+                let Some(alloc) = self.ledger.state().alloc(id) else {
+                    return;
+                };
+                let (row, doc) = persist::row(alloc, &self.ledger, &self.catalog);
+                let mut ops = self.changes(&[]);
+                ops.push(Op::PutAllocation(row));
+                if let Some(n) = doc.node.as_deref().and_then(|n| self.node_op(n)) {
+                    ops.push(n);
+                }
+                self.commit(ops, doc, tx);
+            }
+            Err(qm_core::ResizeError::NotLive(_)) => {
+                let _ = tx.send(Err(EngineError::NotFound(format!(
+                    "allocation {id} is not live"
+                ))));
+            }
+            Err(qm_core::ResizeError::NotGranted(_)) => {
+                let _ = tx.send(Err(EngineError::Conflict(format!(
+                    "allocation {id} is queued; only grants are resized"
+                ))));
+            }
+            Err(qm_core::ResizeError::LimitBelowRequest) => {
+                let _ = tx.send(Err(field("limits", "a limit is below its request")));
+            }
+            Err(qm_core::ResizeError::Short(missing)) => {
+                let missing = render_resources(&self.catalog, &missing);
+                let _ = tx.send(Err(EngineError::Conflict(format!(
+                    "allocation {id} cannot grow: its node or pool lacks {}",
+                    missing
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))));
+            }
+        }
+    }
+
     pub(crate) fn metrics(&self) -> Snapshot {
         let st = self.ledger.state();
         let nodes = st

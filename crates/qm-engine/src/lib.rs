@@ -340,6 +340,18 @@ impl Engine {
             .await?
     }
 
+    /// Changes a grant's size in place (its node and pool must have room for the growth;
+    /// never forced), durably.
+    pub async fn resize(
+        &self,
+        id: AllocId,
+        resources: qm_core::Resources,
+        limits: Option<qm_core::Resources>,
+    ) -> Result<AllocationDoc, EngineError> {
+        self.call(move |core, tx| core.resize(id, resources, limits, tx))
+            .await?
+    }
+
     /// Renews a grant's lease.
     pub async fn renew(
         &self,

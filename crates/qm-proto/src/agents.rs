@@ -435,6 +435,21 @@ pub struct FleetSpec {
     pub replicas: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<AutoscaleWire>,
+    /// Right-sizing of the members: `off` (default), `recommend` (recommendations only) or
+    /// `auto` (each member resized in place, without a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vertical: Option<VerticalWire>,
+}
+
+/// A fleet's vertical scaling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerticalWire {
+    /// `off`, `recommend` or `auto`.
+    pub mode: String,
+    /// Seconds between two resizes of one member (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_interval_s: Option<f64>,
 }
 
 impl FleetSpec {
@@ -459,6 +474,20 @@ impl FleetSpec {
         if self.replicas > 10_000 {
             errors.push(FieldProblem::new("replicas", "must be at most 10000"));
         }
+        if let Some(v) = &self.vertical {
+            if !["off", "recommend", "auto"].contains(&v.mode.as_str()) {
+                errors.push(FieldProblem::new(
+                    "vertical.mode",
+                    format!("{:?} is not off, recommend or auto", v.mode),
+                ));
+            }
+            seconds(
+                &mut errors,
+                "vertical.min_interval_s",
+                v.min_interval_s,
+                86_400.0,
+            );
+        }
         errors
     }
 }
@@ -480,6 +509,8 @@ pub struct FleetDoc {
     pub last_scale: Option<String>,
     /// Template generation: members of an older one are rolled.
     pub generation: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vertical: Option<VerticalWire>,
 }
 
 /// `GET /v1/fleets`.

@@ -13,7 +13,8 @@ mod types;
 
 pub use agents::{
     AgentDoc, AgentList, AgentSpec, AgentState, AutoscaleWire, FleetDoc, FleetList, FleetSpec,
-    HealthWire, LogsDoc, MetricPush, REDACTED, RecommendationDoc, RecommendationList, valid_name,
+    HealthWire, LogsDoc, MetricPush, REDACTED, RecommendationDoc, RecommendationList, VerticalWire,
+    valid_name,
 };
 pub use decode::{DecodeError, decode};
 pub use monitor::{

@@ -255,6 +255,7 @@ impl Supervisor {
             grace,
             confinement,
             group,
+            resized_ms: None,
         };
         let id = agent.doc.id.clone();
         if let Ok(mut agents) = self.inner.agents.lock() {

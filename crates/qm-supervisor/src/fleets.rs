@@ -221,6 +221,7 @@ impl Supervisor {
                         f.doc.autoscale = spec.autoscale.clone();
                     }
                     f.doc.replicas = spec.replicas;
+                    f.doc.vertical = spec.vertical.clone();
                     f.doc.clone()
                 }
                 (None, true) => {
@@ -234,6 +235,7 @@ impl Supervisor {
                         metric: None,
                         last_scale: None,
                         generation: 1,
+                        vertical: spec.vertical.clone(),
                     };
                     fleets.insert(
                         spec.name.clone(),
@@ -400,7 +402,156 @@ impl Supervisor {
                 }]);
             }
             self.reconcile_members(&name).await;
+            self.resize_members(&name, now).await;
         }
+    }
+
+    /// `vertical.mode = auto`: each running member whose recommendation moved more than 10%
+    /// from its size is resized in place, through the ledger (never forced: a growth that
+    /// does not fit is left for later) and then in its cgroup, without a restart; never
+    /// below what it uses now, and at most once per `min_interval_s`.
+    async fn resize_members(&self, name: &str, now: u64) {
+        let Some(vertical) = self
+            .inner
+            .fleets
+            .lock()
+            .ok()
+            .and_then(|f| f.get(name).and_then(|f| f.doc.vertical.clone()))
+        else {
+            return;
+        };
+        if vertical.mode != "auto" || self.inner.placed_fleets.get().is_some() {
+            return;
+        }
+        let interval_ms = (vertical.min_interval_s.unwrap_or(300.0) * 1000.0) as u64;
+        let members: Vec<AgentDoc> = match self.inner.agents.lock() {
+            Ok(a) => a
+                .values()
+                .filter(|a| {
+                    a.doc.fleet.as_deref() == Some(name)
+                        && a.doc.state == AgentState::Running
+                        && a.resized_ms.is_none_or(|t| now >= t + interval_ms)
+                        && now >= a.started_ms + interval_ms
+                })
+                .map(|a| a.doc.clone())
+                .collect(),
+            Err(_) => return,
+        };
+        for m in members {
+            let Some(rec) = self
+                .recommendations(Some(&format!("agent/{}", m.name)))
+                .into_iter()
+                .next()
+            else {
+                continue;
+            };
+            if let Err(error) = self.resize_member(name, &m, &rec, now).await {
+                tracing::warn!(%error, fleet = name, agent = %m.name, "cannot resize");
+            }
+        }
+    }
+
+    async fn resize_member(
+        &self,
+        fleet: &str,
+        m: &AgentDoc,
+        rec: &crate::TargetRecommendation,
+        now: u64,
+    ) -> Result<(), AgentError> {
+        use qm_core::quantity::{Unit, parse};
+        let wire = |k: &str| {
+            m.spec.resources.get(k).and_then(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .or_else(|| Some(v.to_string()))
+            })
+        };
+        let cur_cpu = wire("cpu").and_then(|v| parse(Unit::Millicores, &v).ok());
+        let cur_mem = wire("memory").and_then(|v| parse(Unit::Bytes, &v).ok());
+        let used = m.usage.clone().unwrap_or_default();
+        let used_mem = used
+            .get("memory")
+            .and_then(|v| parse(Unit::Bytes, v).ok())
+            .unwrap_or(0);
+        // never below what it uses now
+        let new_cpu = ((rec.cpu_cores * 1000.0).ceil() as u64).max(1);
+        let new_mem = (rec.memory_bytes.ceil() as u64).max(used_mem + used_mem / 10);
+        let moved = |cur: Option<u64>, new: u64| {
+            cur.is_none_or(|c| (c as f64 - new as f64).abs() > 0.1 * (c.max(new) as f64))
+        };
+        if !(moved(cur_cpu, new_cpu) || moved(cur_mem, new_mem)) {
+            return Ok(());
+        }
+        let Some(alloc) = m
+            .allocation
+            .as_deref()
+            .and_then(|a| a.parse::<qm_core::AllocId>().ok())
+        else {
+            return Ok(());
+        };
+        let resources = qm_core::Resources::new(new_cpu, new_mem);
+        let limits = qm_core::Resources::new(0, new_mem);
+        self.engine()
+            .resize(alloc, resources.clone(), Some(limits.clone()))
+            .await?;
+        // the cgroup follows the ledger: the same limits a member of this size would get
+        let request = qm_core::Request {
+            limits: Some(limits),
+            ..qm_core::Request::new(&m.name, resources)
+        };
+        let confinement = self.confinement_of(&request);
+        let applied = self
+            .cg(&m.name, |d, g| {
+                d.apply(g, &confinement.0).map_err(|e| e.to_string())
+            })
+            .unwrap_or(Ok(()));
+        let (cpu_s, mem_s) = (
+            qm_core::quantity::format(Unit::Millicores, new_cpu),
+            qm_core::quantity::format(Unit::Bytes, new_mem),
+        );
+        let doc = {
+            let mut agents = self.inner.agents.lock().map_err(|_| EngineError::Stopped)?;
+            let Some(a) = agents.get_mut(&m.name) else {
+                return Ok(());
+            };
+            a.doc
+                .spec
+                .resources
+                .insert("cpu".to_owned(), serde_json::Value::String(cpu_s.clone()));
+            a.doc.spec.resources.insert(
+                "memory".to_owned(),
+                serde_json::Value::String(mem_s.clone()),
+            );
+            let mut lim = a.doc.spec.limits.clone().unwrap_or_default();
+            lim.insert(
+                "memory".to_owned(),
+                serde_json::Value::String(mem_s.clone()),
+            );
+            a.doc.spec.limits = Some(lim);
+            a.doc.qos = Some(confinement.2.clone());
+            a.confinement = Some(confinement);
+            a.resized_ms = Some(now);
+            a.doc.clone()
+        };
+        self.persist(vec![doc]).await?;
+        let reason = format!(
+            "{}: resized in place to cpu {cpu_s}, memory {mem_s} (recommended; {}){}",
+            m.name,
+            rec.reason,
+            applied
+                .err()
+                .map(|e| format!("; its cgroup kept its limits: {e}"))
+                .unwrap_or_default()
+        );
+        tracing::info!(fleet, "{reason}");
+        self.engine().publish(vec![qm_proto::EventDoc {
+            kind: "fleet.resized".to_owned(),
+            at: qm_proto::format_rfc3339(now),
+            agent: Some(m.name.clone()),
+            reason: Some(format!("{fleet}/{reason}")),
+            ..qm_proto::EventDoc::default()
+        }]);
+        Ok(())
     }
 
     /// [`reconcile_members`](Self::reconcile_members) for a fleet whose members are placed.

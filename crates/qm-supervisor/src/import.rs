@@ -21,6 +21,7 @@ impl Supervisor {
                 template: fresh(f.template.clone()),
                 replicas: f.replicas,
                 autoscale: f.autoscale.clone(),
+                vertical: f.vertical.clone(),
             };
             let create = self.fleet(&f.name).is_none();
             match self.put_fleet(spec, create).await {

@@ -132,6 +132,8 @@ struct Agent {
     confinement: Option<Confinement>,
     /// A cgroup made while the admission was decided, used by the first launch.
     group: Option<qm_cgroup::Group>,
+    /// When it was last resized in place (vertical scaling).
+    resized_ms: Option<u64>,
 }
 
 /// How an agent is confined: its cgroup limits, `oom_score_adj` and QoS class name.

@@ -70,6 +70,7 @@ impl Supervisor {
                     None
                 },
                 group: None,
+                resized_ms: None,
                 doc,
             };
             match a.doc.state {

@@ -374,6 +374,7 @@ pub(crate) fn fleets(
                 template: f.template,
                 replicas,
                 autoscale: f.autoscale,
+                vertical: f.vertical,
             };
             (vec![c.update_fleet(&spec)?], false)
         }
@@ -841,6 +842,7 @@ target = 0.5
             metric: None,
             last_scale: None,
             generation: 0,
+            vertical: None,
         };
         let mut out = Vec::new();
         fleets_table(&mut out, &[f]).unwrap();

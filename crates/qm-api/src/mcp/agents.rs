@@ -133,6 +133,7 @@ pub(crate) async fn scale_fleet(api: &Api<'_>, a: ScaleFleetArgs) -> Result<Repl
         "template": fleet.template,
         "replicas": a.replicas,
         "autoscale": fleet.autoscale,
+        "vertical": fleet.vertical,
     });
     let (_, v) = api.send(Method::PUT, &path, Some(spec)).await?;
     let doc: FleetDoc = typed(v)?;

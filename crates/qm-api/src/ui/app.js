@@ -392,7 +392,7 @@ document.addEventListener("click", async (ev) => {
       if (await confirmed(`Scale fleet ${f.name} to ${replicas}?`)) {
         await api(`/v1/fleets/${encodeURIComponent(f.name)}`, {
           method: "PUT", headers: { "Content-Type": "application/json" },
-          body: JSON.stringify({ name: f.name, replicas, template: f.template, autoscale: f.autoscale ?? undefined }),
+          body: JSON.stringify({ name: f.name, replicas, template: f.template, autoscale: f.autoscale ?? undefined, vertical: f.vertical ?? undefined }),
         });
         refresh(["fleets"]);
       }

@@ -70,6 +70,20 @@ pub enum Event {
     NodeNotReady { node: NodeIdx },
 }
 
+/// Why a grant keeps its size.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResizeError {
+    #[error("allocation {0} is not live")]
+    NotLive(AllocId),
+    #[error("allocation {0} is queued, not granted")]
+    NotGranted(AllocId),
+    #[error("limits: a limit is below its request")]
+    LimitBelowRequest,
+    /// Its node (or pool) lacks this much of the growth.
+    #[error("no room for the growth")]
+    Short(Resources),
+}
+
 /// Why a request cannot be granted now, and what is missing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shortfall {
@@ -304,6 +318,77 @@ impl Ledger {
         }
         self.state.expiry.insert((expires, id));
         Ok(expires)
+    }
+
+    /// Changes a grant's size in place (vertical scaling without a restart): `resources`
+    /// and `limits` replace its own when its node and pool have room for the growth (a
+    /// smaller size always fits). Refused, changing nothing, otherwise; never forced.
+    pub fn resize(
+        &mut self,
+        id: AllocId,
+        resources: Resources,
+        limits: Option<Resources>,
+    ) -> Result<(), ResizeError> {
+        let alloc = self.state.allocs.get(id).ok_or(ResizeError::NotLive(id))?;
+        if alloc.state != AllocState::Granted {
+            return Err(ResizeError::NotGranted(id));
+        }
+        if let Some(l) = &limits {
+            for (rid, req) in resources.iter() {
+                let lim = l.get(rid);
+                if lim != 0 && lim < req {
+                    return Err(ResizeError::LimitBelowRequest);
+                }
+            }
+        }
+        let (old, node_idx, pool_idx) = (alloc.resources.clone(), alloc.node, alloc.pool);
+        let Some(node_idx) = node_idx else {
+            return Err(ResizeError::NotGranted(id));
+        };
+        let growth = resources.saturating_sub(&old);
+        if let Some(node) = self.state.node(node_idx) {
+            let short = node.available().shortfall_for(&growth);
+            if !short.is_empty() {
+                return Err(ResizeError::Short(short));
+            }
+        }
+        if let Some(pool) = self.state.pool(pool_idx)
+            && let Some(cap) = &pool.spec.limit
+            && !growth.fits_under_cap(&pool.allocated, cap)
+        {
+            return Err(ResizeError::Short(growth.over_cap(&pool.allocated, cap)));
+        }
+        if let Some(a) = self.state.allocs.get(id) {
+            self.policy.unreserve(&self.state, a);
+        }
+        if let Some(n) = self.node_mut(node_idx) {
+            n.allocated.sub(&old);
+            n.allocated.add(&resources);
+        }
+        if let Some(p) = self.pool_mut(pool_idx) {
+            p.allocated.sub(&old);
+            p.allocated.add(&resources);
+        }
+        if let Some(a) = self.state.allocs.get_mut(id) {
+            a.qos = crate::priority::Qos::derive(&resources, limits.as_ref());
+            match (&mut a.extra, limits) {
+                (Some(e), l) => e.limits = l,
+                (None, Some(l)) => {
+                    a.extra = Some(Box::new(crate::allocation::Extra {
+                        limits: Some(l),
+                        labels: crate::Labels::new(),
+                        node_selector: crate::Labels::new(),
+                        topology: crate::allocation::Topology::default(),
+                    }));
+                }
+                (None, None) => {}
+            }
+            a.resources = resources;
+        }
+        if let Some(a) = self.state.allocs.get(id) {
+            self.policy.reserve(&self.state, a);
+        }
+        Ok(())
     }
 
     /// Takes a grant back to relieve pressure; `reason` is recorded on it.

@@ -343,3 +343,50 @@ fn a_queued_request_with_a_lease_holds_its_place_only_while_renewed() {
     assert_eq!(l.renew(t(100_000), p, None), Err(LiveError::NoLease(p)));
     let _ = blocker;
 }
+
+#[test]
+fn a_grant_is_resized_in_place_when_its_node_has_room_and_never_forced() {
+    let rogue = Rogue::default();
+    let mut l = Ledger::new(Box::new(rogue.clone()), LedgerConfig::default());
+    let n0 = l
+        .register_node(t(0), NodeSpec::new("n0", Resources::new(2000, 8 * GI)))
+        .unwrap();
+    *rogue.0.lock().unwrap() = Some(Placement {
+        node: n0,
+        victims: vec![],
+        preemption: Preemption::None,
+    });
+    let a = granted(&mut l, req("a", 1000, 100));
+    let b = granted(&mut l, req("b", 500, 100));
+    // smaller: always; the node's books follow
+    l.resize(
+        a,
+        Resources::new(250, GI / 4),
+        Some(Resources::new(0, GI / 4)),
+    )
+    .unwrap();
+    let node = |l: &Ledger| l.state().node(n0).unwrap().allocated().clone();
+    assert_eq!(node(&l), Resources::new(750, GI + GI / 4));
+    let alloc = l.state().alloc(a).unwrap();
+    assert_eq!(alloc.resources(), &Resources::new(250, GI / 4));
+    assert_eq!(alloc.limits(), Some(&Resources::new(0, GI / 4)));
+    // larger, within what is left: fine; beyond it: refused, nothing changed
+    l.resize(a, Resources::new(1500, GI), None).unwrap();
+    assert_eq!(node(&l), Resources::new(2000, 2 * GI));
+    let e = l.resize(b, Resources::new(600, GI), None).unwrap_err();
+    assert_eq!(e, ResizeError::Short(Resources::new(100, 0)));
+    assert_eq!(node(&l), Resources::new(2000, 2 * GI));
+    // a limit under the request, or a queued request, is refused
+    assert_eq!(
+        l.resize(b, Resources::new(500, GI), Some(Resources::new(0, GI / 2))),
+        Err(ResizeError::LimitBelowRequest)
+    );
+    assert!(matches!(
+        l.resize(
+            AllocId::new(999_999, 0).unwrap(),
+            Resources::new(1, 1),
+            None
+        ),
+        Err(ResizeError::NotLive(_))
+    ));
+}

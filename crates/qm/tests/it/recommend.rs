@@ -165,3 +165,96 @@ fn agents_are_recommended_what_they_use_and_more_after_an_oom_kill() {
     assert_eq!(d.delete("/v1/agents/holder").status, 200);
     d.stop();
 }
+
+/// `vertical.mode = auto`: a fleet member that asked for 1 GiB and holds about 40 MiB is
+/// resized in place: its allocation and its cgroup's memory limit come down, its process is
+/// the same (no restart), and `fleet.resized` says so.
+#[test]
+fn a_fleet_in_auto_is_resized_in_place_without_a_restart() {
+    if !crate::agents::can_confine() {
+        return;
+    }
+    let dir = temp_dir("vertical");
+    let config = dir.join("qm.toml");
+    std::fs::write(
+        &config,
+        "[agents]\ncgroup_parent = \"qm-it-vertical\"\n\
+         [monitor]\ninterval_s = 0.2\nagent_interval_s = 0.2\n\
+         [recommender]\nmin_samples = 5\n",
+    )
+    .expect("config");
+    let d = Daemon::start(
+        &dir.join("data"),
+        &[
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--capacity",
+            "cpu=4,memory=8Gi",
+        ],
+    );
+    let fleet = d.post(
+        "/v1/fleets",
+        &json!({
+            "name": "va", "replicas": 1,
+            "vertical": { "mode": "auto", "min_interval_s": 1 },
+            "template": {
+                "name": "va",
+                "command": ["python3", "-c",
+                    "b = bytearray(40 * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1\nimport time; time.sleep(300)"],
+                "resources": { "cpu": "500m", "memory": "1Gi" },
+                "limits": { "memory": "1Gi" }
+            }
+        })
+        .to_string(),
+    );
+    assert_eq!(fleet.status, 201, "{:?}", fleet.body);
+    let (pid, alloc) = eventually("the member running", 20, || {
+        let a = d.get("/v1/agents/va-0").body;
+        (a["state"] == "running").then(|| {
+            (
+                a["pid"].as_u64().expect("a pid"),
+                a["allocation"].as_str().expect("an allocation").to_owned(),
+            )
+        })
+    });
+    let resized = eventually("the member resized in place", 30, || {
+        let a = d.get(&format!("/v1/allocations/{alloc}")).body;
+        let mem = bytes(&a["resources"]["memory"]);
+        (mem < 200.0 * MI).then_some(a)
+    });
+    assert!(
+        bytes(&resized["resources"]["memory"]) > 40.0 * MI,
+        "{resized}"
+    );
+    let agent = d.get("/v1/agents/va-0").body;
+    assert_eq!(agent["pid"], pid, "the same process: {agent}");
+    assert_eq!(agent["restarts"], 0, "{agent}");
+    assert_eq!(agent["state"], "running", "{agent}");
+    assert_eq!(
+        agent["spec"]["resources"]["memory"], resized["resources"]["memory"],
+        "{agent}"
+    );
+    // the cgroup's limit came down with it (v1 memory controller, or cgroup2)
+    let cgroup = agent["cgroup"].as_str().expect("a cgroup").to_owned();
+    let limit = ["memory.limit_in_bytes", "memory.max"]
+        .iter()
+        .find_map(|f| {
+            std::fs::read_to_string(format!("/sys/fs/cgroup/memory/{cgroup}/{f}"))
+                .or_else(|_| std::fs::read_to_string(format!("/sys/fs/cgroup/{cgroup}/{f}")))
+                .ok()
+        })
+        .expect("a memory limit file");
+    let limit: f64 = limit.trim().parse().expect("a number");
+    assert!(limit < 200.0 * MI && limit > 40.0 * MI, "limit {limit}");
+    let seen =
+        crate::events::read_events(format!("{}/v1/events?since=0", d.base), d.bearer(), 1000)
+            .recv_timeout(std::time::Duration::from_secs(15))
+            .expect("the events");
+    assert!(
+        seen.iter()
+            .any(|(kind, _, data)| kind == "fleet.resized" && data.contains("va-0")),
+        "{seen:?}"
+    );
+    assert_eq!(d.delete("/v1/fleets/va").status, 200);
+    d.stop();
+}
