@@ -707,8 +707,13 @@ fn client(
                     .header("authorization", &auth)
                     .call();
                 match r {
-                    Ok(r) if r.status().as_u16() == 200 => {
-                        acked.lock().expect("the acks").released.insert(id);
+                    // a release answers the allocation's final state: `released`, or
+                    // `lost` when its node was lost first (nothing to give back then)
+                    Ok(mut r) if r.status().as_u16() == 200 => {
+                        let v: Value = r.body_mut().read_json().unwrap_or(Value::Null);
+                        if v["state"] == "released" {
+                            acked.lock().expect("the acks").released.insert(id);
+                        }
                     }
                     _ => held.push_front((id, base.clone())),
                 }
