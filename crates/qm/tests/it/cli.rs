@@ -163,6 +163,24 @@ fn serve_refuses_broken_configs_naming_the_key() {
             "cluster.lease_ttl_s",
         ),
         ("[cluster]\nleader = true\n", "leader"),
+        (
+            "[cluster]\netcd = [\"http://h:2379\"]\nca_file = \"/nonexistent/ca.pem\"\n",
+            "cluster.ca_file",
+        ),
+        (
+            "[recommender]\nmin_samples = 0\n",
+            "recommender.min_samples",
+        ),
+        ("[recommender]\noom_bump = 0.5\n", "recommender.oom_bump"),
+        (
+            "[recommender]\ncpu_percentile = 2\n",
+            "recommender.cpu_percentile",
+        ),
+        ("[recommender]\nmax_overcommit = 2\n", "max_overcommit"),
+        (
+            "labels = { \"qm.dev/node\" = \"x\" }\n",
+            "labels.qm.dev/node",
+        ),
     ];
     for (body, key) in cases {
         let path = dir.join("qm.toml");
