@@ -88,7 +88,8 @@ fn not_found(what: &str, name: &str) -> ApiError {
 #[utoipa::path(post, path = "/v1/agents", tag = "agents", request_body = AgentSpec,
     responses((status = 201, body = AgentDoc), (status = 202, description = "waiting for admission", body = AgentDoc),
         (status = 409, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json")))]
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "in a cluster: the leader cannot be reached, or an adoption asked of a member that does not lead", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn create_agent(
     State(app): State<App>,
     caller: Caller,
@@ -457,7 +458,9 @@ pub(crate) async fn push_metric(
 
 #[utoipa::path(get, path = "/v1/recommendations", tag = "agents",
     params(("target" = Option<String>, Query, description = "one target: agent/NAME or fleet/NAME")),
-    responses((status = 200, body = qm_proto::RecommendationList)))]
+    responses((status = 200, body = qm_proto::RecommendationList),
+        (status = 422, description = "an unknown query parameter, or a target that is not agent/NAME or fleet/NAME", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "this daemon runs without its supervisor", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn recommendations(
     State(app): State<App>,
     caller: Caller,

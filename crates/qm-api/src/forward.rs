@@ -179,6 +179,69 @@ pub(crate) async fn relay(State(relay): State<Arc<Relay>>, req: Request, next: N
     pass_on(&relay.agent, &leader, &parts, &bytes).await
 }
 
+/// The request to pass on to `leader`: as it came (method, path and query, the [`PASSED`]
+/// headers and `extra` ones), marked [`RELAYED`].
+fn outgoing(
+    leader: &str,
+    parts: &axum::http::request::Parts,
+    extra: Option<&HeaderName>,
+) -> axum::http::request::Builder {
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
+    let mut out = axum::http::Request::builder()
+        .method(parts.method.clone())
+        .uri(format!("{}{path}", leader.trim_end_matches('/')));
+    for name in PASSED.iter().chain(extra) {
+        if let Some(v) = parts.headers.get(name) {
+            out = out.header(name, v);
+        }
+    }
+    out.header(&RELAYED, "1")
+}
+
+fn cannot_relay() -> Response {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "cannot relay this request",
+    )
+    .into_response()
+}
+
+fn unreachable(detail: String) -> Response {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "leader_unreachable",
+        detail,
+    )
+    .into_response()
+}
+
+/// The leader's answer as this member gives it: its status, its [`RETURNED`] headers (and
+/// `extra`), and which leader answered.
+fn answered(
+    leader: &str,
+    status: axum::http::StatusCode,
+    headers: &axum::http::HeaderMap,
+    body: Body,
+    extra: Option<&HeaderName>,
+) -> Response {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    for name in RETURNED.iter().chain(extra) {
+        if let Some(v) = headers.get(name) {
+            resp.headers_mut().insert(name.clone(), v.clone());
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(leader) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static("x-qm-leader"), v);
+    }
+    resp
+}
+
 /// Sends the request to `leader` as it came (with [`RELAYED`]) and answers what it answered.
 async fn pass_on(
     agent: &ureq::Agent,
@@ -186,30 +249,10 @@ async fn pass_on(
     parts: &axum::http::request::Parts,
     bytes: &[u8],
 ) -> Response {
-    let agent = agent.clone();
-    let leader = leader.to_owned();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
-    let url = format!("{}{path}", leader.trim_end_matches('/'));
-    let mut out = axum::http::Request::builder()
-        .method(parts.method.clone())
-        .uri(&url);
-    for name in &PASSED {
-        if let Some(v) = parts.headers.get(name) {
-            out = out.header(name, v);
-        }
-    }
-    out = out.header(&RELAYED, "1");
-    let Ok(out) = out.body(bytes.to_vec()) else {
-        return ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "cannot relay this request",
-        )
-        .into_response();
+    let Ok(out) = outgoing(leader, parts, None).body(bytes.to_vec()) else {
+        return cannot_relay();
     };
+    let agent = agent.clone();
     let answer = tokio::task::spawn_blocking(move || {
         let mut resp = agent.run(out)?;
         let body = resp
@@ -222,31 +265,12 @@ async fn pass_on(
     .await;
     match answer {
         Ok(Ok((status, headers, body))) => {
-            let mut resp = Response::new(Body::from(body));
-            *resp.status_mut() = status;
-            for name in &RETURNED {
-                if let Some(v) = headers.get(name) {
-                    resp.headers_mut().insert(name.clone(), v.clone());
-                }
-            }
-            if let Ok(v) = HeaderValue::from_str(&leader) {
-                resp.headers_mut()
-                    .insert(HeaderName::from_static("x-qm-leader"), v);
-            }
-            resp
+            answered(leader, status, &headers, Body::from(body), None)
         }
-        Ok(Err(e)) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "leader_unreachable",
-            format!("this member does not lead and the leader at {leader} did not answer: {e}"),
-        )
-        .into_response(),
-        Err(e) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "leader_unreachable",
-            format!("relaying to the leader failed: {e}"),
-        )
-        .into_response(),
+        Ok(Err(e)) => unreachable(format!(
+            "this member does not lead and the leader at {leader} did not answer: {e}"
+        )),
+        Err(e) => unreachable(format!("relaying to the leader failed: {e}")),
     }
 }
 
@@ -257,32 +281,14 @@ async fn stream_from(
     leader: &str,
     parts: &axum::http::request::Parts,
 ) -> Response {
-    let agent = agent.clone();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
-    let mut out = axum::http::Request::builder()
-        .method(parts.method.clone())
-        .uri(format!("{}{path}", leader.trim_end_matches('/')));
     let resume = HeaderName::from_static("last-event-id");
-    for name in PASSED.iter().chain(std::iter::once(&resume)) {
-        if let Some(v) = parts.headers.get(name) {
-            out = out.header(name, v);
-        }
-    }
-    let Ok(out) = out.header(&RELAYED, "1").body(()) else {
-        return ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "cannot relay this request",
-        )
-        .into_response();
+    let Ok(out) = outgoing(leader, parts, Some(&resume)).body(()) else {
+        return cannot_relay();
     };
+    let agent = agent.clone();
     type Chunk = Result<axum::body::Bytes, std::io::Error>;
     let (chunks, mut rx) = tokio::sync::mpsc::channel::<Chunk>(16);
     let (head_tx, head) = tokio::sync::oneshot::channel();
-    let leader_url = leader.to_owned();
     let spawned = std::thread::Builder::new()
         .name("qm-relay-events".to_owned())
         .spawn(move || {
@@ -310,44 +316,23 @@ async fn stream_from(
             }
         });
     if let Err(e) = spawned {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "leader_unreachable",
-            format!("cannot relay the event stream: {e}"),
-        )
-        .into_response();
+        return unreachable(format!("cannot relay the event stream: {e}"));
     }
     match head.await {
         Ok(Ok((status, headers))) => {
             let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-            let mut resp = Response::new(Body::from_stream(body));
-            *resp.status_mut() = status;
-            for name in RETURNED
-                .iter()
-                .chain(std::iter::once(&header::CACHE_CONTROL))
-            {
-                if let Some(v) = headers.get(name) {
-                    resp.headers_mut().insert(name.clone(), v.clone());
-                }
-            }
-            if let Ok(v) = HeaderValue::from_str(&leader_url) {
-                resp.headers_mut()
-                    .insert(HeaderName::from_static("x-qm-leader"), v);
-            }
-            resp
+            answered(
+                leader,
+                status,
+                &headers,
+                Body::from_stream(body),
+                Some(&header::CACHE_CONTROL),
+            )
         }
-        Ok(Err(e)) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "leader_unreachable",
-            format!("this member does not lead and the leader at {leader_url} did not answer: {e}"),
-        )
-        .into_response(),
-        Err(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "leader_unreachable",
-            "relaying the event stream failed",
-        )
-        .into_response(),
+        Ok(Err(e)) => unreachable(format!(
+            "this member does not lead and the leader at {leader} did not answer: {e}"
+        )),
+        Err(_) => unreachable("relaying the event stream failed".to_owned()),
     }
 }
 

@@ -23,20 +23,28 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// Whether `etcd` is installed; when not, says so (and fails the test under
+/// `QM_ETCD=required`).
+fn installed() -> bool {
+    let found = Command::new("etcd")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("QM_ETCD").as_deref() != Ok("required"),
+            "QM_ETCD=required but etcd is not installed"
+        );
+        eprintln!("skipped: etcd is not installed (Debian: etcd-server)");
+    }
+    found
+}
+
 impl Etcd {
     /// Starts one, or answers None (saying so) when `etcd` is not installed, unless
     /// `QM_ETCD=required`, when that fails the test.
     pub fn start(tag: &str) -> Option<Etcd> {
-        let found = Command::new("etcd")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            assert!(
-                std::env::var("QM_ETCD").as_deref() != Ok("required"),
-                "QM_ETCD=required but etcd is not installed"
-            );
-            eprintln!("skipped: etcd is not installed (Debian: etcd-server)");
+        if !installed() {
             return None;
         }
         let dir = std::env::temp_dir().join(format!("qm-etcd-{tag}-{}", std::process::id()));
@@ -83,16 +91,7 @@ impl EtcdCluster {
     /// Starts `n` members, or answers None (saying so) when `etcd` is not installed, unless
     /// `QM_ETCD=required`, when that fails the test.
     pub fn start(tag: &str, n: usize) -> Option<EtcdCluster> {
-        let found = Command::new("etcd")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            assert!(
-                std::env::var("QM_ETCD").as_deref() != Ok("required"),
-                "QM_ETCD=required but etcd is not installed"
-            );
-            eprintln!("skipped: etcd is not installed (Debian: etcd-server)");
+        if !installed() {
             return None;
         }
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();

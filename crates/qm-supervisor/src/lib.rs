@@ -150,6 +150,31 @@ enum Notice {
     Probe { id: String, result: ProbeResult },
 }
 
+/// Every agent's (cpu cores, memory bytes) in the monitor's agent samples, by agent id: one
+/// pass over the samples, not a search per agent.
+fn usage_index(
+    samples: &[qm_sys::metric::Sample],
+) -> std::collections::HashMap<&str, (Option<f64>, Option<f64>)> {
+    let mut usage: std::collections::HashMap<&str, (Option<f64>, Option<f64>)> =
+        std::collections::HashMap::new();
+    for s in samples {
+        let cpu = s.desc.name == "qm_agent_cpu_usage_cores";
+        if !cpu && s.desc.name != "qm_agent_memory_bytes" {
+            continue;
+        }
+        let Some((_, id)) = s.labels.iter().find(|(k, _)| *k == "agent") else {
+            continue;
+        };
+        let e = usage.entry(id.as_str()).or_default();
+        if cpu {
+            e.0.get_or_insert(s.value);
+        } else {
+            e.1.get_or_insert(s.value);
+        }
+    }
+    usage
+}
+
 /// A handle on the supervisor; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Supervisor {
@@ -383,23 +408,7 @@ impl Supervisor {
         let Some(latest) = self.engine().monitor().map(qm_monitor::Monitor::latest) else {
             return docs;
         };
-        let mut usage: std::collections::HashMap<&str, (Option<f64>, Option<f64>)> =
-            std::collections::HashMap::with_capacity(docs.len());
-        for s in latest.agent_samples.iter() {
-            let cpu = s.desc.name == "qm_agent_cpu_usage_cores";
-            if !cpu && s.desc.name != "qm_agent_memory_bytes" {
-                continue;
-            }
-            let Some((_, id)) = s.labels.iter().find(|(k, _)| *k == "agent") else {
-                continue;
-            };
-            let e = usage.entry(id.as_str()).or_default();
-            if cpu {
-                e.0.get_or_insert(s.value);
-            } else {
-                e.1.get_or_insert(s.value);
-            }
-        }
+        let usage = usage_index(&latest.agent_samples);
         for d in &mut docs {
             if d.state == AgentState::Running
                 && let Some((cpu, mem)) = usage.get(d.id.as_str())

@@ -57,23 +57,7 @@ impl Supervisor {
             return;
         }
         learning.seen_at_ms = at_ms;
-        let mut usage: std::collections::HashMap<&str, (Option<f64>, Option<f64>)> =
-            std::collections::HashMap::new();
-        for s in latest.agent_samples.iter() {
-            let cpu = s.desc.name == "qm_agent_cpu_usage_cores";
-            if !cpu && s.desc.name != "qm_agent_memory_bytes" {
-                continue;
-            }
-            let Some((_, id)) = s.labels.iter().find(|(k, _)| *k == "agent") else {
-                continue;
-            };
-            let e = usage.entry(id.as_str()).or_default();
-            if cpu {
-                e.0.get_or_insert(s.value);
-            } else {
-                e.1.get_or_insert(s.value);
-            }
-        }
+        let usage = usage_index(&latest.agent_samples);
         let docs: Vec<AgentDoc> = match self.inner.agents.lock() {
             Ok(a) => a.values().map(|a| a.doc.clone()).collect(),
             Err(_) => return,

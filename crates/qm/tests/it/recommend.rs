@@ -23,21 +23,21 @@ fn bytes(v: &Value) -> f64 {
     }
 }
 
-#[test]
-fn agents_are_recommended_what_they_use_and_more_after_an_oom_kill() {
-    if !crate::agents::can_confine() {
-        return;
-    }
-    let dir = temp_dir("recommend");
+/// A daemon whose agents (under `qm-it-<tag>`) are read five times a second and
+/// recommended for after five samples.
+fn learning_daemon(tag: &str) -> Daemon {
+    let dir = temp_dir(tag);
     let config = dir.join("qm.toml");
     std::fs::write(
         &config,
-        "[agents]\ncgroup_parent = \"qm-it-recommend\"\n\
-         [monitor]\ninterval_s = 0.2\nagent_interval_s = 0.2\n\
-         [recommender]\nmin_samples = 5\n",
+        format!(
+            "[agents]\ncgroup_parent = \"qm-it-{tag}\"\n\
+             [monitor]\ninterval_s = 0.2\nagent_interval_s = 0.2\n\
+             [recommender]\nmin_samples = 5\n"
+        ),
     )
     .expect("config");
-    let d = Daemon::start(
+    Daemon::start(
         &dir.join("data"),
         &[
             "--config",
@@ -45,7 +45,15 @@ fn agents_are_recommended_what_they_use_and_more_after_an_oom_kill() {
             "--capacity",
             "cpu=4,memory=8Gi",
         ],
-    );
+    )
+}
+
+#[test]
+fn agents_are_recommended_what_they_use_and_more_after_an_oom_kill() {
+    if !crate::agents::can_confine() {
+        return;
+    }
+    let d = learning_daemon("recommend");
     let holder = d.post(
         "/v1/agents",
         &json!({
@@ -174,24 +182,7 @@ fn a_fleet_in_auto_is_resized_in_place_without_a_restart() {
     if !crate::agents::can_confine() {
         return;
     }
-    let dir = temp_dir("vertical");
-    let config = dir.join("qm.toml");
-    std::fs::write(
-        &config,
-        "[agents]\ncgroup_parent = \"qm-it-vertical\"\n\
-         [monitor]\ninterval_s = 0.2\nagent_interval_s = 0.2\n\
-         [recommender]\nmin_samples = 5\n",
-    )
-    .expect("config");
-    let d = Daemon::start(
-        &dir.join("data"),
-        &[
-            "--config",
-            config.to_str().expect("utf-8"),
-            "--capacity",
-            "cpu=4,memory=8Gi",
-        ],
-    );
+    let d = learning_daemon("vertical");
     let fleet = d.post(
         "/v1/fleets",
         &json!({
