@@ -457,9 +457,9 @@ pub(crate) async fn push_metric(
 }
 
 #[utoipa::path(get, path = "/v1/recommendations", tag = "agents",
-    params(("target" = Option<String>, Query, description = "one target: agent/NAME or fleet/NAME")),
+    params(("target" = Option<String>, Query, description = "one target: agent/NAME, fleet/NAME or template/NAME")),
     responses((status = 200, body = qm_proto::RecommendationList),
-        (status = 422, description = "an unknown query parameter, or a target that is not agent/NAME or fleet/NAME", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "an unknown query parameter, or a target that is not agent/NAME, fleet/NAME or template/NAME", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "this daemon runs without its supervisor", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn recommendations(
     State(app): State<App>,
@@ -476,12 +476,12 @@ pub(crate) async fn recommendations(
     let target = q.get("target").map(String::as_str);
     if let Some(t) = target {
         let ok = t.split_once('/').is_some_and(|(kind, name)| {
-            matches!(kind, "agent" | "fleet") && qm_proto::valid_name(name)
+            matches!(kind, "agent" | "fleet" | "template") && qm_proto::valid_name(name)
         });
         if !ok {
             return Err(ApiError::field(
                 "target",
-                format!("{t:?} is not agent/NAME or fleet/NAME"),
+                format!("{t:?} is not agent/NAME, fleet/NAME or template/NAME"),
             ));
         }
     }

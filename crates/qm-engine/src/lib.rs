@@ -157,6 +157,18 @@ struct Inner {
     tokens: tokens::Tokens,
     /// The local node's name.
     node_name: String,
+    /// Whether the strategy sizes requests by observed usage (`learned`).
+    sizes_by_usage: bool,
+    /// What sizes them, once the supervisor has said.
+    sizer: std::sync::OnceLock<Arc<dyn Sizer>>,
+}
+
+/// Sizes requests at admission from what their template was seen to use. Under a strategy
+/// that [sizes by usage](qm_sched::Preset::sizes_by_usage) (`learned`), the engine asks it of
+/// every request, dry runs included, before the ledger decides.
+pub trait Sizer: Send + Sync + std::fmt::Debug {
+    /// The request to admit in place of `req`; None keeps `req` as written.
+    fn size(&self, req: &Request) -> Option<Request>;
 }
 
 impl std::fmt::Debug for Msg {
@@ -231,8 +243,22 @@ impl Engine {
                 monitor,
                 tokens,
                 node_name: config.node_name.clone(),
+                sizes_by_usage: qm_sched::preset(&config.strategy).is_ok_and(|p| p.sizes_by_usage),
+                sizer: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Whether the strategy sizes requests by observed usage (`learned`): then the
+    /// supervisor gives the engine its [`Sizer`].
+    pub fn sizes_by_usage(&self) -> bool {
+        self.inner.sizes_by_usage
+    }
+
+    /// Sets what sizes requests at admission (once; later calls are ignored). Only a strategy
+    /// that [sizes by usage](Self::sizes_by_usage) asks it.
+    pub fn set_sizer(&self, sizer: Arc<dyn Sizer>) {
+        let _ = self.inner.sizer.set(sizer);
     }
 
     /// The local node's name (agents started here are placed on it).
@@ -304,6 +330,10 @@ impl Engine {
         key: Option<String>,
     ) -> Result<Replay, EngineError> {
         self.admission(&req)?;
+        let req = match self.inner.sizer.get() {
+            Some(sizer) if self.inner.sizes_by_usage => sizer.size(&req).unwrap_or(req),
+            _ => req,
+        };
         self.call(move |core, tx| core.submit(req, dry_run, key, tx))
             .await?
     }

@@ -375,7 +375,7 @@ pub struct AgentList {
 /// One target's right-sizing (`GET /v1/recommendations`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RecommendationDoc {
-    /// `agent/NAME` or `fleet/NAME`.
+    /// `agent/NAME`, `fleet/NAME` or `template/NAME`.
     pub target: String,
     /// What to request (cpu, memory).
     pub resources: BTreeMap<String, String>,

@@ -8,11 +8,14 @@
 //! every model. [`Config::vpa_like`] is the one-model baseline (Kubernetes' VPA: cpu p90 over
 //! a 24 h half-life, memory peaks p95 plus 15%, +20% after an OOM). [`evaluate`] replays a
 //! trace through a sizing policy and measures slack, overrun, OOMs and changes; [`traces`]
-//! generates agent-like traces with fixed seeds.
+//! generates agent-like traces with fixed seeds. [`admit`] sizes a request at admission from its
+//! template's recommendation (the `learned` strategy).
 
+mod admit;
 mod histogram;
 pub mod traces;
 
+pub use admit::{AdmitRules, Admitted, admit};
 pub use histogram::Histogram;
 
 /// One usage sample.

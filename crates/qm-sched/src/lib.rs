@@ -2,7 +2,8 @@
 //! in the Kubernetes scheduling-framework style (queue order, filter, score, preempt,
 //! reserve/unreserve), found by name in an explicit [`Registry`], and assembled by [`Framework`]
 //! from a [`Profile`]: the built-in presets are `priority` (the default), `fair-share`,
-//! `best-fit`, `first-fit` and `spread`. A framework is the [`qm_core::Policy`] the ledger asks.
+//! `best-fit`, `first-fit`, `spread` and `learned` (priority's line-up, with requests sized by
+//! observed usage at admission). A framework is the [`qm_core::Policy`] the ledger asks.
 
 mod framework;
 mod plugin;

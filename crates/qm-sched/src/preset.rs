@@ -21,11 +21,14 @@ pub struct Preset {
     pub preempt: &'static [&'static str],
     /// Reserve plugins.
     pub reserve: &'static [&'static str],
+    /// Whether admission sizes each request by what its template was seen to use (the daemon
+    /// does it before the ledger decides; see `qm_engine::Sizer`).
+    pub sizes_by_usage: bool,
 }
 
 const FILTERS: &[&str] = &["node-selector", "node-hold", "fits", "topology"];
 
-static PRESETS: [Preset; 5] = [
+static PRESETS: [Preset; 6] = [
     Preset {
         name: "priority",
         summary: "priority order, preemption of strictly lower priorities, best-fit placement (default)",
@@ -34,6 +37,7 @@ static PRESETS: [Preset; 5] = [
         scores: &[("most-allocated", 1)],
         preempt: &["priority-preemption"],
         reserve: &[],
+        sizes_by_usage: false,
     },
     Preset {
         name: "fair-share",
@@ -43,6 +47,7 @@ static PRESETS: [Preset; 5] = [
         scores: &[("most-allocated", 1)],
         preempt: &["reclaim", "priority-preemption"],
         reserve: &[],
+        sizes_by_usage: false,
     },
     Preset {
         name: "best-fit",
@@ -52,6 +57,7 @@ static PRESETS: [Preset; 5] = [
         scores: &[("most-allocated", 1)],
         preempt: &[],
         reserve: &[],
+        sizes_by_usage: false,
     },
     Preset {
         name: "first-fit",
@@ -61,6 +67,7 @@ static PRESETS: [Preset; 5] = [
         scores: &[],
         preempt: &[],
         reserve: &[],
+        sizes_by_usage: false,
     },
     Preset {
         name: "spread",
@@ -70,6 +77,17 @@ static PRESETS: [Preset; 5] = [
         scores: &[("least-allocated", 1), ("agent-spread", 2)],
         preempt: &[],
         reserve: &["agent-spread"],
+        sizes_by_usage: false,
+    },
+    Preset {
+        name: "learned",
+        summary: "priority's placement and preemption, each request sized by its template's observed usage",
+        queue_order: "priority-fifo",
+        filters: FILTERS,
+        scores: &[("most-allocated", 1)],
+        preempt: &["priority-preemption"],
+        reserve: &[],
+        sizes_by_usage: true,
     },
 ];
 

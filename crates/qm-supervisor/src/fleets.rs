@@ -702,6 +702,8 @@ impl Supervisor {
                 }
                 let mut labels = spec.labels.clone().unwrap_or_default();
                 labels.insert(GENERATION.to_owned(), generation.to_string());
+                // as in a cluster: rules and the `learned` strategy can name the fleet
+                labels.insert(FLEET_LABEL.to_owned(), name.to_owned());
                 spec.labels = Some(labels);
                 if let Ok(mut f) = self.inner.fleets.lock()
                     && let Some(f) = f.get_mut(name)

@@ -45,7 +45,7 @@ pub use identity::{
     DYNAMIC, DYNAMIC_UIDS, Requester, User, is_root_user, may_adopt, process_uid, resolve_user,
     valid_default_user,
 };
-pub use recommend::TargetRecommendation;
+pub use recommend::{SIZED_LABEL, TEMPLATE_LABEL, TargetRecommendation};
 pub use responder::ResponderConfig;
 
 /// How the supervisor runs.
@@ -72,6 +72,9 @@ pub struct SupervisorConfig {
     pub server_url: Option<String>,
     /// How agents' sizes are learned (`[recommender]`).
     pub recommender: qm_recommend::Config,
+    /// How the `learned` strategy sizes requests by what was learned (`[recommender]`
+    /// `min_confidence`, `max_overcommit`).
+    pub admit: qm_recommend::AdmitRules,
 }
 
 impl SupervisorConfig {
@@ -89,6 +92,7 @@ impl SupervisorConfig {
             user: identity::DYNAMIC.to_owned(),
             server_url: None,
             recommender: qm_recommend::Config::learned(),
+            admit: qm_recommend::AdmitRules::default(),
         }
     }
 }
@@ -260,6 +264,7 @@ impl Supervisor {
     /// tokio runtime.
     pub async fn start(engine: Engine, config: SupervisorConfig) -> Result<Self, AgentError> {
         let learned = config.recommender.clone();
+        let admit = config.admit;
         let driver = if config.cgroups {
             match qm_cgroup::detect(&config.cgroup_root, &config.cgroup_parent) {
                 Ok(d) => Some(d),
@@ -303,6 +308,7 @@ impl Supervisor {
                 pressure: d.parent_pressure_file(),
             });
         }
+        sup.size_admissions(admit);
         sup.restore().await?;
         let me = sup.clone();
         tokio::spawn(async move { me.run(rx).await });

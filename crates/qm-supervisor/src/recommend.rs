@@ -1,12 +1,27 @@
 //! Right-sizing, learned in the daemon: every agent's usage, as the monitor collects it, feeds
 //! its own recommender (`qm_recommend`); an OOM kill (of its main process, or any in its group)
-//! bumps its memory. A fleet's template gets the median of its members' recommendations, so
-//! one outlier does not drag the template.
+//! bumps its memory. A template (a fleet's, or the agents labelled [`TEMPLATE_LABEL`] alike)
+//! gets the median of its members' recommendations, so one outlier does not drag it. Under
+//! the `learned` strategy, [`TemplateSizer`] sizes each request at admission by its
+//! template's recommendation.
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
-use qm_recommend::{Config, Recommender, Sample};
+use std::sync::RwLock;
+
+use qm_recommend::{AdmitRules, Admitted, Config, Recommendation, Recommender, Sample, Sizing};
+
+/// The label that names an agent's (or an allocation's) template: agents alike under one
+/// name learn together, and the `learned` strategy sizes requests carrying it.
+pub const TEMPLATE_LABEL: &str = "qm.dev/template";
+
+/// The label the `learned` strategy puts on a request it sized: from what, and how.
+pub const SIZED_LABEL: &str = "qm.dev/sized";
+
+/// Templates' current sizes (`template/NAME`, `fleet/NAME`) with their confidence, as the
+/// sizer reads them.
+type TemplateSizes = Arc<RwLock<BTreeMap<String, (Sizing, f64)>>>;
 
 /// What the supervisor keeps to learn: one recommender per agent, and where it stands.
 #[derive(Debug)]
@@ -14,8 +29,12 @@ pub(crate) struct Learning {
     config: Config,
     /// Per agent: its recommender, its OOM kills seen, the start of the run last seen killed.
     agents: BTreeMap<String, (Recommender, u64, Option<String>)>,
+    /// Per agent, gone ones too: its fleet and template names, as last seen.
+    groups: BTreeMap<String, (Option<String>, Option<String>)>,
     /// The monitor's collection last taken (unix ms).
     seen_at_ms: u64,
+    /// The templates' sizes, refreshed with every collection taken.
+    sizes: TemplateSizes,
 }
 
 impl Learning {
@@ -23,15 +42,103 @@ impl Learning {
         Learning {
             config,
             agents: BTreeMap::new(),
+            groups: BTreeMap::new(),
             seen_at_ms: 0,
+            sizes: TemplateSizes::default(),
         }
+    }
+
+    /// Each template's members' recommendations: `fleet/NAME` and `template/NAME`.
+    fn templates(&self) -> BTreeMap<String, Vec<Recommendation>> {
+        let mut out: BTreeMap<String, Vec<Recommendation>> = BTreeMap::new();
+        for (name, (r, _, _)) in &self.agents {
+            let (Some(rec), Some((fleet, template))) = (r.recommendation(), self.groups.get(name))
+            else {
+                continue;
+            };
+            if let Some(f) = fleet {
+                out.entry(format!("fleet/{f}"))
+                    .or_default()
+                    .push(rec.clone());
+            }
+            if let Some(t) = template {
+                out.entry(format!("template/{t}")).or_default().push(rec);
+            }
+        }
+        out
+    }
+}
+
+/// The median of one quantity over a template's members' recommendations (not empty).
+fn median(recs: &[Recommendation], f: fn(&Recommendation) -> f64) -> f64 {
+    let mut v: Vec<f64> = recs.iter().map(f).collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Sizes requests at admission by their template's recommendation (the `learned` strategy):
+/// [`TEMPLATE_LABEL`] names the template, or else the fleet label. A request sized carries
+/// [`SIZED_LABEL`] saying from what and how.
+#[derive(Debug)]
+pub(crate) struct TemplateSizer {
+    sizes: TemplateSizes,
+    rules: AdmitRules,
+}
+
+impl qm_engine::Sizer for TemplateSizer {
+    fn size(&self, req: &qm_core::Request) -> Option<qm_core::Request> {
+        let target = match (req.labels.get(TEMPLATE_LABEL), req.labels.get(FLEET_LABEL)) {
+            (Some(t), _) => format!("template/{t}"),
+            (None, Some(f)) => format!("fleet/{f}"),
+            (None, None) => return None,
+        };
+        let (recommended, confidence) = *self.sizes.read().ok()?.get(&target)?;
+        let sizing = |r: &qm_core::Resources| Sizing {
+            cpu: r.cpu() as f64 / 1000.0,
+            memory: r.memory() as f64,
+        };
+        let written = sizing(&req.resources);
+        let limits = req.limits.as_ref().map(sizing);
+        let Admitted::Sized(s) =
+            qm_recommend::admit(written, limits, recommended, confidence, self.rules)
+        else {
+            return None;
+        };
+        let mut out = req.clone();
+        // whole millicores and MiB, rounded up
+        let cpu = (s.cpu * 1000.0).ceil() as u64;
+        let memory = ((s.memory / 1_048_576.0).ceil() as u64).saturating_mul(1_048_576);
+        let memory = if req.resources.memory() == 0 {
+            0
+        } else {
+            memory
+        };
+        out.resources.set(qm_core::ResourceId::CPU, cpu);
+        out.resources.set(qm_core::ResourceId::MEMORY, memory);
+        if out.resources == req.resources {
+            return None;
+        }
+        if out.labels.len() < qm_core::MAX_LABELS {
+            use qm_core::quantity::{Unit, format};
+            out.labels.insert(
+                SIZED_LABEL.to_owned(),
+                format!(
+                    "{target} (confidence {confidence:.2}): cpu {} -> {}, memory {} -> {}",
+                    format(Unit::Millicores, req.resources.cpu()),
+                    format(Unit::Millicores, cpu),
+                    format(Unit::Bytes, req.resources.memory()),
+                    format(Unit::Bytes, memory),
+                ),
+            );
+        }
+        Some(out)
     }
 }
 
 /// What a recommendation says of one target.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TargetRecommendation {
-    /// `agent/NAME` or `fleet/NAME`.
+    /// `agent/NAME`, `fleet/NAME` or `template/NAME`.
     pub target: String,
     pub cpu_cores: f64,
     pub memory_bytes: f64,
@@ -64,6 +171,18 @@ impl Supervisor {
         };
         let t_s = at_ms as f64 / 1000.0;
         let config = learning.config.clone();
+        // an agent that is gone still speaks for its template with what it taught
+        for d in &docs {
+            let template = d
+                .spec
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(TEMPLATE_LABEL))
+                .cloned();
+            learning
+                .groups
+                .insert(d.name.clone(), (d.fleet.clone(), template));
+        }
         for d in docs {
             let entry = learning
                 .agents
@@ -102,30 +221,48 @@ impl Supervisor {
                 entry.1 = d.oom_kills;
             }
         }
+        let sizes = learning
+            .templates()
+            .into_iter()
+            .map(|(target, recs)| {
+                let sizing = Sizing {
+                    cpu: median(&recs, |r| r.sizing.cpu),
+                    memory: median(&recs, |r| r.sizing.memory),
+                };
+                (target, (sizing, median(&recs, |r| r.confidence)))
+            })
+            .collect();
+        if let Ok(mut s) = learning.sizes.write() {
+            *s = sizes;
+        }
     }
 
-    /// The recommendations: every agent with enough history, and every fleet with at least
-    /// one member that has; `target` (`agent/NAME` or `fleet/NAME`) picks one.
+    /// Gives the engine a sizer when its strategy sizes requests by usage (`learned`).
+    pub(crate) fn size_admissions(&self, rules: AdmitRules) {
+        if !self.engine().sizes_by_usage() {
+            return;
+        }
+        let Ok(learning) = self.inner.learning.lock() else {
+            return;
+        };
+        self.engine().set_sizer(Arc::new(TemplateSizer {
+            sizes: Arc::clone(&learning.sizes),
+            rules,
+        }));
+    }
+
+    /// The recommendations: every agent with enough history, and every template (a fleet's,
+    /// or agents labelled [`TEMPLATE_LABEL`]) with at least one member that has; `target`
+    /// (`agent/NAME`, `fleet/NAME` or `template/NAME`) picks one.
     pub fn recommendations(&self, target: Option<&str>) -> Vec<TargetRecommendation> {
         let Ok(learning) = self.inner.learning.lock() else {
             return Vec::new();
         };
-        let fleets: BTreeMap<String, Option<String>> = match self.inner.agents.lock() {
-            Ok(a) => a
-                .values()
-                .map(|a| (a.doc.name.clone(), a.doc.fleet.clone()))
-                .collect(),
-            Err(_) => return Vec::new(),
-        };
         let mut out = Vec::new();
-        let mut by_fleet: BTreeMap<String, Vec<qm_recommend::Recommendation>> = BTreeMap::new();
         for (name, (r, _, _)) in &learning.agents {
             let Some(rec) = r.recommendation() else {
                 continue;
             };
-            if let Some(Some(f)) = fleets.get(name) {
-                by_fleet.entry(f.clone()).or_default().push(rec.clone());
-            }
             out.push(TargetRecommendation {
                 target: format!("agent/{name}"),
                 cpu_cores: rec.sizing.cpu,
@@ -141,14 +278,10 @@ impl Supervisor {
                 ),
             });
         }
-        for (fleet, recs) in by_fleet {
-            let median = |f: fn(&qm_recommend::Recommendation) -> f64| {
-                let mut v: Vec<f64> = recs.iter().map(f).collect();
-                v.sort_by(f64::total_cmp);
-                v[v.len() / 2]
-            };
+        for (template, recs) in learning.templates() {
+            let median = |f: fn(&Recommendation) -> f64| median(&recs, f);
             out.push(TargetRecommendation {
-                target: format!("fleet/{fleet}"),
+                target: template,
                 cpu_cores: median(|r| r.sizing.cpu),
                 memory_bytes: median(|r| r.sizing.memory),
                 lower: (median(|r| r.lower.cpu), median(|r| r.lower.memory)),

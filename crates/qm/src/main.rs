@@ -115,8 +115,8 @@ enum Cmd {
     /// Live terminal view: pressure, usage against capacity, agents sorted by use; keys to
     /// sort, filter and stop; `q` quits
     Top,
-    /// Right-sizing recommendations, learned from each agent's usage (TARGET: agent/NAME or
-    /// fleet/NAME)
+    /// Right-sizing recommendations, learned from each agent's usage (TARGET: agent/NAME,
+    /// fleet/NAME or template/NAME)
     Recommend { target: Option<String> },
     /// MCP server on stdio, bridged to the daemon at --server (for Claude Code, claude-flow
     /// and other MCP clients)

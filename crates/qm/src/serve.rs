@@ -117,9 +117,29 @@ struct RecommenderFile {
     memory_margin: Option<f64>,
     /// After an OOM kill, memory is at least the usage at the kill times this (default 1.2).
     oom_bump: Option<f64>,
+    /// The `learned` strategy keeps requests as written below this confidence (default 0.5).
+    min_confidence: Option<f64>,
+    /// The `learned` strategy reserves at least the request as written divided by this, so
+    /// requests as written add up to at most this times a node's allocatable (default 1.5).
+    max_overcommit: Option<f64>,
 }
 
-fn recommender_config(file: RecommenderFile) -> anyhow::Result<qm_recommend::Config> {
+fn recommender_config(
+    file: RecommenderFile,
+) -> anyhow::Result<(qm_recommend::Config, qm_recommend::AdmitRules)> {
+    let mut admit = qm_recommend::AdmitRules::default();
+    if let Some(c) = file.min_confidence {
+        if !(c.is_finite() && (0.0..=1.0).contains(&c)) {
+            bail!("recommender.min_confidence: {c} is not in [0, 1]");
+        }
+        admit.min_confidence = c;
+    }
+    if let Some(o) = file.max_overcommit {
+        if !(o.is_finite() && (1.0..=10.0).contains(&o)) {
+            bail!("recommender.max_overcommit: {o} is not in [1, 10]");
+        }
+        admit.max_overcommit = o;
+    }
     let mut c = qm_recommend::Config::learned();
     if let Some(n) = file.min_samples {
         if !(1..=1_000_000).contains(&n) {
@@ -158,7 +178,7 @@ fn recommender_config(file: RecommenderFile) -> anyhow::Result<qm_recommend::Con
             memory_margin,
         });
     }
-    Ok(c)
+    Ok((c, admit))
 }
 
 /// The node's labels: the file's `labels`, then each `--label KEY=VALUE` (a flag wins).
@@ -895,10 +915,11 @@ impl Settings {
             },
             ..m
         });
-        let recommender = recommender_config(file.recommender)?;
+        let (recommender, admit) = recommender_config(file.recommender)?;
         let agents = agents_config(file.agents, &engine.data_dir)?.map(|a| SupervisorConfig {
             responder,
             recommender,
+            admit,
             ..a
         });
         let admin_token_file =

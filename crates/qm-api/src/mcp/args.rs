@@ -261,7 +261,8 @@ pub(crate) struct ActiveAlertsArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RecommendArgs {
-    /// One target: `agent/NAME` or `fleet/NAME` (a fleet's template); all when absent.
+    /// One target: `agent/NAME`, `fleet/NAME` (a fleet's template) or `template/NAME` (agents
+    /// labelled `qm.dev/template: NAME`); all when absent.
     #[serde(default)]
     pub(crate) target: Option<String>,
 }

@@ -150,7 +150,8 @@ pub(crate) fn catalog() -> Vec<Tool> {
         ),
         tool::<RecommendArgs>(
             "recommend",
-            "What an agent, or a fleet's template, should request, learned from its observed \
+            "What an agent, a fleet's template, or a template (agents labelled \
+             qm.dev/template: NAME) should request, learned from its observed \
              usage: cpu and memory (memory is also the limit), a lower and an upper bound, \
              how many samples stand behind it and a confidence 0..1. Ask it before spawning \
              more of a kind (\"what should a coder get?\": target fleet/coders) or to size a \

@@ -8,7 +8,14 @@ fn every_preset_builds_and_names_are_unique() {
     let names: Vec<_> = presets().iter().map(|p| p.name).collect();
     assert_eq!(
         names,
-        ["priority", "fair-share", "best-fit", "first-fit", "spread"]
+        [
+            "priority",
+            "fair-share",
+            "best-fit",
+            "first-fit",
+            "spread",
+            "learned"
+        ]
     );
     for p in presets() {
         Framework::preset(p.name).unwrap_or_else(|e| panic!("{}: {e}", p.name));
@@ -16,7 +23,7 @@ fn every_preset_builds_and_names_are_unique() {
     let err = preset("learned-by-magic").unwrap_err();
     assert_eq!(
         err.to_string(),
-        "unknown strategy \"learned-by-magic\" (known: priority, fair-share, best-fit, first-fit, spread)"
+        "unknown strategy \"learned-by-magic\" (known: priority, fair-share, best-fit, first-fit, spread, learned)"
     );
 }
 

@@ -176,7 +176,15 @@ fn serve_refuses_broken_configs_naming_the_key() {
             "[recommender]\ncpu_percentile = 2\n",
             "recommender.cpu_percentile",
         ),
-        ("[recommender]\nmax_overcommit = 2\n", "max_overcommit"),
+        (
+            "[recommender]\nmax_overcommit = 0.5\n",
+            "recommender.max_overcommit",
+        ),
+        (
+            "[recommender]\nmin_confidence = -1\n",
+            "recommender.min_confidence",
+        ),
+        ("[recommender]\nmax_overcomit = 2\n", "max_overcomit"),
         (
             "labels = { \"qm.dev/node\" = \"x\" }\n",
             "labels.qm.dev/node",

@@ -26,6 +26,11 @@ fn bytes(v: &Value) -> f64 {
 /// A daemon whose agents (under `qm-it-<tag>`) are read five times a second and
 /// recommended for after five samples.
 fn learning_daemon(tag: &str) -> Daemon {
+    learning_daemon_with(tag, "", &[])
+}
+
+/// The same, with more `[recommender]` settings and more flags.
+fn learning_daemon_with(tag: &str, recommender: &str, flags: &[&str]) -> Daemon {
     let dir = temp_dir(tag);
     let config = dir.join("qm.toml");
     std::fs::write(
@@ -33,19 +38,87 @@ fn learning_daemon(tag: &str) -> Daemon {
         format!(
             "[agents]\ncgroup_parent = \"qm-it-{tag}\"\n\
              [monitor]\ninterval_s = 0.2\nagent_interval_s = 0.2\n\
-             [recommender]\nmin_samples = 5\n"
+             [recommender]\nmin_samples = 5\n{recommender}"
         ),
     )
     .expect("config");
-    Daemon::start(
-        &dir.join("data"),
-        &[
-            "--config",
-            config.to_str().expect("utf-8"),
-            "--capacity",
-            "cpu=4,memory=8Gi",
-        ],
-    )
+    let mut args = vec![
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--capacity",
+        "cpu=4,memory=8Gi",
+    ];
+    args.extend_from_slice(flags);
+    Daemon::start(&dir.join("data"), &args)
+}
+
+/// `--strategy learned`: once agents labelled `qm.dev/template: coder` have taught what a
+/// coder holds (about 100 MiB of the 1 GiB each asks for), a request labelled so is admitted
+/// at that size, within `max_overcommit` of the request, and says so in `qm.dev/sized`; one
+/// without the label keeps its size; the template's recommendation is listed.
+#[test]
+fn the_learned_strategy_admits_a_template_at_what_its_agents_use() {
+    if !crate::agents::can_confine() {
+        return;
+    }
+    let d = learning_daemon_with(
+        "learned",
+        "min_confidence = 0\nmax_overcommit = 8\n",
+        &["--strategy", "learned"],
+    );
+    let coder = d.post(
+        "/v1/agents",
+        &json!({
+            "name": "coder-a",
+            "labels": { "qm.dev/template": "coder" },
+            "command": ["python3", "-c",
+                "b = bytearray(100 * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1\nimport time; time.sleep(300)"],
+            "resources": { "cpu": "500m", "memory": "1Gi" }
+        })
+        .to_string(),
+    );
+    assert_eq!(coder.status, 201, "{:?}", coder.body);
+    let learned = eventually("the coder template's recommendation", 30, || {
+        let r = d.get("/v1/recommendations?target=template/coder");
+        let item = r.body["items"].as_array()?.first()?.clone();
+        (bytes(&item["resources"]["memory"]) > 100.0 * MI).then_some(item)
+    });
+    assert!(
+        bytes(&learned["resources"]["memory"]) < 200.0 * MI,
+        "{learned}"
+    );
+    let ask = |agent: &str, labels: Value| {
+        d.post(
+            "/v1/allocations",
+            &json!({
+                "agent": agent,
+                "resources": { "cpu": "500m", "memory": "1Gi" },
+                "labels": labels
+            })
+            .to_string(),
+        )
+    };
+    let sized = ask("coder-b", json!({ "qm.dev/template": "coder" }));
+    assert_eq!(sized.status, 201, "{:?}", sized.body);
+    let mem = bytes(&sized.body["resources"]["memory"]);
+    // what a coder holds, but never below 1 GiB / max_overcommit (128 MiB)
+    assert!((128.0 * MI..=200.0 * MI).contains(&mem), "{:?}", sized.body);
+    let why = sized.body["labels"]["qm.dev/sized"].as_str().unwrap_or("");
+    assert!(
+        why.starts_with("template/coder") && why.contains("memory 1Gi ->"),
+        "{:?}",
+        sized.body
+    );
+    let plain = ask("other", json!({}));
+    assert_eq!(plain.status, 201, "{:?}", plain.body);
+    assert_eq!(plain.body["resources"]["memory"], "1Gi", "{:?}", plain.body);
+    assert!(plain.body["labels"].get("qm.dev/sized").is_none());
+    for a in [&sized, &plain] {
+        let id = a.body["id"].as_str().expect("an id");
+        assert_eq!(d.delete(&format!("/v1/allocations/{id}")).status, 200);
+    }
+    assert_eq!(d.delete("/v1/agents/coder-a").status, 200);
+    d.stop();
 }
 
 #[test]
