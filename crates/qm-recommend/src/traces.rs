@@ -1,6 +1,7 @@
 //! Agent-like usage traces with fixed seeds, for `qm bench sizing` and the tests: a week at
 //! one sample a minute of steady agents, a bursty one, a slow leak (restarted every 8 h), a
-//! diurnal one, and a fleet of similar coders with one outlier. Each comes with the request
+//! diurnal one, one with a rare heavy phase (a test suite every 8 h), and a fleet of similar
+//! coders with one outlier. Each comes with the request
 //! its author might have written.
 
 use crate::{Sample, Sizing};
@@ -126,6 +127,19 @@ pub fn suite(seed: u64) -> Vec<Trace> {
             )
         }),
     ));
+    // phases: a coder that runs its test suite every 8 hours, 15 minutes at 1.5 cores and
+    // three times its usual memory (rare enough to fall under a p95)
+    out.push(trace(
+        "phases",
+        1.0,
+        2.0 * GI,
+        week(&mut rng, |t, r| {
+            let suite = (t % (8.0 * 3600.0)) < 900.0;
+            let cpu = if suite { 1.5 } else { 0.2 } + 0.02 * r.normal();
+            let mem = if suite { 1200.0 } else { 400.0 } * MI * (1.0 + 0.01 * r.normal());
+            (cpu, mem)
+        }),
+    ));
     // a fleet of coders asked for 1 core and 2 GiB each; one of them needs 2.5 GiB
     for i in 0..10 {
         let base = 800.0 * MI * (1.0 + 0.05 * rng.normal());
@@ -153,7 +167,7 @@ mod tests {
         let a = super::suite(1);
         let b = super::suite(1);
         let c = super::suite(2);
-        assert_eq!(a.len(), 15);
+        assert_eq!(a.len(), 16);
         assert_eq!(a[0].samples, b[0].samples);
         assert_ne!(a[0].samples, c[0].samples);
         assert!(a.iter().all(|t| t.samples.len() == 7 * 1440));
