@@ -62,7 +62,7 @@ pub fn admit(
     {
         return Admitted::Guaranteed;
     }
-    if !(confidence >= rules.min_confidence) {
+    if confidence.is_nan() || confidence < rules.min_confidence {
         return Admitted::LowConfidence;
     }
     let overcommit = rules.max_overcommit.max(1.0);

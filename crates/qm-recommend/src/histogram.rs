@@ -4,8 +4,10 @@
 //! weight grows by 2^((t - reference) / half_life); the reference moves (and every weight is
 //! scaled down once) before the numbers grow too large.
 
-/// A histogram of non-negative values whose old samples fade.
-#[derive(Debug, Clone, PartialEq)]
+/// A histogram of non-negative values whose old samples fade. It is stored as its non-zero
+/// buckets ([`Stored`]), checked when read back.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "Stored", try_from = "Stored")]
 pub struct Histogram {
     first: f64,
     ratio: f64,
@@ -13,6 +15,77 @@ pub struct Histogram {
     total: f64,
     half_life_s: f64,
     reference_s: f64,
+}
+
+/// The most buckets a histogram read back may have.
+const MAX_BUCKETS: usize = 100_000;
+
+/// A histogram as stored: its shape and its non-zero buckets.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stored {
+    first: f64,
+    ratio: f64,
+    buckets: usize,
+    total: f64,
+    half_life_s: f64,
+    reference_s: f64,
+    /// `(bucket, weight)`, buckets ascending.
+    weights: Vec<(usize, f64)>,
+}
+
+impl From<Histogram> for Stored {
+    fn from(h: Histogram) -> Self {
+        Stored {
+            first: h.first,
+            ratio: h.ratio,
+            buckets: h.weights.len(),
+            total: h.total,
+            half_life_s: h.half_life_s,
+            reference_s: h.reference_s,
+            weights: h
+                .weights
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| **w != 0.0)
+                .map(|(i, w)| (i, *w))
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<Stored> for Histogram {
+    type Error = String;
+
+    fn try_from(s: Stored) -> Result<Self, String> {
+        let finite = [s.first, s.ratio, s.total, s.half_life_s, s.reference_s]
+            .iter()
+            .all(|v| v.is_finite());
+        if !finite || s.first <= 0.0 || s.ratio <= 1.0 || s.total < 0.0 || s.half_life_s < 1.0 {
+            return Err("a histogram's shape is not finite and positive".to_owned());
+        }
+        if s.buckets == 0 || s.buckets > MAX_BUCKETS {
+            return Err(format!(
+                "a histogram has {} buckets (1 to {MAX_BUCKETS})",
+                s.buckets
+            ));
+        }
+        let mut weights = vec![0.0; s.buckets];
+        for (i, w) in s.weights {
+            match weights.get_mut(i) {
+                Some(slot) if w.is_finite() && w >= 0.0 => *slot = w,
+                _ => return Err(format!("a histogram's bucket {i} is out of range or bad")),
+            }
+        }
+        Ok(Histogram {
+            first: s.first,
+            ratio: s.ratio,
+            weights,
+            total: s.total,
+            half_life_s: s.half_life_s,
+            reference_s: s.reference_s,
+        })
+    }
 }
 
 /// Past this exponent the reference moves forward (2^50 keeps f64 exact enough).

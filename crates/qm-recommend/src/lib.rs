@@ -31,7 +31,7 @@ pub struct Sample {
 
 /// What to request: cpu cores and memory bytes (memory is the limit too: above it, the OOM
 /// killer).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Sizing {
     pub cpu: f64,
     pub memory: f64,
@@ -46,7 +46,7 @@ impl Sizing {
 }
 
 /// One model: how it reads the histograms.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModelSpec {
     pub name: String,
     pub half_life_s: f64,
@@ -69,7 +69,7 @@ impl ModelSpec {
 }
 
 /// How a recommender learns and chooses.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Config {
     pub models: Vec<ModelSpec>,
     /// Samples before anything is recommended.
@@ -127,7 +127,7 @@ impl Config {
 }
 
 /// One model's histograms and its running cost.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Model {
     spec: ModelSpec,
     cpu: Histogram,
@@ -221,7 +221,7 @@ pub struct Recommendation {
 }
 
 /// Learns one target's sizing from its samples.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Recommender {
     config: Config,
     models: Vec<Model>,
@@ -246,6 +246,30 @@ impl Recommender {
             changes: 0,
             changed_at_s: 0.0,
         }
+    }
+
+    /// A recommender read back (as serde stored it), checked: it must have been made with
+    /// `config` (a changed configuration starts afresh) and be whole.
+    pub fn restored(self, config: &Config) -> Result<Self, String> {
+        if self.config != *config {
+            return Err("it was learned with other [recommender] settings".to_owned());
+        }
+        let models_match = self.models.len() == config.models.len()
+            && self
+                .models
+                .iter()
+                .zip(&config.models)
+                .all(|(m, spec)| m.spec == *spec);
+        if !models_match {
+            return Err("its models are not its settings' models".to_owned());
+        }
+        if self.published.is_some_and(|(_, i)| i >= self.models.len()) {
+            return Err("its published advice names no model".to_owned());
+        }
+        if !self.last_s.is_finite() {
+            return Err("its last sample's time is not finite".to_owned());
+        }
+        Ok(self)
     }
 
     /// Takes one sample.
@@ -588,6 +612,37 @@ mod tests {
             learned.memory_slack() < vpa.memory_slack(),
             "{learned:?} {vpa:?}"
         );
+    }
+
+    #[test]
+    fn a_recommender_stored_and_read_back_recommends_the_same_and_goes_on_learning() {
+        let mut r = Recommender::new(Config::learned());
+        for s in steady(100, 0.2, 300.0 * MI) {
+            r.observe(s);
+        }
+        let text = serde_json::to_string(&r).expect("stored");
+        assert!(text.len() < 20_000, "{} bytes", text.len());
+        let mut back: Recommender = serde_json::from_str(&text).expect("read back");
+        back = back
+            .restored(&Config::learned())
+            .expect("the same settings");
+        assert_eq!(back.recommendation(), r.recommendation());
+        let more = Sample {
+            t_s: 100.0 * 60.0,
+            cpu: 0.2,
+            memory: 300.0 * MI,
+        };
+        r.observe(more);
+        back.observe(more);
+        assert_eq!(back.recommendation(), r.recommendation());
+        // other settings start afresh; a broken histogram is refused, not trusted
+        let err = serde_json::from_str::<Recommender>(&text)
+            .expect("read back")
+            .restored(&Config::vpa_like())
+            .unwrap_err();
+        assert!(err.contains("other [recommender] settings"), "{err}");
+        let broken = text.replacen("\"buckets\":", "\"buckets\":0,\"x\":", 1);
+        assert!(serde_json::from_str::<Recommender>(&broken).is_err());
     }
 
     #[test]

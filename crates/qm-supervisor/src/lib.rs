@@ -283,6 +283,8 @@ impl Supervisor {
             .and_then(|n| n.capacity.get("memory").cloned())
             .and_then(|m| qm_core::quantity::parse(qm_core::quantity::Unit::Bytes, &m).ok())
             .unwrap_or(0);
+        let mut learning = recommend::Learning::new(learned);
+        learning.load(&config.data_dir);
         let (tx, rx) = mpsc::unbounded_channel();
         let sup = Supervisor {
             inner: Arc::new(Inner {
@@ -292,7 +294,7 @@ impl Supervisor {
                 agents: Mutex::new(BTreeMap::new()),
                 fleets: Mutex::new(BTreeMap::new()),
                 placed_fleets: std::sync::OnceLock::new(),
-                learning: Mutex::new(recommend::Learning::new(learned)),
+                learning: Mutex::new(learning),
                 notices: tx,
                 node_memory,
                 generations: std::sync::atomic::AtomicU64::new(1_000_000),

@@ -19,6 +19,24 @@ pub const TEMPLATE_LABEL: &str = "qm.dev/template";
 /// The label the `learned` strategy puts on a request it sized: from what, and how.
 pub const SIZED_LABEL: &str = "qm.dev/sized";
 
+/// Where what was learned is kept across restarts, under the data directory.
+const LEARNING_FILE: &str = "recommender.json";
+
+/// How often (in the monitor's time) what was learned is written out.
+const SAVE_EVERY_MS: u64 = 60_000;
+
+/// What was learned, as written to [`LEARNING_FILE`].
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Stored {
+    /// Per agent: its recommender, its OOM kills seen, the start of the run last seen killed.
+    agents: BTreeMap<String, (Recommender, u64, Option<String>)>,
+    /// Per agent: its fleet and template names.
+    groups: BTreeMap<String, (Option<String>, Option<String>)>,
+    /// The monitor's collection last learned from (unix ms).
+    seen_at_ms: u64,
+}
+
 /// Templates' current sizes (`template/NAME`, `fleet/NAME`) with their confidence, as the
 /// sizer reads them.
 type TemplateSizes = Arc<RwLock<BTreeMap<String, (Sizing, f64)>>>;
@@ -35,6 +53,8 @@ pub(crate) struct Learning {
     seen_at_ms: u64,
     /// The templates' sizes, refreshed with every collection taken.
     sizes: TemplateSizes,
+    /// When what was learned was last written out (the monitor's time, unix ms).
+    saved_at_ms: u64,
 }
 
 impl Learning {
@@ -45,6 +65,85 @@ impl Learning {
             groups: BTreeMap::new(),
             seen_at_ms: 0,
             sizes: TemplateSizes::default(),
+            saved_at_ms: 0,
+        }
+    }
+
+    /// What was learned before a restart, from `dir`: every agent's recommender made with
+    /// this configuration. A file that is missing starts afresh; one that cannot be read, or
+    /// was learned with other settings, too, with a warning.
+    pub(crate) fn load(&mut self, dir: &std::path::Path) {
+        let path = dir.join(LEARNING_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "what was learned cannot be read: learning afresh");
+                return;
+            }
+        };
+        let stored: Stored = match serde_json::from_str(&text) {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "what was learned is not readable: learning afresh");
+                return;
+            }
+        };
+        let mut dropped = 0;
+        for (name, (r, kills, run)) in stored.agents {
+            match r.restored(&self.config) {
+                Ok(r) => {
+                    self.agents.insert(name, (r, kills, run));
+                }
+                Err(_) => dropped += 1,
+            }
+        }
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "some of what was learned was learned with other [recommender] settings: those agents learn afresh"
+            );
+        }
+        self.groups = stored
+            .groups
+            .into_iter()
+            .filter(|(name, _)| self.agents.contains_key(name))
+            .collect();
+        self.seen_at_ms = stored.seen_at_ms;
+        self.refresh_sizes();
+    }
+
+    /// What was learned, as [`LEARNING_FILE`] holds it.
+    fn to_json(&self) -> Option<String> {
+        #[derive(serde::Serialize)]
+        struct StoredRef<'a> {
+            agents: &'a BTreeMap<String, (Recommender, u64, Option<String>)>,
+            groups: &'a BTreeMap<String, (Option<String>, Option<String>)>,
+            seen_at_ms: u64,
+        }
+        serde_json::to_string(&StoredRef {
+            agents: &self.agents,
+            groups: &self.groups,
+            seen_at_ms: self.seen_at_ms,
+        })
+        .ok()
+    }
+
+    /// Recomputes the templates' sizes the sizer reads.
+    fn refresh_sizes(&self) {
+        let sizes = self
+            .templates()
+            .into_iter()
+            .map(|(target, recs)| {
+                let sizing = Sizing {
+                    cpu: median(&recs, |r| r.sizing.cpu),
+                    memory: median(&recs, |r| r.sizing.memory),
+                };
+                (target, (sizing, median(&recs, |r| r.confidence)))
+            })
+            .collect();
+        if let Ok(mut s) = self.sizes.write() {
+            *s = sizes;
         }
     }
 
@@ -66,6 +165,16 @@ impl Learning {
             }
         }
         out
+    }
+}
+
+/// Replaces [`LEARNING_FILE`] under `dir` with `text`, whole or not at all.
+fn write_learning(dir: &std::path::Path, text: &str) {
+    let path = dir.join(LEARNING_FILE);
+    let tmp = dir.join(format!("{LEARNING_FILE}.tmp"));
+    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(error) = written {
+        tracing::warn!(path = %path.display(), %error, "what was learned was not written");
     }
 }
 
@@ -221,19 +330,24 @@ impl Supervisor {
                 entry.1 = d.oom_kills;
             }
         }
-        let sizes = learning
-            .templates()
-            .into_iter()
-            .map(|(target, recs)| {
-                let sizing = Sizing {
-                    cpu: median(&recs, |r| r.sizing.cpu),
-                    memory: median(&recs, |r| r.sizing.memory),
-                };
-                (target, (sizing, median(&recs, |r| r.confidence)))
-            })
-            .collect();
-        if let Ok(mut s) = learning.sizes.write() {
-            *s = sizes;
+        learning.refresh_sizes();
+        if at_ms >= learning.saved_at_ms + SAVE_EVERY_MS
+            && let Some(text) = learning.to_json()
+        {
+            learning.saved_at_ms = at_ms;
+            let dir = self.inner.config.data_dir.clone();
+            tokio::task::spawn_blocking(move || write_learning(&dir, &text));
+        }
+    }
+
+    /// Writes what was learned out now (at shutdown), so a restart goes on from it.
+    pub fn save_learning(&self) {
+        let text = match self.inner.learning.lock() {
+            Ok(l) if !l.agents.is_empty() => l.to_json(),
+            _ => None,
+        };
+        if let Some(text) = text {
+            write_learning(&self.inner.config.data_dir, &text);
         }
     }
 

@@ -1022,6 +1022,7 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                     .as_ref()
                     .and_then(|c| c.ca_pem.as_deref()),
             )?;
+        let learner = agents.clone();
         let app = qm_api::router(engine.clone(), agents, settings.auth, Some(cluster));
         let closing = engine.clone();
         let shutdown = async move {
@@ -1051,6 +1052,9 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             crate::token_file::unpublish(p, &settings.admin_token_file);
         }
         tracing::info!("shutting down: flushing state");
+        if let Some(a) = &learner {
+            a.save_learning();
+        }
         crate::cluster::leave(member).await;
         engine.shutdown().await;
         Ok(())

@@ -3,6 +3,7 @@
 //! an agent OOM-killed at its 64 MiB limit is recommended more than that limit; a fleet gets
 //! its members' median; `qm recommend` prints them; a bad target is refused naming the field.
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::{Value, json};
@@ -31,6 +32,13 @@ fn learning_daemon(tag: &str) -> Daemon {
 
 /// The same, with more `[recommender]` settings and more flags.
 fn learning_daemon_with(tag: &str, recommender: &str, flags: &[&str]) -> Daemon {
+    let (data, args) = learning_setup(tag, recommender, flags);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Daemon::start(&data, &args)
+}
+
+/// Such a daemon's data directory and flags, its config file written.
+fn learning_setup(tag: &str, recommender: &str, flags: &[&str]) -> (PathBuf, Vec<String>) {
     let dir = temp_dir(tag);
     let config = dir.join("qm.toml");
     std::fs::write(
@@ -49,23 +57,29 @@ fn learning_daemon_with(tag: &str, recommender: &str, flags: &[&str]) -> Daemon 
         "cpu=4,memory=8Gi",
     ];
     args.extend_from_slice(flags);
-    Daemon::start(&dir.join("data"), &args)
+    (
+        dir.join("data"),
+        args.into_iter().map(str::to_owned).collect(),
+    )
 }
 
 /// `--strategy learned`: once agents labelled `qm.dev/template: coder` have taught what a
 /// coder holds (about 100 MiB of the 1 GiB each asks for), a request labelled so is admitted
 /// at that size, within `max_overcommit` of the request, and says so in `qm.dev/sized`; one
-/// without the label keeps its size; the template's recommendation is listed.
+/// without the label keeps its size; the template's recommendation is listed. What was
+/// learned outlives a restart: with no agent left, the template still sizes requests.
 #[test]
 fn the_learned_strategy_admits_a_template_at_what_its_agents_use() {
     if !crate::agents::can_confine() {
         return;
     }
-    let d = learning_daemon_with(
+    let (data, args) = learning_setup(
         "learned",
         "min_confidence = 0\nmax_overcommit = 8\n",
         &["--strategy", "learned"],
     );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let d = Daemon::start(&data, &args);
     let coder = d.post(
         "/v1/agents",
         &json!({
@@ -118,6 +132,26 @@ fn the_learned_strategy_admits_a_template_at_what_its_agents_use() {
         assert_eq!(d.delete(&format!("/v1/allocations/{id}")).status, 200);
     }
     assert_eq!(d.delete("/v1/agents/coder-a").status, 200);
+    let before = d.get("/v1/recommendations?target=template/coder").body["items"][0].clone();
+    d.stop();
+    // restarted with no agent: what was learned is still there, and still sizes
+    let d = Daemon::start(&data, &args);
+    let r = d.get("/v1/recommendations?target=template/coder");
+    let item = r.body["items"][0].clone();
+    assert_eq!(item["resources"], before["resources"], "{:?}", r.body);
+    assert_eq!(item["samples"], before["samples"], "{:?}", r.body);
+    let again = d.post(
+        "/v1/allocations",
+        &json!({
+            "agent": "coder-c",
+            "resources": { "cpu": "500m", "memory": "1Gi" },
+            "labels": { "qm.dev/template": "coder" }
+        })
+        .to_string(),
+    );
+    assert_eq!(again.status, 201, "{:?}", again.body);
+    let mem = bytes(&again.body["resources"]["memory"]);
+    assert!((128.0 * MI..=200.0 * MI).contains(&mem), "{:?}", again.body);
     d.stop();
 }
 
