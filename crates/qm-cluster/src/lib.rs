@@ -21,7 +21,7 @@ mod placement;
 pub mod testing;
 
 pub use log::{EtcdLog, LOG_SEQ_META};
-pub use placement::{Changes, Placement, QUEUED, StopRequest};
+pub use placement::{Changes, Learned, Placement, QUEUED, StopRequest};
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};

@@ -10,6 +10,9 @@
 //! - `<prefix>/agent-stop/<name>`: a [`StopRequest`] any member writes for a user; the owner
 //!   stops the run of that allocation and reports it ended, and the leader releases the
 //!   allocation and removes all three keys.
+//! - `<prefix>/learned/<member>`: what the member learned of its agents' sizes, per template
+//!   (a [`Learned`]), under its lease, so the `learned` strategy sizes by the whole cluster's
+//!   agents wherever it decides.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +23,14 @@ use crate::{ClusterError, Member};
 
 /// The node segment of a placement still waiting for its allocation.
 pub const QUEUED: &str = "~";
+
+/// What one member learned of its agents' sizes: per template (`fleet/NAME`,
+/// `template/NAME`), each of its agents' recommendation, as the recommender wrote it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Learned {
+    pub member: String,
+    pub templates: BTreeMap<String, Vec<serde_json::Value>>,
+}
 
 /// An agent the leader placed.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -169,6 +180,34 @@ impl Member {
             .kvs()
             .iter()
             .filter_map(|kv| decode(kv.key(), kv.value()))
+            .collect())
+    }
+
+    /// Publishes what this member learned (under its lease: gone with it).
+    pub async fn publish_learned(&self, learned: &Learned) -> Result<(), ClusterError> {
+        let Some(lease) = self.view().lease else {
+            return Err(ClusterError::Config(
+                "this member holds no lease now".into(),
+            ));
+        };
+        self.inner
+            .client
+            .clone()
+            .put(
+                self.key(&format!("learned/{}", self.name())),
+                encode(learned),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// What every other member published it learned.
+    pub async fn learned_by_others(&self) -> Result<Vec<Learned>, ClusterError> {
+        let all: Vec<Learned> = self.read_prefix(self.key("learned/")).await?;
+        Ok(all
+            .into_iter()
+            .filter(|l| l.member != self.name())
             .collect())
     }
 

@@ -204,7 +204,7 @@ impl Model {
 }
 
 /// What a recommender says now.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Recommendation {
     pub sizing: Sizing,
     /// A floor and a ceiling: below the floor the target is short most of the time; the

@@ -55,6 +55,9 @@ pub(crate) struct Learning {
     sizes: TemplateSizes,
     /// When what was learned was last written out (the monitor's time, unix ms).
     saved_at_ms: u64,
+    /// What the cluster's other members learned: per template, their agents'
+    /// recommendations.
+    peers: BTreeMap<String, Vec<Recommendation>>,
 }
 
 impl Learning {
@@ -66,6 +69,7 @@ impl Learning {
             seen_at_ms: 0,
             sizes: TemplateSizes::default(),
             saved_at_ms: 0,
+            peers: BTreeMap::new(),
         }
     }
 
@@ -147,8 +151,20 @@ impl Learning {
         }
     }
 
-    /// Each template's members' recommendations: `fleet/NAME` and `template/NAME`.
+    /// Each template's members' recommendations, here and on the cluster's other members:
+    /// `fleet/NAME` and `template/NAME`.
     fn templates(&self) -> BTreeMap<String, Vec<Recommendation>> {
+        let mut out = self.local_templates();
+        for (target, recs) in &self.peers {
+            out.entry(target.clone())
+                .or_default()
+                .extend(recs.iter().cloned());
+        }
+        out
+    }
+
+    /// Each template's members' recommendations, of the agents here only.
+    fn local_templates(&self) -> BTreeMap<String, Vec<Recommendation>> {
         let mut out: BTreeMap<String, Vec<Recommendation>> = BTreeMap::new();
         for (name, (r, _, _)) in &self.agents {
             let (Some(rec), Some((fleet, template))) = (r.recommendation(), self.groups.get(name))
@@ -340,6 +356,27 @@ impl Supervisor {
         }
     }
 
+    /// What this member learned, per template (`fleet/NAME`, `template/NAME`): its agents'
+    /// recommendations, for the cluster's other members.
+    pub fn local_templates(&self) -> BTreeMap<String, Vec<Recommendation>> {
+        self.inner
+            .learning
+            .lock()
+            .map(|l| l.local_templates())
+            .unwrap_or_default()
+    }
+
+    /// What the cluster's other members learned, per template: it joins this member's own in
+    /// the templates' recommendations and in the `learned` strategy's sizing.
+    pub fn set_peer_templates(&self, peers: BTreeMap<String, Vec<Recommendation>>) {
+        if let Ok(mut l) = self.inner.learning.lock()
+            && l.peers != peers
+        {
+            l.peers = peers;
+            l.refresh_sizes();
+        }
+    }
+
     /// Writes what was learned out now (at shutdown), so a restart goes on from it.
     pub fn save_learning(&self) {
         let text = match self.inner.learning.lock() {
@@ -393,6 +430,7 @@ impl Supervisor {
             });
         }
         for (template, recs) in learning.templates() {
+            let elsewhere = learning.peers.get(&template).map_or(0, Vec::len);
             let median = |f: fn(&Recommendation) -> f64| median(&recs, f);
             out.push(TargetRecommendation {
                 target: template,
@@ -403,7 +441,14 @@ impl Supervisor {
                 samples: recs.iter().map(|r| r.samples).sum(),
                 confidence: median(|r| r.confidence),
                 updated_at_ms: learning.seen_at_ms,
-                reason: format!("the median of {} member(s)' recommendations", recs.len()),
+                reason: if elsewhere == 0 {
+                    format!("the median of {} member(s)' recommendations", recs.len())
+                } else {
+                    format!(
+                        "the median of {} member(s)' recommendations, {elsewhere} of them on other nodes",
+                        recs.len()
+                    )
+                },
             });
         }
         out.retain(|r| target.is_none_or(|t| r.target == t));

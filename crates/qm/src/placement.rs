@@ -118,6 +118,7 @@ impl EtcdPlacer {
                 }
             });
         }
+        tokio::spawn(share_learning(member.clone(), agents.clone()));
         tokio::spawn(own(member, agents, lease_stopped));
         tokio::spawn(lead(placer.clone()));
         placer
@@ -568,6 +569,60 @@ type Reported = BTreeMap<String, (i64, AgentDoc)>;
 
 /// Every member's loop: runs what is placed on its node, stops what is placed here no more,
 /// and reports its runs.
+/// How often a member publishes what it learned of its agents' sizes and reads the others'.
+const SHARE_LEARNING_EVERY: Duration = Duration::from_secs(5);
+
+/// Shares what each member learned of its agents' sizes, so that templates (and the `learned`
+/// strategy, wherever the leader decides) count every member's agents: this member's
+/// templates go to `<prefix>/learned/<member>` under its lease when they change (and every
+/// minute), and the other members' are read in.
+async fn share_learning(member: Member, agents: Supervisor) {
+    let mut published: Option<(qm_cluster::Learned, tokio::time::Instant)> = None;
+    loop {
+        tokio::time::sleep(SHARE_LEARNING_EVERY).await;
+        let templates = agents
+            .local_templates()
+            .into_iter()
+            .map(|(target, recs)| {
+                let recs = recs
+                    .iter()
+                    .filter_map(|r| serde_json::to_value(r).ok())
+                    .collect();
+                (target, recs)
+            })
+            .collect();
+        let mine = qm_cluster::Learned {
+            member: member.name().to_owned(),
+            templates,
+        };
+        let due = published
+            .as_ref()
+            .is_none_or(|(p, at)| *p != mine || at.elapsed() >= Duration::from_secs(60));
+        if due && !mine.templates.is_empty() {
+            match member.publish_learned(&mine).await {
+                Ok(()) => published = Some((mine, tokio::time::Instant::now())),
+                Err(e) => tracing::debug!(error = %e, "learned sizes: cannot publish"),
+            }
+        }
+        match member.learned_by_others().await {
+            Ok(others) => {
+                let mut peers: BTreeMap<String, Vec<qm_recommend::Recommendation>> =
+                    BTreeMap::new();
+                for l in others {
+                    for (target, recs) in l.templates {
+                        peers.entry(target).or_default().extend(
+                            recs.into_iter()
+                                .filter_map(|r| serde_json::from_value(r).ok()),
+                        );
+                    }
+                }
+                agents.set_peer_templates(peers);
+            }
+            Err(e) => tracing::debug!(error = %e, "learned sizes: cannot read the others'"),
+        }
+    }
+}
+
 async fn own(
     member: Member,
     agents: Supervisor,

@@ -12,6 +12,9 @@ use serde_json::{Value, json};
 
 use crate::daemon::{Daemon, eventually, temp_dir};
 
+#[cfg(feature = "etcd")]
+const MI: f64 = 1_048_576.0;
+
 #[test]
 fn a_daemon_on_its_own_is_a_cluster_of_one() {
     let d = Daemon::start(&temp_dir("cluster-one").join("data"), &[]);
@@ -44,12 +47,24 @@ fn member_with(
     token: &std::path::Path,
     extra: &[&str],
 ) -> Daemon {
+    member_configured(etcd, name, token, "", extra)
+}
+
+/// [`member_with`] with more of the config file (`toml`, appended).
+#[cfg(feature = "etcd")]
+fn member_configured(
+    etcd: &qm_cluster::testing::Etcd,
+    name: &str,
+    token: &std::path::Path,
+    toml: &str,
+    extra: &[&str],
+) -> Daemon {
     let dir = temp_dir(&format!("cluster-{name}"));
     let config = dir.join("qm.toml");
     std::fs::write(
         &config,
         format!(
-            "[agents]\ncgroup_parent = \"qm-it-cluster-{name}-{}\"\n[cluster]\nlease_ttl_s = 2\n",
+            "[agents]\ncgroup_parent = \"qm-it-cluster-{name}-{}\"\n[cluster]\nlease_ttl_s = 2\n{toml}",
             std::process::id()
         ),
     )
@@ -992,4 +1007,76 @@ fn members_on_https_relay_to_the_leader_trusting_the_cluster_ca() {
     for d in ds {
         d.stop();
     }
+}
+
+/// Learning is shared: an agent labelled `qm.dev/template: coder` runs on a worker, which
+/// learns what it holds (about 100 MiB of the 1 GiB asked); the leader, which runs no coder,
+/// lists the template's recommendation as one learned on another node, and under `--strategy
+/// learned` admits a request labelled so at that size.
+#[cfg(feature = "etcd")]
+#[test]
+fn members_share_what_they_learned_and_the_leader_sizes_by_it() {
+    if !crate::agents::can_confine() {
+        return;
+    }
+    let Some(etcd) = qm_cluster::testing::Etcd::start("it-learned") else {
+        return;
+    };
+    let token = temp_dir("learned-token").join("admin.token");
+    let learning = "[monitor]\ninterval_s = 0.2\nagent_interval_s = 0.2\n\
+                    [recommender]\nmin_samples = 5\nmin_confidence = 0\nmax_overcommit = 8\n";
+    let flags = ["--strategy", "learned", "--capacity", "cpu=4,memory=8Gi"];
+    let lead = member_configured(&etcd, "ln-lead", &token, learning, &flags);
+    eventually("ln-lead leading", 20, || {
+        (lead.get("/v1/cluster").body["leader"] == "ln-lead").then_some(())
+    });
+    let worker = member_configured(&etcd, "ln-w", &token, learning, &flags);
+    eventually("two ready nodes in the leader's ledger", 30, || {
+        let n = lead.get("/v1/nodes").body;
+        let items = n["items"].as_array()?.clone();
+        (items.len() == 2 && items.iter().all(|i| i["ready"] == true)).then_some(())
+    });
+    let made = lead.post(
+        "/v1/agents",
+        &json!({
+            "name": "ln-coder",
+            "labels": { "qm.dev/template": "coder" },
+            "node_selector": { "qm.dev/node": "ln-w" },
+            "command": ["python3", "-c",
+                "b = bytearray(100 * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1\nimport time; time.sleep(300)"],
+            "resources": { "cpu": "500m", "memory": "1Gi" }
+        })
+        .to_string(),
+    );
+    assert!(made.status == 201 || made.status == 202, "{:?}", made.body);
+    assert_eq!(made.body["node"], "ln-w", "{:?}", made.body);
+    let shared = eventually("the worker's learning at the leader", 40, || {
+        let r = lead.get("/v1/recommendations?target=template/coder");
+        let item = r.body["items"].as_array()?.first()?.clone();
+        let mem = crate::recommend::bytes(&item["resources"]["memory"]);
+        (item["reason"].as_str()?.contains("on other nodes") && mem > 100.0 * MI).then_some(item)
+    });
+    let mem = crate::recommend::bytes(&shared["resources"]["memory"]);
+    assert!(mem < 200.0 * MI, "{shared}");
+    let sized = lead.post(
+        "/v1/allocations",
+        &json!({
+            "agent": "ln-next",
+            "resources": { "cpu": "500m", "memory": "1Gi" },
+            "labels": { "qm.dev/template": "coder" }
+        })
+        .to_string(),
+    );
+    assert_eq!(sized.status, 201, "{:?}", sized.body);
+    let mem = crate::recommend::bytes(&sized.body["resources"]["memory"]);
+    assert!((128.0 * MI..=200.0 * MI).contains(&mem), "{:?}", sized.body);
+    let id = sized.body["id"].as_str().expect("an id").to_owned();
+    assert_eq!(lead.delete(&format!("/v1/allocations/{id}")).status, 200);
+    assert_eq!(lead.delete("/v1/agents/ln-coder").status, 200);
+    eventually("ln-coder stopped on the worker", 20, || {
+        let a = worker.get("/v1/agents/ln-coder").body;
+        (a["state"] != "running").then_some(())
+    });
+    worker.stop();
+    lead.stop();
 }

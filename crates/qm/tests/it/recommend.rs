@@ -12,7 +12,7 @@ use crate::daemon::{Daemon, eventually, temp_dir};
 
 const MI: f64 = 1_048_576.0;
 
-fn bytes(v: &Value) -> f64 {
+pub(crate) fn bytes(v: &Value) -> f64 {
     let s = v.as_str().expect("a quantity");
     let (n, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
     let n: f64 = n.parse().expect("a number");
