@@ -429,17 +429,17 @@ pub struct AutoscaleWire {
 }
 
 /// Predictive scaling: the fleet's load (metric × replicas measured) is forecast with Holt's
-/// double exponential smoothing `horizon_s` ahead, and the count that forecast asks for may
-/// raise the autoscaler's recommendation (never lower it: scale-down stays reactive).
+/// double exponential smoothing `horizon_s` ahead, and the autoscaler scales up to what that
+/// forecast asks for when it asks for more (scale-down stays reactive).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PredictiveWire {
     /// Seconds ahead, 1 to 3600: how long a new member takes to become useful.
     pub horizon_s: f64,
-    /// Level weight per observation (one a second), in (0, 1]; default 0.2.
+    /// Level weight per observation (one a second), in (0, 1]; default 0.4.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alpha: Option<f64>,
-    /// Trend weight per observation, in (0, 1]; default 0.02.
+    /// Trend weight per observation, in (0, 1]; default 0.03.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub beta: Option<f64>,
 }

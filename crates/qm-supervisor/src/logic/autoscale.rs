@@ -444,9 +444,10 @@ impl Autoscaler {
             }
             (None, _) => ceil_replicas(f64::from(current) * ratio),
         };
-        // The forecast may raise the recommendation, never lower it.
+        // The forecast may scale up beyond the recommendation; it never holds back or
+        // deepens a scale-down.
         let (raw, summary) = match self.forecast_wanted(now, current, load) {
-            Some((n, note)) if n > reactive => (n, format!("{summary}; {note}")),
+            Some((n, note)) if n > reactive && n > current => (n, format!("{summary}; {note}")),
             _ => (reactive, summary),
         };
         let wanted = raw.clamp(min, max);

@@ -1,20 +1,27 @@
 //! Predictive scaling: a fleet's total load (its per-replica metric × the replicas measured)
 //! smoothed with Holt's double exponential smoothing (`qm_pressure::Holt`) and forecast a
 //! horizon ahead (the members' start-up time, typically), so the autoscaler can add replicas
-//! before a ramp arrives rather than after. The forecast only ever raises a recommendation:
-//! removing capacity stays with the reactive algorithm and its stabilization window. Pure:
-//! time is a parameter.
+//! before a ramp arrives rather than after. The trend is believed only while a straight line
+//! fits the recent load (R² of at least `qm_pressure::MIN_R2`, as for exhaustion forecasts):
+//! a step or noise makes Holt's trend overshoot, and then the forecast is the smoothed level.
+//! The forecast only ever scales up: removing capacity stays with the reactive algorithm and
+//! its stabilization window. Pure: time is a parameter.
 
-use qm_pressure::Holt;
+use qm_pressure::{Holt, MIN_R2, Window, linear_fit};
 
 /// The longest horizon: one hour.
 pub const MAX_HORIZON_S: f64 = 3600.0;
 /// Default level weight, per observation (the fleet controller observes once a second).
-pub const DEFAULT_ALPHA: f64 = 0.2;
+pub const DEFAULT_ALPHA: f64 = 0.4;
 /// Default trend weight, per observation.
-pub const DEFAULT_BETA: f64 = 0.02;
+pub const DEFAULT_BETA: f64 = 0.03;
 /// A series silent this long starts over: its old level and trend say nothing about now.
 const STALE_MS: u64 = 300_000;
+/// The recent load a straight line must fit for the trend to be believed: at least this
+/// long, and at least the horizon.
+const FIT_WINDOW_S: f64 = 300.0;
+/// The most samples the fit keeps (one a second for an hour).
+const FIT_SAMPLES: usize = 3600;
 
 /// How far ahead, and how smoothly, a fleet's load is forecast.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -62,6 +69,8 @@ impl Predictive {
 pub struct LoadForecast {
     spec: Predictive,
     holt: Holt,
+    /// The recent load, for the fit that vouches for the trend.
+    recent: Window,
     /// When the last load was observed (unix ms).
     last_ms: Option<u64>,
 }
@@ -82,8 +91,13 @@ impl LoadForecast {
         Self {
             spec,
             holt: Holt::new(spec.alpha, spec.beta),
+            recent: Self::window(&spec),
             last_ms: None,
         }
+    }
+
+    fn window(spec: &Predictive) -> Window {
+        Window::new(FIT_WINDOW_S.max(spec.horizon_s), FIT_SAMPLES)
     }
 
     /// The settings.
@@ -102,18 +116,29 @@ impl LoadForecast {
             .is_some_and(|last| now.saturating_sub(last) >= STALE_MS)
         {
             self.holt = Holt::new(self.spec.alpha, self.spec.beta);
+            self.recent = Self::window(&self.spec);
         }
-        self.holt.observe(now as f64 / 1000.0, load);
+        let t_s = now as f64 / 1000.0;
+        self.holt.observe(t_s, load);
+        self.recent.push(t_s, load);
         self.last_ms = Some(now);
     }
 
+    /// Whether a straight line fits the recent load well enough to believe a trend.
+    pub fn trending(&self) -> bool {
+        linear_fit(self.recent.samples()).is_some_and(|fit| fit.r2 >= MIN_R2)
+    }
+
     /// The load expected `horizon_s` after the last observation (never below 0), once one was
-    /// made.
+    /// made: along Holt's level and trend while [`LoadForecast::trending`], else the level.
     pub fn ahead(&self) -> Option<f64> {
         let last = self.last_ms? as f64 / 1000.0;
-        self.holt
-            .predict(last + self.spec.horizon_s)
-            .map(|l| l.max(0.0))
+        let ahead = if self.trending() {
+            self.holt.predict(last + self.spec.horizon_s)
+        } else {
+            self.holt.level()
+        };
+        ahead.map(|l| l.max(0.0))
     }
 }
 
