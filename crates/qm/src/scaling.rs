@@ -6,7 +6,8 @@
 //! ready replica) as last sampled. Prints, per curve and in all, the seconds under target
 //! capacity (ready replicas × target < load), the replica-seconds (starting replicas count:
 //! they hold their resources), the predictive autoscaler's extra replica-seconds and the
-//! scale events. No daemon, no clock: the same flags give the same figures.
+//! scale events, each summed over several runs with consecutive seeds. No daemon, no clock:
+//! the same flags give the same figures.
 
 use std::collections::VecDeque;
 use std::io::Write;

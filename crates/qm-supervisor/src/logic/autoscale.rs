@@ -3,8 +3,10 @@
 //! past recommendations (the lowest for scale-up, the highest for scale-down, so it does not
 //! flap), rate limits relative to the replica count at the start of their period, and the
 //! fleet's min and max. Optionally predictive (`logic::predictive`): the fleet's load is
-//! forecast a horizon ahead and may raise a recommendation, never lower it. Pure: the caller
-//! passes the time and the metric.
+//! forecast a horizon ahead, and when HPA's arithmetic on that forecast asks for more replicas
+//! than the fleet has and than the metric asks for, it scales up to that (through the same
+//! limits); it never holds back or deepens a scale-down. Pure: the caller passes the time and
+//! the metric.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -199,7 +201,8 @@ pub struct AutoscaleSpec {
     /// Hysteresis `(low, high)` around the target: scale up only above `high`, down only below
     /// `low` (then to what the target asks).
     pub band: Option<(f64, f64)>,
-    /// Scale up ahead of the load's forecast; `None` (the default) for reactive only.
+    /// Scale up ahead of the load's forecast (metric × replicas measured); `None` (the
+    /// default) for reactive only.
     pub predictive: Option<Predictive>,
 }
 

@@ -201,6 +201,24 @@ mod tests {
     }
 
     #[test]
+    fn a_step_is_not_a_trend() {
+        let mut f = LoadForecast::new(Predictive::new(60.0));
+        for s in 0..300 {
+            f.observe(T0 + s * 1000, 4.0);
+        }
+        // Right after a step Holt's trend is steep, but no line fits: the forecast is the level.
+        for s in 300..320 {
+            f.observe(T0 + s * 1000, 10.0);
+        }
+        assert!(f.holt.trend_per_s() > 0.05);
+        assert!(!f.trending());
+        let level = f.holt.level().unwrap();
+        assert_eq!(f.ahead(), Some(level));
+        // Along the trend it would have been far above the step.
+        assert!(level < 11.0 && f.holt.predict(380.0 + T0 as f64 / 1000.0).unwrap() > 13.0);
+    }
+
+    #[test]
     fn a_silent_series_starts_over() {
         let mut f = LoadForecast::new(Predictive::new(60.0));
         for s in 0..100 {
