@@ -491,8 +491,9 @@ impl Autoscaler {
     }
 
     /// What the load's forecast alone recommends, with a note saying so: HPA's arithmetic on
-    /// the load expected a horizon ahead, and the current count when that is within the
-    /// tolerance. `None` when the spec is not predictive or nothing runs to measure.
+    /// the load expected a horizon ahead, and the current count when that load per replica is
+    /// within the tolerance or the band. `None` when the spec is not predictive or nothing
+    /// runs to measure.
     fn forecast_wanted(&mut self, now: u64, current: u32, load: f64) -> Option<(u32, String)> {
         let forecast = self.forecast.as_mut()?;
         if current == 0 {
@@ -501,12 +502,17 @@ impl Autoscaler {
         forecast.observe(now, load);
         let ahead = forecast.ahead()?;
         let target = self.spec.target;
-        let ratio = ahead / (f64::from(current) * target);
-        let n = if (ratio - 1.0).abs() <= self.spec.tolerance + EPSILON {
-            current
-        } else {
-            ceil_replicas(ahead / target)
-        };
+        let per_replica = ahead / f64::from(current);
+        let within_band = self
+            .spec
+            .band
+            .is_some_and(|(low, high)| (low..=high).contains(&per_replica));
+        let n =
+            if within_band || (per_replica / target - 1.0).abs() <= self.spec.tolerance + EPSILON {
+                current
+            } else {
+                ceil_replicas(ahead / target)
+            };
         let note = format!(
             "forecast {} load {ahead:.2} in {} s",
             self.spec.metric,

@@ -177,3 +177,22 @@ fn replicas_still_starting_are_not_asked_for_twice() {
     // Counted over every replica, the same reading asks for 5.
     assert_eq!(a.recommend(T0 + 2 * S, 3, Some(0.9)).replicas, 5);
 }
+
+#[test]
+fn the_forecast_keeps_to_the_band() {
+    // Scale up only above 0.9 a replica: a ramp from 0.6 to 0.78 a replica is left alone.
+    let spec = AutoscaleSpec {
+        band: Some((0.3, 0.9)),
+        ..predictive(60.0)
+    };
+    let loads: Vec<f64> = (0..600).map(|s| 3.0 + 0.0015 * s as f64).collect();
+    let p = replay(spec, 5, &loads);
+    assert!(
+        p.iter().all(|d| !d.changed),
+        "{:?}",
+        p.iter().find(|d| d.changed)
+    );
+    // Without the band the same ramp is met ahead.
+    let p = replay(predictive(60.0), 5, &loads);
+    assert!(p.iter().any(|d| d.changed && d.reason.contains("forecast")));
+}
