@@ -224,6 +224,13 @@ mod tests {
             serde_json::json!(["name"])
         );
         assert!(schemas["PoolUpdate"]["properties"]["name"].is_null());
+        let predictive = &schemas["PredictiveWire"]["properties"];
+        assert_eq!(predictive["horizon_s"]["maximum"], 3600, "{predictive}");
+        assert_eq!(predictive["beta"]["exclusiveMinimum"], 0, "{predictive}");
+        assert!(
+            predictive["alpha"]["description"].is_string(),
+            "{predictive}"
+        );
         for (path, method) in [
             ("/v1/agents/{id}", "get"),
             ("/v1/fleets/{name}", "get"),

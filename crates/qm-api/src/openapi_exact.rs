@@ -3,9 +3,10 @@
 //! the patterns and bounds the server applies; resource maps name the resources of this
 //! daemon's catalog (known only when it serves); `{id}` and `{name}` in a path are always
 //! parameters; pool creation requires a name and an update takes none; a dry run's answer
-//! is described; a heartbeat's body is optional. Schemathesis (`tests/it/contract.rs`) checks
-//! the result against the running daemon: what the document allows, the server accepts, and
-//! what it forbids, the server refuses.
+//! is described; a heartbeat's body is optional; a predictive autoscaler's horizon and
+//! weights carry their bounds. Schemathesis (`tests/it/contract.rs`) checks the result
+//! against the running daemon: what the document allows, the server accepts, and what it
+//! forbids, the server refuses.
 
 use qm_core::ResourceCatalog;
 use qm_core::quantity::Unit;
@@ -132,6 +133,21 @@ pub(crate) fn tighten(doc: &mut Value, catalog: &ResourceCatalog) {
         set(schemas, owner, "node_selector", labels(true));
     }
     set(schemas, "RenewRequest", "ttl_s", ttl(true));
+    // fleets: a predictive autoscaler's horizon and weights
+    set(
+        schemas,
+        "PredictiveWire",
+        "horizon_s",
+        json!({ "type": "number", "minimum": 1, "maximum": 3600 }),
+    );
+    for weight in ["alpha", "beta"] {
+        set(
+            schemas,
+            "PredictiveWire",
+            weight,
+            json!({ "type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1 }),
+        );
+    }
     // nodes
     set(schemas, "NodeRegistration", "capacity", quantities(false));
     set(schemas, "NodeRegistration", "allocatable", quantities(true));

@@ -423,6 +423,25 @@ pub struct AutoscaleWire {
     /// Hysteresis: scale up only above `band[1]`, down only below `band[0]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub band: Option<[f64; 2]>,
+    /// Scale up ahead of the load's forecast (off when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predictive: Option<PredictiveWire>,
+}
+
+/// Predictive scaling: the fleet's load (metric × replicas measured) is forecast with Holt's
+/// double exponential smoothing `horizon_s` ahead, and the autoscaler scales up to what that
+/// forecast asks for when it asks for more (scale-down stays reactive).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PredictiveWire {
+    /// Seconds ahead, 1 to 3600: how long a new member takes to become useful.
+    pub horizon_s: f64,
+    /// Level weight per observation (one a second), in (0, 1]; default 0.4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+    /// Trend weight per observation, in (0, 1]; default 0.03.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta: Option<f64>,
 }
 
 /// `POST /v1/fleets`, `PUT /v1/fleets/{name}`.
@@ -570,5 +589,26 @@ mod tests {
         };
         assert_eq!(adopt.allocation_request().queue, Some(false));
         assert!(!valid_name("..") && !valid_name("") && valid_name("a.b_c-1"));
+    }
+
+    #[test]
+    fn predictive_autoscale_round_trips_and_is_off_when_absent() {
+        let off: AutoscaleWire =
+            serde_json::from_str(r#"{"min":1,"max":4,"metric":"cpu","target":0.6}"#).unwrap();
+        assert_eq!(off.predictive, None);
+        assert!(!serde_json::to_string(&off).unwrap().contains("predictive"));
+        let json = r#"{"min":1,"max":4,"metric":"cpu","target":0.6,"predictive":{"horizon_s":60.0,"beta":0.05}}"#;
+        let on: AutoscaleWire = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            on.predictive,
+            Some(PredictiveWire {
+                horizon_s: 60.0,
+                alpha: None,
+                beta: Some(0.05),
+            })
+        );
+        assert_eq!(serde_json::to_string(&on).unwrap(), json);
+        let unknown = r#"{"min":1,"max":4,"metric":"cpu","target":0.6,"predictive":{"horizon_s":60,"gamma":0.1}}"#;
+        assert!(serde_json::from_str::<AutoscaleWire>(unknown).is_err());
     }
 }

@@ -13,8 +13,8 @@ mod types;
 
 pub use agents::{
     AgentDoc, AgentList, AgentSpec, AgentState, AutoscaleWire, FleetDoc, FleetList, FleetSpec,
-    HealthWire, LogsDoc, MetricPush, REDACTED, RecommendationDoc, RecommendationList, VerticalWire,
-    valid_name,
+    HealthWire, LogsDoc, MetricPush, PredictiveWire, REDACTED, RecommendationDoc,
+    RecommendationList, VerticalWire, valid_name,
 };
 pub use decode::{DecodeError, decode};
 pub use monitor::{

@@ -1,8 +1,8 @@
 //! Fleets: N agents from one template. The reconciler (run on the supervisor's tick) creates
 //! members `<fleet>-<n>` while fewer are live than wanted (so a member that dies for good is
 //! replaced), stops the newest when more are, rolls members of an older template one at a
-//! time, and lets the autoscaler (the HPA algorithm, `logic::autoscale`) set the wanted
-//! number from the members' cpu or memory utilisation of their requests, or from a metric
+//! time, and lets the autoscaler (the HPA algorithm, `logic::autoscale`, optionally ahead of
+//! a forecast of the load, `logic::predictive`) set the wanted number from the members' cpu or memory utilisation of their requests, or from a metric
 //! pushed to `POST /v1/fleets/{name}/metric`. Members are admitted through the ledger like
 //! any agent. In a cluster the controller stays with the member that holds the fleet and its
 //! members are placed by the leader like any spawn ([`FleetMembers`]), labelled with their
@@ -15,6 +15,7 @@ use qm_proto::{AgentDoc, AgentSpec, AgentState, FieldProblem, FleetDoc, FleetSpe
 use qm_store::{Batch, Op};
 
 use super::logic::autoscale::{AutoscaleSpec, Autoscaler, Metric};
+use super::logic::predictive::{DEFAULT_ALPHA, DEFAULT_BETA, Predictive};
 use super::{AgentError, Supervisor, now_ms};
 use qm_engine::EngineError;
 
@@ -79,6 +80,11 @@ fn autoscale_spec(w: &qm_proto::AutoscaleWire) -> Result<AutoscaleSpec, Vec<Fiel
         spec.scale_down_stabilization_ms = (s.max(0.0) * 1000.0) as u64;
     }
     spec.band = w.band.map(|[lo, hi]| (lo, hi));
+    spec.predictive = w.predictive.as_ref().map(|p| Predictive {
+        horizon_s: p.horizon_s,
+        alpha: p.alpha.unwrap_or(DEFAULT_ALPHA),
+        beta: p.beta.unwrap_or(DEFAULT_BETA),
+    });
     let problems: Vec<FieldProblem> = spec
         .validate()
         .into_iter()
@@ -308,15 +314,15 @@ impl Supervisor {
         Ok(f.doc.clone())
     }
 
-    /// The fleet's metric now: members' average utilisation of their requests, or the
-    /// pushed value while fresh.
-    fn fleet_metric(&self, f: &Fleet, now: u64) -> Option<f64> {
+    /// The fleet's metric now and how many members it was measured on (0: all of them):
+    /// members' average utilisation of their requests, or the pushed value while fresh.
+    fn fleet_metric(&self, f: &Fleet, now: u64) -> Option<(f64, u32)> {
         let metric = f.autoscaler.as_ref()?.spec().metric;
         if metric == Metric::Custom {
             return f
                 .custom
                 .filter(|(_, at)| now.saturating_sub(*at) <= CUSTOM_FRESH_MS)
-                .map(|(v, _)| v);
+                .map(|(v, _)| (v, 0));
         }
         // the template's request, parsed as any agent's is (no JSON here)
         let mut probe = f.doc.template.clone();
@@ -351,7 +357,13 @@ impl Supervisor {
             .iter()
             .filter_map(|m| latest.agent_value(series, m).map(|v| v / request))
             .collect();
-        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+        // placed members run elsewhere and are not all seen here: read the average as all's
+        let measured = if self.inner.placed_fleets.get().is_some() {
+            0
+        } else {
+            u32::try_from(values.len()).unwrap_or(u32::MAX)
+        };
+        (!values.is_empty()).then(|| (values.iter().sum::<f64>() / values.len() as f64, measured))
     }
 
     /// Brings every fleet toward its wanted members.
@@ -369,11 +381,11 @@ impl Supervisor {
                     fleets.ok().and_then(|f| {
                         f.get(&name)
                             .filter(|f| f.autoscaler.is_some() && now >= f.last_eval + 1000)
-                            .map(|f| self.fleet_metric(f, now))
+                            .map(|f| self.fleet_metric(f, now).unzip())
                     })
                 };
                 let mut scaled = None;
-                if let Some(metric) = metric
+                if let Some((metric, measured)) = metric
                     && let Ok(mut fleets) = self.inner.fleets.lock()
                     && let Some(f) = fleets.get_mut(&name)
                 {
@@ -381,7 +393,7 @@ impl Supervisor {
                     f.doc.metric = metric;
                     let current = f.doc.replicas;
                     if let Some(a) = &mut f.autoscaler {
-                        let d = a.recommend(now, current, metric);
+                        let d = a.recommend_measured(now, current, measured.unwrap_or(0), metric);
                         if d.changed {
                             f.doc.replicas = d.replicas;
                             f.doc.last_scale = Some(d.reason.clone());
@@ -777,5 +789,48 @@ impl Supervisor {
                 },
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(json: &str) -> qm_proto::AutoscaleWire {
+        from_json(json).unwrap()
+    }
+
+    #[test]
+    fn predictive_is_off_unless_asked_and_takes_default_weights() {
+        let off = autoscale_spec(&wire(r#"{"min":1,"max":4,"metric":"cpu","target":0.6}"#));
+        assert_eq!(off.unwrap().predictive, None);
+        let on = autoscale_spec(&wire(
+            r#"{"min":1,"max":4,"metric":"cpu","target":0.6,"predictive":{"horizon_s":45}}"#,
+        ));
+        assert_eq!(
+            on.unwrap().predictive,
+            Some(Predictive {
+                horizon_s: 45.0,
+                alpha: DEFAULT_ALPHA,
+                beta: DEFAULT_BETA,
+            })
+        );
+    }
+
+    #[test]
+    fn bad_predictive_settings_name_their_fields() {
+        let bad = autoscale_spec(&wire(
+            r#"{"min":1,"max":4,"metric":"cpu","target":0.6,
+                "predictive":{"horizon_s":0,"alpha":1.5,"beta":0}}"#,
+        ));
+        let fields: Vec<String> = bad.unwrap_err().into_iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "autoscale.predictive.horizon_s",
+                "autoscale.predictive.alpha",
+                "autoscale.predictive.beta"
+            ]
+        );
     }
 }

@@ -218,7 +218,13 @@ fn agent_detail(out: &mut impl Write, a: &AgentDoc) -> std::io::Result<()> {
 fn autoscale_cell(f: &FleetDoc) -> String {
     f.autoscale.as_ref().map_or_else(
         || "-".to_owned(),
-        |a| format!("{} {} [{}..{}]", a.metric, a.target, a.min, a.max),
+        |a| {
+            let ahead = a
+                .predictive
+                .as_ref()
+                .map_or_else(String::new, |p| format!(" +{}s", p.horizon_s));
+            format!("{} {} [{}..{}]{ahead}", a.metric, a.target, a.min, a.max)
+        },
     )
 }
 

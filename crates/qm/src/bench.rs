@@ -38,6 +38,10 @@ pub(crate) enum BenchWhat {
     /// Replay usage traces through the recommender: slack, OOM kills and changes against the
     /// request as written and a VPA-like baseline (no daemon needed)
     Sizing(crate::sizing::SizingArgs),
+    /// Replay load curves against a simulated fleet: seconds under target capacity,
+    /// replica-seconds and scale events of the reactive (HPA) and the predictive autoscaler
+    /// (no daemon needed)
+    Scaling(crate::scaling::ScalingArgs),
 }
 
 /// Percentile `p` (0..=1) of sorted microsecond samples.

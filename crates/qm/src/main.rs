@@ -22,6 +22,7 @@ mod monitoring;
 mod notify;
 #[cfg(feature = "etcd")]
 mod placement;
+mod scaling;
 mod security_cli;
 mod serve;
 mod sizing;
@@ -225,6 +226,7 @@ fn main() -> ExitCode {
         Cmd::Mcp => mcp::mcp(client()),
         Cmd::Bench(args) => match &args.what {
             Some(bench::BenchWhat::Sizing(s)) => sizing::sizing(s, out),
+            Some(bench::BenchWhat::Scaling(s)) => scaling::scaling(s, out),
             None => bench::bench(&endpoint.server, endpoint.token.as_deref(), &args, out),
         },
         Cmd::Tokens(cmd) => security_cli::tokens(&client(), cmd, json_out, out),

@@ -2,11 +2,17 @@
 //! nothing within the tolerance (or an optional hysteresis band), stabilization windows over
 //! past recommendations (the lowest for scale-up, the highest for scale-down, so it does not
 //! flap), rate limits relative to the replica count at the start of their period, and the
-//! fleet's min and max. Pure: the caller passes the time and the metric.
+//! fleet's min and max. Optionally predictive (`logic::predictive`): the fleet's load is
+//! forecast a horizon ahead, and when HPA's arithmetic on that forecast asks for more replicas
+//! than the fleet has and than the metric asks for, it scales up to that (through the same
+//! limits); it never holds back or deepens a scale-down. Pure: the caller passes the time and
+//! the metric.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
+
+use super::predictive::{LoadForecast, Predictive};
 
 /// What a fleet scales on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -195,6 +201,9 @@ pub struct AutoscaleSpec {
     /// Hysteresis `(low, high)` around the target: scale up only above `high`, down only below
     /// `low` (then to what the target asks).
     pub band: Option<(f64, f64)>,
+    /// Scale up ahead of the load's forecast (metric × replicas measured); `None` (the
+    /// default) for reactive only.
+    pub predictive: Option<Predictive>,
 }
 
 impl AutoscaleSpec {
@@ -212,6 +221,7 @@ impl AutoscaleSpec {
             scale_up_limit: Some(RateLimit::hpa_scale_up()),
             scale_down_limit: Some(RateLimit::hpa_scale_down()),
             band: None,
+            predictive: None,
         }
     }
 
@@ -274,6 +284,9 @@ impl AutoscaleSpec {
         if let Some(limit) = &self.scale_down_limit {
             limit.validate("scale_down_limit", Some(100), &mut errors);
         }
+        if let Some(p) = &self.predictive {
+            p.validate(&mut errors);
+        }
         errors
     }
 }
@@ -307,6 +320,8 @@ pub struct Autoscaler {
     events: VecDeque<ScaleEvent>,
     /// Whether the first recommendation was asked for.
     started: bool,
+    /// The load's forecast, when the spec is predictive.
+    forecast: Option<LoadForecast>,
 }
 
 impl Autoscaler {
@@ -317,6 +332,7 @@ impl Autoscaler {
             history: VecDeque::new(),
             events: VecDeque::new(),
             started: false,
+            forecast: spec.predictive.map(LoadForecast::new),
         }
     }
 
@@ -333,7 +349,24 @@ impl Autoscaler {
     /// first call seeds the scale-down window with the current count, so a freshly started
     /// daemon does not scale down before the window has passed.
     pub fn recommend(&mut self, now: u64, current_replicas: u32, metric: Option<f64>) -> Decision {
+        self.recommend_measured(now, current_replicas, current_replicas, metric)
+    }
+
+    /// [`Autoscaler::recommend`] for a metric averaged over `measured` replicas (the ready
+    /// ones) rather than all `current_replicas`. As in HPA, a scale-up counts only the load
+    /// measured (replicas still starting add none), so a fleet waiting for its new members
+    /// does not ask for still more; a scale-down counts every replica. The load
+    /// (`metric × measured`) is what a predictive autoscaler forecasts. `measured` 0 reads
+    /// as `current_replicas`.
+    pub fn recommend_measured(
+        &mut self,
+        now: u64,
+        current_replicas: u32,
+        measured: u32,
+        metric: Option<f64>,
+    ) -> Decision {
         let current = current_replicas;
+        let measured = if measured == 0 { current } else { measured };
         let AutoscaleSpec { min, max, .. } = self.spec;
         if current > max {
             return self.decide(
@@ -374,7 +407,10 @@ impl Autoscaler {
             );
         }
         let target = self.spec.target;
-        let summary = format!("{name} {value:.2} of target {target:.2}");
+        let mut summary = format!("{name} {value:.2} of target {target:.2}");
+        if measured < current {
+            summary.push_str(&format!(" on {measured} ready"));
+        }
 
         if !self.started {
             self.started = true;
@@ -401,15 +437,27 @@ impl Autoscaler {
                 _ => None,
             }
         };
-        let raw = match (&dead_zone, current) {
+        let load = value * f64::from(measured);
+        let reactive = match (&dead_zone, current) {
             (Some(_), _) => current,
             // Nothing runs to measure: wake the fleet if there is load.
             (None, 0) => u32::from(value > 0.0).max(min),
+            (None, _) if ratio > 1.0 && measured < current => {
+                ceil_replicas(load / target).max(current)
+            }
             (None, _) => ceil_replicas(f64::from(current) * ratio),
+        };
+        // The forecast may scale up beyond the recommendation; it never holds back or
+        // deepens a scale-down.
+        let (raw, summary) = match self.forecast_wanted(now, current, load) {
+            Some((n, note)) if n > reactive && n > current => (n, format!("{summary}; {note}")),
+            _ => (reactive, summary),
         };
         let wanted = raw.clamp(min, max);
         self.history.push_back((now, wanted));
-        if let Some(zone) = dead_zone {
+        if raw == current
+            && let Some(zone) = dead_zone
+        {
             return Self::keep(
                 current,
                 format!("{summary}: {zone}, keeping {}", count(current)),
@@ -440,6 +488,37 @@ impl Autoscaler {
             replicas,
             format!("{summary}{wants}: {outcome}"),
         )
+    }
+
+    /// What the load's forecast alone recommends, with a note saying so: HPA's arithmetic on
+    /// the load expected a horizon ahead, and the current count when that load per replica is
+    /// within the tolerance or the band. `None` when the spec is not predictive or nothing
+    /// runs to measure.
+    fn forecast_wanted(&mut self, now: u64, current: u32, load: f64) -> Option<(u32, String)> {
+        let forecast = self.forecast.as_mut()?;
+        if current == 0 {
+            return None;
+        }
+        forecast.observe(now, load);
+        let ahead = forecast.ahead()?;
+        let target = self.spec.target;
+        let per_replica = ahead / f64::from(current);
+        let within_band = self
+            .spec
+            .band
+            .is_some_and(|(low, high)| (low..=high).contains(&per_replica));
+        let n =
+            if within_band || (per_replica / target - 1.0).abs() <= self.spec.tolerance + EPSILON {
+                current
+            } else {
+                ceil_replicas(ahead / target)
+            };
+        let note = format!(
+            "forecast {} load {ahead:.2} in {} s",
+            self.spec.metric,
+            forecast.spec().horizon_s
+        );
+        Some((n, note))
     }
 
     /// Brings `wanted` within the lowest recommendation of the scale-up window and the
@@ -598,3 +677,7 @@ fn seconds(ms: u64) -> f64 {
 #[cfg(test)]
 #[path = "autoscale_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "autoscale_predictive_tests.rs"]
+mod predictive_tests;

@@ -1048,3 +1048,67 @@ fn an_oom_kill_of_a_child_is_reported_on_its_agent() {
     );
     d.stop();
 }
+
+#[test]
+fn a_predictive_autoscaler_is_validated_and_kept_across_a_restart() {
+    let (d, dir) = start("predictive");
+    let fleet = |predictive: Value| {
+        json!({
+            "name": "ahead",
+            "replicas": 1,
+            "template": {
+                "name": "x",
+                "command": ["sleep", "300"],
+                "resources": { "cpu": "100m", "memory": "16Mi" },
+            },
+            "autoscale": { "min": 1, "max": 3, "metric": "custom", "target": 1.0,
+                           "predictive": predictive },
+        })
+        .to_string()
+    };
+    let bad = d.post(
+        "/v1/fleets",
+        &fleet(json!({ "horizon_s": 0, "alpha": 2, "beta": 0.1 })),
+    );
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    let fields: Vec<&str> = bad.body["errors"]
+        .as_array()
+        .map(|e| e.iter().filter_map(|e| e["field"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        fields,
+        [
+            "autoscale.predictive.horizon_s",
+            "autoscale.predictive.alpha"
+        ],
+        "{}",
+        bad.body
+    );
+    let unknown = d.post("/v1/fleets", &fleet(json!({ "horizon_s": 60, "gamma": 1 })));
+    assert_eq!(unknown.status, 422, "{}", unknown.body);
+    let good = d.post(
+        "/v1/fleets",
+        &fleet(json!({ "horizon_s": 60, "beta": 0.05 })),
+    );
+    assert_eq!(good.status, 201, "{}", good.body);
+    let predictive = json!({ "horizon_s": 60.0, "beta": 0.05 });
+    assert_eq!(good.body["autoscale"]["predictive"], predictive);
+    d.kill9();
+    let d = Daemon::start(
+        &dir.join("data"),
+        &[
+            "--config",
+            dir.join("qm.toml").to_str().expect("utf-8"),
+            "--capacity",
+            "cpu=4,memory=4Gi",
+        ],
+    );
+    let back = d.get("/v1/fleets/ahead");
+    assert_eq!(
+        back.body["autoscale"]["predictive"], predictive,
+        "{}",
+        back.body
+    );
+    assert_eq!(d.delete("/v1/fleets/ahead").status, 200);
+    d.stop();
+}
