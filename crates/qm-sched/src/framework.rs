@@ -8,9 +8,21 @@ use std::cell::RefCell;
 
 use qm_core::{Allocation, NodeIdx, Placement, Policy, PoolIdx, Preemption, QueueRank, State};
 
-use crate::plugin::{CycleState, Plugin};
+use crate::plugin::{Builtin, CycleState, Plugin};
 use crate::preset::{Profile, preset};
 use crate::registry::{Registry, RegistryError};
+use crate::search;
+
+/// How a decision can be answered from the ledger's node index, by the profile's plugins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Search {
+    /// Some plugin is not one the index summarizes: every node is asked.
+    Scan,
+    /// Built-in filters (with `fits`), no score: the first node that passes.
+    FirstFit,
+    /// Built-in filters (with `fits`), `most-allocated` alone: the best-scored node.
+    MostAllocated,
+}
 
 #[derive(Debug, Default)]
 struct Scratch {
@@ -29,6 +41,8 @@ pub struct Framework {
     scores: Vec<(usize, i64)>,
     preempt: Vec<usize>,
     reserve: Vec<usize>,
+    search: Search,
+    exhaustive: bool,
     scratch: RefCell<Scratch>,
 }
 
@@ -43,6 +57,8 @@ impl Framework {
             scores: Vec::new(),
             preempt: Vec::new(),
             reserve: Vec::new(),
+            search: Search::Scan,
+            exhaustive: false,
             scratch: RefCell::default(),
         };
         fw.queue_order = fw.instance(registry, &profile.queue_order, "queue-order", |p| {
@@ -76,7 +92,89 @@ impl Framework {
             let i = fw.instance(registry, name, "reserve", |p| p.reserve().is_some())?;
             push_once(&mut fw.reserve, i, name, "reserve")?;
         }
+        fw.search = fw.search_kind();
         Ok(fw)
+    }
+
+    /// This strategy, deciding by visiting every node instead of searching the ledger's node
+    /// index: the reference the indexed searches are tested against (same decisions, slower).
+    #[must_use]
+    pub fn exhaustive(mut self) -> Self {
+        self.exhaustive = true;
+        self
+    }
+
+    /// Which search of the node index gives exactly this profile's answers.
+    fn search_kind(&self) -> Search {
+        let kind = |i: &usize| self.plugins.get(*i).and_then(|p| p.builtin());
+        let filters: Option<Vec<Builtin>> = self.filters.iter().map(kind).collect();
+        let Some(filters) = filters else {
+            return Search::Scan;
+        };
+        let known = filters.iter().all(|f| {
+            matches!(
+                f,
+                Builtin::NodeSelector | Builtin::NodeHold | Builtin::Fits | Builtin::Topology
+            )
+        });
+        if !known || !filters.contains(&Builtin::Fits) {
+            return Search::Scan;
+        }
+        let scores: Option<Vec<Builtin>> = self.scores.iter().map(|(i, _)| kind(i)).collect();
+        match scores.as_deref() {
+            Some([]) => Search::FirstFit,
+            Some([Builtin::MostAllocated]) => Search::MostAllocated,
+            _ => Search::Scan,
+        }
+    }
+
+    /// True when `idx` passes every filter (each asked about this one node).
+    fn passes(&self, cx: &CycleState<'_>, one: &mut Vec<NodeIdx>, idx: NodeIdx) -> bool {
+        one.clear();
+        one.push(idx);
+        for f in self
+            .filters
+            .iter()
+            .filter_map(|i| self.plugins.get(*i)?.filter())
+        {
+            f.filter(cx, one);
+            if one.is_empty() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The best node found by searching the node index, when the profile and the request
+    /// allow it (`None` inside: nothing passes); `None` outside when a scan must decide.
+    fn searched_node(&self, cx: &CycleState<'_>) -> Option<Option<NodeIdx>> {
+        if self.exhaustive || self.search == Search::Scan || !cx.request.topology().is_empty() {
+            return None;
+        }
+        let tree = cx.state.node_tree();
+        let want = search::wants(cx);
+        let mut one = Vec::with_capacity(1);
+        Some(match self.search {
+            Search::MostAllocated if want.iter().any(|w| *w > 0) => {
+                let (i, _) = *self.scores.first()?;
+                let s = self.plugins.get(i)?.score()?;
+                let mut out = [0i64];
+                search::best_scored(
+                    tree,
+                    &want,
+                    &|sum| search::most_allocated_bound(sum, &want),
+                    &mut |idx| {
+                        if !self.passes(cx, &mut one, idx) {
+                            return None;
+                        }
+                        s.score(cx, &[idx], &mut out);
+                        Some(out[0])
+                    },
+                )
+            }
+            // Without a standard resource asked for, every node scores the same: the first.
+            _ => search::first_fit(tree, &want, &mut |idx| self.passes(cx, &mut one, idx)),
+        })
     }
 
     /// The built-in strategy called `name`, from the built-in registry.
@@ -115,6 +213,9 @@ impl Framework {
     }
 
     fn best_node(&self, cx: &CycleState<'_>) -> Option<NodeIdx> {
+        if let Some(found) = self.searched_node(cx) {
+            return found;
+        }
         let mut scratch = self.scratch.borrow_mut();
         let Scratch { nodes, total, one } = &mut *scratch;
         nodes.clear();
@@ -193,6 +294,7 @@ impl Policy for Framework {
             state,
             request,
             pool,
+            exhaustive: self.exhaustive,
         };
         if pool.fits(request.resources())
             && let Some(node) = self.best_node(&cx)

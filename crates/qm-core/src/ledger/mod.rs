@@ -6,6 +6,7 @@
 //! applying it.
 
 mod drain;
+mod index;
 mod nodes;
 mod restore;
 mod state;
@@ -19,6 +20,7 @@ use crate::node::{Pool, PoolSpec};
 use crate::policy::{Placement, Policy, Preemption};
 use crate::resources::Resources;
 
+pub use index::{NodeTree, Summary};
 pub use nodes::{NodeError, PoolError};
 pub use restore::{AllocationRecord, RestoreError, Snapshot};
 pub use state::State;
@@ -365,6 +367,7 @@ impl Ledger {
             n.allocated.sub(&old);
             n.allocated.add(&resources);
         }
+        self.state.reindex(node_idx);
         if let Some(p) = self.pool_mut(pool_idx) {
             p.allocated.sub(&old);
             p.allocated.add(&resources);
@@ -444,12 +447,16 @@ impl Ledger {
 
     /// Asks the policy where `cand` goes and checks the answer.
     fn decide(&self, cand: &Allocation, preempt: bool) -> Result<Placement, Shortfall> {
-        if let Some(p) = self.policy.place(&self.state, cand, preempt)
-            && self.check(cand, &p, preempt)
-        {
-            return Ok(p);
-        }
-        Err(self.shortfall(cand))
+        self.place_checked(cand, preempt)
+            .ok_or_else(|| self.shortfall(cand))
+    }
+
+    /// Like [`Ledger::decide`], without working out what is missing when nothing fits (the
+    /// queue's drain only needs to know whether a request goes now).
+    fn place_checked(&self, cand: &Allocation, preempt: bool) -> Option<Placement> {
+        self.policy
+            .place(&self.state, cand, preempt)
+            .filter(|p| self.check(cand, p, preempt))
     }
 
     /// True when applying `p` keeps every invariant.
@@ -640,6 +647,7 @@ impl Ledger {
                 n.victims.insert(vkey, id);
             }
         }
+        self.state.reindex(node);
         if let Some(pool) = self.pool_mut(pool_idx) {
             pool.allocated.add(&res);
             pool.n_granted += 1;
@@ -673,10 +681,13 @@ impl Ledger {
         match alloc.state {
             AllocState::Granted => {
                 let (res, vkey) = (&alloc.resources, victim_key(&alloc));
-                if let Some(n) = alloc.node.and_then(|n| self.node_mut(n)) {
-                    n.allocated.sub(res);
-                    n.n_granted -= 1;
-                    n.victims.remove(&vkey);
+                if let Some(idx) = alloc.node {
+                    if let Some(n) = self.node_mut(idx) {
+                        n.allocated.sub(res);
+                        n.n_granted -= 1;
+                        n.victims.remove(&vkey);
+                    }
+                    self.state.reindex(idx);
                 }
                 if let Some(pool) = self.pool_mut(alloc.pool) {
                     pool.allocated.sub(res);

@@ -94,6 +94,7 @@ impl Ledger {
         if let Some(n) = self.node_mut(idx) {
             n.respec(spec);
         }
+        self.state.reindex(idx);
         self.drain(now);
         Ok(())
     }
@@ -153,6 +154,7 @@ impl Ledger {
         if let Some(slot) = self.state.nodes.get_mut(idx.index()) {
             slot.live = None;
         }
+        self.state.reindex(idx);
         self.drain(now);
         Ok(n)
     }
@@ -196,6 +198,7 @@ impl Ledger {
         if let Some(n) = self.node_mut(idx) {
             n.ready = ready;
         }
+        self.state.reindex(idx);
     }
 
     /// Creates a pool.

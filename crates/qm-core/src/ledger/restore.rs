@@ -190,6 +190,7 @@ impl Ledger {
             l.index_restored(alloc)
                 .map_err(|_| bad("its slot is taken"))?;
         }
+        l.state.rebuild_index();
         l.state.next_seq = snapshot.next_seq.max(max_seq + 1).max(1);
         l.state.next_grant = snapshot.next_grant.max(max_grant + 1).max(1);
         l.events.clear();

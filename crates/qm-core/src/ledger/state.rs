@@ -4,6 +4,7 @@
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::index::{NodeTree, STANDARD};
 use crate::allocation::Allocation;
 use crate::ids::{AllocId, MAX_LIVE, NodeIdx, PoolIdx, Timestamp};
 use crate::node::{Node, Pool};
@@ -171,6 +172,7 @@ pub struct State {
     pub(crate) next_grant: u64,
     pub(crate) n_queued: usize,
     pub(crate) refused_placements: Cell<u64>,
+    pub(crate) tree: NodeTree,
 }
 
 impl State {
@@ -262,8 +264,42 @@ impl State {
                 .is_none_or(|holder| holder.priority < request.priority),
         }
     }
+    /// The node index: ready nodes' free capacity, fullness and first victims, summed over
+    /// ranges of the node table, for strategies that search instead of scanning.
+    pub fn node_tree(&self) -> &NodeTree {
+        &self.tree
+    }
+    /// Brings node `idx`'s entry in the node index up to date; called in the same step as
+    /// every change to a node's readiness, allocatable, allocated sum or victims.
+    pub(crate) fn reindex(&mut self, idx: NodeIdx) {
+        if self.tree.covers(idx) {
+            let node = self.nodes.get(idx.index()).and_then(|s| s.live.as_ref());
+            self.tree.update(idx, node);
+        } else {
+            self.rebuild_index();
+        }
+    }
+    /// True when the node index says what a rebuild from the node table would (a check for
+    /// tests: the index must change in the same step as the nodes it describes).
+    pub fn node_index_is_current(&self) -> bool {
+        let fresh = NodeTree::build(self.nodes.len(), self.nodes.iter().map(|s| s.live.as_ref()));
+        (1..2 * fresh.width()).all(|p| fresh.summary(p) == self.tree.summary(p))
+    }
+    /// Rebuilds the node index from scratch (after a restore, or to grow it).
+    pub(crate) fn rebuild_index(&mut self) {
+        self.tree = NodeTree::build(self.nodes.len(), self.nodes.iter().map(|s| s.live.as_ref()));
+    }
     /// The largest amount of each resource any ready node has left (a quick necessary test).
     pub(crate) fn max_available(&self) -> Resources {
+        if self.total.iter().all(|(r, _)| r.index() < STANDARD.len()) {
+            // No ready node offers an extended resource: the index has the answer.
+            let free = self.tree.summary(NodeTree::ROOT).max_free;
+            let mut out = Resources::default();
+            for (r, v) in STANDARD.iter().zip(free) {
+                out.set(*r, v);
+            }
+            return out;
+        }
         let mut out = Resources::default();
         for idx in &self.ready {
             if let Some(node) = self.node(*idx) {

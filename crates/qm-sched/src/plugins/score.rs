@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use qm_core::{Allocation, NodeIdx, ResourceId, State};
 
-use crate::plugin::{CycleState, MAX_SCORE, Plugin, Reserve, Score};
+use crate::plugin::{Builtin, CycleState, MAX_SCORE, Plugin, Reserve, Score};
 
 const BASE: [ResourceId; 4] = [
     ResourceId::CPU,
@@ -70,6 +70,9 @@ impl Plugin for MostAllocated {
     fn name(&self) -> &'static str {
         "most-allocated"
     }
+    fn builtin(&self) -> Option<Builtin> {
+        Some(Builtin::MostAllocated)
+    }
     fn score(&self) -> Option<&dyn Score> {
         Some(self)
     }
@@ -91,6 +94,9 @@ pub struct LeastAllocated;
 impl Plugin for LeastAllocated {
     fn name(&self) -> &'static str {
         "least-allocated"
+    }
+    fn builtin(&self) -> Option<Builtin> {
+        Some(Builtin::LeastAllocated)
     }
     fn score(&self) -> Option<&dyn Score> {
         Some(self)
@@ -127,6 +133,9 @@ pub struct AgentSpread {
 impl Plugin for AgentSpread {
     fn name(&self) -> &'static str {
         "agent-spread"
+    }
+    fn builtin(&self) -> Option<Builtin> {
+        Some(Builtin::AgentSpread)
     }
     fn score(&self) -> Option<&dyn Score> {
         Some(self)

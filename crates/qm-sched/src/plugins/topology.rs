@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use qm_core::{AllocState, Labels, NODE_LABEL, Node, NodeIdx, State, labels_match};
 
-use crate::plugin::{CycleState, Filter, Plugin};
+use crate::plugin::{Builtin, CycleState, Filter, Plugin};
 
 /// The filter plugin.
 #[derive(Debug, Default)]
@@ -18,6 +18,9 @@ pub struct TopologyRules;
 impl Plugin for TopologyRules {
     fn name(&self) -> &'static str {
         "topology"
+    }
+    fn builtin(&self) -> Option<Builtin> {
+        Some(Builtin::Topology)
     }
     fn filter(&self) -> Option<&dyn Filter> {
         Some(self)

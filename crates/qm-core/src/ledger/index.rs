@@ -1,0 +1,200 @@
+//! The node index: a segment tree over the node table (registration order), each entry
+//! summing up a range of ready nodes — how many, the most of each standard resource any of
+//! them has left, the extremes of their used fractions and inverse allocatables, and the
+//! cheapest first victim — so strategies find the node they want by descending the tree
+//! instead of scanning every node. The ledger rewrites a node's leaf (and the path above it)
+//! in the same step that changes the node; nodes that are not ready (or are gone) are empty
+//! leaves.
+//!
+//! Summaries only prune: a strategy still checks every node it lands on exactly, so an answer
+//! found through the tree is the one a scan would find.
+
+use crate::ids::NodeIdx;
+use crate::node::Node;
+use crate::resources::ResourceId;
+
+/// The standard resources the tree summarizes, by index.
+const N_STD: usize = 4;
+pub(crate) const STANDARD: [ResourceId; N_STD] = [
+    ResourceId::CPU,
+    ResourceId::MEMORY,
+    ResourceId::EPHEMERAL_STORAGE,
+    ResourceId::GPU,
+];
+
+/// What a range of ready nodes has, at most and at least.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Summary {
+    /// How many ready nodes the range holds.
+    pub n_ready: u32,
+    /// The most any of them has left, per standard resource.
+    pub max_free: [u64; N_STD],
+    /// The largest `allocated * inv_allocatable` among them, per standard resource.
+    pub max_used: [f64; N_STD],
+    /// The smallest `allocated * inv_allocatable` among them, per standard resource.
+    pub min_used: [f64; N_STD],
+    /// The largest `1 / allocatable` among them (0 where none), per standard resource.
+    pub max_inv: [f64; N_STD],
+    /// The smallest `1 / allocatable` among them, per standard resource.
+    pub min_inv: [f64; N_STD],
+    /// The smallest victim key (see `victim_key`) of any node's first victim: the lowest
+    /// priority, then the most recent grant; `u64::MAX` when none has a preemptible grant.
+    pub first_victim: u64,
+}
+
+impl Summary {
+    /// The summary of no node.
+    pub const EMPTY: Self = Self {
+        n_ready: 0,
+        max_free: [0; N_STD],
+        max_used: [0.0; N_STD],
+        min_used: [f64::INFINITY; N_STD],
+        max_inv: [0.0; N_STD],
+        min_inv: [f64::INFINITY; N_STD],
+        first_victim: u64::MAX,
+    };
+
+    /// The summary of one node (empty unless it is ready).
+    fn of(node: Option<&Node>) -> Self {
+        let Some(node) = node.filter(|n| n.ready) else {
+            return Self::EMPTY;
+        };
+        let mut out = Self {
+            n_ready: 1,
+            first_victim: node.victims.keys().next().copied().unwrap_or(u64::MAX),
+            ..Self::EMPTY
+        };
+        let inv = node.inv_allocatable;
+        for r in 0..N_STD {
+            let id = STANDARD[r];
+            let (alloc, cap) = (node.allocated.get(id), node.spec.allocatable.get(id));
+            out.max_free[r] = cap.saturating_sub(alloc);
+            #[allow(clippy::cast_precision_loss)]
+            let used = alloc as f64 * inv[r];
+            out.max_used[r] = used;
+            out.min_used[r] = used;
+            out.max_inv[r] = inv[r];
+            out.min_inv[r] = inv[r];
+        }
+        out
+    }
+
+    fn merge(a: &Self, b: &Self) -> Self {
+        let mut out = Self {
+            n_ready: a.n_ready + b.n_ready,
+            first_victim: a.first_victim.min(b.first_victim),
+            ..Self::EMPTY
+        };
+        for r in 0..N_STD {
+            out.max_free[r] = a.max_free[r].max(b.max_free[r]);
+            out.max_used[r] = a.max_used[r].max(b.max_used[r]);
+            out.min_used[r] = a.min_used[r].min(b.min_used[r]);
+            out.max_inv[r] = a.max_inv[r].max(b.max_inv[r]);
+            out.min_inv[r] = a.min_inv[r].min(b.min_inv[r]);
+        }
+        out
+    }
+
+    /// True when some node of the range might have `want` left of every standard resource.
+    #[inline]
+    pub fn may_fit(&self, want: &[u64; N_STD]) -> bool {
+        self.n_ready > 0 && want.iter().zip(&self.max_free).all(|(w, f)| w <= f)
+    }
+}
+
+/// The segment tree. Position 1 is the root; position `p` has children `2p` and `2p + 1`;
+/// the leaves are positions `width..2 * width`, the node at table index `i` at `width + i`.
+#[derive(Debug, Clone)]
+pub struct NodeTree {
+    width: usize,
+    sums: Vec<Summary>,
+}
+
+impl Default for NodeTree {
+    fn default() -> Self {
+        Self {
+            width: 1,
+            sums: vec![Summary::EMPTY; 2],
+        }
+    }
+}
+
+impl NodeTree {
+    /// The root's position.
+    pub const ROOT: usize = 1;
+
+    /// The summary at `pos` (empty outside the tree).
+    #[inline]
+    pub fn summary(&self, pos: usize) -> &Summary {
+        self.sums.get(pos).unwrap_or(&Summary::EMPTY)
+    }
+
+    /// How many leaves the tree has (a power of two, at least the number of nodes).
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// True when `pos` is a leaf.
+    #[inline]
+    pub fn is_leaf(&self, pos: usize) -> bool {
+        pos >= self.width
+    }
+
+    /// The node at leaf `pos`.
+    #[inline]
+    pub fn node_at(&self, pos: usize) -> Option<NodeIdx> {
+        pos.checked_sub(self.width).and_then(NodeIdx::from_index)
+    }
+
+    /// The table index of the first node under `pos` (registration order), so a search that
+    /// visits subtrees out of order can still break ties by registration.
+    #[inline]
+    pub fn first_index(&self, pos: usize) -> usize {
+        let mut p = pos.max(1);
+        while p < self.width {
+            p *= 2;
+        }
+        p - self.width
+    }
+
+    /// Rewrites the leaf of node `idx` from `node` and every summary above it.
+    pub(crate) fn update(&mut self, idx: NodeIdx, node: Option<&Node>) {
+        let i = idx.index();
+        if i >= self.width {
+            // Grow to the next power of two; the caller rebuilds (see `State::reindex`).
+            return;
+        }
+        let mut pos = self.width + i;
+        let leaf = Summary::of(node);
+        if self.sums[pos] == leaf {
+            return;
+        }
+        self.sums[pos] = leaf;
+        while pos > 1 {
+            pos /= 2;
+            let merged = Summary::merge(&self.sums[2 * pos], &self.sums[2 * pos + 1]);
+            if self.sums[pos] == merged {
+                return;
+            }
+            self.sums[pos] = merged;
+        }
+    }
+
+    /// True when node `idx` has a leaf.
+    pub(crate) fn covers(&self, idx: NodeIdx) -> bool {
+        idx.index() < self.width
+    }
+
+    /// A tree over `nodes` (the node table), built in one pass.
+    pub(crate) fn build<'a>(n: usize, nodes: impl Iterator<Item = Option<&'a Node>>) -> Self {
+        let width = n.max(1).next_power_of_two();
+        let mut sums = vec![Summary::EMPTY; 2 * width];
+        for (i, node) in nodes.enumerate().take(width) {
+            sums[width + i] = Summary::of(node);
+        }
+        for pos in (1..width).rev() {
+            sums[pos] = Summary::merge(&sums[2 * pos], &sums[2 * pos + 1]);
+        }
+        Self { width, sums }
+    }
+}
