@@ -95,6 +95,14 @@ impl Summary {
         out
     }
 
+    /// The priority and grant order of the cheapest first victim in the range: every set of
+    /// victims taken on one of its nodes has a highest priority at least this one, and, at
+    /// that priority, an oldest grant no younger than this one. `None` without victims.
+    #[inline]
+    pub fn first_victim(&self) -> Option<(u16, u64)> {
+        (self.first_victim != u64::MAX).then(|| crate::ledger::decode_victim_key(self.first_victim))
+    }
+
     /// True when some node of the range might have `want` left of every standard resource.
     #[inline]
     pub fn may_fit(&self, want: &[u64; N_STD]) -> bool {

@@ -5,7 +5,7 @@
 
 use std::cmp::Reverse;
 
-use qm_core::{AllocId, Allocation, NodeIdx, Placement, PoolIdx, Preemption, Resources};
+use qm_core::{AllocId, Allocation, NodeIdx, NodeTree, Placement, PoolIdx, Preemption, Resources};
 
 use crate::plugin::{CycleState, Plugin, Preempt};
 
@@ -136,26 +136,61 @@ fn victims_on<'a>(
     })
 }
 
-/// Runs `victims_on` over every eligible node and keeps the best candidate.
+/// Runs `victims_on` over every eligible node and keeps the best candidate (the earliest
+/// registered on a tie). Only victims of a priority below `below` may be taken, when given.
+/// Unless the decision is exhaustive, nodes are reached through the ledger's node index,
+/// skipping every subtree whose cheapest first victim cannot beat the best candidate so far.
 fn best_node(
     cx: &CycleState<'_>,
     pool_need: &Resources,
+    below: Option<u16>,
     may_take: &mut dyn FnMut(&Allocation) -> bool,
     reset: &mut dyn FnMut(),
 ) -> Option<Candidate> {
     let mut best: Option<Candidate> = None;
     let mut taken = Vec::new();
-    for &idx in cx.state.ready_nodes() {
+    let mut visit = |idx: NodeIdx, best: &mut Option<Candidate>| {
         let Some(node) = cx.state.node(idx) else {
-            continue;
+            return;
         };
         if !cx.eligible(node) || !cx.request.resources().fits(node.allocatable()) {
-            continue;
+            return;
         }
         reset();
         if let Some(c) = victims_on(cx, idx, pool_need, best.as_ref(), may_take, &mut taken) {
-            best = Some(c);
+            *best = Some(c);
         }
+    };
+    if cx.exhaustive {
+        for &idx in cx.state.ready_nodes() {
+            visit(idx, &mut best);
+        }
+        return best;
+    }
+    let tree = cx.state.node_tree();
+    let mut stack = Vec::with_capacity(64);
+    stack.push(NodeTree::ROOT);
+    while let Some(pos) = stack.pop() {
+        let s = tree.summary(pos);
+        let Some((priority, grant)) = s.first_victim().filter(|_| s.n_ready > 0) else {
+            continue;
+        };
+        // Every candidate under `pos` is at least (priority, 1 victim, grant).
+        if below.is_some_and(|b| priority >= b)
+            || best
+                .as_ref()
+                .is_some_and(|b| (priority, 1, Reverse(grant)) >= b.key())
+        {
+            continue;
+        }
+        if tree.is_leaf(pos) {
+            if let Some(idx) = tree.node_at(pos) {
+                visit(idx, &mut best);
+            }
+            continue;
+        }
+        stack.push(2 * pos + 1);
+        stack.push(2 * pos);
     }
     best
 }
@@ -178,7 +213,7 @@ impl Preempt for PriorityPreemption {
         let prio = cx.request.priority();
         let pool_need = pool_missing(cx);
         let mut lower = |a: &Allocation| a.priority() < prio;
-        let best = best_node(cx, &pool_need, &mut lower, &mut || {})?;
+        let best = best_node(cx, &pool_need, Some(prio.get()), &mut lower, &mut || {})?;
         Some(Placement {
             node: best.node,
             victims: best.victims,
@@ -237,7 +272,7 @@ impl Preempt for Reclaim {
             borrowing
         };
         let mut reset = || held.borrow_mut().clear();
-        let best = best_node(cx, &Resources::default(), &mut borrowed, &mut reset)?;
+        let best = best_node(cx, &Resources::default(), None, &mut borrowed, &mut reset)?;
         Some(Placement {
             node: best.node,
             victims: best.victims,
