@@ -92,7 +92,11 @@ fn restored(strategy: &str, exhaustive: bool, snap: Snapshot) -> Ledger {
 
 fn grant_release(bencher: Bencher, strategy: &str, scale: usize, exhaustive: bool) {
     let (n_nodes, n_live) = SCALES[scale];
-    let mut l = restored(strategy, exhaustive, loaded_snapshot(strategy, n_nodes, n_live));
+    let mut l = restored(
+        strategy,
+        exhaustive,
+        loaded_snapshot(strategy, n_nodes, n_live),
+    );
     let mut i = n_live;
     bencher.counter(ItemsCount::new(1usize)).bench_local(|| {
         i += 1;

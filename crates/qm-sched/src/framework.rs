@@ -6,9 +6,12 @@
 
 use std::cell::RefCell;
 
-use qm_core::{Allocation, NodeIdx, Placement, Policy, PoolIdx, Preemption, QueueRank, State};
+use qm_core::{
+    Allocation, NodeIdx, Placement, Policy, PoolIdx, Preemption, QueueRank, State, Summary,
+};
 
 use crate::plugin::{Builtin, CycleState, Plugin};
+use crate::plugins::AgentSpread;
 use crate::preset::{Profile, preset};
 use crate::registry::{Registry, RegistryError};
 use crate::search;
@@ -22,6 +25,13 @@ enum Search {
     FirstFit,
     /// Built-in filters (with `fits`), `most-allocated` alone: the best-scored node.
     MostAllocated,
+    /// Built-in filters (with `fits`), `least-allocated` and `agent-spread` (plugin positions
+    /// and weights): the best-scored node, once the most any passing node holds of the
+    /// request's family is known.
+    Spread {
+        least: (usize, i64),
+        spread: (usize, i64),
+    },
 }
 
 #[derive(Debug, Default)]
@@ -121,9 +131,13 @@ impl Framework {
             return Search::Scan;
         }
         let scores: Option<Vec<Builtin>> = self.scores.iter().map(|(i, _)| kind(i)).collect();
-        match scores.as_deref() {
-            Some([]) => Search::FirstFit,
-            Some([Builtin::MostAllocated]) => Search::MostAllocated,
+        match (scores.as_deref(), self.scores.as_slice()) {
+            (Some([]), _) => Search::FirstFit,
+            (Some([Builtin::MostAllocated]), _) => Search::MostAllocated,
+            (Some([Builtin::LeastAllocated, Builtin::AgentSpread]), &[least, spread])
+            | (Some([Builtin::AgentSpread, Builtin::LeastAllocated]), &[spread, least]) => {
+                Search::Spread { least, spread }
+            }
             _ => Search::Scan,
         }
     }
@@ -162,7 +176,7 @@ impl Framework {
                 search::best_scored(
                     tree,
                     &want,
-                    &|sum| search::most_allocated_bound(sum, &want),
+                    &|_, sum| search::most_allocated_bound(sum, &want),
                     &mut |idx| {
                         if !self.passes(cx, &mut one, idx) {
                             return None;
@@ -171,6 +185,9 @@ impl Framework {
                         Some(out[0])
                     },
                 )
+            }
+            Search::Spread { least, spread } => {
+                return self.spread_node(cx, &want, least, spread, &mut one);
             }
             // Without a standard resource asked for, every node scores the same: the first.
             _ => search::first_fit(tree, &want, &mut |idx| self.passes(cx, &mut one, idx)),
@@ -210,6 +227,50 @@ impl Framework {
                 point,
             })
         }
+    }
+
+    /// `searched_node` for `least-allocated` plus `agent-spread`: first the most grants of the
+    /// request's family any passing node holds (what `agent-spread` scores against), then the
+    /// best node, bounding each subtree's spread score by the fewest grants it holds.
+    fn spread_node(
+        &self,
+        cx: &CycleState<'_>,
+        want: &[u64; 4],
+        (least, w_least): (usize, i64),
+        (spread, w_spread): (usize, i64),
+        one: &mut Vec<NodeIdx>,
+    ) -> Option<Option<NodeIdx>> {
+        let tree = cx.state.node_tree();
+        let least = self.plugins.get(least)?.score()?;
+        let spread = self
+            .plugins
+            .get(spread)?
+            .as_any()?
+            .downcast_ref::<AgentSpread>()?;
+        let counts = spread.family_counts(cx);
+        let range = |start: usize, len: usize| counts.map_or((0, 0), |c| c.range(start, len));
+        let most = if counts.is_some() {
+            match search::most_counted(tree, want, &range, &mut |idx| self.passes(cx, one, idx)) {
+                Some(m) => m,
+                None => return Some(None),
+            }
+        } else {
+            0
+        };
+        let bound = |pos: usize, sum: &Summary| {
+            let fewest = range(tree.first_index(pos), tree.span(pos)).0.min(most);
+            w_least * search::least_allocated_bound(sum, want)
+                + w_spread * AgentSpread::score_of(fewest, most)
+        };
+        let mut out = [0i64];
+        Some(search::best_scored(tree, want, &bound, &mut |idx| {
+            if !self.passes(cx, one, idx) {
+                return None;
+            }
+            least.score(cx, &[idx], &mut out);
+            let count = counts.map_or(0, |c| c.get(idx));
+            Some(w_least * out[0] + w_spread * AgentSpread::score_of(count, most))
+        }))
     }
 
     fn best_node(&self, cx: &CycleState<'_>) -> Option<NodeIdx> {

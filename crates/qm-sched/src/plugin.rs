@@ -70,6 +70,11 @@ pub trait Plugin: fmt::Debug + Send {
     fn builtin(&self) -> Option<Builtin> {
         None
     }
+    /// The plugin as `Any`, for the framework to read a built-in plugin's own index (the
+    /// built-ins that keep one answer; `None` by default).
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
     /// Its queue-order side.
     fn queue_order(&self) -> Option<&dyn QueueOrder> {
         None

@@ -96,18 +96,63 @@ fn to_score(fraction: f64) -> i64 {
     (fraction.clamp(0.0, 1.0) * MAX_SCORE as f64 + 0.5) as i64
 }
 
+/// The largest score `least-allocated` can give any node under a summary.
+pub(crate) fn least_allocated_bound(s: &Summary, want: &[u64; 4]) -> i64 {
+    to_score(1.0 - fullness_bound(s, want, false))
+}
+
 /// The largest score `most-allocated` can give any node under a summary.
 pub(crate) fn most_allocated_bound(s: &Summary, want: &[u64; 4]) -> i64 {
     to_score(fullness_bound(s, want, true))
 }
 
+/// The most `count` gives any node that may hold `want` and passes `pass`; `None` when no
+/// node passes. `range` gives the fewest and most `count` under a subtree (its first node
+/// and its number of leaves).
+pub(crate) fn most_counted(
+    tree: &NodeTree,
+    want: &[u64; 4],
+    range: &dyn Fn(usize, usize) -> (u32, u32),
+    pass: &mut dyn FnMut(NodeIdx) -> bool,
+) -> Option<u32> {
+    let most = |pos: usize| range(tree.first_index(pos), tree.span(pos)).1;
+    let mut found: Option<u32> = None;
+    let mut stack: Vec<(usize, u32)> = Vec::with_capacity(64);
+    stack.push((NodeTree::ROOT, most(NodeTree::ROOT)));
+    while let Some((pos, m)) = stack.pop() {
+        if found.is_some_and(|f| m <= f) || !tree.summary(pos).may_fit(want) {
+            continue;
+        }
+        if tree.is_leaf(pos) {
+            if let Some(idx) = tree.node_at(pos)
+                && pass(idx)
+            {
+                found = Some(found.map_or(m, |f| f.max(m)));
+            }
+            continue;
+        }
+        let (l, r) = (2 * pos, 2 * pos + 1);
+        let (ml, mr) = (most(l), most(r));
+        // Pushed last is searched first: the child holding more.
+        if mr > ml {
+            stack.push((l, ml));
+            stack.push((r, mr));
+        } else {
+            stack.push((r, mr));
+            stack.push((l, ml));
+        }
+    }
+    found
+}
+
 /// The node with the highest score among those that may hold `want` and pass `score` (which
 /// answers `None` for a node that does not pass), the earliest registered on a tie. `bound`
-/// must give, for a summary, at least the score of every node under it.
+/// must give, for a subtree (its position and summary), at least the score of every node
+/// under it.
 pub(crate) fn best_scored(
     tree: &NodeTree,
     want: &[u64; 4],
-    bound: &dyn Fn(&Summary) -> i64,
+    bound: &dyn Fn(usize, &Summary) -> i64,
     score: &mut dyn FnMut(NodeIdx) -> Option<i64>,
 ) -> Option<NodeIdx> {
     let mut best: Option<(i64, usize, NodeIdx)> = None;
@@ -120,7 +165,7 @@ pub(crate) fn best_scored(
     if !root.may_fit(want) {
         return None;
     }
-    stack.push((NodeTree::ROOT, bound(root)));
+    stack.push((NodeTree::ROOT, bound(NodeTree::ROOT, root)));
     while let Some((pos, b)) = stack.pop() {
         if !beats(&best, b, tree.first_index(pos)) {
             continue;
@@ -138,8 +183,8 @@ pub(crate) fn best_scored(
         }
         let (l, r) = (2 * pos, 2 * pos + 1);
         let (sl, sr) = (tree.summary(l), tree.summary(r));
-        let bl = sl.may_fit(want).then(|| bound(sl));
-        let br = sr.may_fit(want).then(|| bound(sr));
+        let bl = sl.may_fit(want).then(|| bound(l, sl));
+        let br = sr.may_fit(want).then(|| bound(r, sr));
         // Pushed last is searched first: the left child unless the right one bounds higher.
         match (bl, br) {
             (Some(bl), Some(br)) if br > bl => {

@@ -165,6 +165,13 @@ impl NodeTree {
         p - self.width
     }
 
+    /// How many leaves lie under `pos` (a power of two).
+    #[inline]
+    pub fn span(&self, pos: usize) -> usize {
+        let level = usize::BITS - 1 - pos.max(1).leading_zeros();
+        self.width >> level
+    }
+
     /// Rewrites the leaf of node `idx` from `node` and every summary above it.
     pub(crate) fn update(&mut self, idx: NodeIdx, node: Option<&Node>) {
         let i = idx.index();

@@ -44,13 +44,16 @@ fn pool_missing(cx: &CycleState<'_>) -> Resources {
 
 /// Picks victims on one node greedily in the node's victim order (lowest priority, youngest
 /// first), then lets off every victim (most important first) the request turns out not to
-/// need. Gives up as soon as the set cannot beat `bound`, reading priority and age off the
-/// node's index before looking an allocation up. `taken` is scratch space.
+/// need. Answers only a set that beats `bound` (or equals it, when `ties_win`: this node was
+/// registered before the bound's), giving up as soon as the set's highest priority passes the
+/// bound's; the answer for a node does not depend on the bound otherwise, so nodes may be
+/// visited in any order. `taken` is scratch space.
 fn victims_on<'a>(
     cx: &CycleState<'a>,
     node: NodeIdx,
     pool_need: &Resources,
     bound: Option<&Candidate>,
+    ties_win: bool,
     may_take: &mut dyn FnMut(&Allocation) -> bool,
     taken: &mut Vec<&'a Allocation>,
 ) -> Option<Candidate> {
@@ -60,25 +63,9 @@ fn victims_on<'a>(
     let node_need = n.available().shortfall_for(req.resources());
     let (mut need_n, mut need_p) = (node_need.clone(), pool_need.clone());
     taken.clear();
-    let mut oldest = u64::MAX;
-    for (prio, grant, id) in n.victim_entries() {
+    for (prio, _, id) in n.victim_entries() {
         if need_n.is_empty() && need_p.is_empty() {
             break;
-        }
-        if let Some(b) = bound {
-            // Taking this one gives at least this key (reprieves aside): if that cannot beat
-            // the bound, this node is out, unless the victim would be skipped anyway.
-            let at_least = (prio, taken.len() + 1, Reverse(oldest.min(grant)));
-            if at_least >= b.key() {
-                let a = st.alloc(id)?;
-                let same_pool = a.pool() == req.pool();
-                let useful =
-                    helps(&need_n, a.resources()) || (same_pool && helps(&need_p, a.resources()));
-                if useful && may_take(a) {
-                    return None;
-                }
-                continue;
-            }
         }
         let Some(a) = st.alloc(id) else { continue };
         let same_pool = a.pool() == req.pool();
@@ -86,11 +73,16 @@ fn victims_on<'a>(
         if !useful || !may_take(a) {
             continue;
         }
+        // The last victim taken is never let off (the ones before it did not suffice), so
+        // taking this one makes the set's highest priority at least `prio`: past the bound's,
+        // this node cannot beat it.
+        if bound.is_some_and(|b| prio > b.max_priority) {
+            return None;
+        }
         need_n.sub(a.resources());
         if same_pool {
             need_p.sub(a.resources());
         }
-        oldest = oldest.min(grant);
         taken.push(a);
     }
     if !(need_n.is_empty() && need_p.is_empty()) {
@@ -123,8 +115,9 @@ fn victims_on<'a>(
     }
     let max_priority = taken.iter().map(|a| a.priority().get()).max()?;
     let oldest_grant = taken.iter().map(|a| a.grant_seq()).min()?;
+    let key = (max_priority, taken.len(), Reverse(oldest_grant));
     if let Some(b) = bound
-        && (max_priority, taken.len(), Reverse(oldest_grant)) >= b.key()
+        && (key > b.key() || (key == b.key() && !ties_win))
     {
         return None;
     }
@@ -138,8 +131,9 @@ fn victims_on<'a>(
 
 /// Runs `victims_on` over every eligible node and keeps the best candidate (the earliest
 /// registered on a tie). Only victims of a priority below `below` may be taken, when given.
-/// Unless the decision is exhaustive, nodes are reached through the ledger's node index,
-/// skipping every subtree whose cheapest first victim cannot beat the best candidate so far.
+/// Unless the decision is exhaustive, nodes are reached through the ledger's node index, the
+/// subtree with the cheaper first victim first, skipping every subtree whose cheapest first
+/// victim (a bound on any candidate there) cannot beat the best candidate so far.
 fn best_node(
     cx: &CycleState<'_>,
     pool_need: &Resources,
@@ -157,7 +151,16 @@ fn best_node(
             return;
         }
         reset();
-        if let Some(c) = victims_on(cx, idx, pool_need, best.as_ref(), may_take, &mut taken) {
+        let ties_win = best.as_ref().is_some_and(|b| idx < b.node);
+        if let Some(c) = victims_on(
+            cx,
+            idx,
+            pool_need,
+            best.as_ref(),
+            ties_win,
+            may_take,
+            &mut taken,
+        ) {
             *best = Some(c);
         }
     };
@@ -168,20 +171,25 @@ fn best_node(
         return best;
     }
     let tree = cx.state.node_tree();
-    let mut stack = Vec::with_capacity(64);
-    stack.push(NodeTree::ROOT);
-    while let Some(pos) = stack.pop() {
+    // The least key any candidate under a subtree can have: (priority, 1 victim, grant).
+    let floor = |pos: usize| {
         let s = tree.summary(pos);
-        let Some((priority, grant)) = s.first_victim().filter(|_| s.n_ready > 0) else {
-            continue;
-        };
-        // Every candidate under `pos` is at least (priority, 1 victim, grant).
-        if below.is_some_and(|b| priority >= b)
-            || best
-                .as_ref()
-                .is_some_and(|b| (priority, 1, Reverse(grant)) >= b.key())
-        {
-            continue;
+        let (priority, grant) = s.first_victim().filter(|_| s.n_ready > 0)?;
+        if below.is_some_and(|b| priority >= b) {
+            return None;
+        }
+        Some((priority, 1, Reverse(grant)))
+    };
+    let mut stack = Vec::with_capacity(64);
+    if let Some(f) = floor(NodeTree::ROOT) {
+        stack.push((NodeTree::ROOT, f));
+    }
+    while let Some((pos, f)) = stack.pop() {
+        if let Some(b) = &best {
+            let first = tree.first_index(pos);
+            if f > b.key() || (f == b.key() && first > b.node.index()) {
+                continue;
+            }
         }
         if tree.is_leaf(pos) {
             if let Some(idx) = tree.node_at(pos) {
@@ -189,8 +197,22 @@ fn best_node(
             }
             continue;
         }
-        stack.push(2 * pos + 1);
-        stack.push(2 * pos);
+        let (l, r) = (2 * pos, 2 * pos + 1);
+        // Pushed last is searched first: the left child unless the right one's floor is lower.
+        match (floor(l), floor(r)) {
+            (Some(fl), Some(fr)) if fr < fl => {
+                stack.push((l, fl));
+                stack.push((r, fr));
+            }
+            (fl, fr) => {
+                if let Some(fr) = fr {
+                    stack.push((r, fr));
+                }
+                if let Some(fl) = fl {
+                    stack.push((l, fl));
+                }
+            }
+        }
     }
     best
 }

@@ -136,7 +136,8 @@ fn apply(l: &mut Ledger, now: &mut Timestamp, issued: &mut Vec<AllocId>, cmd: &C
             zone,
         } => {
             let res = Resources::new(*cpu, *mem).with(ResourceId::GPU, *gpu);
-            let mut req = Request::new(&format!("agent-{agent}"), res);
+            let stem = ["agent", "coder", "critic"][usize::from(*agent % 3)];
+            let mut req = Request::new(&format!("{stem}-{agent}"), res);
             req.pool = if *pool == 0 {
                 "default".to_owned()
             } else {
