@@ -52,6 +52,8 @@ pub struct Framework {
     preempt: Vec<usize>,
     reserve: Vec<usize>,
     search: Search,
+    /// The filters include the built-in `node-selector`.
+    selects: bool,
     exhaustive: bool,
     scratch: RefCell<Scratch>,
 }
@@ -68,6 +70,7 @@ impl Framework {
             preempt: Vec::new(),
             reserve: Vec::new(),
             search: Search::Scan,
+            selects: false,
             exhaustive: false,
             scratch: RefCell::default(),
         };
@@ -103,6 +106,10 @@ impl Framework {
             push_once(&mut fw.reserve, i, name, "reserve")?;
         }
         fw.search = fw.search_kind();
+        fw.selects = fw
+            .filters
+            .iter()
+            .any(|i| fw.plugins.get(*i).and_then(|p| p.builtin()) == Some(Builtin::NodeSelector));
         Ok(fw)
     }
 
@@ -273,14 +280,47 @@ impl Framework {
         }))
     }
 
+    /// The label of the request's selector the fewest nodes carry, when the profile's
+    /// filters are the built-ins (with `node-selector`) and those nodes are few enough to
+    /// score one by one rather than search for, or the request has topology rules (which are
+    /// scanned). The filters see those nodes instead of every ready node: the ones they keep
+    /// are the same, as each built-in filter judges a node on its own.
+    fn few_labelled<'a>(&self, cx: &CycleState<'a>) -> Option<(&'a str, &'a str)> {
+        if self.exhaustive || self.search == Search::Scan || !self.selects {
+            return None;
+        }
+        let st = cx.state;
+        let (k, v, n) = cx
+            .request
+            .node_selector()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str(), st.n_labelled(k, v)))
+            .min_by_key(|(_, _, n)| *n)?;
+        let few = n <= (st.ready_nodes().len() / 16).max(8);
+        (few || !cx.request.topology().is_empty()).then_some((k, v))
+    }
+
     fn best_node(&self, cx: &CycleState<'_>) -> Option<NodeIdx> {
-        if let Some(found) = self.searched_node(cx) {
+        let few = self.few_labelled(cx);
+        if few.is_none()
+            && let Some(found) = self.searched_node(cx)
+        {
             return found;
         }
         let mut scratch = self.scratch.borrow_mut();
         let Scratch { nodes, total, one } = &mut *scratch;
         nodes.clear();
-        nodes.extend_from_slice(cx.state.ready_nodes());
+        match few {
+            Some((k, v)) => nodes.extend(
+                cx.state
+                    .nodes_labelled(k, v)
+                    .filter(|i| cx.state.node(*i).is_some_and(|n| n.ready())),
+            ),
+            None => nodes.extend_from_slice(cx.state.ready_nodes()),
+        }
+        if nodes.is_empty() {
+            return None;
+        }
         for f in self
             .filters
             .iter()

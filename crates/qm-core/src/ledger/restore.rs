@@ -128,6 +128,7 @@ impl Ledger {
             if let Some(n) = l.node_mut(idx) {
                 n.ready = false;
             }
+            l.state.index_labels(idx, true);
             if ready {
                 l.set_ready(idx, true);
             }

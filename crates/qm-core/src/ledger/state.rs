@@ -173,6 +173,8 @@ pub struct State {
     pub(crate) n_queued: usize,
     pub(crate) refused_placements: Cell<u64>,
     pub(crate) tree: NodeTree,
+    /// Label key → value → the present nodes carrying it (an inverted index for selectors).
+    pub(crate) labelled: BTreeMap<Box<str>, BTreeMap<Box<str>, BTreeSet<NodeIdx>>>,
 }
 
 impl State {
@@ -269,6 +271,49 @@ impl State {
     pub fn node_tree(&self) -> &NodeTree {
         &self.tree
     }
+    /// The present nodes carrying label `key` = `value`, in registration order (ready or not).
+    pub fn nodes_labelled(&self, key: &str, value: &str) -> impl Iterator<Item = NodeIdx> + '_ {
+        self.labelled
+            .get(key)
+            .and_then(|values| values.get(value))
+            .into_iter()
+            .flatten()
+            .copied()
+    }
+    /// How many present nodes carry label `key` = `value`.
+    pub fn n_labelled(&self, key: &str, value: &str) -> usize {
+        self.labelled
+            .get(key)
+            .and_then(|values| values.get(value))
+            .map_or(0, BTreeSet::len)
+    }
+    /// Adds (or, with `add` false, removes) node `idx`'s labels to the label index; called
+    /// when a node comes, before and after its spec changes, and before it goes.
+    pub(crate) fn index_labels(&mut self, idx: NodeIdx, add: bool) {
+        let Some(node) = self.nodes.get(idx.index()).and_then(|s| s.live.as_ref()) else {
+            return;
+        };
+        for (k, v) in &node.spec.labels {
+            if add {
+                self.labelled
+                    .entry(k.as_str().into())
+                    .or_default()
+                    .entry(v.as_str().into())
+                    .or_default()
+                    .insert(idx);
+            } else if let Some(values) = self.labelled.get_mut(k.as_str()) {
+                if let Some(set) = values.get_mut(v.as_str()) {
+                    set.remove(&idx);
+                    if set.is_empty() {
+                        values.remove(v.as_str());
+                    }
+                }
+                if values.is_empty() {
+                    self.labelled.remove(k.as_str());
+                }
+            }
+        }
+    }
     /// Brings node `idx`'s entry in the node index up to date; called in the same step as
     /// every change to a node's readiness, allocatable, allocated sum or victims.
     pub(crate) fn reindex(&mut self, idx: NodeIdx) {
@@ -283,7 +328,25 @@ impl State {
     /// tests: the index must change in the same step as the nodes it describes).
     pub fn node_index_is_current(&self) -> bool {
         let fresh = NodeTree::build(self.nodes.len(), self.nodes.iter().map(|s| s.live.as_ref()));
-        (1..2 * fresh.width()).all(|p| fresh.summary(p) == self.tree.summary(p))
+        let mut labelled = BTreeMap::<&str, BTreeMap<&str, BTreeSet<NodeIdx>>>::new();
+        for (idx, node) in self.nodes() {
+            for (k, v) in &node.spec.labels {
+                labelled
+                    .entry(k)
+                    .or_default()
+                    .entry(v)
+                    .or_default()
+                    .insert(idx);
+            }
+        }
+        let same_labels = labelled.len() == self.labelled.len()
+            && labelled.iter().all(|(k, values)| {
+                self.labelled.get(*k).is_some_and(|mine| {
+                    mine.len() == values.len()
+                        && values.iter().all(|(v, set)| mine.get(*v) == Some(set))
+                })
+            });
+        same_labels && (1..2 * fresh.width()).all(|p| fresh.summary(p) == self.tree.summary(p))
     }
     /// Rebuilds the node index from scratch (after a restore, or to grow it).
     pub(crate) fn rebuild_index(&mut self) {
