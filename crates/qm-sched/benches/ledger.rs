@@ -115,6 +115,12 @@ fn grant_release_64_nodes(bencher: Bencher, strategy: &str) {
     grant_release(bencher, strategy, 0, false);
 }
 
+/// Grant + release at 64 nodes, visiting every node.
+#[divan::bench(args = STRATEGIES)]
+fn grant_release_64_nodes_scan(bencher: Bencher, strategy: &str) {
+    grant_release(bencher, strategy, 0, true);
+}
+
 /// Grant + release at 1,000 nodes and 100,000 live allocations.
 #[divan::bench(args = STRATEGIES, sample_count = 30)]
 fn grant_release_1k_nodes(bencher: Bencher, strategy: &str) {
