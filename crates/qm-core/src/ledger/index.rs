@@ -213,3 +213,57 @@ impl NodeTree {
         Self { width, sums }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::NodeSpec;
+    use crate::resources::Resources;
+
+    fn node(cpu: u64, used: u64, ready: bool) -> Node {
+        let mut n = Node::new(NodeSpec::new("n", Resources::new(cpu, 1 << 30)));
+        n.allocated = Resources::new(used, 0);
+        n.ready = ready;
+        n
+    }
+
+    #[test]
+    fn summaries_follow_their_nodes() {
+        let nodes = [
+            node(4000, 1000, true),
+            node(8000, 0, false),
+            node(2000, 500, true),
+        ];
+        let mut tree = NodeTree::build(3, nodes.iter().map(Some));
+        assert_eq!(tree.width(), 4);
+        let root = tree.summary(NodeTree::ROOT);
+        assert_eq!(root.n_ready, 2, "a node that is not ready is an empty leaf");
+        assert_eq!(root.max_free[0], 3000);
+        assert!((root.max_used[0] - 0.25).abs() < 1e-12);
+        assert!(root.may_fit(&[3000, 0, 0, 0]) && !root.may_fit(&[3001, 0, 0, 0]));
+        assert_eq!((tree.first_index(3), tree.span(3)), (2, 2));
+        assert_eq!(tree.node_at(6).map(NodeIdx::index), Some(2));
+
+        let idx = NodeIdx::from_index(1).expect("index");
+        tree.update(idx, Some(&node(8000, 0, true)));
+        let root = tree.summary(NodeTree::ROOT);
+        assert_eq!((root.n_ready, root.max_free[0]), (3, 8000));
+        let fresh = NodeTree::build(
+            3,
+            [
+                node(4000, 1000, true),
+                node(8000, 0, true),
+                node(2000, 500, true),
+            ]
+            .iter()
+            .map(Some),
+        );
+        assert!((1..8).all(|p| fresh.summary(p) == tree.summary(p)));
+        tree.update(idx, None);
+        assert_eq!(
+            tree.summary(NodeTree::ROOT).n_ready,
+            2,
+            "a removed node leaves"
+        );
+    }
+}
