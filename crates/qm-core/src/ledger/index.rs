@@ -37,9 +37,6 @@ pub struct Summary {
     pub max_inv: [f64; N_STD],
     /// The smallest `1 / allocatable` among them, per standard resource.
     pub min_inv: [f64; N_STD],
-    /// The smallest victim key (see `victim_key`) of any node's first victim: the lowest
-    /// priority, then the most recent grant; `u64::MAX` when none has a preemptible grant.
-    pub first_victim: u64,
 }
 
 impl Summary {
@@ -51,7 +48,6 @@ impl Summary {
         min_used: [f64::INFINITY; N_STD],
         max_inv: [0.0; N_STD],
         min_inv: [f64::INFINITY; N_STD],
-        first_victim: u64::MAX,
     };
 
     /// The summary of one node (empty unless it is ready).
@@ -61,7 +57,6 @@ impl Summary {
         };
         let mut out = Self {
             n_ready: 1,
-            first_victim: node.victims.keys().next().copied().unwrap_or(u64::MAX),
             ..Self::EMPTY
         };
         let inv = node.inv_allocatable;
@@ -82,7 +77,6 @@ impl Summary {
     fn merge(a: &Self, b: &Self) -> Self {
         let mut out = Self {
             n_ready: a.n_ready + b.n_ready,
-            first_victim: a.first_victim.min(b.first_victim),
             ..Self::EMPTY
         };
         for r in 0..N_STD {
@@ -95,14 +89,6 @@ impl Summary {
         out
     }
 
-    /// The priority and grant order of the cheapest first victim in the range: every set of
-    /// victims taken on one of its nodes has a highest priority at least this one, and, at
-    /// that priority, an oldest grant no younger than this one. `None` without victims.
-    #[inline]
-    pub fn first_victim(&self) -> Option<(u16, u64)> {
-        (self.first_victim != u64::MAX).then(|| crate::ledger::decode_victim_key(self.first_victim))
-    }
-
     /// True when some node of the range might have `want` left of every standard resource.
     #[inline]
     pub fn may_fit(&self, want: &[u64; N_STD]) -> bool {
@@ -112,10 +98,15 @@ impl Summary {
 
 /// The segment tree. Position 1 is the root; position `p` has children `2p` and `2p + 1`;
 /// the leaves are positions `width..2 * width`, the node at table index `i` at `width + i`.
+/// Capacity summaries and first victims are kept apart: a grant changes its node's first
+/// victim all the way up, while its capacity summary usually stops changing a few levels up.
 #[derive(Debug, Clone)]
 pub struct NodeTree {
     width: usize,
     sums: Vec<Summary>,
+    /// The smallest victim key (see `victim_key`) of any ready node's first victim: the
+    /// lowest priority, then the most recent grant; `u64::MAX` when none has one.
+    victims: Vec<u64>,
 }
 
 impl Default for NodeTree {
@@ -123,8 +114,16 @@ impl Default for NodeTree {
         Self {
             width: 1,
             sums: vec![Summary::EMPTY; 2],
+            victims: vec![u64::MAX; 2],
         }
     }
+}
+
+/// A node's first victim key, `u64::MAX` when it is not ready or has none.
+fn first_victim(node: Option<&Node>) -> u64 {
+    node.filter(|n| n.ready)
+        .and_then(|n| n.victims.keys().next().copied())
+        .unwrap_or(u64::MAX)
 }
 
 impl NodeTree {
@@ -140,6 +139,15 @@ impl NodeTree {
     /// How many leaves the tree has (a power of two, at least the number of nodes).
     pub fn width(&self) -> usize {
         self.width
+    }
+
+    /// The priority and grant order of the cheapest first victim under `pos`: every set of
+    /// victims taken on one of its nodes has a highest priority at least this one, and, at
+    /// that priority, an oldest grant no younger than this one. `None` without victims.
+    #[inline]
+    pub fn first_victim(&self, pos: usize) -> Option<(u16, u64)> {
+        let key = self.victims.get(pos).copied().unwrap_or(u64::MAX);
+        (key != u64::MAX).then(|| crate::ledger::decode_victim_key(key))
     }
 
     /// True when `pos` is a leaf.
@@ -180,6 +188,19 @@ impl NodeTree {
             return;
         }
         let mut pos = self.width + i;
+        let key = first_victim(node);
+        if self.victims[pos] != key {
+            self.victims[pos] = key;
+            while pos > 1 {
+                pos /= 2;
+                let merged = self.victims[2 * pos].min(self.victims[2 * pos + 1]);
+                if self.victims[pos] == merged {
+                    break;
+                }
+                self.victims[pos] = merged;
+            }
+        }
+        let mut pos = self.width + i;
         let leaf = Summary::of(node);
         if self.sums[pos] == leaf {
             return;
@@ -204,13 +225,20 @@ impl NodeTree {
     pub(crate) fn build<'a>(n: usize, nodes: impl Iterator<Item = Option<&'a Node>>) -> Self {
         let width = n.max(1).next_power_of_two();
         let mut sums = vec![Summary::EMPTY; 2 * width];
+        let mut victims = vec![u64::MAX; 2 * width];
         for (i, node) in nodes.enumerate().take(width) {
             sums[width + i] = Summary::of(node);
+            victims[width + i] = first_victim(node);
         }
         for pos in (1..width).rev() {
             sums[pos] = Summary::merge(&sums[2 * pos], &sums[2 * pos + 1]);
+            victims[pos] = victims[2 * pos].min(victims[2 * pos + 1]);
         }
-        Self { width, sums }
+        Self {
+            width,
+            sums,
+            victims,
+        }
     }
 }
 

@@ -346,7 +346,11 @@ impl State {
                         && values.iter().all(|(v, set)| mine.get(*v) == Some(set))
                 })
             });
-        same_labels && (1..2 * fresh.width()).all(|p| fresh.summary(p) == self.tree.summary(p))
+        same_labels
+            && (1..2 * fresh.width()).all(|p| {
+                fresh.summary(p) == self.tree.summary(p)
+                    && fresh.first_victim(p) == self.tree.first_victim(p)
+            })
     }
     /// Rebuilds the node index from scratch (after a restore, or to grow it).
     pub(crate) fn rebuild_index(&mut self) {

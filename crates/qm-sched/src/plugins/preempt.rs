@@ -173,8 +173,7 @@ fn best_node(
     let tree = cx.state.node_tree();
     // The least key any candidate under a subtree can have: (priority, 1 victim, grant).
     let floor = |pos: usize| {
-        let s = tree.summary(pos);
-        let (priority, grant) = s.first_victim().filter(|_| s.n_ready > 0)?;
+        let (priority, grant) = tree.first_victim(pos)?;
         if below.is_some_and(|b| priority >= b) {
             return None;
         }
