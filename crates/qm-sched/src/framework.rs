@@ -37,6 +37,8 @@ enum Search {
 #[derive(Debug, Default)]
 struct Scratch {
     nodes: Vec<NodeIdx>,
+    /// The one node a search asks the filters about.
+    one_node: Vec<NodeIdx>,
     total: Vec<i64>,
     one: Vec<i64>,
 }
@@ -174,7 +176,8 @@ impl Framework {
         }
         let tree = cx.state.node_tree();
         let want = search::wants(cx);
-        let mut one = Vec::with_capacity(1);
+        let mut scratch = self.scratch.borrow_mut();
+        let one = &mut scratch.one_node;
         Some(match self.search {
             Search::MostAllocated if want.iter().any(|w| *w > 0) => {
                 let (i, _) = *self.scores.first()?;
@@ -185,7 +188,7 @@ impl Framework {
                     &want,
                     &|_, sum| search::most_allocated_bound(sum, &want),
                     &mut |idx| {
-                        if !self.passes(cx, &mut one, idx) {
+                        if !self.passes(cx, one, idx) {
                             return None;
                         }
                         s.score(cx, &[idx], &mut out);
@@ -194,10 +197,10 @@ impl Framework {
                 )
             }
             Search::Spread { least, spread } => {
-                return self.spread_node(cx, &want, least, spread, &mut one);
+                return self.spread_node(cx, &want, least, spread, one);
             }
             // Without a standard resource asked for, every node scores the same: the first.
-            _ => search::first_fit(tree, &want, &mut |idx| self.passes(cx, &mut one, idx)),
+            _ => search::first_fit(tree, &want, &mut |idx| self.passes(cx, one, idx)),
         })
     }
 
@@ -308,7 +311,9 @@ impl Framework {
             return found;
         }
         let mut scratch = self.scratch.borrow_mut();
-        let Scratch { nodes, total, one } = &mut *scratch;
+        let Scratch {
+            nodes, total, one, ..
+        } = &mut *scratch;
         nodes.clear();
         match few {
             Some((k, v)) => nodes.extend(

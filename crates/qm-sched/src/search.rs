@@ -27,6 +27,39 @@ const BASE: [ResourceId; 4] = [
 /// one score point (1 / [`MAX_SCORE`]).
 const SLACK: f64 = 1e-9;
 
+/// A depth-first search's pending subtrees, on the call stack: a descent keeps at most one
+/// pending sibling per level plus the subtree in hand, and the node index is at most 33
+/// levels deep (node indices are 32-bit), so 64 entries always suffice.
+pub(crate) struct Stack<T> {
+    items: [T; 64],
+    len: usize,
+}
+
+impl<T: Copy + Default> Stack<T> {
+    pub(crate) fn new() -> Self {
+        Self {
+            items: [T::default(); 64],
+            len: 0,
+        }
+    }
+
+    pub(crate) fn push(&mut self, item: T) {
+        debug_assert!(
+            self.len < self.items.len(),
+            "a search deeper than the node index"
+        );
+        if let Some(slot) = self.items.get_mut(self.len) {
+            *slot = item;
+            self.len += 1;
+        }
+    }
+
+    pub(crate) fn pop(&mut self) -> Option<T> {
+        self.len = self.len.checked_sub(1)?;
+        self.items.get(self.len).copied()
+    }
+}
+
 /// The standard resources the request asks for.
 pub(crate) fn wants(cx: &CycleState<'_>) -> [u64; 4] {
     let req = cx.request.resources();
@@ -39,7 +72,7 @@ pub(crate) fn first_fit(
     want: &[u64; 4],
     pass: &mut dyn FnMut(NodeIdx) -> bool,
 ) -> Option<NodeIdx> {
-    let mut stack = Vec::with_capacity(64);
+    let mut stack = Stack::new();
     stack.push(NodeTree::ROOT);
     while let Some(pos) = stack.pop() {
         if !tree.summary(pos).may_fit(want) {
@@ -117,7 +150,7 @@ pub(crate) fn most_counted(
 ) -> Option<u32> {
     let most = |pos: usize| range(tree.first_index(pos), tree.span(pos)).1;
     let mut found: Option<u32> = None;
-    let mut stack: Vec<(usize, u32)> = Vec::with_capacity(64);
+    let mut stack: Stack<(usize, u32)> = Stack::new();
     stack.push((NodeTree::ROOT, most(NodeTree::ROOT)));
     while let Some((pos, m)) = stack.pop() {
         if found.is_some_and(|f| m <= f) || !tree.summary(pos).may_fit(want) {
@@ -160,7 +193,7 @@ pub(crate) fn best_scored(
         best.is_none_or(|(b, at, _)| value > b || (value == b && first < at))
     };
     // (position, its bound); a child with the higher bound is searched first.
-    let mut stack: Vec<(usize, i64)> = Vec::with_capacity(64);
+    let mut stack: Stack<(usize, i64)> = Stack::new();
     let root = tree.summary(NodeTree::ROOT);
     if !root.may_fit(want) {
         return None;

@@ -8,6 +8,7 @@ use std::cmp::Reverse;
 use qm_core::{AllocId, Allocation, NodeIdx, NodeTree, Placement, PoolIdx, Preemption, Resources};
 
 use crate::plugin::{CycleState, Plugin, Preempt};
+use crate::search::Stack;
 
 /// A node's victim set, with what the choice between nodes compares.
 #[derive(Debug)]
@@ -19,9 +20,13 @@ struct Candidate {
     oldest_grant: u64,
 }
 
+/// How candidates compare: the highest victim priority, the number of victims, and the oldest
+/// victim's grant order reversed; the smallest wins.
+type Key = (u16, usize, Reverse<u64>);
+
 impl Candidate {
     /// Lowest highest-priority first, then fewest victims, then youngest victims.
-    fn key(&self) -> (u16, usize, Reverse<u64>) {
+    fn key(&self) -> Key {
         (
             self.max_priority,
             self.victims.len(),
@@ -179,7 +184,7 @@ fn best_node(
         }
         Some((priority, 1, Reverse(grant)))
     };
-    let mut stack = Vec::with_capacity(64);
+    let mut stack: Stack<(usize, Key)> = Stack::new();
     if let Some(f) = floor(NodeTree::ROOT) {
         stack.push((NodeTree::ROOT, f));
     }
