@@ -198,6 +198,32 @@ fn preempt_cycle(bencher: Bencher, nodes: &str, exhaustive: bool) {
     });
 }
 
+/// Every node full; each iteration submits a request that cannot preempt and queues (the
+/// answer says what it is short of on the closest node), then cancels it.
+#[divan::bench(args = ["64", "10000"], sample_count = 30)]
+fn queued_submit(bencher: Bencher, nodes: &str) {
+    queue_cycle(bencher, nodes, false);
+}
+
+/// `queued_submit`, visiting every node.
+#[divan::bench(args = ["64", "10000"], sample_count = 10)]
+fn queued_submit_scan(bencher: Bencher, nodes: &str) {
+    queue_cycle(bencher, nodes, true);
+}
+
+fn queue_cycle(bencher: Bencher, nodes: &str, exhaustive: bool) {
+    let (mut l, _) = full_of_low_priority(nodes, exhaustive);
+    let mut i = 10_000_000;
+    bencher.bench_local(|| {
+        i += 1;
+        let mut r = request(i, 250, 512 * MI, 100);
+        r.queue = true;
+        let s = l.submit(now(), r).expect("queued");
+        l.release(now(), s.id.expect("queued"));
+        l.clear_events();
+    });
+}
+
 /// The restore half of `preempting_grant` (a release and a plain grant on a full cluster).
 #[divan::bench(args = ["64", "10000"], sample_count = 30)]
 fn restore_only(bencher: Bencher, nodes: &str) {

@@ -420,6 +420,10 @@ impl Policy for Framework {
             .find_map(|p| p.preempt(&cx))
     }
 
+    fn exhaustive(&self) -> bool {
+        self.exhaustive
+    }
+
     fn reserve(&mut self, state: &State, alloc: &Allocation) {
         for i in &self.reserve {
             if let Some(r) = self.plugins.get_mut(*i).and_then(|p| p.reserve()) {

@@ -9,6 +9,7 @@ mod drain;
 mod index;
 mod nodes;
 mod restore;
+mod shortfall;
 mod state;
 
 use std::mem;
@@ -23,6 +24,7 @@ use crate::resources::Resources;
 pub use index::{NodeTree, Summary};
 pub use nodes::{NodeError, PoolError};
 pub use restore::{AllocationRecord, RestoreError, Snapshot};
+use shortfall::normalized_size;
 pub use state::State;
 pub(crate) use state::decode_victim_key;
 use state::{Slot, queue_key, victim_key};
@@ -525,62 +527,6 @@ impl Ledger {
                 .is_none_or(|l| cand.resources.fits_under_cap(&pool_used, l))
     }
 
-    /// What keeps `cand` out: its pool's limit, no eligible node, capacity on the closest
-    /// node, or a hold on the node it would fit.
-    fn shortfall(&self, cand: &Allocation) -> Shortfall {
-        let st = &self.state;
-        let req = &cand.resources;
-        if let Some(pool) = st.pool(cand.pool)
-            && let Some(limit) = &pool.spec.limit
-            && !req.fits_under_cap(&pool.allocated, limit)
-        {
-            let missing = req.over_cap(&pool.allocated, limit);
-            return Shortfall {
-                reason: ShortfallReason::PoolLimit,
-                missing,
-                node: None,
-            };
-        }
-        let mut best: Option<(f64, NodeIdx, Resources)> = None;
-        for idx in &st.ready {
-            let Some(node) = st.node(*idx) else { continue };
-            if !node.matches(cand.node_selector()) {
-                continue;
-            }
-            let missing = node.available().shortfall_for(req);
-            if missing.is_empty() && !st.hold_allows(node, cand) {
-                return Shortfall {
-                    reason: ShortfallReason::NodeHeld,
-                    missing,
-                    node: Some(*idx),
-                };
-            }
-            let size = normalized_size(&missing, node.inv_allocatable());
-            if best.as_ref().is_none_or(|(s, _, _)| size < *s) {
-                best = Some((size, *idx, missing));
-            }
-        }
-        match best {
-            Some((_, node, missing)) if missing.is_empty() && !cand.topology().is_empty() => {
-                Shortfall {
-                    reason: ShortfallReason::Topology,
-                    missing,
-                    node: Some(node),
-                }
-            }
-            Some((_, node, missing)) => Shortfall {
-                reason: ShortfallReason::Capacity,
-                missing,
-                node: Some(node),
-            },
-            None => Shortfall {
-                reason: ShortfallReason::NoEligibleNode,
-                missing: req.clone(),
-                node: None,
-            },
-        }
-    }
-
     /// Queues `alloc`; one with a lease holds its place only while the lease is renewed (a
     /// waiter that went away does not keep a queued request, to be granted to no one).
     fn enqueue(&mut self, now: Timestamp, mut alloc: Allocation) {
@@ -735,16 +681,6 @@ impl Ledger {
             .get_mut(idx.index())
             .and_then(|s| s.live.as_mut())
     }
-}
-
-/// The size of `missing` as a sum of fractions of a node's allocatable (extended resources
-/// count whole), to compare how close nodes come to fitting a request.
-pub(crate) fn normalized_size(missing: &Resources, inv_allocatable: &[f64; 4]) -> f64 {
-    #[allow(clippy::cast_precision_loss)]
-    missing
-        .iter()
-        .map(|(r, v)| v as f64 * inv_allocatable.get(r.index()).copied().unwrap_or(1.0))
-        .sum()
 }
 
 #[cfg(test)]
