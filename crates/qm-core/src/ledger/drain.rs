@@ -8,6 +8,7 @@ use std::ops::Bound;
 
 use super::{Event, Ledger, normalized_size};
 use crate::ids::{AllocId, NodeIdx, Timestamp};
+use crate::node::Node;
 use crate::policy::{Preemption, QueueRank};
 use crate::resources::Resources;
 
@@ -150,7 +151,8 @@ impl Ledger {
     }
 
     /// Holds a node for `id` if it has waited long enough and holds none yet: the ready,
-    /// eligible, unheld node that could ever fit it and is closest to fitting it now.
+    /// eligible, unheld node that could ever fit it and is closest to fitting it now (found
+    /// through the indexes, or by visiting every node for a policy that asks for it).
     fn maybe_hold(&mut self, now: Timestamp, id: AllocId) {
         let st = &self.state;
         let Some(cand) = st.alloc(id) else { return };
@@ -159,21 +161,29 @@ impl Ledger {
         {
             return;
         }
-        let mut best: Option<(f64, NodeIdx)> = None;
-        for idx in &st.ready {
-            let Some(node) = st.node(*idx) else { continue };
-            if node.held_for.is_some()
-                || !node.matches(cand.node_selector())
-                || !cand.resources.fits(node.allocatable())
-            {
-                continue;
+        // Ready, unheld, carrying the selector's labels, and large enough to ever fit it.
+        let may_hold = |node: &Node| {
+            node.ready
+                && node.held_for.is_none()
+                && node.matches(cand.node_selector())
+                && cand.resources.fits(node.allocatable())
+        };
+        let best = if self.policy.exhaustive() {
+            let mut best: Option<(f64, NodeIdx)> = None;
+            for idx in &st.ready {
+                let Some(node) = st.node(*idx).filter(|n| may_hold(n)) else {
+                    continue;
+                };
+                let missing = node.available().shortfall_for(&cand.resources);
+                let size = normalized_size(&missing, node.inv_allocatable());
+                if best.is_none_or(|(s, _)| size < s) {
+                    best = Some((size, *idx));
+                }
             }
-            let missing = node.available().shortfall_for(&cand.resources);
-            let size = normalized_size(&missing, node.inv_allocatable());
-            if best.is_none_or(|(s, _)| size < s) {
-                best = Some((size, *idx));
-            }
-        }
+            best
+        } else {
+            self.closest(cand, &may_hold).map(|(s, idx, _)| (s, idx))
+        };
         let Some((_, node)) = best else { return };
         self.state.holds.insert(id, node);
         if let Some(n) = self.node_mut(node) {

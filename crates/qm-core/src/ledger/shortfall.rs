@@ -86,12 +86,10 @@ impl Ledger {
     }
 
     /// `closest_scanned`, through the indexes: a held node is one of the few nodes holds
-    /// name; a selector's nodes come from the label index; otherwise the node index is
-    /// descended, the subtree with the smaller bound first.
+    /// name, and the closest node comes from [`Ledger::closest`].
     fn closest_searched(&self, cand: &Allocation) -> Result<Closest, Shortfall> {
         let st = &self.state;
-        let selector = cand.node_selector();
-        let ready_match = |node: &Node| node.ready && node.matches(selector);
+        let ready_match = |node: &Node| node.ready && node.matches(cand.node_selector());
         // The scan stops at the first node (in registration order) the request fits on but
         // may not use: only a held node can be one.
         let first_held = st
@@ -110,8 +108,17 @@ impl Ledger {
                 .unwrap_or_default();
             return Err(held(*idx, missing));
         }
+        Ok(self.closest(cand, &ready_match))
+    }
+
+    /// The node closest to fitting `cand` among the ready nodes `accept` lets through (which
+    /// must only let through nodes carrying the request's selector), the earliest registered on
+    /// a tie: through the label index for a selector, else by descending the node index, the
+    /// subtree with the smaller floor on its missing size first.
+    pub(super) fn closest(&self, cand: &Allocation, accept: &dyn Fn(&Node) -> bool) -> Closest {
+        let st = &self.state;
         let measure = |idx: NodeIdx| {
-            let node = st.node(idx).filter(|n| ready_match(n))?;
+            let node = st.node(idx).filter(|n| n.ready && accept(n))?;
             let missing = node.available().shortfall_for(&cand.resources);
             Some((
                 normalized_size(&missing, node.inv_allocatable()),
@@ -124,7 +131,11 @@ impl Ledger {
                 .is_none_or(|(s, at, _)| size < *s || (size == *s && first < at.index()))
         };
         let mut best: Closest = None;
-        if let Some((k, v)) = selector.iter().min_by_key(|(k, v)| st.n_labelled(k, v)) {
+        if let Some((k, v)) = cand
+            .node_selector()
+            .iter()
+            .min_by_key(|(k, v)| st.n_labelled(k, v))
+        {
             for idx in st.nodes_labelled(k, v) {
                 if let Some((size, idx, missing)) = measure(idx)
                     && better(&best, size, idx.index())
@@ -132,7 +143,7 @@ impl Ledger {
                     best = Some((size, idx, missing));
                 }
             }
-            return Ok(best);
+            return best;
         }
         let tree = st.node_tree();
         let want = STANDARD.map(|r| cand.resources.get(r));
@@ -175,7 +186,7 @@ impl Ledger {
                 }
             }
         }
-        Ok(best)
+        best
     }
 }
 
