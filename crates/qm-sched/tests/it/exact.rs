@@ -1,7 +1,8 @@
 //! The indexed ledger decides exactly as the exhaustive one: every built-in strategy runs the
 //! same random command sequence on the same random cluster twice, once searching the ledger's
 //! node index and once visiting every node (`Framework::exhaustive`), and every answer and
-//! every event must be the same. The node index must also match a rebuild after each command.
+//! every event must be the same. The node index must also match a rebuild after each command
+//! and after a restore.
 
 use proptest::prelude::*;
 use qm_core::{
@@ -216,5 +217,10 @@ proptest! {
             prop_assert!(fast.state().node_index_is_current(), "step {} {:?}", step, cmd);
             prop_assert_eq!(fast.state().refused_placements(), 0);
         }
+        // A ledger restored from a snapshot rebuilds its indexes to the same.
+        let fw = Framework::preset(strategy).expect("strategy");
+        let restored = Ledger::restore(Box::new(fw), LedgerConfig::default(), fast.snapshot())
+            .expect("restore");
+        prop_assert!(restored.state().node_index_is_current());
     }
 }
