@@ -602,6 +602,8 @@ impl Ledger {
             self.state.expiry.insert((at, id));
         }
         if let Some(alloc) = self.state.allocs.get(id) {
+            let counts = &mut self.state.granted_labels;
+            state::count_grant_labels(counts, alloc.node, alloc.labels(), true);
             self.policy.reserve(&self.state, alloc);
         }
         self.events.push(Event::Granted {
@@ -642,6 +644,8 @@ impl Ledger {
                 if let Some(at) = alloc.expires_at {
                     self.state.expiry.remove(&(at, id));
                 }
+                let counts = &mut self.state.granted_labels;
+                state::count_grant_labels(counts, alloc.node, alloc.labels(), false);
                 self.policy.unreserve(&self.state, &alloc);
             }
             _ => {

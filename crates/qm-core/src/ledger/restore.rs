@@ -231,6 +231,8 @@ impl Ledger {
             self.state.expiry.insert((at, id));
         }
         if let Some(alloc) = self.state.allocs.get(id) {
+            let counts = &mut self.state.granted_labels;
+            super::state::count_grant_labels(counts, alloc.node, alloc.labels(), true);
             self.policy.reserve(&self.state, alloc);
         }
         Ok(())

@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::index::{NodeTree, STANDARD};
-use crate::allocation::Allocation;
+use crate::allocation::{Allocation, Labels};
 use crate::ids::{AllocId, MAX_LIVE, NodeIdx, PoolIdx, Timestamp};
 use crate::node::{Node, Pool};
 use crate::resources::Resources;
@@ -175,6 +175,48 @@ pub struct State {
     pub(crate) tree: NodeTree,
     /// Label key → value → the present nodes carrying it (an inverted index for selectors).
     pub(crate) labelled: BTreeMap<Box<str>, BTreeMap<Box<str>, BTreeSet<NodeIdx>>>,
+    /// Label key → value → per node, how many grants there carry it (for topology rules).
+    pub(crate) granted_labels: GrantedLabels,
+}
+
+/// Label key → value → per node, how many grants there carry it.
+pub(crate) type GrantedLabels = BTreeMap<Box<str>, BTreeMap<Box<str>, BTreeMap<NodeIdx, u32>>>;
+
+/// Counts (or, with `add` false, stops counting) a grant's `labels` on its `node`; called as a
+/// grant is made and as it ends.
+pub(crate) fn count_grant_labels(
+    counts: &mut GrantedLabels,
+    node: Option<NodeIdx>,
+    labels: &Labels,
+    add: bool,
+) {
+    let Some(node) = node else { return };
+    for (k, v) in labels {
+        if add {
+            *counts
+                .entry(k.as_str().into())
+                .or_default()
+                .entry(v.as_str().into())
+                .or_default()
+                .entry(node)
+                .or_default() += 1;
+        } else if let Some(values) = counts.get_mut(k.as_str()) {
+            if let Some(per_node) = values.get_mut(v.as_str()) {
+                if let Some(n) = per_node.get_mut(&node) {
+                    *n -= 1;
+                    if *n == 0 {
+                        per_node.remove(&node);
+                    }
+                }
+                if per_node.is_empty() {
+                    values.remove(v.as_str());
+                }
+            }
+            if values.is_empty() {
+                counts.remove(k.as_str());
+            }
+        }
+    }
 }
 
 impl State {
@@ -287,6 +329,20 @@ impl State {
             .and_then(|values| values.get(value))
             .map_or(0, BTreeSet::len)
     }
+    /// Per node, how many granted allocations carry label `key` = `value` (nodes holding none
+    /// left out), in registration order.
+    pub fn granted_labelled(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> impl Iterator<Item = (NodeIdx, u32)> + '_ {
+        self.granted_labels
+            .get(key)
+            .and_then(|values| values.get(value))
+            .into_iter()
+            .flatten()
+            .map(|(idx, n)| (*idx, *n))
+    }
     /// Adds (or, with `add` false, removes) node `idx`'s labels to the label index; called
     /// when a node comes, before and after its spec changes, and before it goes.
     pub(crate) fn index_labels(&mut self, idx: NodeIdx, add: bool) {
@@ -346,7 +402,29 @@ impl State {
                         && values.iter().all(|(v, set)| mine.get(*v) == Some(set))
                 })
             });
+        let mut granted = BTreeMap::<&str, BTreeMap<&str, BTreeMap<NodeIdx, u32>>>::new();
+        for a in self.allocations() {
+            if let (Some(idx), crate::allocation::AllocState::Granted) = (a.node, a.state) {
+                for (k, v) in a.labels() {
+                    *granted
+                        .entry(k)
+                        .or_default()
+                        .entry(v)
+                        .or_default()
+                        .entry(idx)
+                        .or_default() += 1;
+                }
+            }
+        }
+        let same_grants = granted.len() == self.granted_labels.len()
+            && granted.iter().all(|(k, values)| {
+                self.granted_labels.get(*k).is_some_and(|mine| {
+                    mine.len() == values.len()
+                        && values.iter().all(|(v, per)| mine.get(*v) == Some(per))
+                })
+            });
         same_labels
+            && same_grants
             && (1..2 * fresh.width()).all(|p| {
                 fresh.summary(p) == self.tree.summary(p)
                     && fresh.first_victim(p) == self.tree.first_victim(p)

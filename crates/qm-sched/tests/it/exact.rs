@@ -6,8 +6,8 @@
 
 use proptest::prelude::*;
 use qm_core::{
-    AllocId, Ledger, LedgerConfig, NodeSpec, PoolSpec, Priority, Request, ResourceId, Resources,
-    Timestamp,
+    AllocId, Labels, Ledger, LedgerConfig, NODE_LABEL, NodeSpec, PoolSpec, Priority, Request,
+    ResourceId, Resources, Spread, Term, Timestamp, Topology,
 };
 use qm_sched::{Framework, presets};
 
@@ -33,6 +33,8 @@ enum Cmd {
         preemptible: bool,
         queue: bool,
         zone: Option<u8>,
+        app: Option<u8>,
+        rule: Option<u8>,
     },
     Release(usize),
     Evict(usize),
@@ -70,18 +72,26 @@ fn cmd(n_nodes: u8) -> impl Strategy<Value = Cmd> {
             any::<bool>(),
             prop::option::weighted(0.15, 0u8..3),
         ),
+        (
+            prop::option::weighted(0.4, 0u8..2),
+            prop::option::weighted(0.2, 0u8..5),
+        ),
     )
         .prop_map(
-            |((agent, pool, cpu, mem, gpu), (prio, preemptible, queue, zone))| Cmd::Submit {
-                agent,
-                pool,
-                cpu: cpu * 250,
-                mem: mem * (GI / 2),
-                gpu: u64::from(gpu),
-                prio: prio * 100,
-                preemptible,
-                queue,
-                zone,
+            |((agent, pool, cpu, mem, gpu), (prio, preemptible, queue, zone), (app, rule))| {
+                Cmd::Submit {
+                    agent,
+                    pool,
+                    cpu: cpu * 250,
+                    mem: mem * (GI / 2),
+                    gpu: u64::from(gpu),
+                    prio: prio * 100,
+                    preemptible,
+                    queue,
+                    zone,
+                    app,
+                    rule,
+                }
             },
         );
     let n = n_nodes + 2;
@@ -135,6 +145,8 @@ fn apply(l: &mut Ledger, now: &mut Timestamp, issued: &mut Vec<AllocId>, cmd: &C
             preemptible,
             queue,
             zone,
+            app,
+            rule,
         } => {
             let res = Resources::new(*cpu, *mem).with(ResourceId::GPU, *gpu);
             let stem = ["agent", "coder", "critic"][usize::from(*agent % 3)];
@@ -149,6 +161,14 @@ fn apply(l: &mut Ledger, now: &mut Timestamp, issued: &mut Vec<AllocId>, cmd: &C
             req.queue = *queue;
             if let Some(z) = zone {
                 req.node_selector.insert("zone".to_owned(), format!("z{z}"));
+            }
+            if let Some(a) = app {
+                req.labels.insert("app".to_owned(), format!("a{a}"));
+                req.labels
+                    .insert("tier".to_owned(), format!("t{}", agent % 2));
+            }
+            if let Some(rule) = rule {
+                req.topology = topology(*rule, app.unwrap_or(0), *agent);
             }
             let r = l.submit(*now, req);
             if let Ok(s) = &r {
@@ -173,6 +193,38 @@ fn apply(l: &mut Ledger, now: &mut Timestamp, issued: &mut Vec<AllocId>, cmd: &C
         Cmd::Register(n, g) => format!("{:?}", l.register_node(*now, node_spec(*n, g))),
         Cmd::Update(n, g) => format!("{:?}", l.update_node(*now, node_spec(*n, g))),
     }
+}
+
+/// Topology rules over the `app` (and `tier`) labels: spread over zones, spread over both
+/// labels (which the ledger's label counts cannot answer), anti-affinity per node, affinity
+/// per zone, none.
+fn topology(rule: u8, app: u8, agent: u8) -> Topology {
+    let app = |tier: bool| {
+        let mut l = Labels::new();
+        l.insert("app".to_owned(), format!("a{app}"));
+        if tier {
+            l.insert("tier".to_owned(), format!("t{}", agent % 2));
+        }
+        l
+    };
+    let term = |key: &str, tier: bool| Term {
+        topology_key: key.to_owned(),
+        match_labels: app(tier),
+    };
+    let spread = |tier: bool| Spread {
+        topology_key: "zone".to_owned(),
+        max_skew: 1,
+        match_labels: app(tier),
+    };
+    let mut t = Topology::default();
+    match rule {
+        0 => t.spread.push(spread(false)),
+        1 => t.spread.push(spread(true)),
+        2 => t.anti_affinity.push(term(NODE_LABEL, false)),
+        3 => t.affinity.push(term("zone", false)),
+        _ => {}
+    }
+    t
 }
 
 fn scenario() -> impl Strategy<Value = (usize, Vec<NodeGen>, Vec<Cmd>)> {
