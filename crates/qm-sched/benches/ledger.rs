@@ -15,8 +15,8 @@ use divan::counter::ItemsCount;
 use std::time::Instant;
 
 use qm_core::{
-    AllocId, Ledger, LedgerConfig, NodeSpec, PoolSpec, Priority, Request, Resources, Snapshot,
-    Timestamp,
+    AllocId, Ledger, LedgerConfig, NODE_LABEL, NodeSpec, PoolSpec, Priority, Request, Resources,
+    Snapshot, Spread, Timestamp,
 };
 use qm_sched::Framework;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
@@ -194,6 +194,33 @@ fn preempt_cycle(bencher: Bencher, nodes: &str, exhaustive: bool) {
         l.release(now(), s.id.expect("granted"));
         l.submit(now(), request(i, 250, 512 * MI, 100))
             .expect("refills");
+        l.clear_events();
+    });
+}
+
+/// Grant + release at 10,000 nodes and 1,000,000 live allocations (priority) of a request
+/// labelled `app=web` that spreads `app=web` over nodes (max skew 1): a topology rule, which
+/// is answered by a scan of every node.
+#[divan::bench(args = [false, true], sample_count = 10)]
+fn topology_grant_release_10k_nodes(bencher: Bencher, exhaustive: bool) {
+    let (n_nodes, n_live) = SCALES[2];
+    let mut l = restored(
+        "priority",
+        exhaustive,
+        loaded_snapshot("priority", n_nodes, n_live),
+    );
+    let mut i = n_live;
+    bencher.bench_local(|| {
+        i += 1;
+        let mut r = request(i, 250, 512 * MI, 500);
+        r.labels.insert("app".to_owned(), "web".to_owned());
+        r.topology.spread.push(Spread {
+            topology_key: NODE_LABEL.to_owned(),
+            max_skew: 1,
+            match_labels: r.labels.clone(),
+        });
+        let s = l.submit(now(), r).expect("fits");
+        l.release(now(), s.id.expect("granted"));
         l.clear_events();
     });
 }
