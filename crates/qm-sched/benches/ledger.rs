@@ -1,17 +1,24 @@
 //! Ledger benchmarks, single thread (`cargo bench -p qm-sched --bench ledger`):
-//! grant + release pairs with 10,000 live allocations over 64 nodes (per strategy); a
-//! preempting grant with 10,000 live allocations; draining 100,000 queued requests across 100
-//! weighted pools; and, printed before the timings, the memory each live allocation costs the
-//! ledger, counted by an instrumented global allocator.
+//! grant + release pairs per strategy at 64 nodes and 10,000 live allocations, 1,000 nodes and
+//! 100,000, and 10,000 nodes and 1,000,000 (also visiting every node, `_scan`, the way decisions
+//! were made before the node index); a preempting grant on full clusters of 64 and 10,000
+//! nodes; draining 100,000 queued requests across 100 weighted pools; and, printed before the
+//! timings, the memory each live allocation costs the ledger (counted by an instrumented global
+//! allocator), restoring 1,000,000 live allocations, and draining 1,000,000 queued requests
+//! over 1,000 pools (`QM_BENCH_SKIP_LARGE=1` skips the 1,000,000 ones).
 
 use std::alloc::System;
 use std::cell::RefCell;
 
 use divan::Bencher;
 use divan::counter::ItemsCount;
+use std::time::Instant;
+
 use qm_core::{
-    AllocId, Ledger, LedgerConfig, NodeSpec, PoolSpec, Priority, Request, Resources, Timestamp,
+    AllocId, Ledger, LedgerConfig, NODE_LABEL, NodeSpec, PoolSpec, Priority, Request, Resources,
+    Snapshot, Spread, Timestamp,
 };
+use qm_sched::Framework;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
 #[global_allocator]
@@ -22,13 +29,19 @@ const GI: u64 = 1 << 30;
 const N_NODES: usize = 64;
 const N_LIVE: usize = 10_000;
 const STRATEGIES: [&str; 5] = ["priority", "fair-share", "best-fit", "first-fit", "spread"];
+/// The cluster sizes grants are timed at: nodes, and live allocations held while timing.
+const SCALES: [(usize, usize); 3] = [(64, 10_000), (1_000, 100_000), (10_000, 1_000_000)];
 
 fn now() -> Timestamp {
     Timestamp::from_millis(1_700_000_000_000)
 }
 
+fn config() -> LedgerConfig {
+    LedgerConfig::default()
+}
+
 fn ledger(strategy: &str, n_nodes: usize, cpu: u64, mem: u64) -> Ledger {
-    let mut l = qm_sched::ledger(strategy, LedgerConfig::default()).expect("strategy");
+    let mut l = qm_sched::ledger(strategy, config()).expect("strategy");
     for i in 0..n_nodes {
         l.register_node(
             now(),
@@ -46,21 +59,45 @@ fn request(i: usize, cpu: u64, mem: u64, prio: i64) -> Request {
     r
 }
 
-/// 64 nodes of 64 cores and 256 GiB holding 10,000 grants of 250m and 512 MiB.
-fn loaded(strategy: &str) -> Ledger {
-    let mut l = ledger(strategy, N_NODES, 64_000, 256 * GI);
-    for i in 0..N_LIVE {
+/// `n_nodes` nodes of 64 cores and 256 GiB holding `n_live` grants of 250m and 512 MiB, each
+/// placed by `strategy` itself. `spread` at 10,000 nodes (whose placements still visit every
+/// node) gets the state it would build — grants dealt round-robin over the nodes, in grant
+/// order — through a snapshot instead.
+fn loaded_snapshot(strategy: &str, n_nodes: usize, n_live: usize) -> Snapshot {
+    let round_robin = strategy == "spread" && n_nodes > 1_000;
+    let placer = if round_robin { "first-fit" } else { strategy };
+    let mut l = ledger(placer, n_nodes, 64_000, 256 * GI);
+    for i in 0..n_live {
         l.submit(now(), request(i, 250, 512 * MI, 500))
             .expect("fits");
+        l.clear_events();
     }
-    l.clear_events();
-    l
+    let mut snap = l.snapshot();
+    if round_robin {
+        snap.allocations.sort_by_key(|a| a.grant_seq);
+        for (i, a) in snap.allocations.iter_mut().enumerate() {
+            a.node = Some(format!("node-{:03}", i % n_nodes));
+        }
+    }
+    snap
 }
 
-#[divan::bench(args = STRATEGIES)]
-fn grant_release_pair(bencher: Bencher, strategy: &str) {
-    let mut l = loaded(strategy);
-    let mut i = N_LIVE;
+/// A ledger restored from `snap`, deciding with `strategy` (visiting every node when
+/// `exhaustive`, the way every decision was made before the node index).
+fn restored(strategy: &str, exhaustive: bool, snap: Snapshot) -> Ledger {
+    let fw = Framework::preset(strategy).expect("strategy");
+    let fw = if exhaustive { fw.exhaustive() } else { fw };
+    Ledger::restore(Box::new(fw), config(), snap).expect("restore")
+}
+
+fn grant_release(bencher: Bencher, strategy: &str, scale: usize, exhaustive: bool) {
+    let (n_nodes, n_live) = SCALES[scale];
+    let mut l = restored(
+        strategy,
+        exhaustive,
+        loaded_snapshot(strategy, n_nodes, n_live),
+    );
+    let mut i = n_live;
     bencher.counter(ItemsCount::new(1usize)).bench_local(|| {
         i += 1;
         let s = l
@@ -72,28 +109,83 @@ fn grant_release_pair(bencher: Bencher, strategy: &str) {
     });
 }
 
-/// 64 nodes, each filled to the last slot with priority-100 grants of 250m and 512 MiB
-/// (10,000 live in all), and the grants' ids.
-fn full_of_low_priority() -> (Ledger, Vec<AllocId>) {
-    let per_node = (N_LIVE / N_NODES + 1) as u64;
-    let mut l = ledger("priority", N_NODES, 250 * per_node, 512 * MI * per_node);
+/// Grant + release at 64 nodes and 10,000 live allocations.
+#[divan::bench(args = STRATEGIES)]
+fn grant_release_64_nodes(bencher: Bencher, strategy: &str) {
+    grant_release(bencher, strategy, 0, false);
+}
+
+/// Grant + release at 64 nodes, visiting every node.
+#[divan::bench(args = STRATEGIES)]
+fn grant_release_64_nodes_scan(bencher: Bencher, strategy: &str) {
+    grant_release(bencher, strategy, 0, true);
+}
+
+/// Grant + release at 1,000 nodes and 100,000 live allocations.
+#[divan::bench(args = STRATEGIES, sample_count = 30)]
+fn grant_release_1k_nodes(bencher: Bencher, strategy: &str) {
+    grant_release(bencher, strategy, 1, false);
+}
+
+/// Grant + release at 10,000 nodes and 1,000,000 live allocations.
+#[divan::bench(args = STRATEGIES, sample_count = 20)]
+fn grant_release_10k_nodes(bencher: Bencher, strategy: &str) {
+    grant_release(bencher, strategy, 2, false);
+}
+
+/// The same, every decision visiting every node (the reference the index is checked against).
+#[divan::bench(args = STRATEGIES, sample_count = 10)]
+fn grant_release_10k_nodes_scan(bencher: Bencher, strategy: &str) {
+    grant_release(bencher, strategy, 2, true);
+}
+
+/// Grant + release at 1,000 nodes, visiting every node.
+#[divan::bench(args = STRATEGIES, sample_count = 20)]
+fn grant_release_1k_nodes_scan(bencher: Bencher, strategy: &str) {
+    grant_release(bencher, strategy, 1, true);
+}
+
+/// Nodes at the scale `nodes` names, each filled to the last slot with priority-100 grants
+/// of 250m and 512 MiB (10,000 live over 64 nodes, 1,000,000 over 10,000), and the grants'
+/// ids; restored to visit every node when `exhaustive`.
+fn full_of_low_priority(nodes: &str, exhaustive: bool) -> (Ledger, Vec<AllocId>) {
+    let (n_nodes, n_live) = if nodes == "10000" {
+        SCALES[2]
+    } else {
+        SCALES[0]
+    };
+    let per_node = (n_live / n_nodes + 1) as u64;
+    let mut l = ledger("priority", n_nodes, 250 * per_node, 512 * MI * per_node);
     let mut ids = Vec::new();
-    for i in 0..N_LIVE + N_NODES {
+    for i in 0..n_live + n_nodes {
         if let Ok(s) = l.submit(now(), request(i, 250, 512 * MI, 100)) {
             ids.extend(s.id);
         }
+        l.clear_events();
     }
-    l.clear_events();
+    if exhaustive {
+        l = restored("priority", true, l.snapshot());
+    }
     (l, ids)
 }
 
 /// Every node full of priority-100 grants; each iteration grants a priority-900 request that
 /// must preempt, then puts the cluster back (releases it, grants a low one in the hole). The
 /// figure is an upper bound for the preempting grant alone; `restore_only` times the rest.
-#[divan::bench]
-fn preempting_grant(bencher: Bencher) {
-    let (mut l, _) = full_of_low_priority();
-    let mut i = 1_000_000;
+#[divan::bench(args = ["64", "10000"], sample_count = 30)]
+fn preempting_grant(bencher: Bencher, nodes: &str) {
+    preempt_cycle(bencher, nodes, false);
+}
+
+/// `preempting_grant`, visiting every node.
+#[divan::bench(args = ["64", "10000"], sample_count = 10)]
+fn preempting_grant_scan(bencher: Bencher, nodes: &str) {
+    preempt_cycle(bencher, nodes, true);
+}
+
+fn preempt_cycle(bencher: Bencher, nodes: &str, exhaustive: bool) {
+    let (mut l, _) = full_of_low_priority(nodes, exhaustive);
+    let mut i = 10_000_000;
     bencher.bench_local(|| {
         i += 1;
         let s = l
@@ -106,11 +198,64 @@ fn preempting_grant(bencher: Bencher) {
     });
 }
 
+/// Grant + release at 10,000 nodes and 1,000,000 live allocations (priority) of a request
+/// labelled `app=web` that spreads `app=web` over nodes (max skew 1): a topology rule, which
+/// is answered by a scan of every node.
+#[divan::bench(args = [false, true], sample_count = 10)]
+fn topology_grant_release_10k_nodes(bencher: Bencher, exhaustive: bool) {
+    let (n_nodes, n_live) = SCALES[2];
+    let mut l = restored(
+        "priority",
+        exhaustive,
+        loaded_snapshot("priority", n_nodes, n_live),
+    );
+    let mut i = n_live;
+    bencher.bench_local(|| {
+        i += 1;
+        let mut r = request(i, 250, 512 * MI, 500);
+        r.labels.insert("app".to_owned(), "web".to_owned());
+        r.topology.spread.push(Spread {
+            topology_key: NODE_LABEL.to_owned(),
+            max_skew: 1,
+            match_labels: r.labels.clone(),
+        });
+        let s = l.submit(now(), r).expect("fits");
+        l.release(now(), s.id.expect("granted"));
+        l.clear_events();
+    });
+}
+
+/// Every node full; each iteration submits a request that cannot preempt and queues (the
+/// answer says what it is short of on the closest node), then cancels it.
+#[divan::bench(args = ["64", "10000"], sample_count = 30)]
+fn queued_submit(bencher: Bencher, nodes: &str) {
+    queue_cycle(bencher, nodes, false);
+}
+
+/// `queued_submit`, visiting every node.
+#[divan::bench(args = ["64", "10000"], sample_count = 10)]
+fn queued_submit_scan(bencher: Bencher, nodes: &str) {
+    queue_cycle(bencher, nodes, true);
+}
+
+fn queue_cycle(bencher: Bencher, nodes: &str, exhaustive: bool) {
+    let (mut l, _) = full_of_low_priority(nodes, exhaustive);
+    let mut i = 10_000_000;
+    bencher.bench_local(|| {
+        i += 1;
+        let mut r = request(i, 250, 512 * MI, 100);
+        r.queue = true;
+        let s = l.submit(now(), r).expect("queued");
+        l.release(now(), s.id.expect("queued"));
+        l.clear_events();
+    });
+}
+
 /// The restore half of `preempting_grant` (a release and a plain grant on a full cluster).
-#[divan::bench]
-fn restore_only(bencher: Bencher) {
-    let (mut l, mut ids) = full_of_low_priority();
-    let mut i = 1_000_000;
+#[divan::bench(args = ["64", "10000"], sample_count = 30)]
+fn restore_only(bencher: Bencher, nodes: &str) {
+    let (mut l, mut ids) = full_of_low_priority(nodes, false);
+    let mut i = 10_000_000;
     let mut k = 0;
     bencher.bench_local(|| {
         i += 1;
@@ -166,9 +311,9 @@ fn drain_100k_over_100_pools(bencher: Bencher, strategy: &str) {
 }
 
 /// Bytes the ledger holds per live allocation: net heap growth while granting `n` requests
-/// (agent names like `agent-12345` included), divided by `n`.
-fn bytes_per_allocation(strategy: &str, n: usize) -> f64 {
-    let mut l = ledger(strategy, N_NODES, 1_000_000, 4096 * GI);
+/// over `n_nodes` nodes (agent names like `agent-12345` included), divided by `n`.
+fn bytes_per_allocation(strategy: &str, n_nodes: usize, n: usize) -> f64 {
+    let mut l = ledger(strategy, n_nodes, 1_000_000, 4096 * GI);
     let mut reqs: Vec<Request> = (0..n).map(|i| request(i, 100, 64 * MI, 500)).collect();
     let region = Region::new(GLOBAL);
     for r in reqs.drain(..) {
@@ -186,12 +331,74 @@ fn bytes_per_allocation(strategy: &str, n: usize) -> f64 {
     (net + names) as f64 / n as f64
 }
 
+/// Restores 1,000,000 live allocations over 10,000 nodes from a snapshot, as the daemon does on
+/// start (the store's read aside); returns the seconds it took.
+fn restore_seconds(strategy: &str) -> f64 {
+    let (n_nodes, n_live) = SCALES[2];
+    let snap = loaded_snapshot("priority", n_nodes, n_live);
+    let start = Instant::now();
+    let l = restored(strategy, false, snap);
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(l.state().n_live(), n_live);
+    secs
+}
+
+/// Queues 1,000,000 requests over 1,000 weighted pools while none of 1,000 nodes is ready,
+/// then readies them; returns the seconds the readying (which drains the queue) took.
+fn drain_seconds(strategy: &str) -> f64 {
+    let n_nodes = 1_000;
+    let mut l = ledger(strategy, n_nodes, 64_000, 4096 * GI);
+    for i in 0..n_nodes {
+        l.set_node_ready(now(), &format!("node-{i:03}"), false)
+            .expect("node");
+    }
+    for p in 0..1_000u32 {
+        let mut spec = PoolSpec::new(&format!("pool-{p}"));
+        spec.weight = 1 + p % 4;
+        l.create_pool(spec).expect("pool");
+    }
+    for i in 0..1_000_000 {
+        let mut r = request(i, 10, 16 * MI, 500);
+        r.pool = format!("pool-{}", i % 1_000);
+        r.queue = true;
+        l.submit(now(), r).expect("queued");
+        l.clear_events();
+    }
+    let start = Instant::now();
+    for i in 0..n_nodes {
+        l.set_node_ready(now(), &format!("node-{i:03}"), true)
+            .expect("node");
+        l.clear_events();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(l.state().n_queued(), 0, "the queue drained");
+    secs
+}
+
 fn main() {
-    for n in [N_LIVE, 100_000] {
+    let big = std::env::var_os("QM_BENCH_SKIP_LARGE").is_none();
+    for (n_nodes, n) in [(N_NODES, N_LIVE), (N_NODES, 100_000), (10_000, 1_000_000)] {
+        for strategy in ["priority", "spread"] {
+            if (n_nodes > N_NODES && strategy == "spread") || (n > 100_000 && !big) {
+                continue;
+            }
+            println!(
+                "memory per live allocation ({strategy}, {n} live over {n_nodes} nodes): {:.0} bytes",
+                bytes_per_allocation(strategy, n_nodes, n)
+            );
+        }
+    }
+    if big {
         for strategy in ["priority", "spread"] {
             println!(
-                "memory per live allocation ({strategy}, {n} live over {N_NODES} nodes): {:.0} bytes",
-                bytes_per_allocation(strategy, n)
+                "restore of 1,000,000 live allocations over 10,000 nodes ({strategy}): {:.2} s",
+                restore_seconds(strategy)
+            );
+        }
+        for strategy in ["fair-share", "priority"] {
+            println!(
+                "drain of 1,000,000 queued requests over 1,000 pools, 1,000 nodes ({strategy}): {:.2} s",
+                drain_seconds(strategy)
             );
         }
     }

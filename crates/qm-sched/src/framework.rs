@@ -6,15 +6,39 @@
 
 use std::cell::RefCell;
 
-use qm_core::{Allocation, NodeIdx, Placement, Policy, PoolIdx, Preemption, QueueRank, State};
+use qm_core::{
+    Allocation, NodeIdx, Placement, Policy, PoolIdx, Preemption, QueueRank, State, Summary,
+};
 
-use crate::plugin::{CycleState, Plugin};
+use crate::plugin::{Builtin, CycleState, Plugin};
+use crate::plugins::AgentSpread;
 use crate::preset::{Profile, preset};
 use crate::registry::{Registry, RegistryError};
+use crate::search;
+
+/// How a decision can be answered from the ledger's node index, by the profile's plugins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Search {
+    /// Some plugin is not one the index summarizes: every node is asked.
+    Scan,
+    /// Built-in filters (with `fits`), no score: the first node that passes.
+    FirstFit,
+    /// Built-in filters (with `fits`), `most-allocated` alone: the best-scored node.
+    MostAllocated,
+    /// Built-in filters (with `fits`), `least-allocated` and `agent-spread` (plugin positions
+    /// and weights): the best-scored node, once the most any passing node holds of the
+    /// request's family is known.
+    Spread {
+        least: (usize, i64),
+        spread: (usize, i64),
+    },
+}
 
 #[derive(Debug, Default)]
 struct Scratch {
     nodes: Vec<NodeIdx>,
+    /// The one node a search asks the filters about.
+    one_node: Vec<NodeIdx>,
     total: Vec<i64>,
     one: Vec<i64>,
 }
@@ -29,6 +53,10 @@ pub struct Framework {
     scores: Vec<(usize, i64)>,
     preempt: Vec<usize>,
     reserve: Vec<usize>,
+    search: Search,
+    /// The filters include the built-in `node-selector`.
+    selects: bool,
+    exhaustive: bool,
     scratch: RefCell<Scratch>,
 }
 
@@ -43,6 +71,9 @@ impl Framework {
             scores: Vec::new(),
             preempt: Vec::new(),
             reserve: Vec::new(),
+            search: Search::Scan,
+            selects: false,
+            exhaustive: false,
             scratch: RefCell::default(),
         };
         fw.queue_order = fw.instance(registry, &profile.queue_order, "queue-order", |p| {
@@ -76,7 +107,101 @@ impl Framework {
             let i = fw.instance(registry, name, "reserve", |p| p.reserve().is_some())?;
             push_once(&mut fw.reserve, i, name, "reserve")?;
         }
+        fw.search = fw.search_kind();
+        fw.selects = fw
+            .filters
+            .iter()
+            .any(|i| fw.plugins.get(*i).and_then(|p| p.builtin()) == Some(Builtin::NodeSelector));
         Ok(fw)
+    }
+
+    /// This strategy, deciding by visiting every node instead of searching the ledger's node
+    /// index: the reference the indexed searches are tested against (same decisions, slower).
+    #[must_use]
+    pub fn exhaustive(mut self) -> Self {
+        self.exhaustive = true;
+        self
+    }
+
+    /// Which search of the node index gives exactly this profile's answers.
+    fn search_kind(&self) -> Search {
+        let kind = |i: &usize| self.plugins.get(*i).and_then(|p| p.builtin());
+        let filters: Option<Vec<Builtin>> = self.filters.iter().map(kind).collect();
+        let Some(filters) = filters else {
+            return Search::Scan;
+        };
+        let known = filters.iter().all(|f| {
+            matches!(
+                f,
+                Builtin::NodeSelector | Builtin::NodeHold | Builtin::Fits | Builtin::Topology
+            )
+        });
+        if !known || !filters.contains(&Builtin::Fits) {
+            return Search::Scan;
+        }
+        let scores: Option<Vec<Builtin>> = self.scores.iter().map(|(i, _)| kind(i)).collect();
+        match (scores.as_deref(), self.scores.as_slice()) {
+            (Some([]), _) => Search::FirstFit,
+            (Some([Builtin::MostAllocated]), _) => Search::MostAllocated,
+            (Some([Builtin::LeastAllocated, Builtin::AgentSpread]), &[least, spread])
+            | (Some([Builtin::AgentSpread, Builtin::LeastAllocated]), &[spread, least]) => {
+                Search::Spread { least, spread }
+            }
+            _ => Search::Scan,
+        }
+    }
+
+    /// True when `idx` passes every filter (each asked about this one node).
+    fn passes(&self, cx: &CycleState<'_>, one: &mut Vec<NodeIdx>, idx: NodeIdx) -> bool {
+        one.clear();
+        one.push(idx);
+        for f in self
+            .filters
+            .iter()
+            .filter_map(|i| self.plugins.get(*i)?.filter())
+        {
+            f.filter(cx, one);
+            if one.is_empty() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The best node found by searching the node index, when the profile and the request
+    /// allow it (`None` inside: nothing passes); `None` outside when a scan must decide.
+    fn searched_node(&self, cx: &CycleState<'_>) -> Option<Option<NodeIdx>> {
+        if self.exhaustive || self.search == Search::Scan || !cx.request.topology().is_empty() {
+            return None;
+        }
+        let tree = cx.state.node_tree();
+        let want = search::wants(cx);
+        let mut scratch = self.scratch.borrow_mut();
+        let one = &mut scratch.one_node;
+        Some(match self.search {
+            Search::MostAllocated if want.iter().any(|w| *w > 0) => {
+                let (i, _) = *self.scores.first()?;
+                let s = self.plugins.get(i)?.score()?;
+                let mut out = [0i64];
+                search::best_scored(
+                    tree,
+                    &want,
+                    &|_, sum| search::most_allocated_bound(sum, &want),
+                    &mut |idx| {
+                        if !self.passes(cx, one, idx) {
+                            return None;
+                        }
+                        s.score(cx, &[idx], &mut out);
+                        Some(out[0])
+                    },
+                )
+            }
+            Search::Spread { least, spread } => {
+                return self.spread_node(cx, &want, least, spread, one);
+            }
+            // Without a standard resource asked for, every node scores the same: the first.
+            _ => search::first_fit(tree, &want, &mut |idx| self.passes(cx, one, idx)),
+        })
     }
 
     /// The built-in strategy called `name`, from the built-in registry.
@@ -114,11 +239,93 @@ impl Framework {
         }
     }
 
+    /// `searched_node` for `least-allocated` plus `agent-spread`: first the most grants of the
+    /// request's family any passing node holds (what `agent-spread` scores against), then the
+    /// best node, bounding each subtree's spread score by the fewest grants it holds.
+    fn spread_node(
+        &self,
+        cx: &CycleState<'_>,
+        want: &[u64; 4],
+        (least, w_least): (usize, i64),
+        (spread, w_spread): (usize, i64),
+        one: &mut Vec<NodeIdx>,
+    ) -> Option<Option<NodeIdx>> {
+        let tree = cx.state.node_tree();
+        let least = self.plugins.get(least)?.score()?;
+        let spread = self
+            .plugins
+            .get(spread)?
+            .as_any()?
+            .downcast_ref::<AgentSpread>()?;
+        let counts = spread.family_counts(cx);
+        let range = |start: usize, len: usize| counts.map_or((0, 0), |c| c.range(start, len));
+        let most = if counts.is_some() {
+            match search::most_counted(tree, want, &range, &mut |idx| self.passes(cx, one, idx)) {
+                Some(m) => m,
+                None => return Some(None),
+            }
+        } else {
+            0
+        };
+        let bound = |pos: usize, sum: &Summary| {
+            let fewest = range(tree.first_index(pos), tree.span(pos)).0.min(most);
+            w_least * search::least_allocated_bound(sum, want)
+                + w_spread * AgentSpread::score_of(fewest, most)
+        };
+        let mut out = [0i64];
+        Some(search::best_scored(tree, want, &bound, &mut |idx| {
+            if !self.passes(cx, one, idx) {
+                return None;
+            }
+            least.score(cx, &[idx], &mut out);
+            let count = counts.map_or(0, |c| c.get(idx));
+            Some(w_least * out[0] + w_spread * AgentSpread::score_of(count, most))
+        }))
+    }
+
+    /// The label of the request's selector the fewest nodes carry, when the profile's
+    /// filters are the built-ins (with `node-selector`) and those nodes are few enough to
+    /// score one by one rather than search for, or the request has topology rules (which are
+    /// scanned). The filters see those nodes instead of every ready node: the ones they keep
+    /// are the same, as each built-in filter judges a node on its own.
+    fn few_labelled<'a>(&self, cx: &CycleState<'a>) -> Option<(&'a str, &'a str)> {
+        if self.exhaustive || self.search == Search::Scan || !self.selects {
+            return None;
+        }
+        let st = cx.state;
+        let (k, v, n) = cx
+            .request
+            .node_selector()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str(), st.n_labelled(k, v)))
+            .min_by_key(|(_, _, n)| *n)?;
+        let few = n <= (st.ready_nodes().len() / 16).max(8);
+        (few || !cx.request.topology().is_empty()).then_some((k, v))
+    }
+
     fn best_node(&self, cx: &CycleState<'_>) -> Option<NodeIdx> {
+        let few = self.few_labelled(cx);
+        if few.is_none()
+            && let Some(found) = self.searched_node(cx)
+        {
+            return found;
+        }
         let mut scratch = self.scratch.borrow_mut();
-        let Scratch { nodes, total, one } = &mut *scratch;
+        let Scratch {
+            nodes, total, one, ..
+        } = &mut *scratch;
         nodes.clear();
-        nodes.extend_from_slice(cx.state.ready_nodes());
+        match few {
+            Some((k, v)) => nodes.extend(
+                cx.state
+                    .nodes_labelled(k, v)
+                    .filter(|i| cx.state.node(*i).is_some_and(|n| n.ready())),
+            ),
+            None => nodes.extend_from_slice(cx.state.ready_nodes()),
+        }
+        if nodes.is_empty() {
+            return None;
+        }
         for f in self
             .filters
             .iter()
@@ -193,6 +400,7 @@ impl Policy for Framework {
             state,
             request,
             pool,
+            exhaustive: self.exhaustive,
         };
         if pool.fits(request.resources())
             && let Some(node) = self.best_node(&cx)
@@ -210,6 +418,10 @@ impl Policy for Framework {
             .iter()
             .filter_map(|i| self.plugins.get(*i)?.preempt())
             .find_map(|p| p.preempt(&cx))
+    }
+
+    fn exhaustive(&self) -> bool {
+        self.exhaustive
     }
 
     fn reserve(&mut self, state: &State, alloc: &Allocation) {

@@ -10,9 +10,12 @@ mod plugin;
 pub mod plugins;
 mod preset;
 mod registry;
+mod search;
 
 pub use framework::Framework;
-pub use plugin::{CycleState, Filter, MAX_SCORE, Plugin, Preempt, QueueOrder, Reserve, Score};
+pub use plugin::{
+    Builtin, CycleState, Filter, MAX_SCORE, Plugin, Preempt, QueueOrder, Reserve, Score,
+};
 pub use preset::{Preset, Profile, preset, presets};
 pub use registry::{Factory, Registry, RegistryError};
 

@@ -19,6 +19,9 @@ pub struct CycleState<'a> {
     pub request: &'a Allocation,
     /// The request's pool.
     pub pool: &'a Pool,
+    /// Visit every node instead of searching the ledger's node index: the reference the
+    /// indexed searches are checked against (the answer is the same either way).
+    pub exhaustive: bool,
 }
 
 impl CycleState<'_> {
@@ -37,10 +40,41 @@ impl CycleState<'_> {
     }
 }
 
+/// Which built-in plugin an instance is, for the framework's fast paths: a profile made only
+/// of plugins whose answers the ledger's node index can give exactly is answered by a search
+/// of the index instead of a scan of every node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    /// `node-selector`.
+    NodeSelector,
+    /// `node-hold`.
+    NodeHold,
+    /// `fits`.
+    Fits,
+    /// `topology`.
+    Topology,
+    /// `most-allocated`.
+    MostAllocated,
+    /// `least-allocated`.
+    LeastAllocated,
+    /// `agent-spread`.
+    AgentSpread,
+}
+
 /// A plugin, and the extension points it implements.
 pub trait Plugin: fmt::Debug + Send {
     /// The name presets refer to it by.
     fn name(&self) -> &'static str;
+    /// Which built-in plugin this is; `None` (the default) for any other, which the framework
+    /// then always asks node by node.
+    fn builtin(&self) -> Option<Builtin> {
+        None
+    }
+    /// The plugin as `Any`, for the framework to read a built-in plugin's own index (the
+    /// built-ins that keep one answer; `None` by default).
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
     /// Its queue-order side.
     fn queue_order(&self) -> Option<&dyn QueueOrder> {
         None

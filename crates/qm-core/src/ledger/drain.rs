@@ -3,10 +3,12 @@
 //! (backfill, up to `backfill_depth` skips a pass), and the first one skipped that has waited
 //! `reserve_after_ms` gets a node held for it so it is never starved.
 
+use std::collections::BTreeSet;
 use std::ops::Bound;
 
 use super::{Event, Ledger, normalized_size};
 use crate::ids::{AllocId, NodeIdx, Timestamp};
+use crate::node::Node;
 use crate::policy::{Preemption, QueueRank};
 use crate::resources::Resources;
 
@@ -49,19 +51,30 @@ impl Ledger {
         let n_pools = self.state.pools.len();
         let mut after: Vec<Option<u64>> = vec![None; n_pools];
         let mut heads: Vec<Option<Head>> = (0..n_pools).map(|p| self.head(p, None)).collect();
+        // Pools in line by their head's rank (then pool order, as a scan would break ties).
+        let mut line: BTreeSet<(QueueRank, usize)> = heads
+            .iter()
+            .enumerate()
+            .filter_map(|(p, h)| Some((h.as_ref()?.rank, p)))
+            .collect();
         let mut max_free: Option<Resources> = None;
         let mut skipped = 0;
         let mut first_miss = true;
-        while let Some((p, head)) = pick(&heads) {
+        while let Some(&(_, p)) = line.first() {
+            let Some(head) = heads.get(p).copied().flatten() else {
+                break;
+            };
             let Some(cand) = self.state.alloc(head.id) else {
                 break;
             };
-            let free = max_free.get_or_insert_with(|| self.state.max_available());
             // Only the first request that misses may preempt: that bounds a pass's cost, and
             // it is the one first in line.
-            let could_fit = cand.resources.fits(free) || first_miss;
+            let could_fit = first_miss || {
+                let free = max_free.get_or_insert_with(|| self.state.max_available());
+                cand.resources.fits(free)
+            };
             let placement = if could_fit {
-                self.decide(cand, first_miss).ok()
+                self.place_checked(cand, first_miss)
             } else {
                 None
             };
@@ -76,10 +89,10 @@ impl Ledger {
                     self.apply_grant(now, head.id, pl);
                     granted += 1;
                     max_free = None;
-                    heads[p] = self.head(p, after[p]);
+                    self.requeue(&mut line, &mut heads, p, after[p]);
                     for q in touched {
-                        if let Some(h) = heads.get_mut(q) {
-                            *h = self.head(q, after[q]);
+                        if q < heads.len() {
+                            self.requeue(&mut line, &mut heads, q, after[q]);
                         }
                     }
                 }
@@ -90,7 +103,7 @@ impl Ledger {
                     }
                     skipped += 1;
                     after[p] = Some(head.key);
-                    heads[p] = self.head(p, after[p]);
+                    self.requeue(&mut line, &mut heads, p, after[p]);
                     if skipped >= self.config.backfill_depth {
                         break;
                     }
@@ -100,10 +113,28 @@ impl Ledger {
         (granted, preempted)
     }
 
+    /// Puts pool `p` back in line with its first queued request after `after`.
+    fn requeue(
+        &self,
+        line: &mut BTreeSet<(QueueRank, usize)>,
+        heads: &mut [Option<Head>],
+        p: usize,
+        after: Option<u64>,
+    ) {
+        let Some(slot) = heads.get_mut(p) else { return };
+        if let Some(old) = slot.take() {
+            line.remove(&(old.rank, p));
+        }
+        *slot = self.head(p, after);
+        if let Some(h) = slot {
+            line.insert((h.rank, p));
+        }
+    }
+
     /// Grants the queued request `id` if it fits now; returns whether it preempted anything.
     fn try_grant(&mut self, now: Timestamp, id: AllocId, preempt: bool) -> Option<bool> {
         let cand = self.state.alloc(id)?;
-        let placement = self.decide(cand, preempt).ok()?;
+        let placement = self.place_checked(cand, preempt)?;
         let preempted = !placement.victims.is_empty();
         self.apply_grant(now, id, placement);
         Some(preempted)
@@ -120,7 +151,8 @@ impl Ledger {
     }
 
     /// Holds a node for `id` if it has waited long enough and holds none yet: the ready,
-    /// eligible, unheld node that could ever fit it and is closest to fitting it now.
+    /// eligible, unheld node that could ever fit it and is closest to fitting it now (found
+    /// through the indexes, or by visiting every node for a policy that asks for it).
     fn maybe_hold(&mut self, now: Timestamp, id: AllocId) {
         let st = &self.state;
         let Some(cand) = st.alloc(id) else { return };
@@ -129,21 +161,29 @@ impl Ledger {
         {
             return;
         }
-        let mut best: Option<(f64, NodeIdx)> = None;
-        for idx in &st.ready {
-            let Some(node) = st.node(*idx) else { continue };
-            if node.held_for.is_some()
-                || !node.matches(cand.node_selector())
-                || !cand.resources.fits(node.allocatable())
-            {
-                continue;
+        // Ready, unheld, carrying the selector's labels, and large enough to ever fit it.
+        let may_hold = |node: &Node| {
+            node.ready
+                && node.held_for.is_none()
+                && node.matches(cand.node_selector())
+                && cand.resources.fits(node.allocatable())
+        };
+        let best = if self.policy.exhaustive() {
+            let mut best: Option<(f64, NodeIdx)> = None;
+            for idx in &st.ready {
+                let Some(node) = st.node(*idx).filter(|n| may_hold(n)) else {
+                    continue;
+                };
+                let missing = node.available().shortfall_for(&cand.resources);
+                let size = normalized_size(&missing, node.inv_allocatable());
+                if best.is_none_or(|(s, _)| size < s) {
+                    best = Some((size, *idx));
+                }
             }
-            let missing = node.available().shortfall_for(&cand.resources);
-            let size = normalized_size(&missing, node.inv_allocatable());
-            if best.is_none_or(|(s, _)| size < s) {
-                best = Some((size, *idx));
-            }
-        }
+            best
+        } else {
+            self.closest(cand, &may_hold).map(|(s, idx, _)| (s, idx))
+        };
         let Some((_, node)) = best else { return };
         self.state.holds.insert(id, node);
         if let Some(n) = self.node_mut(node) {
@@ -151,17 +191,4 @@ impl Ledger {
         }
         self.events.push(Event::Held { id, node });
     }
-}
-
-/// The pool whose head is first in line.
-fn pick(heads: &[Option<Head>]) -> Option<(usize, Head)> {
-    let mut best: Option<(usize, Head)> = None;
-    for (p, h) in heads.iter().enumerate() {
-        if let Some(h) = h
-            && best.is_none_or(|(_, b)| h.rank < b.rank)
-        {
-            best = Some((p, *h));
-        }
-    }
-    best
 }

@@ -6,8 +6,10 @@
 //! applying it.
 
 mod drain;
+mod index;
 mod nodes;
 mod restore;
+mod shortfall;
 mod state;
 
 use std::mem;
@@ -19,8 +21,10 @@ use crate::node::{Pool, PoolSpec};
 use crate::policy::{Placement, Policy, Preemption};
 use crate::resources::Resources;
 
+pub use index::{NodeTree, Summary};
 pub use nodes::{NodeError, PoolError};
 pub use restore::{AllocationRecord, RestoreError, Snapshot};
+use shortfall::normalized_size;
 pub use state::State;
 pub(crate) use state::decode_victim_key;
 use state::{Slot, queue_key, victim_key};
@@ -365,6 +369,7 @@ impl Ledger {
             n.allocated.sub(&old);
             n.allocated.add(&resources);
         }
+        self.state.reindex(node_idx);
         if let Some(p) = self.pool_mut(pool_idx) {
             p.allocated.sub(&old);
             p.allocated.add(&resources);
@@ -444,12 +449,16 @@ impl Ledger {
 
     /// Asks the policy where `cand` goes and checks the answer.
     fn decide(&self, cand: &Allocation, preempt: bool) -> Result<Placement, Shortfall> {
-        if let Some(p) = self.policy.place(&self.state, cand, preempt)
-            && self.check(cand, &p, preempt)
-        {
-            return Ok(p);
-        }
-        Err(self.shortfall(cand))
+        self.place_checked(cand, preempt)
+            .ok_or_else(|| self.shortfall(cand))
+    }
+
+    /// Like [`Ledger::decide`], without working out what is missing when nothing fits (the
+    /// queue's drain only needs to know whether a request goes now).
+    fn place_checked(&self, cand: &Allocation, preempt: bool) -> Option<Placement> {
+        self.policy
+            .place(&self.state, cand, preempt)
+            .filter(|p| self.check(cand, p, preempt))
     }
 
     /// True when applying `p` keeps every invariant.
@@ -518,62 +527,6 @@ impl Ledger {
                 .is_none_or(|l| cand.resources.fits_under_cap(&pool_used, l))
     }
 
-    /// What keeps `cand` out: its pool's limit, no eligible node, capacity on the closest
-    /// node, or a hold on the node it would fit.
-    fn shortfall(&self, cand: &Allocation) -> Shortfall {
-        let st = &self.state;
-        let req = &cand.resources;
-        if let Some(pool) = st.pool(cand.pool)
-            && let Some(limit) = &pool.spec.limit
-            && !req.fits_under_cap(&pool.allocated, limit)
-        {
-            let missing = req.over_cap(&pool.allocated, limit);
-            return Shortfall {
-                reason: ShortfallReason::PoolLimit,
-                missing,
-                node: None,
-            };
-        }
-        let mut best: Option<(f64, NodeIdx, Resources)> = None;
-        for idx in &st.ready {
-            let Some(node) = st.node(*idx) else { continue };
-            if !node.matches(cand.node_selector()) {
-                continue;
-            }
-            let missing = node.available().shortfall_for(req);
-            if missing.is_empty() && !st.hold_allows(node, cand) {
-                return Shortfall {
-                    reason: ShortfallReason::NodeHeld,
-                    missing,
-                    node: Some(*idx),
-                };
-            }
-            let size = normalized_size(&missing, node.inv_allocatable());
-            if best.as_ref().is_none_or(|(s, _, _)| size < *s) {
-                best = Some((size, *idx, missing));
-            }
-        }
-        match best {
-            Some((_, node, missing)) if missing.is_empty() && !cand.topology().is_empty() => {
-                Shortfall {
-                    reason: ShortfallReason::Topology,
-                    missing,
-                    node: Some(node),
-                }
-            }
-            Some((_, node, missing)) => Shortfall {
-                reason: ShortfallReason::Capacity,
-                missing,
-                node: Some(node),
-            },
-            None => Shortfall {
-                reason: ShortfallReason::NoEligibleNode,
-                missing: req.clone(),
-                node: None,
-            },
-        }
-    }
-
     /// Queues `alloc`; one with a lease holds its place only while the lease is renewed (a
     /// waiter that went away does not keep a queued request, to be granted to no one).
     fn enqueue(&mut self, now: Timestamp, mut alloc: Allocation) {
@@ -640,6 +593,7 @@ impl Ledger {
                 n.victims.insert(vkey, id);
             }
         }
+        self.state.reindex(node);
         if let Some(pool) = self.pool_mut(pool_idx) {
             pool.allocated.add(&res);
             pool.n_granted += 1;
@@ -648,6 +602,8 @@ impl Ledger {
             self.state.expiry.insert((at, id));
         }
         if let Some(alloc) = self.state.allocs.get(id) {
+            let counts = &mut self.state.granted_labels;
+            state::count_grant_labels(counts, alloc.node, alloc.labels(), true);
             self.policy.reserve(&self.state, alloc);
         }
         self.events.push(Event::Granted {
@@ -673,10 +629,13 @@ impl Ledger {
         match alloc.state {
             AllocState::Granted => {
                 let (res, vkey) = (&alloc.resources, victim_key(&alloc));
-                if let Some(n) = alloc.node.and_then(|n| self.node_mut(n)) {
-                    n.allocated.sub(res);
-                    n.n_granted -= 1;
-                    n.victims.remove(&vkey);
+                if let Some(idx) = alloc.node {
+                    if let Some(n) = self.node_mut(idx) {
+                        n.allocated.sub(res);
+                        n.n_granted -= 1;
+                        n.victims.remove(&vkey);
+                    }
+                    self.state.reindex(idx);
                 }
                 if let Some(pool) = self.pool_mut(alloc.pool) {
                     pool.allocated.sub(res);
@@ -685,6 +644,8 @@ impl Ledger {
                 if let Some(at) = alloc.expires_at {
                     self.state.expiry.remove(&(at, id));
                 }
+                let counts = &mut self.state.granted_labels;
+                state::count_grant_labels(counts, alloc.node, alloc.labels(), false);
                 self.policy.unreserve(&self.state, &alloc);
             }
             _ => {
@@ -724,16 +685,6 @@ impl Ledger {
             .get_mut(idx.index())
             .and_then(|s| s.live.as_mut())
     }
-}
-
-/// The size of `missing` as a sum of fractions of a node's allocatable (extended resources
-/// count whole), to compare how close nodes come to fitting a request.
-pub(crate) fn normalized_size(missing: &Resources, inv_allocatable: &[f64; 4]) -> f64 {
-    #[allow(clippy::cast_precision_loss)]
-    missing
-        .iter()
-        .map(|(r, v)| v as f64 * inv_allocatable.get(r.index()).copied().unwrap_or(1.0))
-        .sum()
 }
 
 #[cfg(test)]

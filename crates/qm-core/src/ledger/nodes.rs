@@ -66,6 +66,7 @@ impl Ledger {
             name,
             live: Some(Node::new(spec)),
         });
+        self.state.index_labels(idx, true);
         self.set_ready(idx, true);
         self.drain(now);
         Ok(idx)
@@ -91,9 +92,12 @@ impl Ledger {
             self.state.total.sub(&old);
             self.state.total.add(&spec.allocatable);
         }
+        self.state.index_labels(idx, false);
         if let Some(n) = self.node_mut(idx) {
             n.respec(spec);
         }
+        self.state.index_labels(idx, true);
+        self.state.reindex(idx);
         self.drain(now);
         Ok(())
     }
@@ -150,9 +154,11 @@ impl Ledger {
         self.set_ready(idx, false);
         let n = self.lose_grants(now, idx);
         self.state.node_names.remove(name);
+        self.state.index_labels(idx, false);
         if let Some(slot) = self.state.nodes.get_mut(idx.index()) {
             slot.live = None;
         }
+        self.state.reindex(idx);
         self.drain(now);
         Ok(n)
     }
@@ -196,6 +202,7 @@ impl Ledger {
         if let Some(n) = self.node_mut(idx) {
             n.ready = ready;
         }
+        self.state.reindex(idx);
     }
 
     /// Creates a pool.

@@ -128,6 +128,7 @@ impl Ledger {
             if let Some(n) = l.node_mut(idx) {
                 n.ready = false;
             }
+            l.state.index_labels(idx, true);
             if ready {
                 l.set_ready(idx, true);
             }
@@ -190,6 +191,7 @@ impl Ledger {
             l.index_restored(alloc)
                 .map_err(|_| bad("its slot is taken"))?;
         }
+        l.state.rebuild_index();
         l.state.next_seq = snapshot.next_seq.max(max_seq + 1).max(1);
         l.state.next_grant = snapshot.next_grant.max(max_grant + 1).max(1);
         l.events.clear();
@@ -229,6 +231,8 @@ impl Ledger {
             self.state.expiry.insert((at, id));
         }
         if let Some(alloc) = self.state.allocs.get(id) {
+            let counts = &mut self.state.granted_labels;
+            super::state::count_grant_labels(counts, alloc.node, alloc.labels(), true);
             self.policy.reserve(&self.state, alloc);
         }
         Ok(())

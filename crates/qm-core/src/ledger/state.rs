@@ -4,7 +4,8 @@
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::allocation::Allocation;
+use super::index::{NodeTree, STANDARD};
+use crate::allocation::{Allocation, Labels};
 use crate::ids::{AllocId, MAX_LIVE, NodeIdx, PoolIdx, Timestamp};
 use crate::node::{Node, Pool};
 use crate::resources::Resources;
@@ -171,6 +172,51 @@ pub struct State {
     pub(crate) next_grant: u64,
     pub(crate) n_queued: usize,
     pub(crate) refused_placements: Cell<u64>,
+    pub(crate) tree: NodeTree,
+    /// Label key → value → the present nodes carrying it (an inverted index for selectors).
+    pub(crate) labelled: BTreeMap<Box<str>, BTreeMap<Box<str>, BTreeSet<NodeIdx>>>,
+    /// Label key → value → per node, how many grants there carry it (for topology rules).
+    pub(crate) granted_labels: GrantedLabels,
+}
+
+/// Label key → value → per node, how many grants there carry it.
+pub(crate) type GrantedLabels = BTreeMap<Box<str>, BTreeMap<Box<str>, BTreeMap<NodeIdx, u32>>>;
+
+/// Counts (or, with `add` false, stops counting) a grant's `labels` on its `node`; called as a
+/// grant is made and as it ends.
+pub(crate) fn count_grant_labels(
+    counts: &mut GrantedLabels,
+    node: Option<NodeIdx>,
+    labels: &Labels,
+    add: bool,
+) {
+    let Some(node) = node else { return };
+    for (k, v) in labels {
+        if add {
+            *counts
+                .entry(k.as_str().into())
+                .or_default()
+                .entry(v.as_str().into())
+                .or_default()
+                .entry(node)
+                .or_default() += 1;
+        } else if let Some(values) = counts.get_mut(k.as_str()) {
+            if let Some(per_node) = values.get_mut(v.as_str()) {
+                if let Some(n) = per_node.get_mut(&node) {
+                    *n -= 1;
+                    if *n == 0 {
+                        per_node.remove(&node);
+                    }
+                }
+                if per_node.is_empty() {
+                    values.remove(v.as_str());
+                }
+            }
+            if values.is_empty() {
+                counts.remove(k.as_str());
+            }
+        }
+    }
 }
 
 impl State {
@@ -262,8 +308,143 @@ impl State {
                 .is_none_or(|holder| holder.priority < request.priority),
         }
     }
+    /// The node index: ready nodes' free capacity, fullness and first victims, summed over
+    /// ranges of the node table, for strategies that search instead of scanning.
+    pub fn node_tree(&self) -> &NodeTree {
+        &self.tree
+    }
+    /// The present nodes carrying label `key` = `value`, in registration order (ready or not).
+    pub fn nodes_labelled(&self, key: &str, value: &str) -> impl Iterator<Item = NodeIdx> + '_ {
+        self.labelled
+            .get(key)
+            .and_then(|values| values.get(value))
+            .into_iter()
+            .flatten()
+            .copied()
+    }
+    /// How many present nodes carry label `key` = `value`.
+    pub fn n_labelled(&self, key: &str, value: &str) -> usize {
+        self.labelled
+            .get(key)
+            .and_then(|values| values.get(value))
+            .map_or(0, BTreeSet::len)
+    }
+    /// Per node, how many granted allocations carry label `key` = `value` (nodes holding none
+    /// left out), in registration order.
+    pub fn granted_labelled(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> impl Iterator<Item = (NodeIdx, u32)> + '_ {
+        self.granted_labels
+            .get(key)
+            .and_then(|values| values.get(value))
+            .into_iter()
+            .flatten()
+            .map(|(idx, n)| (*idx, *n))
+    }
+    /// Adds (or, with `add` false, removes) node `idx`'s labels to the label index; called
+    /// when a node comes, before and after its spec changes, and before it goes.
+    pub(crate) fn index_labels(&mut self, idx: NodeIdx, add: bool) {
+        let Some(node) = self.nodes.get(idx.index()).and_then(|s| s.live.as_ref()) else {
+            return;
+        };
+        for (k, v) in &node.spec.labels {
+            if add {
+                self.labelled
+                    .entry(k.as_str().into())
+                    .or_default()
+                    .entry(v.as_str().into())
+                    .or_default()
+                    .insert(idx);
+            } else if let Some(values) = self.labelled.get_mut(k.as_str()) {
+                if let Some(set) = values.get_mut(v.as_str()) {
+                    set.remove(&idx);
+                    if set.is_empty() {
+                        values.remove(v.as_str());
+                    }
+                }
+                if values.is_empty() {
+                    self.labelled.remove(k.as_str());
+                }
+            }
+        }
+    }
+    /// Brings node `idx`'s entry in the node index up to date; called in the same step as
+    /// every change to a node's readiness, allocatable, allocated sum or victims.
+    pub(crate) fn reindex(&mut self, idx: NodeIdx) {
+        if self.tree.covers(idx) {
+            let node = self.nodes.get(idx.index()).and_then(|s| s.live.as_ref());
+            self.tree.update(idx, node);
+        } else {
+            self.rebuild_index();
+        }
+    }
+    /// True when the node index says what a rebuild from the node table would (a check for
+    /// tests: the index must change in the same step as the nodes it describes).
+    pub fn node_index_is_current(&self) -> bool {
+        let fresh = NodeTree::build(self.nodes.len(), self.nodes.iter().map(|s| s.live.as_ref()));
+        let mut labelled = BTreeMap::<&str, BTreeMap<&str, BTreeSet<NodeIdx>>>::new();
+        for (idx, node) in self.nodes() {
+            for (k, v) in &node.spec.labels {
+                labelled
+                    .entry(k)
+                    .or_default()
+                    .entry(v)
+                    .or_default()
+                    .insert(idx);
+            }
+        }
+        let same_labels = labelled.len() == self.labelled.len()
+            && labelled.iter().all(|(k, values)| {
+                self.labelled.get(*k).is_some_and(|mine| {
+                    mine.len() == values.len()
+                        && values.iter().all(|(v, set)| mine.get(*v) == Some(set))
+                })
+            });
+        let mut granted = BTreeMap::<&str, BTreeMap<&str, BTreeMap<NodeIdx, u32>>>::new();
+        for a in self.allocations() {
+            if let (Some(idx), crate::allocation::AllocState::Granted) = (a.node, a.state) {
+                for (k, v) in a.labels() {
+                    *granted
+                        .entry(k)
+                        .or_default()
+                        .entry(v)
+                        .or_default()
+                        .entry(idx)
+                        .or_default() += 1;
+                }
+            }
+        }
+        let same_grants = granted.len() == self.granted_labels.len()
+            && granted.iter().all(|(k, values)| {
+                self.granted_labels.get(*k).is_some_and(|mine| {
+                    mine.len() == values.len()
+                        && values.iter().all(|(v, per)| mine.get(*v) == Some(per))
+                })
+            });
+        same_labels
+            && same_grants
+            && (1..2 * fresh.width()).all(|p| {
+                fresh.summary(p) == self.tree.summary(p)
+                    && fresh.first_victim(p) == self.tree.first_victim(p)
+            })
+    }
+    /// Rebuilds the node index from scratch (after a restore, or to grow it).
+    pub(crate) fn rebuild_index(&mut self) {
+        self.tree = NodeTree::build(self.nodes.len(), self.nodes.iter().map(|s| s.live.as_ref()));
+    }
     /// The largest amount of each resource any ready node has left (a quick necessary test).
     pub(crate) fn max_available(&self) -> Resources {
+        if self.total.iter().all(|(r, _)| r.index() < STANDARD.len()) {
+            // No ready node offers an extended resource: the index has the answer.
+            let free = self.tree.summary(NodeTree::ROOT).max_free;
+            let mut out = Resources::default();
+            for (r, v) in STANDARD.iter().zip(free) {
+                out.set(*r, v);
+            }
+            return out;
+        }
         let mut out = Resources::default();
         for idx in &self.ready {
             if let Some(node) = self.node(*idx) {

@@ -2,7 +2,7 @@
 
 use qm_core::NodeIdx;
 
-use crate::plugin::{CycleState, Filter, Plugin};
+use crate::plugin::{Builtin, CycleState, Filter, Plugin};
 
 /// `node-selector`: only nodes carrying every label the request selects.
 #[derive(Debug, Default)]
@@ -11,6 +11,9 @@ pub struct NodeSelector;
 impl Plugin for NodeSelector {
     fn name(&self) -> &'static str {
         "node-selector"
+    }
+    fn builtin(&self) -> Option<Builtin> {
+        Some(Builtin::NodeSelector)
     }
     fn filter(&self) -> Option<&dyn Filter> {
         Some(self)
@@ -33,6 +36,9 @@ pub struct NodeHold;
 impl Plugin for NodeHold {
     fn name(&self) -> &'static str {
         "node-hold"
+    }
+    fn builtin(&self) -> Option<Builtin> {
+        Some(Builtin::NodeHold)
     }
     fn filter(&self) -> Option<&dyn Filter> {
         Some(self)
@@ -58,6 +64,9 @@ pub struct Fits;
 impl Plugin for Fits {
     fn name(&self) -> &'static str {
         "fits"
+    }
+    fn builtin(&self) -> Option<Builtin> {
+        Some(Builtin::Fits)
     }
     fn filter(&self) -> Option<&dyn Filter> {
         Some(self)

@@ -9,5 +9,5 @@ mod topology;
 pub use filter::{Fits, NodeHold, NodeSelector};
 pub use preempt::{PriorityPreemption, Reclaim};
 pub use queue::{DominantShare, PriorityFifo};
-pub use score::{AgentSpread, LeastAllocated, MostAllocated, family};
+pub use score::{AgentSpread, FamilyCounts, LeastAllocated, MostAllocated, family};
 pub use topology::{TopologyRules, allows as topology_allows, retain_allowed};

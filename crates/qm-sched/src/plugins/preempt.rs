@@ -5,9 +5,10 @@
 
 use std::cmp::Reverse;
 
-use qm_core::{AllocId, Allocation, NodeIdx, Placement, PoolIdx, Preemption, Resources};
+use qm_core::{AllocId, Allocation, NodeIdx, NodeTree, Placement, PoolIdx, Preemption, Resources};
 
 use crate::plugin::{CycleState, Plugin, Preempt};
+use crate::search::Stack;
 
 /// A node's victim set, with what the choice between nodes compares.
 #[derive(Debug)]
@@ -19,9 +20,13 @@ struct Candidate {
     oldest_grant: u64,
 }
 
+/// How candidates compare: the highest victim priority, the number of victims, and the oldest
+/// victim's grant order reversed; the smallest wins.
+type Key = (u16, usize, Reverse<u64>);
+
 impl Candidate {
     /// Lowest highest-priority first, then fewest victims, then youngest victims.
-    fn key(&self) -> (u16, usize, Reverse<u64>) {
+    fn key(&self) -> Key {
         (
             self.max_priority,
             self.victims.len(),
@@ -44,13 +49,16 @@ fn pool_missing(cx: &CycleState<'_>) -> Resources {
 
 /// Picks victims on one node greedily in the node's victim order (lowest priority, youngest
 /// first), then lets off every victim (most important first) the request turns out not to
-/// need. Gives up as soon as the set cannot beat `bound`, reading priority and age off the
-/// node's index before looking an allocation up. `taken` is scratch space.
+/// need. Answers only a set that beats `bound` (or equals it, when `ties_win`: this node was
+/// registered before the bound's), giving up as soon as the set's highest priority passes the
+/// bound's; the answer for a node does not depend on the bound otherwise, so nodes may be
+/// visited in any order. `taken` is scratch space.
 fn victims_on<'a>(
     cx: &CycleState<'a>,
     node: NodeIdx,
     pool_need: &Resources,
     bound: Option<&Candidate>,
+    ties_win: bool,
     may_take: &mut dyn FnMut(&Allocation) -> bool,
     taken: &mut Vec<&'a Allocation>,
 ) -> Option<Candidate> {
@@ -60,25 +68,9 @@ fn victims_on<'a>(
     let node_need = n.available().shortfall_for(req.resources());
     let (mut need_n, mut need_p) = (node_need.clone(), pool_need.clone());
     taken.clear();
-    let mut oldest = u64::MAX;
-    for (prio, grant, id) in n.victim_entries() {
+    for (prio, _, id) in n.victim_entries() {
         if need_n.is_empty() && need_p.is_empty() {
             break;
-        }
-        if let Some(b) = bound {
-            // Taking this one gives at least this key (reprieves aside): if that cannot beat
-            // the bound, this node is out, unless the victim would be skipped anyway.
-            let at_least = (prio, taken.len() + 1, Reverse(oldest.min(grant)));
-            if at_least >= b.key() {
-                let a = st.alloc(id)?;
-                let same_pool = a.pool() == req.pool();
-                let useful =
-                    helps(&need_n, a.resources()) || (same_pool && helps(&need_p, a.resources()));
-                if useful && may_take(a) {
-                    return None;
-                }
-                continue;
-            }
         }
         let Some(a) = st.alloc(id) else { continue };
         let same_pool = a.pool() == req.pool();
@@ -86,11 +78,16 @@ fn victims_on<'a>(
         if !useful || !may_take(a) {
             continue;
         }
+        // The last victim taken is never let off (the ones before it did not suffice), so
+        // taking this one makes the set's highest priority at least `prio`: past the bound's,
+        // this node cannot beat it.
+        if bound.is_some_and(|b| prio > b.max_priority) {
+            return None;
+        }
         need_n.sub(a.resources());
         if same_pool {
             need_p.sub(a.resources());
         }
-        oldest = oldest.min(grant);
         taken.push(a);
     }
     if !(need_n.is_empty() && need_p.is_empty()) {
@@ -123,8 +120,9 @@ fn victims_on<'a>(
     }
     let max_priority = taken.iter().map(|a| a.priority().get()).max()?;
     let oldest_grant = taken.iter().map(|a| a.grant_seq()).min()?;
+    let key = (max_priority, taken.len(), Reverse(oldest_grant));
     if let Some(b) = bound
-        && (max_priority, taken.len(), Reverse(oldest_grant)) >= b.key()
+        && (key > b.key() || (key == b.key() && !ties_win))
     {
         return None;
     }
@@ -136,25 +134,88 @@ fn victims_on<'a>(
     })
 }
 
-/// Runs `victims_on` over every eligible node and keeps the best candidate.
+/// Runs `victims_on` over every eligible node and keeps the best candidate (the earliest
+/// registered on a tie). Only victims of a priority below `below` may be taken, when given.
+/// Unless the decision is exhaustive, nodes are reached through the ledger's node index, the
+/// subtree with the cheaper first victim first, skipping every subtree whose cheapest first
+/// victim (a bound on any candidate there) cannot beat the best candidate so far.
 fn best_node(
     cx: &CycleState<'_>,
     pool_need: &Resources,
+    below: Option<u16>,
     may_take: &mut dyn FnMut(&Allocation) -> bool,
     reset: &mut dyn FnMut(),
 ) -> Option<Candidate> {
     let mut best: Option<Candidate> = None;
     let mut taken = Vec::new();
-    for &idx in cx.state.ready_nodes() {
+    let mut visit = |idx: NodeIdx, best: &mut Option<Candidate>| {
         let Some(node) = cx.state.node(idx) else {
-            continue;
+            return;
         };
         if !cx.eligible(node) || !cx.request.resources().fits(node.allocatable()) {
-            continue;
+            return;
         }
         reset();
-        if let Some(c) = victims_on(cx, idx, pool_need, best.as_ref(), may_take, &mut taken) {
-            best = Some(c);
+        let ties_win = best.as_ref().is_some_and(|b| idx < b.node);
+        if let Some(c) = victims_on(
+            cx,
+            idx,
+            pool_need,
+            best.as_ref(),
+            ties_win,
+            may_take,
+            &mut taken,
+        ) {
+            *best = Some(c);
+        }
+    };
+    if cx.exhaustive {
+        for &idx in cx.state.ready_nodes() {
+            visit(idx, &mut best);
+        }
+        return best;
+    }
+    let tree = cx.state.node_tree();
+    // The least key any candidate under a subtree can have: (priority, 1 victim, grant).
+    let floor = |pos: usize| {
+        let (priority, grant) = tree.first_victim(pos)?;
+        if below.is_some_and(|b| priority >= b) {
+            return None;
+        }
+        Some((priority, 1, Reverse(grant)))
+    };
+    let mut stack: Stack<(usize, Key)> = Stack::new();
+    if let Some(f) = floor(NodeTree::ROOT) {
+        stack.push((NodeTree::ROOT, f));
+    }
+    while let Some((pos, f)) = stack.pop() {
+        if let Some(b) = &best {
+            let first = tree.first_index(pos);
+            if f > b.key() || (f == b.key() && first > b.node.index()) {
+                continue;
+            }
+        }
+        if tree.is_leaf(pos) {
+            if let Some(idx) = tree.node_at(pos) {
+                visit(idx, &mut best);
+            }
+            continue;
+        }
+        let (l, r) = (2 * pos, 2 * pos + 1);
+        // Pushed last is searched first: the left child unless the right one's floor is lower.
+        match (floor(l), floor(r)) {
+            (Some(fl), Some(fr)) if fr < fl => {
+                stack.push((l, fl));
+                stack.push((r, fr));
+            }
+            (fl, fr) => {
+                if let Some(fr) = fr {
+                    stack.push((r, fr));
+                }
+                if let Some(fl) = fl {
+                    stack.push((l, fl));
+                }
+            }
         }
     }
     best
@@ -178,7 +239,7 @@ impl Preempt for PriorityPreemption {
         let prio = cx.request.priority();
         let pool_need = pool_missing(cx);
         let mut lower = |a: &Allocation| a.priority() < prio;
-        let best = best_node(cx, &pool_need, &mut lower, &mut || {})?;
+        let best = best_node(cx, &pool_need, Some(prio.get()), &mut lower, &mut || {})?;
         Some(Placement {
             node: best.node,
             victims: best.victims,
@@ -237,7 +298,7 @@ impl Preempt for Reclaim {
             borrowing
         };
         let mut reset = || held.borrow_mut().clear();
-        let best = best_node(cx, &Resources::default(), &mut borrowed, &mut reset)?;
+        let best = best_node(cx, &Resources::default(), None, &mut borrowed, &mut reset)?;
         Some(Placement {
             node: best.node,
             victims: best.victims,

@@ -2,11 +2,12 @@
 //! spread an agent family's allocations over nodes (which keeps per-node counts through the
 //! reserve extension point).
 
+use std::any::Any;
 use std::collections::HashMap;
 
 use qm_core::{Allocation, NodeIdx, ResourceId, State};
 
-use crate::plugin::{CycleState, MAX_SCORE, Plugin, Reserve, Score};
+use crate::plugin::{Builtin, CycleState, MAX_SCORE, Plugin, Reserve, Score};
 
 const BASE: [ResourceId; 4] = [
     ResourceId::CPU,
@@ -70,6 +71,9 @@ impl Plugin for MostAllocated {
     fn name(&self) -> &'static str {
         "most-allocated"
     }
+    fn builtin(&self) -> Option<Builtin> {
+        Some(Builtin::MostAllocated)
+    }
     fn score(&self) -> Option<&dyn Score> {
         Some(self)
     }
@@ -91,6 +95,9 @@ pub struct LeastAllocated;
 impl Plugin for LeastAllocated {
     fn name(&self) -> &'static str {
         "least-allocated"
+    }
+    fn builtin(&self) -> Option<Builtin> {
+        Some(Builtin::LeastAllocated)
     }
     fn score(&self) -> Option<&dyn Score> {
         Some(self)
@@ -121,12 +128,105 @@ pub fn family(agent: &str) -> &str {
 #[derive(Debug, Default)]
 pub struct AgentSpread {
     /// Per family, grants per node index.
-    counts: HashMap<Box<str>, Vec<u32>>,
+    counts: HashMap<Box<str>, FamilyCounts>,
+}
+
+/// One family's grants per node, in a segment tree laid out as the ledger's node index
+/// (position 1 the root, leaves from `width` in node-table order) holding the fewest and the
+/// most grants over each range, so a search can bound the score of a whole subtree.
+#[derive(Debug, Default)]
+pub struct FamilyCounts {
+    width: usize,
+    /// (fewest, most) per position.
+    tree: Vec<(u32, u32)>,
+}
+
+impl FamilyCounts {
+    /// The family's grants on node `idx`.
+    pub fn get(&self, idx: NodeIdx) -> u32 {
+        if idx.index() >= self.width {
+            return 0;
+        }
+        self.tree
+            .get(self.width + idx.index())
+            .map_or(0, |(c, _)| *c)
+    }
+
+    /// The fewest and the most grants on any node of the aligned range of `len` nodes from
+    /// `start` (a subtree of the node index; nodes past the end of this tree hold none).
+    pub fn range(&self, start: usize, len: usize) -> (u32, u32) {
+        if start >= self.width || len == 0 {
+            return (0, 0);
+        }
+        let root = self.tree.get(1).copied().unwrap_or((0, 0));
+        if len > self.width {
+            return (0, root.1);
+        }
+        self.tree
+            .get(self.width / len + start / len)
+            .copied()
+            .unwrap_or((0, 0))
+    }
+
+    fn add(&mut self, idx: NodeIdx, up: bool) {
+        let i = idx.index();
+        if i >= self.width {
+            let width = (i + 1).next_power_of_two();
+            let mut tree = vec![(0, 0); 2 * width];
+            for j in 0..self.width {
+                tree[width + j] = self.tree[self.width + j];
+            }
+            for pos in (1..width).rev() {
+                tree[pos] = merge(tree[2 * pos], tree[2 * pos + 1]);
+            }
+            *self = Self { width, tree };
+        }
+        let mut pos = self.width + i;
+        let c = self.tree[pos].0;
+        let c = if up { c + 1 } else { c.saturating_sub(1) };
+        self.tree[pos] = (c, c);
+        while pos > 1 {
+            pos /= 2;
+            self.tree[pos] = merge(self.tree[2 * pos], self.tree[2 * pos + 1]);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tree.get(1).is_none_or(|(_, most)| *most == 0)
+    }
+}
+
+fn merge(a: (u32, u32), b: (u32, u32)) -> (u32, u32) {
+    (a.0.min(b.0), a.1.max(b.1))
+}
+
+impl AgentSpread {
+    /// The grants per node of the request's family; `None` when it holds none anywhere.
+    pub fn family_counts(&self, cx: &CycleState<'_>) -> Option<&FamilyCounts> {
+        self.counts.get(family(cx.request.agent()))
+    }
+
+    /// The score of a node holding `count` grants of the family when the nodes that passed
+    /// the filters hold at most `most` (0 for none).
+    pub fn score_of(count: u32, most: u32) -> i64 {
+        if most == 0 {
+            MAX_SCORE
+        } else {
+            let (count, most) = (i64::from(count), i64::from(most));
+            MAX_SCORE * (most - count) / most
+        }
+    }
 }
 
 impl Plugin for AgentSpread {
     fn name(&self) -> &'static str {
         "agent-spread"
+    }
+    fn builtin(&self) -> Option<Builtin> {
+        Some(Builtin::AgentSpread)
+    }
+    fn as_any(&self) -> Option<&dyn Any> {
+        Some(self)
     }
     fn score(&self) -> Option<&dyn Score> {
         Some(self)
@@ -138,18 +238,13 @@ impl Plugin for AgentSpread {
 
 impl Score for AgentSpread {
     fn score(&self, cx: &CycleState<'_>, nodes: &[NodeIdx], out: &mut [i64]) {
-        let Some(per_node) = self.counts.get(family(cx.request.agent())) else {
+        let Some(per_node) = self.family_counts(cx) else {
             out.fill(MAX_SCORE);
             return;
         };
-        let count = |i: &NodeIdx| i64::from(per_node.get(i.index()).copied().unwrap_or(0));
-        let most = nodes.iter().map(count).max().unwrap_or(0);
+        let most = nodes.iter().map(|i| per_node.get(*i)).max().unwrap_or(0);
         for (idx, s) in nodes.iter().zip(out) {
-            *s = if most == 0 {
-                MAX_SCORE
-            } else {
-                MAX_SCORE * (most - count(idx)) / most
-            };
+            *s = Self::score_of(per_node.get(*idx), most);
         }
     }
 }
@@ -162,10 +257,7 @@ impl Reserve for AgentSpread {
             Some(v) => v,
             None => self.counts.entry(fam.into()).or_default(),
         };
-        if per_node.len() <= node.index() {
-            per_node.resize(node.index() + 1, 0);
-        }
-        per_node[node.index()] += 1;
+        per_node.add(node, true);
     }
 
     fn unreserve(&mut self, _: &State, alloc: &Allocation) {
@@ -175,10 +267,8 @@ impl Reserve for AgentSpread {
         let Some(per_node) = self.counts.get_mut(fam) else {
             return;
         };
-        if let Some(c) = per_node.get_mut(node.index()) {
-            *c = c.saturating_sub(1);
-        }
-        if per_node.iter().all(|c| *c == 0) {
+        per_node.add(node, false);
+        if per_node.is_empty() {
             self.counts.remove(fam);
         }
     }

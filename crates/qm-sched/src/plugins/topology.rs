@@ -2,14 +2,15 @@
 //! Kubernetes' `topologySpreadConstraints` with `DoNotSchedule`) and its affinity and
 //! anti-affinity terms, all over the labels of the allocations already granted. A node's domain
 //! under a key is its label of that key (`qm.dev/node`: its name); a node without the key
-//! never qualifies for a rule on it. Requests without rules cost nothing; one with rules costs
-//! a pass over the granted allocations per rule.
+//! never qualifies for a rule on it. Requests without rules cost nothing; a rule matching one
+//! label (or none) reads the ledger's per-node counts of granted labels, one matching several
+//! costs a pass over the granted allocations.
 
 use std::collections::HashMap;
 
 use qm_core::{AllocState, Labels, NODE_LABEL, Node, NodeIdx, State, labels_match};
 
-use crate::plugin::{CycleState, Filter, Plugin};
+use crate::plugin::{Builtin, CycleState, Filter, Plugin};
 
 /// The filter plugin.
 #[derive(Debug, Default)]
@@ -18,6 +19,9 @@ pub struct TopologyRules;
 impl Plugin for TopologyRules {
     fn name(&self) -> &'static str {
         "topology"
+    }
+    fn builtin(&self) -> Option<Builtin> {
+        Some(Builtin::Topology)
     }
     fn filter(&self) -> Option<&dyn Filter> {
         Some(self)
@@ -38,19 +42,39 @@ fn domain<'a>(state: &'a State, idx: NodeIdx, node: &'a Node, key: &str) -> Opti
     node.spec().labels.get(key).map(String::as_str)
 }
 
-/// The granted allocations whose labels include `wanted`, per domain of `key`.
-fn counts<'a>(state: &'a State, key: &str, wanted: &Labels) -> HashMap<&'a str, u32> {
+/// The granted allocations whose labels include `wanted`, per domain of `key`: from the
+/// ledger's per-node counts of granted labels when `wanted` is one label (or none: every
+/// grant), else (or when `exhaustive`) by a pass over the allocations.
+fn counts<'a>(
+    state: &'a State,
+    key: &str,
+    wanted: &Labels,
+    exhaustive: bool,
+) -> HashMap<&'a str, u32> {
     let mut out: HashMap<&str, u32> = HashMap::new();
+    let mut add = |idx: NodeIdx, n: u32| {
+        if let Some(node) = state.node(idx)
+            && let Some(d) = domain(state, idx, node, key)
+        {
+            *out.entry(d).or_default() += n;
+        }
+    };
+    if !exhaustive && wanted.len() <= 1 {
+        match wanted.iter().next() {
+            Some((k, v)) => state.granted_labelled(k, v).for_each(|(i, n)| add(i, n)),
+            None => state
+                .nodes()
+                .filter(|(_, n)| n.n_granted() > 0)
+                .for_each(|(i, n)| add(i, n.n_granted())),
+        }
+        return out;
+    }
     for a in state.allocations() {
         if a.state() != AllocState::Granted || !labels_match(a.labels(), wanted) {
             continue;
         }
-        let Some(idx) = a.node() else { continue };
-        let Some(node) = state.node(idx) else {
-            continue;
-        };
-        if let Some(d) = domain(state, idx, node, key) {
-            *out.entry(d).or_default() += 1;
+        if let Some(idx) = a.node() {
+            add(idx, 1);
         }
     }
     out
@@ -66,7 +90,7 @@ pub fn retain_allowed(cx: &CycleState<'_>, nodes: &mut Vec<NodeIdx>) {
     let dom = |i: &NodeIdx, key: &str| st.node(*i).and_then(|n| domain(st, *i, n, key));
     let own = cx.request.labels();
     for c in &rules.spread {
-        let counts = counts(st, &c.topology_key, &c.match_labels);
+        let counts = counts(st, &c.topology_key, &c.match_labels, cx.exhaustive);
         // the fewest in any domain the request could go to (ready, selected)
         let min = st
             .nodes()
@@ -85,7 +109,7 @@ pub fn retain_allowed(cx: &CycleState<'_>, nodes: &mut Vec<NodeIdx>) {
         });
     }
     for t in &rules.affinity {
-        let counts = counts(st, &t.topology_key, &t.match_labels);
+        let counts = counts(st, &t.topology_key, &t.match_labels, cx.exhaustive);
         // the first of a group that wants to be together goes anywhere
         if counts.is_empty() && labels_match(own, &t.match_labels) {
             nodes.retain(|i| dom(i, &t.topology_key).is_some());
@@ -94,7 +118,7 @@ pub fn retain_allowed(cx: &CycleState<'_>, nodes: &mut Vec<NodeIdx>) {
         nodes.retain(|i| dom(i, &t.topology_key).is_some_and(|d| counts.contains_key(d)));
     }
     for t in &rules.anti_affinity {
-        let counts = counts(st, &t.topology_key, &t.match_labels);
+        let counts = counts(st, &t.topology_key, &t.match_labels, cx.exhaustive);
         nodes.retain(|i| dom(i, &t.topology_key).is_none_or(|d| !counts.contains_key(d)));
     }
 }

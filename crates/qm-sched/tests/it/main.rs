@@ -1,6 +1,7 @@
 //! qm-sched's integration tests: golden scenarios through one `check` helper, property tests
 //! of the ledger's invariants under every built-in strategy, and the registry's rules.
 
+mod exact;
 mod golden;
 mod props;
 mod registry;
