@@ -2,9 +2,9 @@
 //! members `<fleet>-<n>` while fewer are live than wanted (so a member that dies for good is
 //! replaced), stops the newest when more are, rolls members of an older template one at a
 //! time, and lets the autoscaler (the HPA algorithm, `logic::autoscale`, optionally ahead of
-//! a forecast of the load, `logic::predictive`) set the wanted number from the members' cpu or memory utilisation of their requests, or from a metric
-//! pushed to `POST /v1/fleets/{name}/metric`. Members are admitted through the ledger like
-//! any agent. In a cluster the controller stays with the member that holds the fleet and its
+//! a forecast of the load, `logic::predictive`) set the wanted number from the members' cpu
+//! or memory utilisation of their requests, or from a metric pushed to
+//! `POST /v1/fleets/{name}/metric`. Members are admitted through the ledger like any agent. In a cluster the controller stays with the member that holds the fleet and its
 //! members are placed by the leader like any spawn ([`FleetMembers`]), labelled with their
 //! fleet.
 
