@@ -329,6 +329,15 @@ impl State {
             .and_then(|values| values.get(value))
             .map_or(0, BTreeSet::len)
     }
+    /// Every value of label `key` present nodes carry, with those nodes (ready or not), in
+    /// value order: the domains of a topology key.
+    pub fn label_domains(&self, key: &str) -> impl Iterator<Item = (&str, &BTreeSet<NodeIdx>)> {
+        self.labelled
+            .get(key)
+            .into_iter()
+            .flatten()
+            .map(|(v, set)| (&**v, set))
+    }
     /// Per node, how many granted allocations carry label `key` = `value` (nodes holding none
     /// left out), in registration order.
     pub fn granted_labelled(
