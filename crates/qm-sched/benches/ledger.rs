@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use qm_core::{
     AllocId, Ledger, LedgerConfig, NODE_LABEL, NodeSpec, PoolSpec, Priority, Request, Resources,
-    Snapshot, Spread, Timestamp,
+    Snapshot, Spread, Term, Timestamp,
 };
 use qm_sched::Framework;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
@@ -219,6 +219,74 @@ fn topology_grant_release_10k_nodes(bencher: Bencher, exhaustive: bool) {
             max_skew: 1,
             match_labels: r.labels.clone(),
         });
+        let s = l.submit(now(), r).expect("fits");
+        l.release(now(), s.id.expect("granted"));
+        l.clear_events();
+    });
+}
+
+/// `loaded_snapshot("priority", 10,000, 1,000,000)` with every node labelled `zone` (one of
+/// three, round-robin) and every 100th grant labelled `app=web` and `tier` (one of two): 10,000
+/// matching grants spread over the ~3,900 nodes the grants fill.
+fn labelled_snapshot() -> Snapshot {
+    let (n_nodes, n_live) = SCALES[2];
+    let mut snap = loaded_snapshot("priority", n_nodes, n_live);
+    for (i, (spec, _)) in snap.nodes.iter_mut().enumerate() {
+        spec.labels.insert("zone".to_owned(), format!("z{}", i % 3));
+    }
+    for (i, a) in snap.allocations.iter_mut().enumerate() {
+        if i % 100 == 0 {
+            a.labels.insert("app".to_owned(), "web".to_owned());
+            a.labels
+                .insert("tier".to_owned(), format!("t{}", i / 100 % 2));
+        }
+    }
+    snap
+}
+
+thread_local! {
+    static LABELLED: RefCell<Option<Snapshot>> = const { RefCell::new(None) };
+}
+
+/// Grant + release at 10,000 nodes and 1,000,000 live allocations (priority, the nodes
+/// labelled by zone, 10,000 grants labelled `app=web` over ~3,900 nodes; `labelled_snapshot`)
+/// of an `app=web`, `tier=t0` request with one rule: `rule` names it — spread over nodes or
+/// zones (max skew 1), affinity per zone, anti-affinity per node (refused where `app=web`
+/// already is: it lands on an empty node), or spread over zones of `app=web, tier=t0` (two
+/// labels: a pass over the grants).
+#[divan::bench(
+    args = ["node-spread", "zone-spread", "zone-affinity", "node-anti-affinity", "two-label-spread"],
+    sample_count = 20
+)]
+fn topology_rules_10k_nodes(bencher: Bencher, rule: &str) {
+    let snap = LABELLED.with(|c| c.borrow_mut().get_or_insert_with(labelled_snapshot).clone());
+    let mut l = restored("priority", false, snap);
+    let mut i = SCALES[2].1;
+    bencher.bench_local(|| {
+        i += 1;
+        let mut r = request(i, 250, 512 * MI, 500);
+        r.labels.insert("app".to_owned(), "web".to_owned());
+        r.labels.insert("tier".to_owned(), "t0".to_owned());
+        let mut web = r.labels.clone();
+        web.remove("tier");
+        let (key, labels) = match rule {
+            "node-spread" | "node-anti-affinity" => (NODE_LABEL, web),
+            "two-label-spread" => ("zone", r.labels.clone()),
+            _ => ("zone", web),
+        };
+        let term = Term {
+            topology_key: key.to_owned(),
+            match_labels: labels.clone(),
+        };
+        match rule {
+            "zone-affinity" => r.topology.affinity.push(term),
+            "node-anti-affinity" => r.topology.anti_affinity.push(term),
+            _ => r.topology.spread.push(Spread {
+                topology_key: key.to_owned(),
+                max_skew: 1,
+                match_labels: labels,
+            }),
+        }
         let s = l.submit(now(), r).expect("fits");
         l.release(now(), s.id.expect("granted"));
         l.clear_events();

@@ -183,6 +183,7 @@ impl Framework {
         }
         let tree = cx.state.node_tree();
         let want = search::wants(cx);
+        let ruled_out = |pos: usize| cx.topology.is_some_and(|t| t.rules_out(tree, pos));
         let mut scratch = self.scratch.borrow_mut();
         let one = &mut scratch.one_node;
         Some(match self.search {
@@ -194,6 +195,7 @@ impl Framework {
                     tree,
                     &want,
                     &|_, sum| search::most_allocated_bound(sum, &want),
+                    &ruled_out,
                     &mut |idx| {
                         if !self.passes(cx, one, idx) {
                             return None;
@@ -207,7 +209,9 @@ impl Framework {
                 return self.spread_node(cx, &want, least, spread, one);
             }
             // Without a standard resource asked for, every node scores the same: the first.
-            _ => search::first_fit(tree, &want, &mut |idx| self.passes(cx, one, idx)),
+            _ => search::first_fit(tree, &want, &ruled_out, &mut |idx| {
+                self.passes(cx, one, idx)
+            }),
         })
     }
 
@@ -266,8 +270,10 @@ impl Framework {
             .downcast_ref::<AgentSpread>()?;
         let counts = spread.family_counts(cx);
         let range = |start: usize, len: usize| counts.map_or((0, 0), |c| c.range(start, len));
+        let ruled_out = |pos: usize| cx.topology.is_some_and(|t| t.rules_out(tree, pos));
         let most = if counts.is_some() {
-            match search::most_counted(tree, want, &range, &mut |idx| self.passes(cx, one, idx)) {
+            let pass = &mut |idx| self.passes(cx, one, idx);
+            match search::most_counted(tree, want, &range, &ruled_out, pass) {
                 Some(m) => m,
                 None => return Some(None),
             }
@@ -280,14 +286,20 @@ impl Framework {
                 + w_spread * AgentSpread::score_of(fewest, most)
         };
         let mut out = [0i64];
-        Some(search::best_scored(tree, want, &bound, &mut |idx| {
-            if !self.passes(cx, one, idx) {
-                return None;
-            }
-            least.score(cx, &[idx], &mut out);
-            let count = counts.map_or(0, |c| c.get(idx));
-            Some(w_least * out[0] + w_spread * AgentSpread::score_of(count, most))
-        }))
+        Some(search::best_scored(
+            tree,
+            want,
+            &bound,
+            &ruled_out,
+            &mut |idx| {
+                if !self.passes(cx, one, idx) {
+                    return None;
+                }
+                least.score(cx, &[idx], &mut out);
+                let count = counts.map_or(0, |c| c.get(idx));
+                Some(w_least * out[0] + w_spread * AgentSpread::score_of(count, most))
+            },
+        ))
     }
 
     /// How many nodes are few enough to score one by one rather than search for.

@@ -603,7 +603,8 @@ impl Ledger {
         }
         if let Some(alloc) = self.state.allocs.get(id) {
             let counts = &mut self.state.granted_labels;
-            state::count_grant_labels(counts, alloc.node, alloc.labels(), true);
+            let node_labels = state::spec_labels(&self.state.nodes, alloc.node);
+            state::count_grant_labels(counts, alloc.node, node_labels, alloc.labels(), true);
             self.policy.reserve(&self.state, alloc);
         }
         self.events.push(Event::Granted {
@@ -645,7 +646,8 @@ impl Ledger {
                     self.state.expiry.remove(&(at, id));
                 }
                 let counts = &mut self.state.granted_labels;
-                state::count_grant_labels(counts, alloc.node, alloc.labels(), false);
+                let node_labels = state::spec_labels(&self.state.nodes, alloc.node);
+                state::count_grant_labels(counts, alloc.node, node_labels, alloc.labels(), false);
                 self.policy.unreserve(&self.state, &alloc);
             }
             _ => {

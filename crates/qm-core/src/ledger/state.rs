@@ -175,32 +175,114 @@ pub struct State {
     pub(crate) tree: NodeTree,
     /// Label key → value → the present nodes carrying it (an inverted index for selectors).
     pub(crate) labelled: BTreeMap<Box<str>, BTreeMap<Box<str>, BTreeSet<NodeIdx>>>,
-    /// Label key → value → per node, how many grants there carry it (for topology rules).
-    pub(crate) granted_labels: GrantedLabels,
+    /// How many grants carry each label, per node and per domain of node labels (for
+    /// topology rules).
+    pub(crate) granted_labels: GrantCounts,
 }
 
 /// Label key → value → per node, how many grants there carry it.
 pub(crate) type GrantedLabels = BTreeMap<Box<str>, BTreeMap<Box<str>, BTreeMap<NodeIdx, u32>>>;
 
-/// Counts (or, with `add` false, stops counting) a grant's `labels` on its `node`; called as a
-/// grant is made and as it ends.
+/// Grant label key → value → node label key → that label's value (a domain) → how many grants
+/// on nodes of that domain carry the grant label.
+pub(crate) type GrantedDomains =
+    BTreeMap<Box<str>, BTreeMap<Box<str>, BTreeMap<Box<str>, BTreeMap<Box<str>, u32>>>>;
+
+/// The counts of granted labels the ledger keeps: per node, and per domain of every label key
+/// nodes carry (so a topology rule over a node label reads its domains' counts directly).
+/// Entries that fall to zero are removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct GrantCounts {
+    pub(crate) per_node: GrantedLabels,
+    pub(crate) per_domain: GrantedDomains,
+}
+
+/// The spec labels of node `idx`, when present.
+pub(crate) fn spec_labels(nodes: &[Slot<Node>], idx: Option<NodeIdx>) -> Option<&Labels> {
+    nodes
+        .get(idx?.index())
+        .and_then(|s| s.live.as_ref())
+        .map(|n| &n.spec.labels)
+}
+
+/// Adds (or, with `add` false, takes away) `n` grants carrying label `k` = `v` to the domains
+/// `node_labels` name.
+fn count_domains(
+    per_domain: &mut GrantedDomains,
+    k: &str,
+    v: &str,
+    node_labels: &Labels,
+    n: u32,
+    add: bool,
+) {
+    if node_labels.is_empty() || n == 0 {
+        return;
+    }
+    if add {
+        let keys = per_domain
+            .entry(k.into())
+            .or_default()
+            .entry(v.into())
+            .or_default();
+        for (key, dom) in node_labels {
+            *keys
+                .entry(key.as_str().into())
+                .or_default()
+                .entry(dom.as_str().into())
+                .or_default() += n;
+        }
+        return;
+    }
+    let Some(values) = per_domain.get_mut(k) else {
+        return;
+    };
+    if let Some(keys) = values.get_mut(v) {
+        for (key, dom) in node_labels {
+            if let Some(doms) = keys.get_mut(key.as_str()) {
+                if let Some(c) = doms.get_mut(dom.as_str()) {
+                    *c = c.saturating_sub(n);
+                    if *c == 0 {
+                        doms.remove(dom.as_str());
+                    }
+                }
+                if doms.is_empty() {
+                    keys.remove(key.as_str());
+                }
+            }
+        }
+        if keys.is_empty() {
+            values.remove(v);
+        }
+    }
+    if values.is_empty() {
+        per_domain.remove(k);
+    }
+}
+
+/// Counts (or, with `add` false, stops counting) a grant's `labels` on its `node`, whose spec
+/// labels are `node_labels`; called as a grant is made and as it ends.
 pub(crate) fn count_grant_labels(
-    counts: &mut GrantedLabels,
+    counts: &mut GrantCounts,
     node: Option<NodeIdx>,
+    node_labels: Option<&Labels>,
     labels: &Labels,
     add: bool,
 ) {
     let Some(node) = node else { return };
     for (k, v) in labels {
+        if let Some(nl) = node_labels {
+            count_domains(&mut counts.per_domain, k, v, nl, 1, add);
+        }
         if add {
             *counts
+                .per_node
                 .entry(k.as_str().into())
                 .or_default()
                 .entry(v.as_str().into())
                 .or_default()
                 .entry(node)
                 .or_default() += 1;
-        } else if let Some(values) = counts.get_mut(k.as_str()) {
+        } else if let Some(values) = counts.per_node.get_mut(k.as_str()) {
             if let Some(per_node) = values.get_mut(v.as_str()) {
                 if let Some(n) = per_node.get_mut(&node) {
                     *n -= 1;
@@ -213,7 +295,7 @@ pub(crate) fn count_grant_labels(
                 }
             }
             if values.is_empty() {
-                counts.remove(k.as_str());
+                counts.per_node.remove(k.as_str());
             }
         }
     }
@@ -346,18 +428,54 @@ impl State {
         value: &str,
     ) -> impl Iterator<Item = (NodeIdx, u32)> + '_ {
         self.granted_labels
+            .per_node
             .get(key)
             .and_then(|values| values.get(value))
             .into_iter()
             .flatten()
             .map(|(idx, n)| (*idx, *n))
     }
-    /// Adds (or, with `add` false, removes) node `idx`'s labels to the label index; called
-    /// when a node comes, before and after its spec changes, and before it goes.
+    /// Per node, how many granted allocations carry label `key` = `value` (nodes holding none
+    /// left out), as the ledger keeps them.
+    pub fn granted_labelled_nodes(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Option<&BTreeMap<NodeIdx, u32>> {
+        self.granted_labels.per_node.get(key)?.get(value)
+    }
+    /// Per domain of node label `node_key` (each value present nodes carry), how many granted
+    /// allocations on nodes of that domain carry label `key` = `value` (domains holding none
+    /// left out); `None` when no grant carries it on a node with `node_key`.
+    pub fn granted_labelled_domains(
+        &self,
+        key: &str,
+        value: &str,
+        node_key: &str,
+    ) -> Option<&BTreeMap<Box<str>, u32>> {
+        self.granted_labels
+            .per_domain
+            .get(key)?
+            .get(value)?
+            .get(node_key)
+    }
+    /// Adds (or, with `add` false, removes) node `idx`'s labels to the label index, and the
+    /// grants it holds to the per-domain counts of granted labels; called when a node comes,
+    /// before and after its spec changes, and before it goes.
     pub(crate) fn index_labels(&mut self, idx: NodeIdx, add: bool) {
         let Some(node) = self.nodes.get(idx.index()).and_then(|s| s.live.as_ref()) else {
             return;
         };
+        if node.n_granted > 0 {
+            let counts = &mut self.granted_labels;
+            for (k, values) in &counts.per_node {
+                for (v, per_node) in values {
+                    if let Some(n) = per_node.get(&idx) {
+                        count_domains(&mut counts.per_domain, k, v, &node.spec.labels, *n, add);
+                    }
+                }
+            }
+        }
         for (k, v) in &node.spec.labels {
             if add {
                 self.labelled
@@ -411,27 +529,14 @@ impl State {
                         && values.iter().all(|(v, set)| mine.get(*v) == Some(set))
                 })
             });
-        let mut granted = BTreeMap::<&str, BTreeMap<&str, BTreeMap<NodeIdx, u32>>>::new();
+        let mut granted = GrantCounts::default();
         for a in self.allocations() {
-            if let (Some(idx), crate::allocation::AllocState::Granted) = (a.node, a.state) {
-                for (k, v) in a.labels() {
-                    *granted
-                        .entry(k)
-                        .or_default()
-                        .entry(v)
-                        .or_default()
-                        .entry(idx)
-                        .or_default() += 1;
-                }
+            if a.state == crate::allocation::AllocState::Granted {
+                let node_labels = spec_labels(&self.nodes, a.node);
+                count_grant_labels(&mut granted, a.node, node_labels, a.labels(), true);
             }
         }
-        let same_grants = granted.len() == self.granted_labels.len()
-            && granted.iter().all(|(k, values)| {
-                self.granted_labels.get(*k).is_some_and(|mine| {
-                    mine.len() == values.len()
-                        && values.iter().all(|(v, per)| mine.get(*v) == Some(per))
-                })
-            });
+        let same_grants = granted == self.granted_labels;
         same_labels
             && same_grants
             && (1..2 * fresh.width()).all(|p| {

@@ -13,9 +13,10 @@
 //! a rule matching several labels costs a pass over the granted allocations (the per-label
 //! counts cannot say how many grants carry all of them).
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 
-use qm_core::{AllocState, Labels, NODE_LABEL, Node, NodeIdx, State, labels_match};
+use qm_core::{AllocState, Labels, NODE_LABEL, Node, NodeIdx, NodeTree, State, labels_match};
 
 use crate::plugin::{Builtin, CycleState, Filter, Plugin};
 
@@ -49,105 +50,173 @@ fn domain<'a>(state: &'a State, idx: NodeIdx, node: &'a Node, key: &str) -> Opti
     node.spec().labels.get(key).map(String::as_str)
 }
 
-/// The granted allocations whose labels include `wanted`, per domain of `key`: from the
-/// ledger's per-node counts of granted labels when `wanted` is one label (or none: every
-/// grant), else (or when `exhaustive`) by a pass over the allocations.
-fn counts<'a>(
-    state: &'a State,
-    key: &str,
-    wanted: &Labels,
-    exhaustive: bool,
-) -> HashMap<&'a str, u32> {
-    let mut out: HashMap<&str, u32> = HashMap::new();
+/// Matching grants per domain of a rule's key (only domains holding some are listed).
+#[derive(Debug)]
+enum Counts<'a> {
+    /// Per domain name, counted here (the reference, and rules the ledger's counts cannot
+    /// answer).
+    Counted(HashMap<&'a str, u32>),
+    /// Per domain name, as the ledger keeps them for one label over a node label key.
+    Kept(Option<&'a BTreeMap<Box<str>, u32>>),
+    /// Per node, for `qm.dev/node` (each node its own domain); never the reference's.
+    ByNode(Cow<'a, BTreeMap<NodeIdx, u32>>),
+}
+
+impl Counts<'_> {
+    fn is_empty(&self) -> bool {
+        match self {
+            Self::Counted(m) => m.is_empty(),
+            Self::Kept(m) => m.is_none_or(BTreeMap::is_empty),
+            Self::ByNode(m) => m.is_empty(),
+        }
+    }
+
+    /// The matching grants in domain `d` (by name).
+    fn in_domain(&self, d: &str) -> u32 {
+        match self {
+            Self::Counted(m) => m.get(d).copied(),
+            Self::Kept(m) => m.and_then(|m| m.get(d).copied()),
+            Self::ByNode(_) => None,
+        }
+        .unwrap_or(0)
+    }
+
+    /// The domains (by name) holding matching grants, with how many.
+    fn domains(&self) -> Box<dyn Iterator<Item = (&str, u32)> + '_> {
+        match self {
+            Self::Counted(m) => Box::new(m.iter().map(|(d, c)| (*d, *c))),
+            Self::Kept(m) => Box::new(m.iter().flat_map(|m| m.iter()).map(|(d, c)| (&**d, *c))),
+            Self::ByNode(_) => Box::new(std::iter::empty()),
+        }
+    }
+
+    /// The matching grants in node `idx`'s domain under `key`; `None` when the node is gone
+    /// or lacks the key.
+    fn of(&self, state: &State, idx: NodeIdx, key: &str) -> Option<u32> {
+        let node = state.node(idx)?;
+        Some(match self {
+            Self::ByNode(m) => m.get(&idx).copied().unwrap_or(0),
+            _ => self.in_domain(domain(state, idx, node, key)?),
+        })
+    }
+}
+
+/// The granted allocations whose labels include `wanted`, per domain of `key`: as the ledger
+/// keeps them when `wanted` is one label, else (or when `exhaustive`) counted here, from the
+/// ledger's per-node counts when `wanted` is none (every grant) or by a pass over the
+/// allocations.
+fn counts<'a>(state: &'a State, key: &str, wanted: &Labels, exhaustive: bool) -> Counts<'a> {
+    let by_node = !exhaustive && key == NODE_LABEL;
+    if !exhaustive
+        && wanted.len() == 1
+        && let Some((k, v)) = wanted.iter().next()
+    {
+        return if by_node {
+            Counts::ByNode(match state.granted_labelled_nodes(k, v) {
+                Some(m) => Cow::Borrowed(m),
+                None => Cow::Owned(BTreeMap::new()),
+            })
+        } else {
+            Counts::Kept(state.granted_labelled_domains(k, v, key))
+        };
+    }
+    let (mut domains, mut nodes) = (HashMap::new(), BTreeMap::new());
     let mut add = |idx: NodeIdx, n: u32| {
-        if let Some(node) = state.node(idx)
-            && let Some(d) = domain(state, idx, node, key)
-        {
-            *out.entry(d).or_default() += n;
+        let Some(node) = state.node(idx) else { return };
+        if by_node {
+            *nodes.entry(idx).or_default() += n;
+        } else if let Some(d) = domain(state, idx, node, key) {
+            *domains.entry(d).or_default() += n;
         }
     };
-    if !exhaustive && wanted.len() <= 1 {
-        match wanted.iter().next() {
-            Some((k, v)) => state.granted_labelled(k, v).for_each(|(i, n)| add(i, n)),
-            None => state
-                .nodes()
-                .filter(|(_, n)| n.n_granted() > 0)
-                .for_each(|(i, n)| add(i, n.n_granted())),
-        }
-        return out;
-    }
-    for a in state.allocations() {
-        if a.state() != AllocState::Granted || !labels_match(a.labels(), wanted) {
-            continue;
-        }
-        if let Some(idx) = a.node() {
-            add(idx, 1);
+    if !exhaustive && wanted.is_empty() {
+        state
+            .nodes()
+            .filter(|(_, n)| n.n_granted() > 0)
+            .for_each(|(i, n)| add(i, n.n_granted()));
+    } else {
+        for a in state.allocations() {
+            if a.state() != AllocState::Granted || !labels_match(a.labels(), wanted) {
+                continue;
+            }
+            if let Some(idx) = a.node() {
+                add(idx, 1);
+            }
         }
     }
-    out
+    if by_node {
+        Counts::ByNode(Cow::Owned(nodes))
+    } else {
+        Counts::Counted(domains)
+    }
 }
 
 /// The fewest matching grants (`counts`) in any domain of `key` the request could go to (one
-/// with a ready node its selector matches); `None` when there is none. The exhaustive answer
-/// visits every node; otherwise the domains of the key are visited (each until a node of it
-/// qualifies), or, for `qm.dev/node` without a selector, only the nodes holding grants.
-fn fewest(cx: &CycleState<'_>, key: &str, counts: &HashMap<&str, u32>) -> Option<u32> {
+/// with a ready node its selector matches); `None` when there is none. The reference visits
+/// every node; otherwise the domains of the key are visited (each until a node of it
+/// qualifies), or, for `qm.dev/node`, the selector's nodes until one holds none, or without a
+/// selector only the nodes holding grants.
+fn fewest(cx: &CycleState<'_>, key: &str, counts: &Counts<'_>) -> Option<u32> {
     let st = cx.state;
     let selector = cx.request.node_selector();
     let eligible = |n: &Node| n.ready() && n.matches(selector);
-    let count = |d: &str| counts.get(d).copied().unwrap_or(0);
-    if cx.exhaustive {
-        return st
+    match counts {
+        Counts::Counted(_) | Counts::Kept(_) if cx.exhaustive || key == NODE_LABEL => st
             .nodes()
             .filter(|(_, n)| eligible(n))
             .filter_map(|(i, n)| domain(st, i, n, key))
-            .map(count)
-            .min();
-    }
-    if key != NODE_LABEL {
-        let mut min: Option<u32> = None;
-        for (d, nodes) in st.label_domains(key) {
-            let c = count(d);
-            if min.is_some_and(|m| m <= c) {
-                continue;
-            }
-            if nodes.iter().any(|i| st.node(*i).is_some_and(eligible)) {
-                min = Some(c);
-                if c == 0 {
-                    break;
+            .map(|d| counts.in_domain(d))
+            .min(),
+        Counts::Counted(_) | Counts::Kept(_) => {
+            let mut min: Option<u32> = None;
+            for (d, nodes) in st.label_domains(key) {
+                let c = counts.in_domain(d);
+                if min.is_some_and(|m| m <= c) {
+                    continue;
+                }
+                if nodes.iter().any(|i| st.node(*i).is_some_and(eligible)) {
+                    min = Some(c);
+                    if c == 0 {
+                        break;
+                    }
                 }
             }
+            min
         }
-        return min;
-    }
-    // Every node is its own domain.
-    if selector.is_empty() {
-        let n_ready = st.ready_nodes().len();
-        let (mut n_counted, mut min) = (0, u32::MAX);
-        for (name, c) in counts {
-            if st.node_by_name(name).is_some_and(|(_, n)| n.ready()) {
-                n_counted += 1;
-                min = min.min(*c);
+        Counts::ByNode(m) if selector.is_empty() => {
+            let n_ready = st.ready_nodes().len();
+            if n_ready == 0 {
+                return None;
             }
-        }
-        return match n_ready {
-            0 => None,
-            _ if n_counted < n_ready => Some(0),
-            _ => Some(min),
-        };
-    }
-    let (k, v) = selector.iter().min_by_key(|(k, v)| st.n_labelled(k, v))?;
-    let mut min: Option<u32> = None;
-    for idx in st.nodes_labelled(k, v) {
-        if st.node(idx).is_some_and(eligible) {
-            let c = count(st.node_name(idx));
-            min = Some(min.map_or(c, |m| m.min(c)));
-            if c == 0 {
-                break;
+            if m.len() < n_ready {
+                // some ready node holds none
+                return Some(0);
             }
+            let mut n_counted = 0;
+            let mut min = u32::MAX;
+            for (idx, c) in m.iter() {
+                if st.node(*idx).is_some_and(Node::ready) {
+                    n_counted += 1;
+                    min = min.min(*c);
+                }
+            }
+            Some(if n_counted < n_ready { 0 } else { min })
+        }
+        Counts::ByNode(m) => {
+            let (k, v) = selector.iter().min_by_key(|(k, v)| st.n_labelled(k, v))?;
+            let mut min: Option<u32> = None;
+            for idx in st.nodes_labelled(k, v) {
+                if st.node(idx).is_some_and(eligible) {
+                    let c = m.get(&idx).copied().unwrap_or(0);
+                    min = Some(min.map_or(c, |m| m.min(c)));
+                    if c == 0 {
+                        break;
+                    }
+                }
+            }
+            min
         }
     }
-    min
 }
 
 /// How one rule judges a node's domain.
@@ -172,38 +241,68 @@ enum Check {
 #[derive(Debug)]
 struct Rule<'a> {
     key: &'a str,
-    counts: HashMap<&'a str, u32>,
+    counts: Counts<'a>,
     check: Check,
 }
 
 impl Rule<'_> {
-    /// Whether the rule allows a node in domain `d` (`None`: the node lacks the key).
-    fn allows(&self, d: Option<&str>) -> bool {
+    /// Whether the rule allows a node whose domain holds `count` matching grants (`None`: the
+    /// node is gone or lacks the key).
+    fn allows(&self, count: Option<u32>) -> bool {
         match self.check {
             Check::Skew {
                 min,
                 itself,
                 max_skew,
-            } => d.is_some_and(|d| {
-                let c = self.counts.get(d).copied().unwrap_or(0);
-                (c + itself).checked_sub(min).is_some_and(|s| s <= max_skew)
-            }),
-            Check::Anywhere => d.is_some(),
-            Check::Holding => d.is_some_and(|d| self.counts.contains_key(d)),
-            Check::NotHolding => d.is_none_or(|d| !self.counts.contains_key(d)),
+            } => {
+                count.is_some_and(|c| (c + itself).checked_sub(min).is_some_and(|s| s <= max_skew))
+            }
+            Check::Anywhere => count.is_some(),
+            Check::Holding => count.is_some_and(|c| c > 0),
+            Check::NotHolding => count.is_none_or(|c| c == 0),
         }
     }
 
-    /// The domains this rule confines the request to, when they all hold matching grants
-    /// (so are few enough to list); `None` when it allows domains holding none.
-    fn confines(&self) -> Option<impl Iterator<Item = &str>> {
-        match self.check {
-            // a domain holding none is allowed only when 0 + itself - min <= max_skew
-            Check::Skew { min, itself, .. } if min > itself => {}
-            Check::Holding => {}
-            _ => return None,
+    /// Whether a domain holding no matching grant is allowed; when not, every allowed domain
+    /// is one `counts` lists.
+    fn allows_empty(&self) -> bool {
+        self.allows(Some(0))
+    }
+
+    /// The present nodes in the listed domains whose count `keep` says yes to.
+    fn nodes_where<'s>(
+        &'s self,
+        state: &'s State,
+        keep: impl Fn(u32) -> bool + 's,
+    ) -> Box<dyn Iterator<Item = NodeIdx> + 's> {
+        if let Counts::ByNode(m) = &self.counts {
+            return Box::new(m.iter().filter(move |(_, c)| keep(**c)).map(|(i, _)| *i));
         }
-        Some(self.counts.keys().copied().filter(|d| self.allows(Some(d))))
+        Box::new(
+            self.counts
+                .domains()
+                .filter(move |(_, c)| keep(*c))
+                .flat_map(move |(d, _)| -> Box<dyn Iterator<Item = NodeIdx>> {
+                    if self.key == NODE_LABEL {
+                        Box::new(state.node_by_name(d).map(|(i, _)| i).into_iter())
+                    } else {
+                        Box::new(state.nodes_labelled(self.key, d))
+                    }
+                }),
+        )
+    }
+
+    /// How many present nodes the listed domains whose count `keep` says yes to hold.
+    fn n_nodes_where(&self, state: &State, keep: impl Fn(u32) -> bool) -> usize {
+        match &self.counts {
+            Counts::ByNode(m) => m.values().filter(|c| keep(**c)).count(),
+            counts if self.key == NODE_LABEL => counts.domains().filter(|(_, c)| keep(*c)).count(),
+            counts => counts
+                .domains()
+                .filter(|(_, c)| keep(*c))
+                .map(|(d, _)| state.n_labelled(self.key, d))
+                .sum(),
+        }
     }
 }
 
@@ -215,6 +314,9 @@ pub struct TopologyPlan<'a> {
     rules: Vec<Rule<'a>>,
     /// A spread constraint has no domain the request could go to: no node passes.
     blocked: bool,
+    /// Table indices of ready nodes a per-node rule (`qm.dev/node`) rules out, sorted: a
+    /// search skips a subtree all of whose ready nodes are among them.
+    excluded: Vec<usize>,
 }
 
 impl<'a> TopologyPlan<'a> {
@@ -227,6 +329,7 @@ impl<'a> TopologyPlan<'a> {
         let mut plan = Self {
             rules: Vec::new(),
             blocked: false,
+            excluded: Vec::new(),
         };
         for c in &topology.spread {
             let counts = counts(st, &c.topology_key, &c.match_labels, cx.exhaustive);
@@ -267,50 +370,71 @@ impl<'a> TopologyPlan<'a> {
                 check: Check::NotHolding,
             });
         }
+        if !cx.exhaustive {
+            plan.exclude(st);
+        }
         plan
+    }
+
+    /// Lists the ready nodes a per-node rule allowing nodes that hold no matching grant rules
+    /// out (spread and anti-affinity over `qm.dev/node`): some of those holding grants.
+    fn exclude(&mut self, state: &State) {
+        for r in &self.rules {
+            if matches!(r.counts, Counts::ByNode(_)) && r.allows_empty() {
+                let out = r.nodes_where(state, |c| !r.allows(Some(c)));
+                self.excluded.extend(
+                    out.filter(|i| state.node(*i).is_some_and(Node::ready))
+                        .map(NodeIdx::index),
+                );
+            }
+        }
+        self.excluded.sort_unstable();
+        self.excluded.dedup();
+    }
+
+    /// True when the rules rule out every ready node under position `pos` of the node index,
+    /// so a search need not go there.
+    pub fn rules_out(&self, tree: &NodeTree, pos: usize) -> bool {
+        if self.blocked {
+            return true;
+        }
+        if self.excluded.is_empty() {
+            return false;
+        }
+        let first = tree.first_index(pos);
+        let end = first + tree.span(pos);
+        let from = self.excluded.partition_point(|i| *i < first);
+        let to = self.excluded.partition_point(|i| *i < end);
+        to - from >= tree.summary(pos).n_ready as usize
     }
 
     /// Whether the rules allow node `idx`.
     pub fn allows(&self, state: &State, idx: NodeIdx) -> bool {
-        if self.blocked {
-            return false;
-        }
-        let node = state.node(idx);
-        self.rules
-            .iter()
-            .all(|r| r.allows(node.and_then(|n| domain(state, idx, n, r.key))))
+        !self.blocked
+            && self
+                .rules
+                .iter()
+                .all(|r| r.allows(r.counts.of(state, idx, r.key)))
     }
 
     /// The ready nodes some rule confines the request to, in registration order, when a rule
-    /// allows only domains holding matching grants and they hold fewer than `at_most` nodes
-    /// (the rule that gives the fewest); every node the rules allow is among them.
+    /// allows only domains holding matching grants and they hold at most `at_most` nodes (the
+    /// rule that gives the fewest); every node the rules allow is among them.
     pub fn confined(&self, state: &State, at_most: usize) -> Option<Vec<NodeIdx>> {
         if self.blocked {
             return Some(Vec::new());
         }
-        let size = |r: &Rule<'_>| -> Option<usize> {
-            let domains = r.confines()?;
-            Some(if r.key == NODE_LABEL {
-                domains.count()
-            } else {
-                domains.map(|d| state.n_labelled(r.key, d)).sum()
-            })
-        };
         let (rule, _) = self
             .rules
             .iter()
-            .filter_map(|r| Some((r, size(r)?)))
+            .filter(|r| !r.allows_empty())
+            .map(|r| (r, r.n_nodes_where(state, |c| r.allows(Some(c)))))
             .filter(|(_, n)| *n <= at_most)
             .min_by_key(|(_, n)| *n)?;
-        let mut out = Vec::new();
-        for d in rule.confines()? {
-            if rule.key == NODE_LABEL {
-                out.extend(state.node_by_name(d).map(|(i, _)| i));
-            } else {
-                out.extend(state.nodes_labelled(rule.key, d));
-            }
-        }
-        out.retain(|i| state.node(*i).is_some_and(Node::ready));
+        let mut out: Vec<NodeIdx> = rule
+            .nodes_where(state, |c| rule.allows(Some(c)))
+            .filter(|i| state.node(*i).is_some_and(Node::ready))
+            .collect();
         out.sort_unstable();
         out.dedup();
         Some(out)
