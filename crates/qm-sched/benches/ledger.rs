@@ -2,10 +2,12 @@
 //! grant + release pairs per strategy at 64 nodes and 10,000 live allocations, 1,000 nodes and
 //! 100,000, and 10,000 nodes and 1,000,000 (also visiting every node, `_scan`, the way decisions
 //! were made before the node index); a preempting grant on full clusters of 64 and 10,000
-//! nodes; draining 100,000 queued requests across 100 weighted pools; and, printed before the
-//! timings, the memory each live allocation costs the ledger (counted by an instrumented global
-//! allocator), restoring 1,000,000 live allocations, and draining 1,000,000 queued requests
-//! over 1,000 pools (`QM_BENCH_SKIP_LARGE=1` skips the 1,000,000 ones).
+//! nodes; grant + release with a topology rule at 10,000 nodes and 1,000,000 live (a node
+//! spread, and five rules over 10,000 matching grants); draining 100,000 queued requests across
+//! 100 weighted pools; and, printed before the timings, the memory each live allocation costs
+//! the ledger (counted by an instrumented global allocator), restoring 1,000,000 live
+//! allocations, and draining 1,000,000 queued requests over 1,000 pools
+//! (`QM_BENCH_SKIP_LARGE=1` skips the 1,000,000 ones).
 
 use std::alloc::System;
 use std::cell::RefCell;
@@ -199,8 +201,9 @@ fn preempt_cycle(bencher: Bencher, nodes: &str, exhaustive: bool) {
 }
 
 /// Grant + release at 10,000 nodes and 1,000,000 live allocations (priority) of a request
-/// labelled `app=web` that spreads `app=web` over nodes (max skew 1): a topology rule, which
-/// is answered by a scan of every node.
+/// labelled `app=web` that spreads `app=web` over nodes (max skew 1), no other grant matching:
+/// a topology rule, resolved once and searched through the node index (`true`: resolved per
+/// node, visiting every node, the reference).
 #[divan::bench(args = [false, true], sample_count = 10)]
 fn topology_grant_release_10k_nodes(bencher: Bencher, exhaustive: bool) {
     let (n_nodes, n_live) = SCALES[2];
