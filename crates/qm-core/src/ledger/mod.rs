@@ -25,8 +25,8 @@ pub use index::{NodeTree, Summary};
 pub use nodes::{NodeError, PoolError};
 pub use restore::{AllocationRecord, RestoreError, Snapshot};
 use shortfall::normalized_size;
-pub use state::State;
 pub(crate) use state::decode_victim_key;
+pub use state::{GrantedSet, State};
 use state::{Slot, queue_key, victim_key};
 
 /// Tuning of the queue.

@@ -7,11 +7,13 @@
 //! Requests without rules cost nothing. A request's rules are resolved once per decision into a
 //! [`TopologyPlan`] (the framework hands it to every filter call through the [`CycleState`]):
 //! per rule, the matching grants per domain and the bound a spread constraint sets, after which
-//! each node is judged in one lookup per rule. Resolving a rule matching one label (or none)
-//! reads the ledger's per-node counts of granted labels, so it costs the nodes holding matching
-//! grants plus the domains of the key (for `qm.dev/node` without a selector, only the former);
-//! a rule matching several labels costs a pass over the granted allocations (the per-label
-//! counts cannot say how many grants carry all of them).
+//! each node is judged in one lookup per rule. A rule matching one label reads the counts the
+//! ledger keeps per domain of its key (over `qm.dev/node`, per node, in place); one matching
+//! several sums the ledger's counts for each set of labels grants carry that includes them all
+//! (per-label counts cannot count a conjunction). The fewest in any domain visits the key's
+//! domains (over `qm.dev/node` without a selector, nothing unless every ready node holds a
+//! matching grant). The exhaustive reference counts by a pass over the allocations and visits
+//! every node, per filter call.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -102,9 +104,9 @@ impl Counts<'_> {
 }
 
 /// The granted allocations whose labels include `wanted`, per domain of `key`: as the ledger
-/// keeps them when `wanted` is one label, else (or when `exhaustive`) counted here, from the
-/// ledger's per-node counts when `wanted` is none (every grant) or by a pass over the
-/// allocations.
+/// keeps them when `wanted` is one label; summed here over the sets of labels grants carry
+/// that include `wanted` when it is several, or over the nodes when it is none (every grant);
+/// by a pass over the allocations when `exhaustive`.
 fn counts<'a>(state: &'a State, key: &str, wanted: &Labels, exhaustive: bool) -> Counts<'a> {
     let by_node = !exhaustive && key == NODE_LABEL;
     if !exhaustive
@@ -134,6 +136,19 @@ fn counts<'a>(state: &'a State, key: &str, wanted: &Labels, exhaustive: bool) ->
             .nodes()
             .filter(|(_, n)| n.n_granted() > 0)
             .for_each(|(i, n)| add(i, n.n_granted()));
+    } else if !exhaustive {
+        // several labels: the sets of labels grants carry that include them all
+        for set in state.granted_with_all(wanted) {
+            if by_node {
+                for (idx, n) in set.per_node() {
+                    *nodes.entry(*idx).or_default() += n;
+                }
+            } else {
+                for (d, n) in set.per_domain(key).into_iter().flatten() {
+                    *domains.entry(&**d).or_default() += n;
+                }
+            }
+        }
     } else {
         for a in state.allocations() {
             if a.state() != AllocState::Granted || !labels_match(a.labels(), wanted) {
