@@ -183,7 +183,6 @@ impl Framework {
         }
         let tree = cx.state.node_tree();
         let want = search::wants(cx);
-        let ruled_out = |pos: usize| cx.topology.is_some_and(|t| t.rules_out(tree, pos));
         let mut scratch = self.scratch.borrow_mut();
         let one = &mut scratch.one_node;
         Some(match self.search {
@@ -195,7 +194,7 @@ impl Framework {
                     tree,
                     &want,
                     &|_, sum| search::most_allocated_bound(sum, &want),
-                    &ruled_out,
+                    cx.topology,
                     &mut |idx| {
                         if !self.passes(cx, one, idx) {
                             return None;
@@ -209,7 +208,7 @@ impl Framework {
                 return self.spread_node(cx, &want, least, spread, one);
             }
             // Without a standard resource asked for, every node scores the same: the first.
-            _ => search::first_fit(tree, &want, &ruled_out, &mut |idx| {
+            _ => search::first_fit(tree, &want, cx.topology, &mut |idx| {
                 self.passes(cx, one, idx)
             }),
         })
@@ -270,10 +269,9 @@ impl Framework {
             .downcast_ref::<AgentSpread>()?;
         let counts = spread.family_counts(cx);
         let range = |start: usize, len: usize| counts.map_or((0, 0), |c| c.range(start, len));
-        let ruled_out = |pos: usize| cx.topology.is_some_and(|t| t.rules_out(tree, pos));
         let most = if counts.is_some() {
             let pass = &mut |idx| self.passes(cx, one, idx);
-            match search::most_counted(tree, want, &range, &ruled_out, pass) {
+            match search::most_counted(tree, want, &range, cx.topology, pass) {
                 Some(m) => m,
                 None => return Some(None),
             }
@@ -290,7 +288,7 @@ impl Framework {
             tree,
             want,
             &bound,
-            &ruled_out,
+            cx.topology,
             &mut |idx| {
                 if !self.passes(cx, one, idx) {
                     return None;

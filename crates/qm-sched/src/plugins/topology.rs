@@ -409,6 +409,7 @@ impl<'a> TopologyPlan<'a> {
 
     /// True when the rules rule out every ready node under position `pos` of the node index,
     /// so a search need not go there.
+    #[inline]
     pub fn rules_out(&self, tree: &NodeTree, pos: usize) -> bool {
         if self.blocked {
             return true;
