@@ -232,8 +232,14 @@ impl Ledger {
         }
         if let Some(alloc) = self.state.allocs.get(id) {
             let counts = &mut self.state.granted_labels;
-            let node_labels = super::state::spec_labels(&self.state.nodes, alloc.node);
-            super::state::count_grant_labels(counts, alloc.node, node_labels, alloc.labels(), true);
+            let node_labels = super::granted::spec_labels(&self.state.nodes, alloc.node);
+            super::granted::count_grant_labels(
+                counts,
+                alloc.node,
+                node_labels,
+                alloc.labels(),
+                true,
+            );
             self.policy.reserve(&self.state, alloc);
         }
         Ok(())
