@@ -16,6 +16,7 @@
 //! every node, per filter call.
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
 
 use qm_core::{AllocState, Labels, NODE_LABEL, Node, NodeIdx, NodeTree, State, labels_match};
@@ -329,9 +330,13 @@ pub struct TopologyPlan<'a> {
     rules: Vec<Rule<'a>>,
     /// A spread constraint has no domain the request could go to: no node passes.
     blocked: bool,
-    /// Table indices of ready nodes a per-node rule (`qm.dev/node`) rules out, sorted: a
-    /// search skips a subtree all of whose ready nodes are among them.
-    excluded: Vec<usize>,
+    state: &'a State,
+    /// At most how many nodes a per-node rule (`qm.dev/node`) rules out: the nodes holding
+    /// grants it matches, when it allows nodes holding none (0: no such rule).
+    excludable: usize,
+    /// Table indices of the ready nodes those rules rule out, sorted (made when a search first
+    /// asks): a search skips a subtree all of whose ready nodes are among them.
+    excluded: OnceCell<Vec<usize>>,
 }
 
 impl<'a> TopologyPlan<'a> {
@@ -344,7 +349,9 @@ impl<'a> TopologyPlan<'a> {
         let mut plan = Self {
             rules: Vec::new(),
             blocked: false,
-            excluded: Vec::new(),
+            state: st,
+            excludable: 0,
+            excluded: OnceCell::new(),
         };
         for c in &topology.spread {
             let counts = counts(st, &c.topology_key, &c.match_labels, cx.exhaustive);
@@ -386,42 +393,58 @@ impl<'a> TopologyPlan<'a> {
             });
         }
         if !cx.exhaustive {
-            plan.exclude(st);
+            plan.excludable = plan.per_node_exclusions().map(|(_, m)| m.len()).sum();
         }
         plan
     }
 
-    /// Lists the ready nodes a per-node rule allowing nodes that hold no matching grant rules
-    /// out (spread and anti-affinity over `qm.dev/node`): some of those holding grants.
-    fn exclude(&mut self, state: &State) {
-        for r in &self.rules {
-            if matches!(r.counts, Counts::ByNode(_)) && r.allows_empty() {
-                let out = r.nodes_where(state, |c| !r.allows(Some(c)));
-                self.excluded.extend(
-                    out.filter(|i| state.node(*i).is_some_and(Node::ready))
-                        .map(NodeIdx::index),
-                );
+    /// The per-node rules that allow nodes holding no matching grant, with their counts.
+    fn per_node_exclusions(&self) -> impl Iterator<Item = (&Rule<'a>, &BTreeMap<NodeIdx, u32>)> {
+        self.rules.iter().filter_map(|r| match &r.counts {
+            Counts::ByNode(m) if r.allows_empty() => Some((r, &**m)),
+            _ => None,
+        })
+    }
+
+    /// The ready nodes the per-node rules rule out, sorted by table index.
+    fn excluded(&self) -> &[usize] {
+        self.excluded.get_or_init(|| {
+            let mut out = Vec::with_capacity(self.excludable);
+            let mut n_rules = 0;
+            for (r, m) in self.per_node_exclusions() {
+                n_rules += 1;
+                for (idx, c) in m {
+                    if !r.allows(Some(*c)) && self.state.node(*idx).is_some_and(Node::ready) {
+                        out.push(idx.index());
+                    }
+                }
             }
-        }
-        self.excluded.sort_unstable();
-        self.excluded.dedup();
+            if n_rules > 1 {
+                out.sort_unstable();
+                out.dedup();
+            }
+            out
+        })
     }
 
     /// True when the rules rule out every ready node under position `pos` of the node index,
-    /// so a search need not go there.
+    /// so a search need not go there. Leaves, and subtrees with more ready nodes than the
+    /// rules could rule out, are answered without listing those nodes.
     #[inline]
     pub fn rules_out(&self, tree: &NodeTree, pos: usize) -> bool {
         if self.blocked {
             return true;
         }
-        if self.excluded.is_empty() {
+        let n_ready = tree.summary(pos).n_ready as usize;
+        if self.excludable < n_ready.max(1) || tree.is_leaf(pos) {
             return false;
         }
+        let excluded = self.excluded();
         let first = tree.first_index(pos);
         let end = first + tree.span(pos);
-        let from = self.excluded.partition_point(|i| *i < first);
-        let to = self.excluded.partition_point(|i| *i < end);
-        to - from >= tree.summary(pos).n_ready as usize
+        let from = excluded.partition_point(|i| *i < first);
+        let to = excluded.partition_point(|i| *i < end);
+        to - from >= n_ready
     }
 
     /// Whether the rules allow node `idx`.
