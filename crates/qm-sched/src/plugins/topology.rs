@@ -498,7 +498,11 @@ pub fn retain_allowed(cx: &CycleState<'_>, nodes: &mut Vec<NodeIdx>) {
 
 /// Whether the request's rules allow `idx` (for preemption, which picks a node of its own).
 pub fn allows(cx: &CycleState<'_>, idx: NodeIdx) -> bool {
-    let mut one = vec![idx];
-    retain_allowed(cx, &mut one);
-    !one.is_empty()
+    if cx.request.topology().is_empty() {
+        return true;
+    }
+    match cx.topology {
+        Some(plan) => plan.allows(cx.state, idx),
+        None => TopologyPlan::new(cx).allows(cx.state, idx),
+    }
 }
