@@ -5,9 +5,9 @@
 //! nodes; grant + release with a topology rule at 10,000 nodes and 1,000,000 live (a node
 //! spread, and five rules over 10,000 matching grants); draining 100,000 queued requests across
 //! 100 weighted pools; and, printed before the timings, the memory each live allocation costs
-//! the ledger (counted by an instrumented global allocator), restoring 1,000,000 live
-//! allocations, and draining 1,000,000 queued requests over 1,000 pools
-//! (`QM_BENCH_SKIP_LARGE=1` skips the 1,000,000 ones).
+//! the ledger (counted by an instrumented global allocator; also with labelled grants and
+//! nodes), restoring 1,000,000 live allocations, and draining 1,000,000 queued requests over
+//! 1,000 pools (`QM_BENCH_SKIP_LARGE=1` skips the 1,000,000 ones).
 
 use std::alloc::System;
 use std::cell::RefCell;
@@ -384,8 +384,35 @@ fn drain_100k_over_100_pools(bencher: Bencher, strategy: &str) {
 /// Bytes the ledger holds per live allocation: net heap growth while granting `n` requests
 /// over `n_nodes` nodes (agent names like `agent-12345` included), divided by `n`.
 fn bytes_per_allocation(strategy: &str, n_nodes: usize, n: usize) -> f64 {
-    let mut l = ledger(strategy, n_nodes, 1_000_000, 4096 * GI);
-    let mut reqs: Vec<Request> = (0..n).map(|i| request(i, 100, 64 * MI, 500)).collect();
+    bytes_per_allocation_of(strategy, n_nodes, n, false)
+}
+
+/// `bytes_per_allocation`, or, when `labelled`, with the nodes labelled by zone (one of
+/// three) and the grants `app` (one of ten) and `tier` (one of two): what labels cost, the
+/// ledger's counts of granted labels (per node, per domain, per set of labels) included.
+fn bytes_per_allocation_of(strategy: &str, n_nodes: usize, n: usize, labelled: bool) -> f64 {
+    let mut l = qm_sched::ledger(strategy, config()).expect("strategy");
+    for i in 0..n_nodes {
+        let mut spec = NodeSpec::new(
+            &format!("node-{i:03}"),
+            Resources::new(1_000_000, 4096 * GI),
+        );
+        if labelled {
+            spec.labels.insert("zone".to_owned(), format!("z{}", i % 3));
+        }
+        l.register_node(now(), spec).expect("node");
+    }
+    l.clear_events();
+    let mut reqs: Vec<Request> = (0..n)
+        .map(|i| {
+            let mut r = request(i, 100, 64 * MI, 500);
+            if labelled {
+                r.labels.insert("app".to_owned(), format!("a{}", i % 10));
+                r.labels.insert("tier".to_owned(), format!("t{}", i % 2));
+            }
+            r
+        })
+        .collect();
     let region = Region::new(GLOBAL);
     for r in reqs.drain(..) {
         l.submit(now(), r).expect("fits");
@@ -459,6 +486,11 @@ fn main() {
             );
         }
     }
+    println!(
+        "memory per live allocation (priority, {N_LIVE} live over {N_NODES} nodes, grants with \
+         2 labels, nodes with 1): {:.0} bytes",
+        bytes_per_allocation_of("priority", N_NODES, N_LIVE, true)
+    );
     if big {
         for strategy in ["priority", "spread"] {
             println!(
