@@ -127,7 +127,13 @@ fn count_set(
     add: bool,
 ) {
     if add {
-        let set = per_set.entry(labels.clone()).or_default();
+        // the set's labels are cloned only the first time a grant carries them
+        if !per_set.contains_key(labels) {
+            per_set.insert(labels.clone(), GrantedSet::default());
+        }
+        let Some(set) = per_set.get_mut(labels) else {
+            return;
+        };
         *set.per_node.entry(node).or_default() += 1;
         if let Some(nl) = node_labels {
             count_in_domains(&mut set.per_domain, nl, 1, true);
