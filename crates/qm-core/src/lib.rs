@@ -18,9 +18,9 @@ pub use allocation::{
 };
 pub use ids::{AllocId, NodeIdx, PoolIdx, Timestamp};
 pub use ledger::{
-    AllocationRecord, Decision, Event, Ledger, LedgerConfig, LiveError, NodeError, NodeTree,
-    PoolError, ResizeError, RestoreError, Shortfall, ShortfallReason, Snapshot, State, SubmitError,
-    Submitted, Summary,
+    AllocationRecord, Decision, Event, GrantedSet, Ledger, LedgerConfig, LiveError, NodeError,
+    NodeTree, PoolError, ResizeError, RestoreError, Shortfall, ShortfallReason, Snapshot, State,
+    SubmitError, Submitted, Summary,
 };
 pub use node::{NODE_LABEL, Node, NodeSpec, Pool, PoolSpec};
 pub use policy::{Placement, Policy, Preemption, QueueRank};

@@ -2,10 +2,12 @@
 //! grant + release pairs per strategy at 64 nodes and 10,000 live allocations, 1,000 nodes and
 //! 100,000, and 10,000 nodes and 1,000,000 (also visiting every node, `_scan`, the way decisions
 //! were made before the node index); a preempting grant on full clusters of 64 and 10,000
-//! nodes; draining 100,000 queued requests across 100 weighted pools; and, printed before the
-//! timings, the memory each live allocation costs the ledger (counted by an instrumented global
-//! allocator), restoring 1,000,000 live allocations, and draining 1,000,000 queued requests
-//! over 1,000 pools (`QM_BENCH_SKIP_LARGE=1` skips the 1,000,000 ones).
+//! nodes; grant + release with a topology rule at 10,000 nodes and 1,000,000 live (a node
+//! spread, and five rules over 10,000 matching grants); draining 100,000 queued requests across
+//! 100 weighted pools; and, printed before the timings, the memory each live allocation costs
+//! the ledger (counted by an instrumented global allocator; also with labelled grants and
+//! nodes), restoring 1,000,000 live allocations, and draining 1,000,000 queued requests over
+//! 1,000 pools (`QM_BENCH_SKIP_LARGE=1` skips the 1,000,000 ones).
 
 use std::alloc::System;
 use std::cell::RefCell;
@@ -16,7 +18,7 @@ use std::time::Instant;
 
 use qm_core::{
     AllocId, Ledger, LedgerConfig, NODE_LABEL, NodeSpec, PoolSpec, Priority, Request, Resources,
-    Snapshot, Spread, Timestamp,
+    Snapshot, Spread, Term, Timestamp,
 };
 use qm_sched::Framework;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
@@ -199,8 +201,9 @@ fn preempt_cycle(bencher: Bencher, nodes: &str, exhaustive: bool) {
 }
 
 /// Grant + release at 10,000 nodes and 1,000,000 live allocations (priority) of a request
-/// labelled `app=web` that spreads `app=web` over nodes (max skew 1): a topology rule, which
-/// is answered by a scan of every node.
+/// labelled `app=web` that spreads `app=web` over nodes (max skew 1), no other grant matching:
+/// a topology rule, resolved once and searched through the node index (`true`: resolved per
+/// node, visiting every node, the reference).
 #[divan::bench(args = [false, true], sample_count = 10)]
 fn topology_grant_release_10k_nodes(bencher: Bencher, exhaustive: bool) {
     let (n_nodes, n_live) = SCALES[2];
@@ -219,6 +222,74 @@ fn topology_grant_release_10k_nodes(bencher: Bencher, exhaustive: bool) {
             max_skew: 1,
             match_labels: r.labels.clone(),
         });
+        let s = l.submit(now(), r).expect("fits");
+        l.release(now(), s.id.expect("granted"));
+        l.clear_events();
+    });
+}
+
+/// `loaded_snapshot("priority", 10,000, 1,000,000)` with every node labelled `zone` (one of
+/// three, round-robin) and every 100th grant labelled `app=web` and `tier` (one of two): 10,000
+/// matching grants spread over the ~3,900 nodes the grants fill.
+fn labelled_snapshot() -> Snapshot {
+    let (n_nodes, n_live) = SCALES[2];
+    let mut snap = loaded_snapshot("priority", n_nodes, n_live);
+    for (i, (spec, _)) in snap.nodes.iter_mut().enumerate() {
+        spec.labels.insert("zone".to_owned(), format!("z{}", i % 3));
+    }
+    for (i, a) in snap.allocations.iter_mut().enumerate() {
+        if i % 100 == 0 {
+            a.labels.insert("app".to_owned(), "web".to_owned());
+            a.labels
+                .insert("tier".to_owned(), format!("t{}", i / 100 % 2));
+        }
+    }
+    snap
+}
+
+thread_local! {
+    static LABELLED: RefCell<Option<Snapshot>> = const { RefCell::new(None) };
+}
+
+/// Grant + release at 10,000 nodes and 1,000,000 live allocations (priority, the nodes
+/// labelled by zone, 10,000 grants labelled `app=web` over ~3,900 nodes; `labelled_snapshot`)
+/// of an `app=web`, `tier=t0` request with one rule: `rule` names it — spread over nodes or
+/// zones (max skew 1), affinity per zone, anti-affinity per node (refused where `app=web`
+/// already is: it lands on an empty node), or spread over zones of `app=web, tier=t0` (two
+/// labels: a pass over the grants).
+#[divan::bench(
+    args = ["node-spread", "zone-spread", "zone-affinity", "node-anti-affinity", "two-label-spread"],
+    sample_count = 20
+)]
+fn topology_rules_10k_nodes(bencher: Bencher, rule: &str) {
+    let snap = LABELLED.with(|c| c.borrow_mut().get_or_insert_with(labelled_snapshot).clone());
+    let mut l = restored("priority", false, snap);
+    let mut i = SCALES[2].1;
+    bencher.bench_local(|| {
+        i += 1;
+        let mut r = request(i, 250, 512 * MI, 500);
+        r.labels.insert("app".to_owned(), "web".to_owned());
+        r.labels.insert("tier".to_owned(), "t0".to_owned());
+        let mut web = r.labels.clone();
+        web.remove("tier");
+        let (key, labels) = match rule {
+            "node-spread" | "node-anti-affinity" => (NODE_LABEL, web),
+            "two-label-spread" => ("zone", r.labels.clone()),
+            _ => ("zone", web),
+        };
+        let term = Term {
+            topology_key: key.to_owned(),
+            match_labels: labels.clone(),
+        };
+        match rule {
+            "zone-affinity" => r.topology.affinity.push(term),
+            "node-anti-affinity" => r.topology.anti_affinity.push(term),
+            _ => r.topology.spread.push(Spread {
+                topology_key: key.to_owned(),
+                max_skew: 1,
+                match_labels: labels,
+            }),
+        }
         let s = l.submit(now(), r).expect("fits");
         l.release(now(), s.id.expect("granted"));
         l.clear_events();
@@ -313,8 +384,35 @@ fn drain_100k_over_100_pools(bencher: Bencher, strategy: &str) {
 /// Bytes the ledger holds per live allocation: net heap growth while granting `n` requests
 /// over `n_nodes` nodes (agent names like `agent-12345` included), divided by `n`.
 fn bytes_per_allocation(strategy: &str, n_nodes: usize, n: usize) -> f64 {
-    let mut l = ledger(strategy, n_nodes, 1_000_000, 4096 * GI);
-    let mut reqs: Vec<Request> = (0..n).map(|i| request(i, 100, 64 * MI, 500)).collect();
+    bytes_per_allocation_of(strategy, n_nodes, n, false)
+}
+
+/// `bytes_per_allocation`, or, when `labelled`, with the nodes labelled by zone (one of
+/// three) and the grants `app` (one of ten) and `tier` (one of two): what labels cost, the
+/// ledger's counts of granted labels (per node, per domain, per set of labels) included.
+fn bytes_per_allocation_of(strategy: &str, n_nodes: usize, n: usize, labelled: bool) -> f64 {
+    let mut l = qm_sched::ledger(strategy, config()).expect("strategy");
+    for i in 0..n_nodes {
+        let mut spec = NodeSpec::new(
+            &format!("node-{i:03}"),
+            Resources::new(1_000_000, 4096 * GI),
+        );
+        if labelled {
+            spec.labels.insert("zone".to_owned(), format!("z{}", i % 3));
+        }
+        l.register_node(now(), spec).expect("node");
+    }
+    l.clear_events();
+    let mut reqs: Vec<Request> = (0..n)
+        .map(|i| {
+            let mut r = request(i, 100, 64 * MI, 500);
+            if labelled {
+                r.labels.insert("app".to_owned(), format!("a{}", i % 10));
+                r.labels.insert("tier".to_owned(), format!("t{}", i % 2));
+            }
+            r
+        })
+        .collect();
     let region = Region::new(GLOBAL);
     for r in reqs.drain(..) {
         l.submit(now(), r).expect("fits");
@@ -388,6 +486,11 @@ fn main() {
             );
         }
     }
+    println!(
+        "memory per live allocation (priority, {N_LIVE} live over {N_NODES} nodes, grants with \
+         2 labels, nodes with 1): {:.0} bytes",
+        bytes_per_allocation_of("priority", N_NODES, N_LIVE, true)
+    );
     if big {
         for strategy in ["priority", "spread"] {
             println!(

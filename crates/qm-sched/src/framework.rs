@@ -11,7 +11,7 @@ use qm_core::{
 };
 
 use crate::plugin::{Builtin, CycleState, Plugin};
-use crate::plugins::AgentSpread;
+use crate::plugins::{AgentSpread, TopologyPlan};
 use crate::preset::{Profile, preset};
 use crate::registry::{Registry, RegistryError};
 use crate::search;
@@ -56,6 +56,8 @@ pub struct Framework {
     search: Search,
     /// The filters include the built-in `node-selector`.
     selects: bool,
+    /// The filters include the built-in `topology`.
+    topology: bool,
     exhaustive: bool,
     scratch: RefCell<Scratch>,
 }
@@ -73,6 +75,7 @@ impl Framework {
             reserve: Vec::new(),
             search: Search::Scan,
             selects: false,
+            topology: false,
             exhaustive: false,
             scratch: RefCell::default(),
         };
@@ -112,6 +115,10 @@ impl Framework {
             .filters
             .iter()
             .any(|i| fw.plugins.get(*i).and_then(|p| p.builtin()) == Some(Builtin::NodeSelector));
+        fw.topology = fw
+            .filters
+            .iter()
+            .any(|i| fw.plugins.get(*i).and_then(|p| p.builtin()) == Some(Builtin::Topology));
         Ok(fw)
     }
 
@@ -171,7 +178,7 @@ impl Framework {
     /// The best node found by searching the node index, when the profile and the request
     /// allow it (`None` inside: nothing passes); `None` outside when a scan must decide.
     fn searched_node(&self, cx: &CycleState<'_>) -> Option<Option<NodeIdx>> {
-        if self.exhaustive || self.search == Search::Scan || !cx.request.topology().is_empty() {
+        if self.exhaustive || self.search == Search::Scan {
             return None;
         }
         let tree = cx.state.node_tree();
@@ -187,6 +194,7 @@ impl Framework {
                     tree,
                     &want,
                     &|_, sum| search::most_allocated_bound(sum, &want),
+                    cx.topology,
                     &mut |idx| {
                         if !self.passes(cx, one, idx) {
                             return None;
@@ -200,7 +208,9 @@ impl Framework {
                 return self.spread_node(cx, &want, least, spread, one);
             }
             // Without a standard resource asked for, every node scores the same: the first.
-            _ => search::first_fit(tree, &want, &mut |idx| self.passes(cx, one, idx)),
+            _ => search::first_fit(tree, &want, cx.topology, &mut |idx| {
+                self.passes(cx, one, idx)
+            }),
         })
     }
 
@@ -260,7 +270,8 @@ impl Framework {
         let counts = spread.family_counts(cx);
         let range = |start: usize, len: usize| counts.map_or((0, 0), |c| c.range(start, len));
         let most = if counts.is_some() {
-            match search::most_counted(tree, want, &range, &mut |idx| self.passes(cx, one, idx)) {
+            let pass = &mut |idx| self.passes(cx, one, idx);
+            match search::most_counted(tree, want, &range, cx.topology, pass) {
                 Some(m) => m,
                 None => return Some(None),
             }
@@ -273,21 +284,32 @@ impl Framework {
                 + w_spread * AgentSpread::score_of(fewest, most)
         };
         let mut out = [0i64];
-        Some(search::best_scored(tree, want, &bound, &mut |idx| {
-            if !self.passes(cx, one, idx) {
-                return None;
-            }
-            least.score(cx, &[idx], &mut out);
-            let count = counts.map_or(0, |c| c.get(idx));
-            Some(w_least * out[0] + w_spread * AgentSpread::score_of(count, most))
-        }))
+        Some(search::best_scored(
+            tree,
+            want,
+            &bound,
+            cx.topology,
+            &mut |idx| {
+                if !self.passes(cx, one, idx) {
+                    return None;
+                }
+                least.score(cx, &[idx], &mut out);
+                let count = counts.map_or(0, |c| c.get(idx));
+                Some(w_least * out[0] + w_spread * AgentSpread::score_of(count, most))
+            },
+        ))
+    }
+
+    /// How many nodes are few enough to score one by one rather than search for.
+    fn few(cx: &CycleState<'_>) -> usize {
+        (cx.state.ready_nodes().len() / 16).max(8)
     }
 
     /// The label of the request's selector the fewest nodes carry, when the profile's
     /// filters are the built-ins (with `node-selector`) and those nodes are few enough to
-    /// score one by one rather than search for, or the request has topology rules (which are
-    /// scanned). The filters see those nodes instead of every ready node: the ones they keep
-    /// are the same, as each built-in filter judges a node on its own.
+    /// score one by one rather than search for. The filters see those nodes instead of every
+    /// ready node: the ones they keep are the same, as each built-in filter judges a node on
+    /// its own.
     fn few_labelled<'a>(&self, cx: &CycleState<'a>) -> Option<(&'a str, &'a str)> {
         if self.exhaustive || self.search == Search::Scan || !self.selects {
             return None;
@@ -299,13 +321,28 @@ impl Framework {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str(), st.n_labelled(k, v)))
             .min_by_key(|(_, _, n)| *n)?;
-        let few = n <= (st.ready_nodes().len() / 16).max(8);
-        (few || !cx.request.topology().is_empty()).then_some((k, v))
+        (n <= Self::few(cx)).then_some((k, v))
+    }
+
+    /// The ready nodes the request's topology rules confine it to, when the profile's filters
+    /// are the built-ins (with `topology`) and a rule allows only domains holding matching
+    /// grants whose nodes are few enough to score one by one. Every node the filters would
+    /// keep is among them.
+    fn topology_confined(&self, cx: &CycleState<'_>) -> Option<Vec<NodeIdx>> {
+        if self.exhaustive || self.search == Search::Scan || !self.topology {
+            return None;
+        }
+        cx.topology?.confined(cx.state, Self::few(cx))
     }
 
     fn best_node(&self, cx: &CycleState<'_>) -> Option<NodeIdx> {
         let few = self.few_labelled(cx);
+        let confined = match few {
+            None => self.topology_confined(cx),
+            Some(_) => None,
+        };
         if few.is_none()
+            && confined.is_none()
             && let Some(found) = self.searched_node(cx)
         {
             return found;
@@ -315,13 +352,14 @@ impl Framework {
             nodes, total, one, ..
         } = &mut *scratch;
         nodes.clear();
-        match few {
-            Some((k, v)) => nodes.extend(
+        match (few, confined) {
+            (Some((k, v)), _) => nodes.extend(
                 cx.state
                     .nodes_labelled(k, v)
                     .filter(|i| cx.state.node(*i).is_some_and(|n| n.ready())),
             ),
-            None => nodes.extend_from_slice(cx.state.ready_nodes()),
+            (None, Some(confined)) => nodes.extend(confined),
+            (None, None) => nodes.extend_from_slice(cx.state.ready_nodes()),
         }
         if nodes.is_empty() {
             return None;
@@ -396,12 +434,17 @@ impl Policy for Framework {
 
     fn place(&self, state: &State, request: &Allocation, preempt: bool) -> Option<Placement> {
         let pool = state.pool(request.pool())?;
-        let cx = CycleState {
+        let mut cx = CycleState {
             state,
             request,
             pool,
             exhaustive: self.exhaustive,
+            topology: None,
         };
+        // Resolved once for the whole decision, unless the reference resolves them per call.
+        let plan =
+            (!self.exhaustive && !request.topology().is_empty()).then(|| TopologyPlan::new(&cx));
+        cx.topology = plan.as_ref();
         if pool.fits(request.resources())
             && let Some(node) = self.best_node(&cx)
         {

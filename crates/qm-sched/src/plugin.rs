@@ -22,6 +22,9 @@ pub struct CycleState<'a> {
     /// Visit every node instead of searching the ledger's node index: the reference the
     /// indexed searches are checked against (the answer is the same either way).
     pub exhaustive: bool,
+    /// The request's topology rules, resolved once for this decision (`None`: each filter
+    /// call resolves them itself, as the exhaustive reference does).
+    pub topology: Option<&'a crate::plugins::TopologyPlan<'a>>,
 }
 
 impl CycleState<'_> {

@@ -14,6 +14,7 @@
 use qm_core::{NodeIdx, NodeTree, ResourceId, Summary};
 
 use crate::plugin::{CycleState, MAX_SCORE};
+use crate::plugins::TopologyPlan;
 
 /// The standard resources, in the index's order.
 const BASE: [ResourceId; 4] = [
@@ -66,16 +67,18 @@ pub(crate) fn wants(cx: &CycleState<'_>) -> [u64; 4] {
     BASE.map(|r| req.get(r))
 }
 
-/// The first node in registration order that may hold `want` and passes `pass`.
+/// The first node in registration order that may hold `want` and passes `pass`. In every
+/// search here, `rules` (the request's topology rules) may rule out whole subtrees.
 pub(crate) fn first_fit(
     tree: &NodeTree,
     want: &[u64; 4],
+    rules: Option<&TopologyPlan<'_>>,
     pass: &mut dyn FnMut(NodeIdx) -> bool,
 ) -> Option<NodeIdx> {
     let mut stack = Stack::new();
     stack.push(NodeTree::ROOT);
     while let Some(pos) = stack.pop() {
-        if !tree.summary(pos).may_fit(want) {
+        if !tree.summary(pos).may_fit(want) || rules.is_some_and(|r| r.rules_out(tree, pos)) {
             continue;
         }
         if tree.is_leaf(pos) {
@@ -146,6 +149,7 @@ pub(crate) fn most_counted(
     tree: &NodeTree,
     want: &[u64; 4],
     range: &dyn Fn(usize, usize) -> (u32, u32),
+    rules: Option<&TopologyPlan<'_>>,
     pass: &mut dyn FnMut(NodeIdx) -> bool,
 ) -> Option<u32> {
     let most = |pos: usize| range(tree.first_index(pos), tree.span(pos)).1;
@@ -153,7 +157,10 @@ pub(crate) fn most_counted(
     let mut stack: Stack<(usize, u32)> = Stack::new();
     stack.push((NodeTree::ROOT, most(NodeTree::ROOT)));
     while let Some((pos, m)) = stack.pop() {
-        if found.is_some_and(|f| m <= f) || !tree.summary(pos).may_fit(want) {
+        if found.is_some_and(|f| m <= f)
+            || !tree.summary(pos).may_fit(want)
+            || rules.is_some_and(|r| r.rules_out(tree, pos))
+        {
             continue;
         }
         if tree.is_leaf(pos) {
@@ -186,6 +193,7 @@ pub(crate) fn best_scored(
     tree: &NodeTree,
     want: &[u64; 4],
     bound: &dyn Fn(usize, &Summary) -> i64,
+    rules: Option<&TopologyPlan<'_>>,
     score: &mut dyn FnMut(NodeIdx) -> Option<i64>,
 ) -> Option<NodeIdx> {
     let mut best: Option<(i64, usize, NodeIdx)> = None;
@@ -200,7 +208,8 @@ pub(crate) fn best_scored(
     }
     stack.push((NodeTree::ROOT, bound(NodeTree::ROOT, root)));
     while let Some((pos, b)) = stack.pop() {
-        if !beats(&best, b, tree.first_index(pos)) {
+        if !beats(&best, b, tree.first_index(pos)) || rules.is_some_and(|r| r.rules_out(tree, pos))
+        {
             continue;
         }
         if tree.is_leaf(pos) {

@@ -6,6 +6,7 @@
 //! applying it.
 
 mod drain;
+mod granted;
 mod index;
 mod nodes;
 mod restore;
@@ -21,6 +22,7 @@ use crate::node::{Pool, PoolSpec};
 use crate::policy::{Placement, Policy, Preemption};
 use crate::resources::Resources;
 
+pub use granted::GrantedSet;
 pub use index::{NodeTree, Summary};
 pub use nodes::{NodeError, PoolError};
 pub use restore::{AllocationRecord, RestoreError, Snapshot};
@@ -603,7 +605,8 @@ impl Ledger {
         }
         if let Some(alloc) = self.state.allocs.get(id) {
             let counts = &mut self.state.granted_labels;
-            state::count_grant_labels(counts, alloc.node, alloc.labels(), true);
+            let node_labels = granted::spec_labels(&self.state.nodes, alloc.node);
+            granted::count_grant_labels(counts, alloc.node, node_labels, alloc.labels(), true);
             self.policy.reserve(&self.state, alloc);
         }
         self.events.push(Event::Granted {
@@ -645,7 +648,8 @@ impl Ledger {
                     self.state.expiry.remove(&(at, id));
                 }
                 let counts = &mut self.state.granted_labels;
-                state::count_grant_labels(counts, alloc.node, alloc.labels(), false);
+                let node_labels = granted::spec_labels(&self.state.nodes, alloc.node);
+                granted::count_grant_labels(counts, alloc.node, node_labels, alloc.labels(), false);
                 self.policy.unreserve(&self.state, &alloc);
             }
             _ => {

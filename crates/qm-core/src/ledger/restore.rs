@@ -232,7 +232,14 @@ impl Ledger {
         }
         if let Some(alloc) = self.state.allocs.get(id) {
             let counts = &mut self.state.granted_labels;
-            super::state::count_grant_labels(counts, alloc.node, alloc.labels(), true);
+            let node_labels = super::granted::spec_labels(&self.state.nodes, alloc.node);
+            super::granted::count_grant_labels(
+                counts,
+                alloc.node,
+                node_labels,
+                alloc.labels(),
+                true,
+            );
             self.policy.reserve(&self.state, alloc);
         }
         Ok(())

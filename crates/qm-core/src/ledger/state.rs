@@ -4,6 +4,7 @@
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::granted::{GrantCounts, GrantedSet, count_grant_labels, count_node_grants, spec_labels};
 use super::index::{NodeTree, STANDARD};
 use crate::allocation::{Allocation, Labels};
 use crate::ids::{AllocId, MAX_LIVE, NodeIdx, PoolIdx, Timestamp};
@@ -175,48 +176,9 @@ pub struct State {
     pub(crate) tree: NodeTree,
     /// Label key → value → the present nodes carrying it (an inverted index for selectors).
     pub(crate) labelled: BTreeMap<Box<str>, BTreeMap<Box<str>, BTreeSet<NodeIdx>>>,
-    /// Label key → value → per node, how many grants there carry it (for topology rules).
-    pub(crate) granted_labels: GrantedLabels,
-}
-
-/// Label key → value → per node, how many grants there carry it.
-pub(crate) type GrantedLabels = BTreeMap<Box<str>, BTreeMap<Box<str>, BTreeMap<NodeIdx, u32>>>;
-
-/// Counts (or, with `add` false, stops counting) a grant's `labels` on its `node`; called as a
-/// grant is made and as it ends.
-pub(crate) fn count_grant_labels(
-    counts: &mut GrantedLabels,
-    node: Option<NodeIdx>,
-    labels: &Labels,
-    add: bool,
-) {
-    let Some(node) = node else { return };
-    for (k, v) in labels {
-        if add {
-            *counts
-                .entry(k.as_str().into())
-                .or_default()
-                .entry(v.as_str().into())
-                .or_default()
-                .entry(node)
-                .or_default() += 1;
-        } else if let Some(values) = counts.get_mut(k.as_str()) {
-            if let Some(per_node) = values.get_mut(v.as_str()) {
-                if let Some(n) = per_node.get_mut(&node) {
-                    *n -= 1;
-                    if *n == 0 {
-                        per_node.remove(&node);
-                    }
-                }
-                if per_node.is_empty() {
-                    values.remove(v.as_str());
-                }
-            }
-            if values.is_empty() {
-                counts.remove(k.as_str());
-            }
-        }
-    }
+    /// How many grants carry each label, per node and per domain of node labels (for
+    /// topology rules).
+    pub(crate) granted_labels: GrantCounts,
 }
 
 impl State {
@@ -329,6 +291,15 @@ impl State {
             .and_then(|values| values.get(value))
             .map_or(0, BTreeSet::len)
     }
+    /// Every value of label `key` present nodes carry, with those nodes (ready or not), in
+    /// value order: the domains of a topology key.
+    pub fn label_domains(&self, key: &str) -> impl Iterator<Item = (&str, &BTreeSet<NodeIdx>)> {
+        self.labelled
+            .get(key)
+            .into_iter()
+            .flatten()
+            .map(|(v, set)| (&**v, set))
+    }
     /// Per node, how many granted allocations carry label `key` = `value` (nodes holding none
     /// left out), in registration order.
     pub fn granted_labelled(
@@ -337,18 +308,59 @@ impl State {
         value: &str,
     ) -> impl Iterator<Item = (NodeIdx, u32)> + '_ {
         self.granted_labels
+            .per_node
             .get(key)
             .and_then(|values| values.get(value))
             .into_iter()
             .flatten()
             .map(|(idx, n)| (*idx, *n))
     }
-    /// Adds (or, with `add` false, removes) node `idx`'s labels to the label index; called
-    /// when a node comes, before and after its spec changes, and before it goes.
+    /// Per node, how many granted allocations carry label `key` = `value` (nodes holding none
+    /// left out), as the ledger keeps them.
+    pub fn granted_labelled_nodes(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Option<&BTreeMap<NodeIdx, u32>> {
+        self.granted_labels.per_node.get(key)?.get(value)
+    }
+    /// Per domain of node label `node_key` (each value present nodes carry), how many granted
+    /// allocations on nodes of that domain carry label `key` = `value` (domains holding none
+    /// left out); `None` when no grant carries it on a node with `node_key`.
+    pub fn granted_labelled_domains(
+        &self,
+        key: &str,
+        value: &str,
+        node_key: &str,
+    ) -> Option<&BTreeMap<Box<str>, u32>> {
+        self.granted_labels
+            .per_domain
+            .get(key)?
+            .get(value)?
+            .get(node_key)
+    }
+    /// The grants carrying every label of `wanted` (two or more), by the set of labels they
+    /// carry: one entry per such set, each with its counts per node and per domain.
+    pub fn granted_with_all<'s, 'w>(
+        &'s self,
+        wanted: &'w Labels,
+    ) -> impl Iterator<Item = &'s GrantedSet> + use<'s, 'w> {
+        self.granted_labels
+            .per_set
+            .iter()
+            .filter(move |(set, _)| crate::allocation::labels_match(set, wanted))
+            .map(|(_, counts)| counts)
+    }
+    /// Adds (or, with `add` false, removes) node `idx`'s labels to the label index, and the
+    /// grants it holds to the per-domain counts of granted labels; called when a node comes,
+    /// before and after its spec changes, and before it goes.
     pub(crate) fn index_labels(&mut self, idx: NodeIdx, add: bool) {
         let Some(node) = self.nodes.get(idx.index()).and_then(|s| s.live.as_ref()) else {
             return;
         };
+        if node.n_granted > 0 {
+            count_node_grants(&mut self.granted_labels, idx, &node.spec.labels, add);
+        }
         for (k, v) in &node.spec.labels {
             if add {
                 self.labelled
@@ -402,27 +414,14 @@ impl State {
                         && values.iter().all(|(v, set)| mine.get(*v) == Some(set))
                 })
             });
-        let mut granted = BTreeMap::<&str, BTreeMap<&str, BTreeMap<NodeIdx, u32>>>::new();
+        let mut granted = GrantCounts::default();
         for a in self.allocations() {
-            if let (Some(idx), crate::allocation::AllocState::Granted) = (a.node, a.state) {
-                for (k, v) in a.labels() {
-                    *granted
-                        .entry(k)
-                        .or_default()
-                        .entry(v)
-                        .or_default()
-                        .entry(idx)
-                        .or_default() += 1;
-                }
+            if a.state == crate::allocation::AllocState::Granted {
+                let node_labels = spec_labels(&self.nodes, a.node);
+                count_grant_labels(&mut granted, a.node, node_labels, a.labels(), true);
             }
         }
-        let same_grants = granted.len() == self.granted_labels.len()
-            && granted.iter().all(|(k, values)| {
-                self.granted_labels.get(*k).is_some_and(|mine| {
-                    mine.len() == values.len()
-                        && values.iter().all(|(v, per)| mine.get(*v) == Some(per))
-                })
-            });
+        let same_grants = granted == self.granted_labels;
         same_labels
             && same_grants
             && (1..2 * fresh.width()).all(|p| {

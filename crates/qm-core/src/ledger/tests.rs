@@ -2,9 +2,11 @@
 //! rogue one whose placements break the rules, to show the ledger refuses them and changes
 //! nothing.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use super::*;
+use crate::allocation::Labels;
 use crate::node::NodeSpec;
 
 const GI: u64 = 1 << 30;
@@ -389,4 +391,66 @@ fn a_grant_is_resized_in_place_when_its_node_has_room_and_never_forced() {
         ),
         Err(ResizeError::NotLive(_))
     ));
+}
+
+#[test]
+fn granted_labels_are_counted_per_domain_and_per_set_and_follow_node_labels() {
+    let rogue = Rogue::default();
+    let mut l = Ledger::new(Box::new(rogue.clone()), LedgerConfig::default());
+    let spec = |name: &str, zone: &str| {
+        let mut s = NodeSpec::new(name, Resources::new(4000, 8 * GI));
+        s.labels.insert("zone".to_owned(), zone.to_owned());
+        s
+    };
+    let n0 = l.register_node(t(0), spec("n0", "a")).unwrap();
+    let n1 = l.register_node(t(0), spec("n1", "b")).unwrap();
+    let on = |l: &mut Ledger, node, labels: &[(&str, &str)]| {
+        *rogue.0.lock().unwrap() = Some(Placement {
+            node,
+            victims: vec![],
+            preemption: Preemption::None,
+        });
+        let mut r = req("x", 100, 100);
+        for (k, v) in labels {
+            r.labels.insert((*k).to_owned(), (*v).to_owned());
+        }
+        granted(l, r)
+    };
+    on(&mut l, n0, &[("app", "web"), ("tier", "t0")]);
+    let y = on(&mut l, n1, &[("app", "web")]);
+    on(&mut l, n1, &[("app", "web"), ("tier", "t0")]);
+    let by_zone = |l: &Ledger| -> Vec<(String, u32)> {
+        let st = l.state();
+        st.granted_labelled_domains("app", "web", "zone")
+            .into_iter()
+            .flatten()
+            .map(|(d, n)| (d.to_string(), *n))
+            .collect()
+    };
+    let both_by_zone = |l: &Ledger| -> Vec<(String, u32)> {
+        let mut wanted = Labels::new();
+        wanted.insert("app".to_owned(), "web".to_owned());
+        wanted.insert("tier".to_owned(), "t0".to_owned());
+        let mut out = BTreeMap::<String, u32>::new();
+        for set in l.state().granted_with_all(&wanted) {
+            for (d, n) in set.per_domain("zone").into_iter().flatten() {
+                *out.entry(d.to_string()).or_default() += n;
+            }
+        }
+        out.into_iter().collect()
+    };
+    let pairs = |v: &[(&str, u32)]| -> Vec<(String, u32)> {
+        v.iter().map(|(d, n)| ((*d).to_owned(), *n)).collect()
+    };
+    assert_eq!(by_zone(&l), pairs(&[("a", 1), ("b", 2)]));
+    assert_eq!(both_by_zone(&l), pairs(&[("a", 1), ("b", 1)]));
+    assert!(l.state().node_index_is_current());
+    // n1 moves to zone a: its grants move with it
+    l.update_node(t(0), spec("n1", "a")).unwrap();
+    assert_eq!(by_zone(&l), pairs(&[("a", 3)]));
+    assert_eq!(both_by_zone(&l), pairs(&[("a", 2)]));
+    assert!(l.state().node_index_is_current());
+    l.release(t(0), y).unwrap();
+    assert_eq!(by_zone(&l), pairs(&[("a", 2)]));
+    assert!(l.state().node_index_is_current());
 }

@@ -189,6 +189,9 @@ fn best_node(
         stack.push((NodeTree::ROOT, f));
     }
     while let Some((pos, f)) = stack.pop() {
+        if cx.topology.is_some_and(|t| t.rules_out(tree, pos)) {
+            continue;
+        }
         if let Some(b) = &best {
             let first = tree.first_index(pos);
             if f > b.key() || (f == b.key() && first > b.node.index()) {

@@ -74,7 +74,7 @@ fn cmd(n_nodes: u8) -> impl Strategy<Value = Cmd> {
         ),
         (
             prop::option::weighted(0.4, 0u8..2),
-            prop::option::weighted(0.2, 0u8..5),
+            prop::option::weighted(0.3, 0u8..10),
         ),
     )
         .prop_map(
@@ -197,8 +197,12 @@ fn apply(l: &mut Ledger, now: &mut Timestamp, issued: &mut Vec<AllocId>, cmd: &C
 
 /// Topology rules over the `app` (and `tier`) labels: spread over zones, spread over both
 /// labels (which the ledger's label counts cannot answer), anti-affinity per node, affinity
-/// per zone, none.
+/// per zone, affinity per node (which confines a request to the few nodes holding its group),
+/// spread over nodes, spread over zones of a request outside its own group (whose allowed
+/// zones, once every zone holds the group, are those holding the fewest), affinity and
+/// anti-affinity over both labels, none.
 fn topology(rule: u8, app: u8, agent: u8) -> Topology {
+    let other = format!("a{}", (app + 1) % 2);
     let app = |tier: bool| {
         let mut l = Labels::new();
         l.insert("app".to_owned(), format!("a{app}"));
@@ -222,6 +226,18 @@ fn topology(rule: u8, app: u8, agent: u8) -> Topology {
         1 => t.spread.push(spread(true)),
         2 => t.anti_affinity.push(term(NODE_LABEL, false)),
         3 => t.affinity.push(term("zone", false)),
+        4 => t.affinity.push(term(NODE_LABEL, false)),
+        5 => t.spread.push(Spread {
+            topology_key: NODE_LABEL.to_owned(),
+            ..spread(false)
+        }),
+        6 => {
+            let mut c = spread(false);
+            c.match_labels.insert("app".to_owned(), other);
+            t.spread.push(c);
+        }
+        7 => t.affinity.push(term("zone", true)),
+        8 => t.anti_affinity.push(term("zone", true)),
         _ => {}
     }
     t
