@@ -171,15 +171,10 @@ pub(crate) fn most_counted(
             }
             continue;
         }
-        let (l, r) = (2 * pos, 2 * pos + 1);
-        let (ml, mr) = (most(l), most(r));
-        // Pushed last is searched first: the child holding more.
-        if mr > ml {
-            stack.push((l, ml));
-            stack.push((r, mr));
-        } else {
-            stack.push((r, mr));
-            stack.push((l, ml));
+        let (l, r) = NodeTree::children(pos);
+        // the child holding more first
+        for child in NodeTree::children_to_push(pos, Some(most(l)), Some(most(r)), |r, l| r > l) {
+            stack.push(child);
         }
     }
     found
@@ -223,24 +218,13 @@ pub(crate) fn best_scored(
             }
             continue;
         }
-        let (l, r) = (2 * pos, 2 * pos + 1);
+        let (l, r) = NodeTree::children(pos);
         let (sl, sr) = (tree.summary(l), tree.summary(r));
         let bl = sl.may_fit(want).then(|| bound(l, sl));
         let br = sr.may_fit(want).then(|| bound(r, sr));
-        // Pushed last is searched first: the left child unless the right one bounds higher.
-        match (bl, br) {
-            (Some(bl), Some(br)) if br > bl => {
-                stack.push((l, bl));
-                stack.push((r, br));
-            }
-            (bl, br) => {
-                if let Some(br) = br {
-                    stack.push((r, br));
-                }
-                if let Some(bl) = bl {
-                    stack.push((l, bl));
-                }
-            }
+        // the left child first unless the right one bounds higher
+        for child in NodeTree::children_to_push(pos, bl, br, |r, l| r > l) {
+            stack.push(child);
         }
     }
     best.map(|(_, _, idx)| idx)

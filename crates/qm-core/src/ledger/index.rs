@@ -150,6 +150,38 @@ impl NodeTree {
         (key != u64::MAX).then(|| crate::ledger::decode_victim_key(key))
     }
 
+    /// The positions of the children of `pos` (left, right).
+    #[inline]
+    pub fn children(pos: usize) -> (usize, usize) {
+        (2 * pos, 2 * pos + 1)
+    }
+
+    /// The children of `pos` with their bounds, in the order a best-first depth-first search
+    /// pushes them on its stack: the one to search next comes last. That is the right child
+    /// when `prefer_right(right, left)`, else the left one (so registration order wins a
+    /// tie); a child without a bound (nothing under it can qualify) is left out.
+    #[inline]
+    pub fn children_to_push<B: Copy>(
+        pos: usize,
+        left: Option<B>,
+        right: Option<B>,
+        prefer_right: impl FnOnce(B, B) -> bool,
+    ) -> impl Iterator<Item = (usize, B)> {
+        let (l, r) = Self::children(pos);
+        let right_first = match (left, right) {
+            (Some(lb), Some(rb)) => prefer_right(rb, lb),
+            _ => false,
+        };
+        let order = if right_first {
+            [(l, left), (r, right)]
+        } else {
+            [(r, right), (l, left)]
+        };
+        order
+            .into_iter()
+            .filter_map(|(p, bound)| bound.map(|b| (p, b)))
+    }
+
     /// True when `pos` is a leaf.
     #[inline]
     pub fn is_leaf(&self, pos: usize) -> bool {

@@ -165,26 +165,12 @@ impl Ledger {
                 }
                 continue;
             }
-            let (l, r) = (2 * pos, 2 * pos + 1);
+            let (l, r) = NodeTree::children(pos);
             let (sl, sr) = (tree.summary(l), tree.summary(r));
             let fl = (sl.n_ready > 0).then(|| floor(sl));
             let fr = (sr.n_ready > 0).then(|| floor(sr));
-            // Pushed last is searched first: the left child unless the right one's floor is
-            // lower.
-            match (fl, fr) {
-                (Some(fl), Some(fr)) if fr < fl => {
-                    stack.push((l, fl));
-                    stack.push((r, fr));
-                }
-                (fl, fr) => {
-                    if let Some(fr) = fr {
-                        stack.push((r, fr));
-                    }
-                    if let Some(fl) = fl {
-                        stack.push((l, fl));
-                    }
-                }
-            }
+            // the left child first unless the right one's floor is lower
+            stack.extend(NodeTree::children_to_push(pos, fl, fr, |r, l| r < l));
         }
         best
     }

@@ -204,21 +204,10 @@ fn best_node(
             }
             continue;
         }
-        let (l, r) = (2 * pos, 2 * pos + 1);
-        // Pushed last is searched first: the left child unless the right one's floor is lower.
-        match (floor(l), floor(r)) {
-            (Some(fl), Some(fr)) if fr < fl => {
-                stack.push((l, fl));
-                stack.push((r, fr));
-            }
-            (fl, fr) => {
-                if let Some(fr) = fr {
-                    stack.push((r, fr));
-                }
-                if let Some(fl) = fl {
-                    stack.push((l, fl));
-                }
-            }
+        let (l, r) = NodeTree::children(pos);
+        // the left child first unless the right one's floor is lower
+        for child in NodeTree::children_to_push(pos, floor(l), floor(r), |r, l| r < l) {
+            stack.push(child);
         }
     }
     best
