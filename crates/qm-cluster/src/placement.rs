@@ -25,11 +25,11 @@ use crate::{ClusterError, Member};
 pub const QUEUED: &str = "~";
 
 /// What one member learned of its agents' sizes: per template (`fleet/NAME`,
-/// `template/NAME`), each of its agents' recommendation, as the recommender wrote it.
+/// `template/NAME`), each of its agents' recommendation (`T`: the recommender's own type).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Learned {
+pub struct Learned<T> {
     pub member: String,
-    pub templates: BTreeMap<String, Vec<serde_json::Value>>,
+    pub templates: BTreeMap<String, Vec<T>>,
 }
 
 /// An agent the leader placed.
@@ -183,8 +183,8 @@ impl Member {
             .collect())
     }
 
-    /// Publishes what this member learned (under its lease: gone with it).
-    pub async fn publish_learned(&self, learned: &Learned) -> Result<(), ClusterError> {
+    /// Writes `value` at `key` under this member's lease (gone with the lease).
+    async fn put_leased(&self, key: String, value: Vec<u8>) -> Result<(), ClusterError> {
         let Some(lease) = self.view().lease else {
             return Err(ClusterError::Config(
                 "this member holds no lease now".into(),
@@ -193,18 +193,25 @@ impl Member {
         self.inner
             .client
             .clone()
-            .put(
-                self.key(&format!("learned/{}", self.name())),
-                encode(learned),
-                Some(PutOptions::new().with_lease(lease)),
-            )
+            .put(key, value, Some(PutOptions::new().with_lease(lease)))
             .await?;
         Ok(())
     }
 
+    /// Publishes what this member learned (under its lease: gone with it).
+    pub async fn publish_learned<T: serde::Serialize>(
+        &self,
+        learned: &Learned<T>,
+    ) -> Result<(), ClusterError> {
+        let key = self.key(&format!("learned/{}", self.name()));
+        self.put_leased(key, encode(learned)).await
+    }
+
     /// What every other member published it learned.
-    pub async fn learned_by_others(&self) -> Result<Vec<Learned>, ClusterError> {
-        let all: Vec<Learned> = self.read_prefix(self.key("learned/")).await?;
+    pub async fn learned_by_others<T: serde::de::DeserializeOwned>(
+        &self,
+    ) -> Result<Vec<Learned<T>>, ClusterError> {
+        let all: Vec<Learned<T>> = self.read_prefix(self.key("learned/")).await?;
         Ok(all
             .into_iter()
             .filter(|l| l.member != self.name())
@@ -259,21 +266,8 @@ impl Member {
 
     /// Reports this member's run of a placed agent, under its lease (gone with the lease).
     pub async fn report(&self, doc: &AgentDoc) -> Result<(), ClusterError> {
-        let Some(lease) = self.view().lease else {
-            return Err(ClusterError::Config(
-                "this member holds no lease now".into(),
-            ));
-        };
-        self.inner
-            .client
-            .clone()
-            .put(
-                self.status_key(&doc.name),
-                encode(doc),
-                Some(PutOptions::new().with_lease(lease)),
-            )
-            .await?;
-        Ok(())
+        self.put_leased(self.status_key(&doc.name), encode(doc))
+            .await
     }
 
     /// The members' reports, by agent name.

@@ -86,7 +86,7 @@ impl Learning {
                 return;
             }
         };
-        let stored: Stored = match serde_json::from_str(&text) {
+        let stored: Stored = match qm_proto::from_json(&text) {
             Ok(s) => s,
             Err(error) => {
                 tracing::warn!(path = %path.display(), %error, "what was learned is not readable: learning afresh");
@@ -118,19 +118,18 @@ impl Learning {
     }
 
     /// What was learned, as [`LEARNING_FILE`] holds it.
-    fn to_json(&self) -> Option<String> {
+    fn to_json(&self) -> String {
         #[derive(serde::Serialize)]
         struct StoredRef<'a> {
             agents: &'a BTreeMap<String, (Recommender, u64, Option<String>)>,
             groups: &'a BTreeMap<String, (Option<String>, Option<String>)>,
             seen_at_ms: u64,
         }
-        serde_json::to_string(&StoredRef {
+        qm_proto::to_json(&StoredRef {
             agents: &self.agents,
             groups: &self.groups,
             seen_at_ms: self.seen_at_ms,
         })
-        .ok()
     }
 
     /// Recomputes the templates' sizes the sizer reads.
@@ -347,9 +346,8 @@ impl Supervisor {
             }
         }
         learning.refresh_sizes();
-        if at_ms >= learning.saved_at_ms + SAVE_EVERY_MS
-            && let Some(text) = learning.to_json()
-        {
+        if at_ms >= learning.saved_at_ms + SAVE_EVERY_MS {
+            let text = learning.to_json();
             learning.saved_at_ms = at_ms;
             let dir = self.inner.config.data_dir.clone();
             tokio::task::spawn_blocking(move || write_learning(&dir, &text));
@@ -380,7 +378,7 @@ impl Supervisor {
     /// Writes what was learned out now (at shutdown), so a restart goes on from it.
     pub fn save_learning(&self) {
         let text = match self.inner.learning.lock() {
-            Ok(l) if !l.agents.is_empty() => l.to_json(),
+            Ok(l) if !l.agents.is_empty() => Some(l.to_json()),
             _ => None,
         };
         if let Some(text) = text {

@@ -577,23 +577,13 @@ const SHARE_LEARNING_EVERY: Duration = Duration::from_secs(5);
 /// templates go to `<prefix>/learned/<member>` under its lease when they change (and every
 /// minute), and the other members' are read in.
 async fn share_learning(member: Member, agents: Supervisor) {
-    let mut published: Option<(qm_cluster::Learned, tokio::time::Instant)> = None;
+    type Learned = qm_cluster::Learned<qm_recommend::Recommendation>;
+    let mut published: Option<(Learned, tokio::time::Instant)> = None;
     loop {
         tokio::time::sleep(SHARE_LEARNING_EVERY).await;
-        let templates = agents
-            .local_templates()
-            .into_iter()
-            .map(|(target, recs)| {
-                let recs = recs
-                    .iter()
-                    .filter_map(|r| serde_json::to_value(r).ok())
-                    .collect();
-                (target, recs)
-            })
-            .collect();
-        let mine = qm_cluster::Learned {
+        let mine = Learned {
             member: member.name().to_owned(),
-            templates,
+            templates: agents.local_templates(),
         };
         let due = published
             .as_ref()
@@ -604,16 +594,15 @@ async fn share_learning(member: Member, agents: Supervisor) {
                 Err(e) => tracing::debug!(error = %e, "learned sizes: cannot publish"),
             }
         }
-        match member.learned_by_others().await {
+        match member
+            .learned_by_others::<qm_recommend::Recommendation>()
+            .await
+        {
             Ok(others) => {
-                let mut peers: BTreeMap<String, Vec<qm_recommend::Recommendation>> =
-                    BTreeMap::new();
+                let mut peers: BTreeMap<String, Vec<_>> = BTreeMap::new();
                 for l in others {
                     for (target, recs) in l.templates {
-                        peers.entry(target).or_default().extend(
-                            recs.into_iter()
-                                .filter_map(|r| serde_json::from_value(r).ok()),
-                        );
+                        peers.entry(target).or_default().extend(recs);
                     }
                 }
                 agents.set_peer_templates(peers);
