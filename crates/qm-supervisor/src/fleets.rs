@@ -57,6 +57,40 @@ pub(super) struct Fleet {
     last_eval: u64,
 }
 
+/// What a fleet wants now, read under its lock.
+struct Wanted {
+    replicas: usize,
+    generation: u64,
+    template: AgentSpec,
+    /// The next member index to try.
+    next: u64,
+}
+
+/// A member's index: the number after the last `-` of its name (0 if none).
+fn member_index(name: &str) -> u64 {
+    name.rsplit('-')
+        .next()
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
+/// The template generation a member's spec was made from (0 if unlabelled).
+fn generation_of(spec: &AgentSpec) -> u64 {
+    spec.labels
+        .as_ref()
+        .and_then(|l| l.get(GENERATION))
+        .and_then(|g| g.parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
+/// Labels a new member with its template's generation and its fleet (so topology rules and
+/// the `learned` strategy can name the fleet, here as in a cluster).
+fn label_member(spec: &mut AgentSpec, fleet: &str, generation: u64) {
+    let labels = spec.labels.get_or_insert_with(Default::default);
+    labels.insert(GENERATION.to_owned(), generation.to_string());
+    labels.insert(FLEET_LABEL.to_owned(), fleet.to_owned());
+}
+
 fn autoscale_spec(w: &qm_proto::AutoscaleWire) -> Result<AutoscaleSpec, Vec<FieldProblem>> {
     let metric = match w.metric.as_str() {
         "cpu" => Metric::Cpu,
@@ -566,38 +600,31 @@ impl Supervisor {
         Ok(())
     }
 
+    /// What fleet `name` wants now; `None` when there is no such fleet.
+    fn wanted(&self, name: &str) -> Option<Wanted> {
+        let fleets = self.inner.fleets.lock().ok()?;
+        let f = fleets.get(name)?;
+        Some(Wanted {
+            replicas: f.doc.replicas as usize,
+            generation: f.doc.generation,
+            template: f.doc.template.clone(),
+            next: f.next_index,
+        })
+    }
+
     /// [`reconcile_members`](Self::reconcile_members) for a fleet whose members are placed.
     async fn reconcile_placed(&self, name: &str, placed: &Arc<dyn FleetMembers>) {
-        let Some((wanted, generation, template, mut next)) =
-            self.inner.fleets.lock().ok().and_then(|f| {
-                f.get(name).map(|f| {
-                    (
-                        f.doc.replicas as usize,
-                        f.doc.generation,
-                        f.doc.template.clone(),
-                        f.next_index,
-                    )
-                })
-            })
+        let Some(Wanted {
+            replicas: wanted,
+            generation,
+            template,
+            mut next,
+        }) = self.wanted(name)
         else {
             return;
         };
-        let index = |id: &str| {
-            id.rsplit('-')
-                .next()
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
         let mut members: Vec<AgentDoc> = placed.list(name).await;
-        members.sort_by_key(|d| index(&d.name));
-        let generation_of = |d: &AgentDoc| {
-            d.spec
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(GENERATION))
-                .and_then(|g| g.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
+        members.sort_by_key(|d| member_index(&d.name));
         if let Ok(mut f) = self.inner.fleets.lock()
             && let Some(f) = f.get_mut(name)
         {
@@ -611,7 +638,7 @@ impl Supervisor {
             next = next.max(
                 members
                     .iter()
-                    .map(|d| index(&d.name) + 1)
+                    .map(|d| member_index(&d.name) + 1)
                     .max()
                     .unwrap_or(0),
             );
@@ -622,10 +649,7 @@ impl Supervisor {
                 let mut spec: AgentSpec = template.clone();
                 spec.name = format!("{name}-{next}");
                 next += 1;
-                let mut labels = spec.labels.clone().unwrap_or_default();
-                labels.insert(GENERATION.to_owned(), generation.to_string());
-                labels.insert(FLEET_LABEL.to_owned(), name.to_owned());
-                spec.labels = Some(labels);
+                label_member(&mut spec, name, generation);
                 if let Ok(mut f) = self.inner.fleets.lock()
                     && let Some(f) = f.get_mut(name)
                 {
@@ -641,7 +665,7 @@ impl Supervisor {
                 placed.stop(d.name.clone()).await;
             }
         } else if members.iter().all(|d| d.state == AgentState::Running)
-            && let Some(old) = members.iter().find(|d| generation_of(d) < generation)
+            && let Some(old) = members.iter().find(|d| generation_of(&d.spec) < generation)
         {
             // roll: one member of an older template at a time
             placed.stop(old.name.clone()).await;
@@ -653,17 +677,12 @@ impl Supervisor {
             let placed = placed.clone();
             return self.reconcile_placed(name, &placed).await;
         }
-        let Some((wanted, generation, template, mut next)) =
-            self.inner.fleets.lock().ok().and_then(|f| {
-                f.get(name).map(|f| {
-                    (
-                        f.doc.replicas as usize,
-                        f.doc.generation,
-                        f.doc.template.clone(),
-                        f.next_index,
-                    )
-                })
-            })
+        let Some(Wanted {
+            replicas: wanted,
+            generation,
+            template,
+            mut next,
+        }) = self.wanted(name)
         else {
             return;
         };
@@ -673,24 +692,9 @@ impl Supervisor {
                 let mut m: Vec<(String, AgentState, u64)> = a
                     .values()
                     .filter(|a| a.live() && a.doc.fleet.as_deref() == Some(name))
-                    .map(|a| {
-                        let g = a
-                            .doc
-                            .spec
-                            .labels
-                            .as_ref()
-                            .and_then(|l| l.get(GENERATION))
-                            .and_then(|g| g.parse().ok())
-                            .unwrap_or(0);
-                        (a.doc.id.clone(), a.doc.state, g)
-                    })
+                    .map(|a| (a.doc.id.clone(), a.doc.state, generation_of(&a.doc.spec)))
                     .collect();
-                m.sort_by_key(|(id, _, _)| {
-                    id.rsplit('-')
-                        .next()
-                        .and_then(|n| n.parse::<u64>().ok())
-                        .unwrap_or(0)
-                });
+                m.sort_by_key(|(id, _, _)| member_index(id));
                 m
             }
             Err(_) => return,
@@ -712,11 +716,7 @@ impl Supervisor {
                         break;
                     }
                 }
-                let mut labels = spec.labels.clone().unwrap_or_default();
-                labels.insert(GENERATION.to_owned(), generation.to_string());
-                // as in a cluster: rules and the `learned` strategy can name the fleet
-                labels.insert(FLEET_LABEL.to_owned(), name.to_owned());
-                spec.labels = Some(labels);
+                label_member(&mut spec, name, generation);
                 if let Ok(mut f) = self.inner.fleets.lock()
                     && let Some(f) = f.get_mut(name)
                 {
