@@ -219,7 +219,7 @@ fn agents_outlive_the_daemon_and_are_re_adopted() {
 
 #[test]
 fn failures_restart_with_backoff_and_missed_heartbeats_restart() {
-    let (d, dir) = start("restart");
+    let (d, _) = start("restart");
     let a = d.post(
         "/v1/agents",
         &json!({
@@ -238,16 +238,7 @@ fn failures_restart_with_backoff_and_missed_heartbeats_restart() {
     assert_eq!(looping["exit_code"].as_i64().unwrap_or(3), 3);
     // the count survives a restart of the daemon and goes on from there
     let before = agent(&d, "crasher")["restarts"].as_u64().unwrap_or(0);
-    d.stop();
-    let d = Daemon::start(
-        &dir.join("data"),
-        &[
-            "--config",
-            dir.join("qm.toml").to_str().expect("utf-8"),
-            "--capacity",
-            "cpu=4,memory=4Gi",
-        ],
-    );
+    let d = d.restart();
     assert!(agent(&d, "crasher")["restarts"].as_u64() >= Some(before));
     eventually("a restart counted after the daemon's", 20, || {
         let a = agent(&d, "crasher");
@@ -1051,7 +1042,7 @@ fn an_oom_kill_of_a_child_is_reported_on_its_agent() {
 
 #[test]
 fn a_predictive_autoscaler_is_validated_and_kept_across_a_restart() {
-    let (d, dir) = start("predictive");
+    let (d, _) = start("predictive");
     let fleet = |predictive: Value| {
         json!({
             "name": "ahead",
@@ -1093,16 +1084,7 @@ fn a_predictive_autoscaler_is_validated_and_kept_across_a_restart() {
     assert_eq!(good.status, 201, "{}", good.body);
     let predictive = json!({ "horizon_s": 60.0, "beta": 0.05 });
     assert_eq!(good.body["autoscale"]["predictive"], predictive);
-    d.kill9();
-    let d = Daemon::start(
-        &dir.join("data"),
-        &[
-            "--config",
-            dir.join("qm.toml").to_str().expect("utf-8"),
-            "--capacity",
-            "cpu=4,memory=4Gi",
-        ],
-    );
+    let d = d.kill9_restart();
     let back = d.get("/v1/fleets/ahead");
     assert_eq!(
         back.body["autoscale"]["predictive"], predictive,

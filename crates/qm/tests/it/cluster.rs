@@ -311,6 +311,18 @@ fn three_members_on_etcd_agree_on_a_leader_and_replace_a_killed_one() {
     }
 }
 
+/// `Some` once no member of `ds` lists an agent that `which` picks as running.
+#[cfg(feature = "etcd")]
+fn running_nowhere(ds: &[Daemon], which: impl Fn(&Value) -> bool) -> Option<()> {
+    ds.iter()
+        .all(|d| {
+            d.get("/v1/agents").body["items"]
+                .as_array()
+                .is_some_and(|l| l.iter().all(|a| !which(a) || a["state"] != "running"))
+        })
+        .then_some(())
+}
+
 /// The member daemon in `ds` whose node is `name`.
 #[cfg(feature = "etcd")]
 fn named<'a>(ds: &'a [Daemon], name: &str) -> &'a Daemon {
@@ -530,16 +542,7 @@ fn agents_follow_their_node_across_members() {
     let gone = ds[2].delete("/v1/fleets/fl");
     assert_eq!(gone.status, 200, "{:?}", gone.body);
     eventually("the fleet's members stopped", 20, || {
-        ds.iter()
-            .all(|d| {
-                d.get("/v1/agents").body["items"]
-                    .as_array()
-                    .is_some_and(|l| {
-                        l.iter()
-                            .all(|a| a["fleet"] != "fl" || a["state"] != "running")
-                    })
-            })
-            .then_some(())
+        running_nowhere(&ds, |a| a["fleet"] == "fl")
     });
 
     // SIGKILL the worker running it: its allocation lost, the agent running on the other
@@ -632,16 +635,7 @@ fn agents_follow_their_node_across_members() {
         (a.body["state"] == "released").then_some(())
     });
     eventually("pa listed nowhere live", 10, || {
-        ds.iter()
-            .all(|d| {
-                d.get("/v1/agents").body["items"]
-                    .as_array()
-                    .is_some_and(|l| {
-                        l.iter()
-                            .all(|a| a["name"] != "pa" || a["state"] != "running")
-                    })
-            })
-            .then_some(())
+        running_nowhere(&ds, |a| a["name"] == "pa")
     });
     eprintln!(
         "worker killed: its agent running on another member {restarted_in:.1} s later (lease 2 s)"

@@ -38,6 +38,8 @@ pub(crate) struct Daemon {
     pub(crate) child: Child,
     pub(crate) base: String,
     dir: PathBuf,
+    /// The flags it was started with (a restart reuses them).
+    flags: Vec<String>,
     agent: ureq::Agent,
     /// The admin token the daemon wrote to its data dir (what every test acts as unless it
     /// says otherwise).
@@ -94,6 +96,7 @@ impl Daemon {
             child,
             base: format!("http://{addr}"),
             dir: dir.to_owned(),
+            flags: flags.iter().map(|f| (*f).to_owned()).collect(),
             agent,
             token,
         }
@@ -170,6 +173,25 @@ impl Daemon {
     pub(crate) fn kill9(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Stops it with SIGTERM and starts it again on the same data dir with the same flags.
+    pub(crate) fn restart(self) -> Self {
+        let (dir, flags) = (self.dir.clone(), self.flags.clone());
+        self.stop();
+        Self::start_owned(&dir, &flags)
+    }
+
+    /// Kills it with SIGKILL and starts it again on the same data dir with the same flags.
+    pub(crate) fn kill9_restart(self) -> Self {
+        let (dir, flags) = (self.dir.clone(), self.flags.clone());
+        self.kill9();
+        Self::start_owned(&dir, &flags)
+    }
+
+    fn start_owned(dir: &Path, flags: &[String]) -> Self {
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        Self::start(dir, &flags)
     }
 
     /// Stops it with SIGTERM and waits for a clean exit.

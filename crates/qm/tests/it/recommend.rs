@@ -3,7 +3,6 @@
 //! an agent OOM-killed at its 64 MiB limit is recommended more than that limit; a fleet gets
 //! its members' median; `qm recommend` prints them; a bad target is refused naming the field.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::{Value, json};
@@ -32,13 +31,6 @@ fn learning_daemon(tag: &str) -> Daemon {
 
 /// The same, with more `[recommender]` settings and more flags.
 fn learning_daemon_with(tag: &str, recommender: &str, flags: &[&str]) -> Daemon {
-    let (data, args) = learning_setup(tag, recommender, flags);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Daemon::start(&data, &args)
-}
-
-/// Such a daemon's data directory and flags, its config file written.
-fn learning_setup(tag: &str, recommender: &str, flags: &[&str]) -> (PathBuf, Vec<String>) {
     let dir = temp_dir(tag);
     let config = dir.join("qm.toml");
     std::fs::write(
@@ -57,10 +49,7 @@ fn learning_setup(tag: &str, recommender: &str, flags: &[&str]) -> (PathBuf, Vec
         "cpu=4,memory=8Gi",
     ];
     args.extend_from_slice(flags);
-    (
-        dir.join("data"),
-        args.into_iter().map(str::to_owned).collect(),
-    )
+    Daemon::start(&dir.join("data"), &args)
 }
 
 /// `--strategy learned`: once agents labelled `qm.dev/template: coder` have taught what a
@@ -73,13 +62,11 @@ fn the_learned_strategy_admits_a_template_at_what_its_agents_use() {
     if !crate::agents::can_confine() {
         return;
     }
-    let (data, args) = learning_setup(
+    let d = learning_daemon_with(
         "learned",
         "min_confidence = 0\nmax_overcommit = 8\n",
         &["--strategy", "learned"],
     );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let d = Daemon::start(&data, &args);
     let coder = d.post(
         "/v1/agents",
         &json!({
@@ -133,9 +120,8 @@ fn the_learned_strategy_admits_a_template_at_what_its_agents_use() {
     }
     assert_eq!(d.delete("/v1/agents/coder-a").status, 200);
     let before = d.get("/v1/recommendations?target=template/coder").body["items"][0].clone();
-    d.stop();
     // restarted with no agent: what was learned is still there, and still sizes
-    let d = Daemon::start(&data, &args);
+    let d = d.restart();
     let r = d.get("/v1/recommendations?target=template/coder");
     let item = r.body["items"][0].clone();
     assert_eq!(item["resources"], before["resources"], "{:?}", r.body);
