@@ -574,31 +574,40 @@ const SHARE_LEARNING_EVERY: Duration = Duration::from_secs(5);
 
 /// Shares what each member learned of its agents' sizes, so that templates (and the `learned`
 /// strategy, wherever the leader decides) count every member's agents: this member's
-/// templates go to `<prefix>/learned/<member>` under its lease when they change (and every
-/// minute), and the other members' are read in.
+/// templates go to `<prefix>/learned/<member>` under its lease when they change (or its lease
+/// does), and the other members' are read in when a watch says some changed.
 async fn share_learning(member: Member, agents: Supervisor) {
     type Learned = qm_cluster::Learned<qm_recommend::Recommendation>;
-    let mut published: Option<(Learned, tokio::time::Instant)> = None;
+    let changes = member.watch_changes(&["learned/"]);
+    // what was last published, and under which lease (a new lease lost the key)
+    let mut published: Option<(Learned, Option<i64>)> = None;
+    let mut stale = true;
     loop {
         tokio::time::sleep(SHARE_LEARNING_EVERY).await;
         let mine = Learned {
             member: member.name().to_owned(),
             templates: agents.local_templates(),
         };
+        let lease = member.view().lease;
         let due = published
             .as_ref()
-            .is_none_or(|(p, at)| *p != mine || at.elapsed() >= Duration::from_secs(60));
+            .is_none_or(|(p, l)| *p != mine || *l != lease);
         if due && !mine.templates.is_empty() {
             match member.publish_learned(&mine).await {
-                Ok(()) => published = Some((mine, tokio::time::Instant::now())),
+                Ok(()) => published = Some((mine, lease)),
                 Err(e) => tracing::debug!(error = %e, "learned sizes: cannot publish"),
             }
+        }
+        // the others' are read only when some changed (or the last read failed)
+        if !(changes.take() || stale) {
+            continue;
         }
         match member
             .learned_by_others::<qm_recommend::Recommendation>()
             .await
         {
             Ok(others) => {
+                stale = false;
                 let mut peers: BTreeMap<String, Vec<_>> = BTreeMap::new();
                 for l in others {
                     for (target, recs) in l.templates {
@@ -607,7 +616,10 @@ async fn share_learning(member: Member, agents: Supervisor) {
                 }
                 agents.set_peer_templates(peers);
             }
-            Err(e) => tracing::debug!(error = %e, "learned sizes: cannot read the others'"),
+            Err(e) => {
+                stale = true;
+                tracing::debug!(error = %e, "learned sizes: cannot read the others'");
+            }
         }
     }
 }
